@@ -1,0 +1,48 @@
+"""The BusinessWorker declaration: plain, validated at construction, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from register.config import ConfigError, normalize_addresses
+
+__all__ = ["BusinessWorker"]
+
+
+@dataclass(slots=True)
+class BusinessWorker:
+    """``count`` worker processes running the app's Events class.
+
+    ``events`` is an import string ``"package.module:Name"`` (e.g.
+    ``"apps.chat.Events:Events"``), imported only inside worker processes so that the
+    supervisor never runs user code and ``reload`` loads the current code.
+    ``query_timeout`` bounds every query per gateway (seconds).
+    """
+
+    events: str = ""
+    name: str = "businessworker"
+    count: int = 2
+    register: str | list[str] | tuple[str, ...] = "127.0.0.1:1238"
+    secret: str = ""
+    query_timeout: float = 5.0
+    keepalive_interval: float = 10.0
+    link_timeout: float = 30.0
+    app: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        module, sep, attr = self.events.partition(":")
+        if not sep or not module or not attr.isidentifier():
+            raise ConfigError(
+                f"BusinessWorker events must be an import string 'package.module:Name', "
+                f"got {self.events!r}"
+            )
+        if not isinstance(self.count, int) or self.count < 1:
+            raise ConfigError(f"BusinessWorker count must be an int >= 1, got {self.count!r}")
+        if self.query_timeout <= 0:
+            raise ConfigError("BusinessWorker query_timeout must be > 0")
+        self.register = normalize_addresses(self.register, "BusinessWorker register")
+
+    @property
+    def registers(self) -> tuple[str, ...]:
+        """The register addresses, normalised."""
+        return tuple(self.register)

@@ -1,0 +1,272 @@
+"""The internal wire format: one module, one encoder, one incremental decoder.
+
+How this works
+--------------
+Every internal link (gateway <-> business worker, gateway <-> push client) carries
+*packets*. A packet on the wire is a 4-byte big-endian length followed by that many
+bytes of msgpack. The msgpack body is always an array whose first item is a
+:class:`Cmd` and whose remaining items are that command's fields, positionally, as
+documented on each enum member below. Strings are msgpack str, binary payloads are
+msgpack bin, so a WebSocket text frame arrives as ``str`` and a binary frame as
+``bytes`` on the other side: that is how text and binary stay distinct end to end.
+
+The length prefix is what makes the format *length-safe*: the decoder knows the size
+of a packet before buffering it, so an oversized or garbage prefix is rejected at
+once instead of after megabytes have been read.
+
+This module is pure: bytes in, packets out, no sockets and no asyncio. Errors split
+into :class:`ProtocolError` (the peer sent garbage: close that link, log it) and
+``ValueError``/``TypeError`` from :func:`encode` (our own caller misused the API).
+
+Naming used in field docs
+-------------------------
+``conn_id``   the connection id inside one gateway process (int, 0 < id < 2**32).
+``session``   a session dict packed with :func:`pack_session` (``bytes``), or ``None``
+              when the connection has no session yet (the worker sees ``{}``).
+``data``      a message for a client: ``str`` becomes a text frame, ``bytes`` binary.
+``req``       a request id chosen by the asker (int > 0); the gateway echoes it in
+              :attr:`Cmd.REPLY` or :attr:`Cmd.ERROR`.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+__all__ = [
+    "Cmd",
+    "ProtocolError",
+    "Decoder",
+    "encode",
+    "pack_session",
+    "unpack_session",
+    "HEADER",
+    "DEFAULT_MAX_PACKET",
+]
+
+HEADER = struct.Struct("!I")
+DEFAULT_MAX_PACKET = 10 * 1024 * 1024  # internal links: 10 MiB per packet
+
+
+class ProtocolError(Exception):
+    """The peer sent bytes that are not a valid packet. Close the link."""
+
+
+class Cmd(IntEnum):
+    """Every packet kind. Field lists follow the command, in wire order."""
+
+    # ---- link handshake and upkeep -------------------------------------------------
+    HELLO = 1
+    """link -> gateway, first packet: ``[HELLO, role, name, secret, pid]``.
+    ``role`` is ``"worker"`` (receives client events) or ``"client"`` (push client,
+    receives none). A wrong secret gets ``ERROR`` then close."""
+    WELCOME = 2
+    """gateway -> link: ``[WELCOME, info]``; ``info`` is a dict with ``lan_ip``,
+    ``port`` (internal), ``public_host``, ``public_port``, ``name``, ``pid``."""
+    PING = 3
+    """either way, keep-alive: ``[PING]``; answered with ``[PONG]``."""
+    PONG = 4
+    """``[PONG]``."""
+    ERROR = 5
+    """gateway -> link: ``[ERROR, req, message]``; ``req`` is 0 when the error is not
+    the answer to a query (bad command, wrong secret)."""
+    WORKER_LEAVE = 6
+    """worker -> gateway: ``[WORKER_LEAVE]``. The gateway stops routing new events to
+    this worker, moves its clients to other workers, and answers ``LEAVE_ACK``. Every
+    event sent before the ack reaches the worker before the ack (one ordered stream),
+    so the worker handles everything it received and then closes: nothing is lost."""
+    LEAVE_ACK = 7
+    """gateway -> worker: ``[LEAVE_ACK]``."""
+
+    # ---- client events, gateway -> the client's business worker ---------------------
+    # All events share one shape: [EV_*, conn_id, session, remote_ip, remote_port, payload]
+    EV_CONNECT = 10
+    """a TCP connection was accepted; payload ``None``."""
+    EV_WS_CONNECT = 11
+    """the WebSocket handshake completed; payload is a dict: ``path`` (str, without the
+    query), ``query`` (raw query string), ``headers`` (dict, lower-case names, repeated
+    headers joined with ``, ``), ``cookies`` (dict), ``remote_ip``, ``remote_port``."""
+    EV_MESSAGE = 12
+    """a client message; payload ``data`` (str for text frames, bytes for binary)."""
+    EV_CLOSE = 13
+    """the connection is gone; payload ``None``. ``session`` is its last value."""
+
+    # ---- commands, worker/client -> gateway, no answer ------------------------------
+    SEND_TO_CLIENT = 20
+    """``[SEND_TO_CLIENT, conn_id, data]``."""
+    SEND_TO_ALL = 21
+    """``[SEND_TO_ALL, data, conn_ids, exclude]``: ``conn_ids`` is ``None`` (every client
+    of this gateway) or a list (only those); ``exclude`` is ``None`` or a list."""
+    SEND_TO_UID = 22
+    """``[SEND_TO_UID, uids, data]``; ``uids`` is a list of str."""
+    SEND_TO_GROUP = 23
+    """``[SEND_TO_GROUP, groups, data, exclude]``; ``groups`` a list of str, ``exclude``
+    ``None`` or a list of conn_ids."""
+    CLOSE_CLIENT = 24
+    """``[CLOSE_CLIENT, conn_id, data]``; ``data`` ``None`` or a last message; the close
+    happens after the send buffer is flushed (close code 1000)."""
+    DESTROY_CLIENT = 25
+    """``[DESTROY_CLIENT, conn_id]``: drop the TCP connection at once."""
+    BIND_UID = 26
+    """``[BIND_UID, conn_id, uid]``; rebinding replaces the previous uid."""
+    UNBIND_UID = 27
+    """``[UNBIND_UID, conn_id, uid]``; only unbinds when the connection is bound to
+    ``uid`` (the original ignored the argument)."""
+    JOIN_GROUP = 28
+    """``[JOIN_GROUP, conn_id, group]``."""
+    LEAVE_GROUP = 29
+    """``[LEAVE_GROUP, conn_id, group]``."""
+    UNGROUP = 30
+    """``[UNGROUP, group]``: dissolve the group on this gateway."""
+    SET_SESSION = 31
+    """``[SET_SESSION, conn_id, session]``: replace (``session`` is packed bytes)."""
+    UPDATE_SESSION = 32
+    """``[UPDATE_SESSION, conn_id, partial]``: recursive merge of dict ``partial``."""
+
+    # ---- queries: [Q_*, req, *args] -> [REPLY, req, result] or [ERROR, req, msg] ----
+    REPLY = 40
+    """gateway -> asker: ``[REPLY, req, result]``."""
+    Q_CLIENT_INFO = 41
+    """``[Q_CLIENT_INFO, req, conn_id]`` -> ``None`` when offline, else
+    ``{"uid": str|None, "session": bytes|None, "groups": [str]}``. Serves is_online,
+    get_uid_by_client_id and get_session."""
+    Q_UIDS = 42
+    """``[Q_UIDS, req, uids]`` -> ``{uid: [conn_id, ...]}`` holding only uids that have
+    at least one connection here. Serves is_uid_online, get_client_id_by_uid and the
+    batch forms."""
+    Q_GROUPS = 43
+    """``[Q_GROUPS, req, groups, what]``: ``groups`` is a list of str, or ``None`` for
+    *all clients of this gateway* (reported under the key ``""``); ``what`` is one of
+    ``"count"`` -> ``{group: int}``, ``"ids"`` -> ``{group: [conn_id]}``,
+    ``"sessions"`` -> ``{group: {conn_id: session}}``, ``"uids"`` -> ``{group: [uid]}``.
+    Every requested group appears in the result (empty when unknown here)."""
+    Q_ALL_GROUPS = 44
+    """``[Q_ALL_GROUPS, req, what]`` -> ``{group: ...}`` for every non-empty group here,
+    ``what`` as in ``Q_GROUPS``."""
+    Q_ALL_UIDS = 45
+    """``[Q_ALL_UIDS, req]`` -> ``[uid, ...]`` bound on this gateway."""
+    Q_CONNECTIONS = 46
+    """``[Q_CONNECTIONS, req]`` -> list of dicts, one per connection: ``client_id``,
+    ``remote``, ``uid``, ``groups``, ``age`` (s), ``bytes_in``, ``bytes_out``.
+    For operators (``start.py connections``)."""
+    Q_STATS = 47
+    """``[Q_STATS, req]`` -> dict of counters (connections, messages in/out, send
+    failures, workers linked...). For operators."""
+
+
+_MIN_CMD = min(Cmd)
+_MAX_CMD = max(Cmd)
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+_pack_len = HEADER.pack
+
+
+def encode(cmd: Cmd, *fields: Any) -> bytes:
+    """Return the wire bytes of one packet ``[cmd, *fields]``.
+
+    Raises ``TypeError`` when a field is not msgpack-serialisable (our bug, not the
+    peer's).
+    """
+    body = _packb([int(cmd), *fields])
+    return _pack_len(len(body)) + body
+
+
+def encode_body(cmd: Cmd, fields: tuple[Any, ...]) -> bytes:
+    """Like :func:`encode` with the fields given as one tuple (saves a splat)."""
+    body = _packb((int(cmd), *fields))
+    return _pack_len(len(body)) + body
+
+
+class Decoder:
+    """Incremental decoder: feed it bytes as they arrive, get whole packets out.
+
+    ``feed`` returns a list of packets (each a ``list`` whose item 0 is an ``int``
+    command). It raises :class:`ProtocolError` when a length prefix exceeds
+    ``max_packet``, a body is not valid msgpack, or a body is not an array that starts
+    with a known command. After an error the decoder is unusable: close the link.
+    """
+
+    __slots__ = ("_buf", "_max", "_need")
+
+    def __init__(self, max_packet: int = DEFAULT_MAX_PACKET) -> None:
+        self._buf = bytearray()
+        self._max = max_packet
+        self._need = -1  # body length of the packet being read, -1: header pending
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a packet."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[list[Any]]:
+        """Add ``data`` and return every packet it completes, in order."""
+        buf = self._buf
+        buf += data
+        out: list[list[Any]] = []
+        pos = 0
+        size = len(buf)
+        need = self._need
+        while True:
+            if need < 0:
+                if size - pos < 4:
+                    break
+                (need,) = HEADER.unpack_from(buf, pos)
+                pos += 4
+                if need > self._max:
+                    raise ProtocolError(
+                        f"packet of {need} bytes exceeds the limit of {self._max} bytes"
+                    )
+                if need == 0:
+                    raise ProtocolError("empty packet")
+            if size - pos < need:
+                break
+            body = bytes(buf[pos : pos + need])
+            pos += need
+            need = -1
+            out.append(_unpack_packet(body))
+        self._need = need
+        if pos:
+            del buf[:pos]
+        return out
+
+
+def _unpack_packet(body: bytes) -> list[Any]:
+    try:
+        packet = msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"malformed msgpack body: {exc.__class__.__name__}") from None
+    if (
+        type(packet) is not list
+        or not packet
+        or type(packet[0]) is not int
+        or not _MIN_CMD <= packet[0] <= _MAX_CMD
+    ):
+        raise ProtocolError("packet is not an array starting with a known command")
+    try:
+        packet[0] = Cmd(packet[0])
+    except ValueError:
+        raise ProtocolError(f"unknown command {packet[0]}") from None
+    return packet
+
+
+def pack_session(session: dict[str, Any]) -> bytes:
+    """Pack a session dict for the wire and for storage in the gateway."""
+    return _packb(session)
+
+
+def unpack_session(blob: bytes | None) -> dict[str, Any]:
+    """Unpack a session; ``None`` or empty bytes give ``{}``.
+
+    Raises :class:`ProtocolError` if ``blob`` is not a packed dict.
+    """
+    if not blob:
+        return {}
+    try:
+        value = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    except Exception:
+        raise ProtocolError("session is not valid msgpack") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("session is not a dict")
+    return value
