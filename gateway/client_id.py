@@ -69,5 +69,7 @@ def decode_client_id(client_id: object) -> ClientAddress:
         )
     raw_ip, port, conn_id = _PACK.unpack(bytes.fromhex(client_id))
     if port == 0 or conn_id == 0:
-        raise InvalidClientId(f"invalid client_id {client_id!r}: port and connection id must be non-zero")
+        raise InvalidClientId(
+            f"invalid client_id {client_id!r}: port and connection id must be non-zero"
+        )
     return ClientAddress(str(ipaddress.IPv4Address(raw_ip)), port, conn_id)

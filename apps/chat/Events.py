@@ -1,0 +1,164 @@
+"""Chat room logic: the behaviour users know from workerman-chat.
+
+Client -> server (JSON text frames):
+    {"type": "login", "client_name": "...", "room_id": "..."}
+    {"type": "say", "to_client_id": "all" | "<client_id>", "to_client_name": "...", "content": "..."}
+    {"type": "pong"}
+Server -> client:
+    {"type": "init", "client_id": ...}                      on connect
+    {"type": "ping"}                                         heartbeat (gateway)
+    {"type": "login", "client_id", "client_name", "time"[, "client_list"]}
+    {"type": "say", "from_client_id", "from_client_name", "to_client_id", "content", "time"}
+    {"type": "logout", "from_client_id", "from_client_name", "time"}
+    {"type": "error", "message"}                             a request we could not serve
+Names and content are HTML-escaped; ``time`` is ``YYYY-mm-dd HH:MM:SS``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import time
+from typing import Any
+
+from businessworker import api, context
+
+log = logging.getLogger("apps.chat")
+
+MAX_NAME = 64
+MAX_CONTENT = 4096
+
+
+def now() -> str:
+    """The current local time as ``YYYY-mm-dd HH:MM:SS``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def dumps(message: dict[str, Any]) -> str:
+    """Encode one message for the browser (compact JSON, UTF-8 kept readable)."""
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+def reply_error(message: str) -> None:
+    """Tell the current client what was wrong with its request."""
+    api.send_to_current_client(dumps({"type": "error", "message": message}))
+
+
+class Events:
+    """Callbacks run by the business workers for every client event."""
+
+    @staticmethod
+    def on_connect(client_id: str) -> None:
+        """Tell the page its client_id (used by push-only web backends to bind it)."""
+        api.send_to_current_client(dumps({"type": "init", "client_id": client_id}))
+
+    @staticmethod
+    async def on_message(client_id: str, message: str | bytes) -> None:
+        """Dispatch one chat request by its ``type``."""
+        if isinstance(message, bytes):
+            reply_error("binary messages are not supported by the chat")
+            return
+        try:
+            request = json.loads(message)
+        except ValueError:
+            log.warning("client %s sent invalid JSON: %.80r", client_id, message)
+            reply_error("invalid JSON")
+            return
+        if not isinstance(request, dict):
+            reply_error("a request must be a JSON object")
+            return
+        handler = HANDLERS.get(request.get("type"))
+        if handler is None:
+            reply_error(f"unknown request type {str(request.get('type'))[:32]!r}")
+            return
+        await handler(client_id, request)
+
+    @staticmethod
+    def on_close(client_id: str) -> None:
+        """Tell the room that this member left (the gateway already removed it)."""
+        session = context.session or {}
+        room_id = session.get("room_id")
+        if room_id is None:
+            return
+        api.send_to_group(
+            room_id,
+            dumps(
+                {
+                    "type": "logout",
+                    "from_client_id": client_id,
+                    "from_client_name": session.get("client_name", ""),
+                    "time": now(),
+                }
+            ),
+        )
+
+
+async def on_pong(client_id: str, request: dict[str, Any]) -> None:
+    """Heartbeat answers need no reply: the gateway already counted the activity."""
+
+
+async def on_login(client_id: str, request: dict[str, Any]) -> None:
+    """Join a room: announce the newcomer, then send it the member list."""
+    room_id = request.get("room_id")
+    if not isinstance(room_id, (str, int)) or isinstance(room_id, bool) or str(room_id) == "":
+        reply_error("login needs a room_id")
+        return
+    room_id = str(room_id)[:MAX_NAME]
+    client_name = html.escape(str(request.get("client_name") or "guest").strip()[:MAX_NAME])
+    session = context.session
+    old_room = session.get("room_id")
+    if old_room is not None and old_room != room_id:
+        api.leave_group(client_id, old_room)
+    session["room_id"] = room_id
+    session["client_name"] = client_name
+
+    members = await api.get_client_sessions_by_group(room_id)
+    client_list = {cid: (member or {}).get("client_name", "") for cid, member in members.items()}
+    client_list[client_id] = client_name
+    announcement = {
+        "type": "login",
+        "client_id": client_id,
+        "client_name": client_name,
+        "time": now(),
+    }
+    # The gateway keeps the session; write it before joining so that the member list
+    # of the next newcomer (read from the gateway) already names this client.
+    api.set_session(client_id, session)
+    api.send_to_group(room_id, dumps(announcement))
+    api.join_group(client_id, room_id)
+    api.send_to_current_client(dumps({**announcement, "client_list": client_list}))
+
+
+async def on_say(client_id: str, request: dict[str, Any]) -> None:
+    """A public message to the room, or a private one to a member (with a copy for
+    the sender)."""
+    session = context.session
+    room_id = session.get("room_id")
+    if room_id is None:
+        reply_error("log in to a room before saying anything")
+        return
+    content = html.escape(str(request.get("content", ""))[:MAX_CONTENT])
+    to_client_id = str(request.get("to_client_id", "all"))
+    message = {
+        "type": "say",
+        "from_client_id": client_id,
+        "from_client_name": session.get("client_name", ""),
+        "to_client_id": to_client_id,
+        "content": content,
+        "time": now(),
+    }
+    if to_client_id == "all":
+        api.send_to_group(room_id, dumps(message))
+        return
+    message["to_client_name"] = html.escape(str(request.get("to_client_name", ""))[:MAX_NAME])
+    text = dumps(message)
+    try:
+        api.send_to_client(to_client_id, text)
+    except ValueError:
+        reply_error("to_client_id is not a valid client_id")
+        return
+    api.send_to_current_client(text)
+
+
+HANDLERS = {"pong": on_pong, "login": on_login, "say": on_say}

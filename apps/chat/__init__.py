@@ -1,0 +1,1 @@
+"""The reference chat app: rooms, public and private messages, member lists."""

@@ -1,0 +1,78 @@
+"""A client of the remote-control test app (tests/fixtures/apps/rc)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+
+class RemoteError(Exception):
+    """The worker reported an exception for our request."""
+
+
+class RC:
+    """One WebSocket client whose messages make the worker call the Gateway API."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, ws: ClientConnection, init: dict[str, Any]) -> None:
+        self.ws = ws
+        self.client_id: str = init["client_id"]
+        self.worker_pid: int = init["pid"]
+        self.inbox: asyncio.Queue[str | bytes] = asyncio.Queue()
+        self.replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.reader = asyncio.create_task(self._read())
+
+    @property
+    def gateway_port(self) -> int:
+        return int(self.client_id[8:12], 16)
+
+    @classmethod
+    async def open(cls, url: str, **kwargs: Any) -> RC:
+        ws = await connect(url, ping_interval=None, max_size=None, **kwargs)
+        init = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert init["type"] == "init", init
+        return cls(ws, init)
+
+    async def _read(self) -> None:
+        async for raw in self.ws:
+            if isinstance(raw, str) and raw.startswith('{"re"'):
+                reply = json.loads(raw)
+                future = self.replies.pop(reply["re"], None)
+                if future and not future.done():
+                    future.set_result(reply)
+                continue
+            await self.inbox.put(raw)
+
+    async def call(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        rid = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.replies[rid] = future
+        await self.ws.send(json.dumps({"id": rid, "op": op, "args": list(args), "kwargs": kwargs}))
+        reply = await asyncio.wait_for(future, 15)
+        if "error" in reply:
+            raise RemoteError(reply["error"])
+        return reply["ok"]
+
+    async def expect(self, timeout: float = 5.0) -> str | bytes:
+        return await asyncio.wait_for(self.inbox.get(), timeout)
+
+    async def expect_json(self, timeout: float = 5.0) -> Any:
+        return json.loads(await self.expect(timeout))
+
+    async def nothing(self, wait: float = 0.4) -> None:
+        await asyncio.sleep(wait)
+        assert self.inbox.empty(), f"unexpected message {self.inbox.get_nowait()!r}"
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self.reader.cancel()
+
+
+def b(data: bytes) -> dict[str, str]:
+    """An argument that the rc app turns into bytes."""
+    return {"__bytes__": data.hex()}

@@ -1,0 +1,128 @@
+"""The internal wire format: round trips, random splits, truncated, oversized and
+garbage input."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.protocol import (
+    Cmd,
+    Decoder,
+    ProtocolError,
+    encode,
+    pack_session,
+    unpack_session,
+)
+
+SAMPLES = [
+    encode(Cmd.HELLO, "worker", "w0", 'se"cr\\et', 1234),
+    encode(Cmd.EV_MESSAGE, 7, None, "127.0.0.1", 5555, "hello"),
+    encode(Cmd.EV_MESSAGE, 8, pack_session({"a": 1}), "127.0.0.1", 5555, b"\x00\xffbin"),
+    encode(Cmd.SEND_TO_GROUP, ["room", "2"], "x" * 3000, [1, 2, 3]),
+    encode(Cmd.Q_GROUPS, 9, None, "count"),
+    encode(Cmd.REPLY, 9, {"": 3}),
+    encode(Cmd.PING),
+]
+EXPECTED = [Decoder().feed(sample)[0] for sample in SAMPLES]
+
+
+def test_round_trip_keeps_text_and_binary_apart() -> None:
+    text, binary = Decoder().feed(SAMPLES[1] + SAMPLES[2])
+    assert text[0] is Cmd.EV_MESSAGE and text[5] == "hello" and isinstance(text[5], str)
+    assert binary[5] == b"\x00\xffbin" and isinstance(binary[5], bytes)
+    assert unpack_session(binary[2]) == {"a": 1}
+
+
+def test_commands_decode_as_enum_members() -> None:
+    for packet in EXPECTED:
+        assert isinstance(packet[0], Cmd)
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_random_splits_give_the_same_packets(seed: int) -> None:
+    rng = random.Random(seed)
+    stream = b"".join(SAMPLES)
+    decoder = Decoder()
+    got: list[list[object]] = []
+    pos = 0
+    while pos < len(stream):
+        step = rng.randint(1, 64)
+        got.extend(decoder.feed(stream[pos : pos + step]))
+        pos += step
+    assert got == EXPECTED
+    assert decoder.buffered == 0
+
+
+@given(st.lists(st.integers(min_value=0, max_value=200), max_size=20))
+def test_any_split_points(cuts: list[int]) -> None:
+    stream = b"".join(SAMPLES)
+    points = sorted({c % len(stream) for c in cuts} | {0, len(stream)})
+    decoder = Decoder()
+    got: list[list[object]] = []
+    for start, end in zip(points, points[1:], strict=False):
+        got.extend(decoder.feed(stream[start:end]))
+    assert got == EXPECTED
+
+
+def test_truncated_input_waits_without_error() -> None:
+    decoder = Decoder()
+    sample = SAMPLES[3]
+    assert decoder.feed(sample[:-1]) == []
+    assert decoder.buffered == len(sample) - 1 - 4  # the header is consumed
+    assert decoder.feed(sample[-1:]) == [EXPECTED[3]]
+
+
+def test_oversized_length_is_rejected_before_buffering() -> None:
+    decoder = Decoder(max_packet=1024)
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        decoder.feed(struct.pack("!I", 1025))
+
+
+def test_zero_length_packet_is_rejected() -> None:
+    with pytest.raises(ProtocolError):
+        Decoder().feed(b"\x00\x00\x00\x00")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xc1",  # never-used msgpack byte
+        msgpack.packb({"not": "an array"}),
+        msgpack.packb([]),
+        msgpack.packb(["1", 2]),
+        msgpack.packb([9999]),
+        msgpack.packb([8]),  # in range but not a command
+        msgpack.packb([12, 1]) + b"trailing",
+    ],
+)
+def test_garbage_bodies_are_protocol_errors(body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        Decoder().feed(struct.pack("!I", len(body)) + body)
+
+
+def test_http_request_on_internal_port_is_rejected() -> None:
+    # "GET " read as a length is about 1.2 GB: refused at once.
+    with pytest.raises(ProtocolError):
+        Decoder().feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+
+def test_encode_rejects_unserialisable_fields() -> None:
+    with pytest.raises(TypeError):
+        encode(Cmd.SEND_TO_CLIENT, 1, object())
+
+
+def test_session_helpers() -> None:
+    assert unpack_session(None) == {}
+    assert unpack_session(b"") == {}
+    session = {"name": "a", "nested": {"x": [1, 2]}, "n": 3}
+    assert unpack_session(pack_session(session)) == session
+    with pytest.raises(ProtocolError):
+        unpack_session(msgpack.packb([1, 2]))
+    with pytest.raises(ProtocolError):
+        unpack_session(b"\xc1")
