@@ -74,6 +74,9 @@ class Register:
     name: str = "register"
     handshake_timeout: float = 10.0
     app: str = field(default="", compare=False)
+    idle_timeout: float = 30.0
+    """A connection silent this long after its handshake is dropped (peers ping every
+    ``keepalive_interval``, 10 s by default, so keep this above that)."""
 
     def __post_init__(self) -> None:
         parse_address(self.listen, "Register listen")
@@ -81,6 +84,8 @@ class Register:
             raise ConfigError("Register secret must be a str")
         if self.handshake_timeout <= 0:
             raise ConfigError("Register handshake_timeout must be > 0")
+        if self.idle_timeout <= 0:
+            raise ConfigError("Register idle_timeout must be > 0")
 
     @property
     def count(self) -> int:
