@@ -1,0 +1,198 @@
+"""Client events -> the app's Events callbacks, in order per client.
+
+How this works
+--------------
+The link reader calls :meth:`Dispatcher.on_event` for every ``EV_*`` packet. That
+method only counts and enqueues: it appends the event to its client's queue and,
+when the client had no queue, creates one task to drain it. The task runs the
+client's events one after another (so one client's events are handled strictly in
+order) and ends, dropping the queue, when the queue is empty: an idle client costs
+nothing. Different clients run concurrently.
+
+For each event the task sets the context (``businessworker.context``), calls the
+callback (plain function or coroutine), and afterwards, except for ``on_close``,
+sends ``SET_SESSION`` to the client's gateway if the session changed (the re-packed
+dict differs from the bytes that came with the event). An exception in a callback
+is logged with the client_id and traceback and counted; the worker keeps serving,
+and the session of a failed callback is not written back.
+
+The dispatcher starts *held*: events are queued but not run until :meth:`open`
+(the worker opens it after ``on_worker_start`` returned).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from businessworker.context import EventContext, enter_event, exit_event
+from businessworker.handle import WorkerAPI, use_api
+from gateway.protocol import Cmd, ProtocolError, encode, pack_session, unpack_session
+from gatewayclient.link import GatewayLink
+
+__all__ = ["Dispatcher", "KINDS"]
+
+logger = logging.getLogger("businessworker")
+
+KINDS: dict[Cmd, str] = {
+    Cmd.EV_CONNECT: "connect",
+    Cmd.EV_WS_CONNECT: "websocket_connect",
+    Cmd.EV_MESSAGE: "message",
+    Cmd.EV_CLOSE: "close",
+}
+"""Event command -> kind; the callback of kind ``k`` is ``Events.on_<k>``."""
+
+_EMPTY_SESSION = pack_session({})
+_ONE_ARG = frozenset({Cmd.EV_CONNECT, Cmd.EV_CLOSE})
+
+Queue = deque[tuple[GatewayLink, list[Any]]]
+
+
+class Dispatcher:
+    """Per-client queues of events and the tasks that run them."""
+
+    def __init__(self, events: object, api: WorkerAPI) -> None:
+        self._api = api
+        self._callbacks: dict[Cmd, Callable[..., Any] | None] = {
+            cmd: getattr(events, f"on_{kind}", None) for cmd, kind in KINDS.items()
+        }
+        self._queues: dict[str, Queue] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle_waiters: list[asyncio.Future[None]] = []
+        self._open = False
+        self.events_in: dict[str, int] = dict.fromkeys(KINDS.values(), 0)
+        self.callback_errors = 0
+
+    @property
+    def clients(self) -> int:
+        """Clients with queued or running events."""
+        return len(self._queues)
+
+    def on_event(self, link: GatewayLink, packet: list[Any]) -> None:
+        """The link reader's callback: count and enqueue; never runs user code."""
+        self.events_in[KINDS[packet[0]]] += 1
+        client_id = link.client_id(packet[1])
+        queue = self._queues.get(client_id)
+        if queue is not None:
+            queue.append((link, packet))
+            return
+        queue = self._queues[client_id] = deque(((link, packet),))
+        if self._open:
+            self._start(client_id, queue)
+
+    def open(self) -> None:
+        """Start running events (those held so far first)."""
+        if self._open:
+            return
+        self._open = True
+        for client_id, queue in list(self._queues.items()):
+            self._start(client_id, queue)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no event is queued or running; ``False`` after ``timeout``."""
+        if not self._queues:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._idle_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def cancel_all(self) -> None:
+        """Cancel every running event task and drop every queue."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        self._queues.clear()
+
+    # ---- internals -----------------------------------------------------------------
+
+    def _start(self, client_id: str, queue: Queue) -> None:
+        task = asyncio.get_running_loop().create_task(self._drain(client_id, queue))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._queues:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _drain(self, client_id: str, queue: Queue) -> None:
+        use_api(self._api)  # this task's context: businessworker.api -> our API
+        try:
+            while queue:
+                link, packet = queue.popleft()
+                await self._handle(client_id, link, packet)
+        finally:
+            if self._queues.get(client_id) is queue:
+                del self._queues[client_id]
+
+    async def _handle(self, client_id: str, link: GatewayLink, packet: list[Any]) -> None:
+        cmd, conn_id, blob, remote_ip, remote_port, payload = packet
+        callback = self._callbacks[cmd]
+        if callback is None:
+            return
+        try:
+            session = unpack_session(blob)
+        except ProtocolError as exc:
+            logger.warning("session of client %s is unreadable (%s); using {}", client_id, exc)
+            session, blob = {}, None
+        event = EventContext(
+            client_id,
+            remote_ip,
+            remote_port,
+            link.lan_ip,
+            link.public_port,
+            link.gateway_address,
+            session,
+        )
+        token = enter_event(event)
+        try:
+            result = callback(client_id) if cmd in _ONE_ARG else callback(client_id, payload)
+            if result is not None and inspect.isawaitable(result):
+                await result
+        except Exception:
+            self.callback_errors += 1
+            logger.exception(
+                "on_%s of client %s raised; the worker keeps serving", KINDS[cmd], client_id
+            )
+            return
+        finally:
+            exit_event(token)
+        if cmd is not Cmd.EV_CLOSE:
+            self._write_back(link, client_id, conn_id, blob, event.session)
+
+    def _write_back(
+        self,
+        link: GatewayLink,
+        client_id: str,
+        conn_id: int,
+        blob: bytes | None,
+        session: dict[str, Any],
+    ) -> None:
+        try:
+            packed = pack_session(session)
+        except (TypeError, ValueError, OverflowError) as exc:
+            self.callback_errors += 1
+            logger.error(
+                "session of client %s cannot be stored, not written back: %s", client_id, exc
+            )
+            return
+        if packed == (blob or _EMPTY_SESSION):
+            return
+        if not link.is_open:
+            logger.debug("session of client %s not written back: its gateway left", client_id)
+            return
+        link.send(encode(Cmd.SET_SESSION, conn_id, packed))
+        self._api.sent += 1

@@ -1,0 +1,291 @@
+"""The business worker process: links to every gateway and runs the app's Events.
+
+How this works
+--------------
+:class:`WorkerProcess` is the Service the supervisor runs (``serve(spec)``):
+
+1. ``start()`` imports the Events object named by ``config.events`` (a class is
+   instantiated with no arguments; a missing callback is a no-op), learns the
+   gateways from the registers and links to every one of them as role ``"worker"``
+   (``gatewayclient.pool.LinkPool``: re-links when a link drops, picks up gateways
+   that appear later). It returns once the first list has arrived and every listed
+   gateway is linked (or :data:`START_TIMEOUT` has passed; a register that never
+   answers fails the start), after ``on_worker_start(worker)`` has run. Events that
+   arrive before that are held, then handled.
+2. Client events are run by ``businessworker.dispatch.Dispatcher``: in order per
+   client, concurrently across clients, with ``businessworker.context`` set.
+3. ``stop(graceful)`` sends ``WORKER_LEAVE`` to every gateway and keeps handling
+   events until each gateway has answered ``LEAVE_ACK`` and every queued event is
+   done (bounded), then calls ``on_worker_stop(worker)`` and closes the links. The
+   gateways hand this worker's clients to other workers, so a ``reload`` loses no
+   event.
+
+Events code reaches the Gateway API through ``businessworker.api`` (see
+``businessworker.handle``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import inspect
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from businessworker.config import BusinessWorker
+from businessworker.dispatch import Dispatcher
+from businessworker.handle import (
+    WorkerAPI,
+    bind_process_api,
+    reset_api,
+    unbind_process_api,
+    use_api,
+)
+from cluster.spec import ChildSpec
+from gateway.protocol import Cmd, encode
+from gatewayclient.link import GatewayLink
+from gatewayclient.pool import LinkPool, WatcherFactory
+
+__all__ = ["WorkerProcess", "WorkerInfo", "WorkerBootError", "load_events", "serve"]
+
+logger = logging.getLogger("businessworker")
+
+START_TIMEOUT = 10.0
+"""Seconds ``start()`` waits for the gateway list and the links."""
+LEAVE_TIMEOUT = 10.0
+"""Seconds a graceful stop waits for ``LEAVE_ACK`` and for queued events."""
+FAST_LEAVE_TIMEOUT = 3.0
+"""The same bound for a non-graceful stop."""
+
+_LEAVE = encode(Cmd.WORKER_LEAVE)
+
+
+class WorkerBootError(RuntimeError):
+    """The worker cannot start: Events not importable, or ``on_worker_start`` failed."""
+
+
+def load_events(import_string: str) -> object:
+    """Import ``"package.module:Name"``; instantiate it when it is a class.
+
+    Raises :class:`WorkerBootError` naming the import string and the cause.
+    """
+    module_name, _, attr = import_string.partition(":")
+    try:
+        target = getattr(importlib.import_module(module_name), attr)
+    except Exception as exc:
+        raise WorkerBootError(
+            f"cannot import the Events {import_string!r}: {exc.__class__.__name__}: {exc}"
+        ) from exc
+    if isinstance(target, type):
+        try:
+            target = target()
+        except Exception as exc:
+            raise WorkerBootError(
+                f"cannot instantiate the Events class {import_string!r}: "
+                f"{exc.__class__.__name__}: {exc}"
+            ) from exc
+    return target
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    """What ``on_worker_start`` / ``on_worker_stop`` receive."""
+
+    name: str
+    index: int
+    pid: int
+    api: WorkerAPI
+    config: BusinessWorker
+
+
+class WorkerProcess:
+    """One business worker (the Service run by ``cluster.child.run_service``).
+
+    ``watcher_factory`` replaces the register client (tests, embedding); by default
+    gateways are discovered through ``config.registers``.
+    """
+
+    def __init__(
+        self,
+        config: BusinessWorker,
+        index: int = 0,
+        *,
+        watcher_factory: WatcherFactory | None = None,
+    ) -> None:
+        self.config = config
+        self.index = index
+        self.name = (
+            f"{config.app}.{config.name}.{index}" if config.app else f"{config.name}.{index}"
+        )
+        self._watcher_factory = watcher_factory
+        self._events: object = None
+        self._pool: LinkPool | None = None
+        self._dispatcher: Dispatcher | None = None
+        self.api: WorkerAPI | None = None
+        self.worker: WorkerInfo | None = None
+        self._acks: dict[GatewayLink, asyncio.Future[None]] = {}
+        self._started_at = 0.0
+        self._serving = False  # on_worker_start has returned
+        self._stopping = False
+
+    # ---- Service protocol ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Import Events, link to every gateway, run ``on_worker_start``."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._started_at = time.monotonic()
+        self._events = load_events(self.config.events)
+        config = self.config
+        pool = self._pool = LinkPool(
+            role="worker",
+            name=self.name,
+            secret=config.secret,
+            registers=config.registers,
+            keepalive_interval=config.keepalive_interval,
+            link_timeout=config.link_timeout,
+            on_leave_ack=self._on_leave_ack,
+            watcher_factory=self._watcher_factory,
+        )
+        api = self.api = WorkerAPI(pool.links, config.query_timeout)
+        dispatcher = self._dispatcher = Dispatcher(self._events, api)
+        pool.on_event = dispatcher.on_event
+        self.worker = WorkerInfo(self.name, self.index, os.getpid(), api, config)
+        await pool.start()
+        try:
+            await pool.wait_discovered(START_TIMEOUT)
+            unlinked = await pool.wait_linked(START_TIMEOUT - (loop.time() - started))
+        except BaseException:
+            await pool.close()
+            raise
+        if unlinked:
+            logger.warning(
+                "%s: not linked to %s yet (%s); retrying in the background",
+                self.name,
+                ", ".join(unlinked),
+                "; ".join(pool.last_errors.get(a, "no answer") for a in unlinked),
+            )
+        bind_process_api(api)
+        try:
+            await self._run_hook("on_worker_start")
+        except Exception as exc:
+            logger.exception("%s: on_worker_start failed", self.name)
+            await self._shutdown(LEAVE_TIMEOUT, run_stop_hook=False)
+            raise WorkerBootError(
+                f"on_worker_start of {config.events!r} failed: {exc.__class__.__name__}: {exc}"
+            ) from exc
+        self._serving = True
+        dispatcher.open()
+        logger.info("%s: serving, linked to %d gateway(s)", self.name, len(pool.links))
+
+    async def stop(self, graceful: bool) -> None:
+        """Leave every gateway, finish queued events, run ``on_worker_stop``, close."""
+        if self._pool is None or self._stopping:
+            return
+        await self._shutdown(LEAVE_TIMEOUT if graceful else FAST_LEAVE_TIMEOUT, run_stop_hook=True)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``status``: ``links`` (gateways linked), ``events_in`` per kind,
+        ``messages_in`` (every event received), ``messages_out`` (packets sent by the
+        API and session write-backs), ``callback_errors``, ``clients`` (clients with
+        queued events) and ``uptime`` (s)."""
+        pool, dispatcher = self._pool, self._dispatcher
+        uptime = time.monotonic() - self._started_at if self._started_at else 0.0
+        return {
+            "name": self.name,
+            "links": len(pool.links) if pool else 0,
+            "gateways": sorted(pool.links) if pool else [],
+            "events_in": dict(dispatcher.events_in) if dispatcher else {},
+            "messages_in": sum(dispatcher.events_in.values()) if dispatcher else 0,
+            "messages_out": self.api.sent if self.api else 0,
+            "callback_errors": dispatcher.callback_errors if dispatcher else 0,
+            "clients": dispatcher.clients if dispatcher else 0,
+            "uptime": round(uptime, 1),
+        }
+
+    # ---- internals -----------------------------------------------------------------
+
+    async def _run_hook(self, name: str) -> None:
+        hook = getattr(self._events, name, None)
+        if hook is None:
+            return
+        assert self.api is not None
+        token = use_api(self.api)
+        try:
+            result = hook(self.worker)
+            if inspect.isawaitable(result):
+                await result
+        finally:
+            reset_api(token)
+
+    async def _shutdown(self, timeout: float, run_stop_hook: bool) -> None:
+        self._stopping = True
+        pool, dispatcher = self._pool, self._dispatcher
+        assert pool is not None and dispatcher is not None and self.api is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pool.stop_relinking()
+        dispatcher.open()
+        await self._leave_gateways(pool, timeout)
+        if not await dispatcher.wait_idle(max(0.0, deadline - loop.time())):
+            logger.warning(
+                "%s: %d client(s) still had events after %g s; cancelling them",
+                self.name,
+                dispatcher.clients,
+                timeout,
+            )
+            await dispatcher.cancel_all()
+        if run_stop_hook and self._serving:
+            try:
+                await self._run_hook("on_worker_stop")
+            except Exception:
+                logger.exception("%s: on_worker_stop failed", self.name)
+        await pool.close()
+        unbind_process_api(self.api)
+        logger.info("%s: stopped", self.name)
+
+    async def _leave_gateways(self, pool: LinkPool, timeout: float) -> None:
+        """Send WORKER_LEAVE everywhere; wait for each LEAVE_ACK (or the link's end)."""
+        loop = asyncio.get_running_loop()
+        watchers: list[asyncio.Task[None]] = []
+        for link in list(pool.links.values()):
+            if not link.is_open:
+                continue
+            ack = self._acks[link] = loop.create_future()
+            watcher = loop.create_task(link.wait_closed())
+            watcher.add_done_callback(functools.partial(_settle, ack))
+            watchers.append(watcher)
+            link.send(_LEAVE)
+        if not self._acks:
+            return
+        _, pending = await asyncio.wait(list(self._acks.values()), timeout=timeout)
+        if pending:
+            silent = [link.gateway_address for link, ack in self._acks.items() if not ack.done()]
+            logger.warning(
+                "%s: no LEAVE_ACK from %s within %g s", self.name, ", ".join(silent), timeout
+            )
+        for watcher in watchers:
+            watcher.cancel()
+
+    def _on_leave_ack(self, link: GatewayLink) -> None:
+        ack = self._acks.get(link)
+        if ack is None:
+            logger.warning("%s: unexpected LEAVE_ACK from %s", self.name, link.gateway_address)
+        elif not ack.done():
+            ack.set_result(None)
+
+
+def _settle(future: asyncio.Future[None], _: object) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def serve(spec: ChildSpec) -> int:
+    """Entry point of a business worker child process."""
+    from cluster.child import run_service
+
+    return run_service(spec, WorkerProcess(spec.config, spec.index))

@@ -1,0 +1,40 @@
+"""The Gateway API and the push clients.
+
+- :class:`GatewayClient` (synchronous, thread-safe) and :class:`AsyncGatewayClient`
+  (asyncio) let a web application push to WebSocket clients: ``send_to_uid``,
+  ``send_to_group``, ``bind_uid``, ``get_session``... with the same names as in a
+  business worker's Events.
+- :class:`GatewayAPI` is that API over a set of :class:`GatewayLink` (used by the
+  business worker and the push clients).
+- Errors: :class:`GatewayError` and its subclasses; invalid client_ids raise
+  :class:`InvalidClientId` (a ``ValueError``).
+"""
+
+from gateway.client_id import InvalidClientId
+from gatewayclient.api import GatewayAPI
+from gatewayclient.client import AsyncGatewayClient, GatewayClient
+from gatewayclient.errors import (
+    GatewayError,
+    GatewayUnavailable,
+    LinkClosed,
+    LinkError,
+    NoRegister,
+    QueryTimeout,
+    RemoteError,
+)
+from gatewayclient.link import GatewayLink
+
+__all__ = [
+    "AsyncGatewayClient",
+    "GatewayAPI",
+    "GatewayClient",
+    "GatewayError",
+    "GatewayLink",
+    "GatewayUnavailable",
+    "InvalidClientId",
+    "LinkClosed",
+    "LinkError",
+    "NoRegister",
+    "QueryTimeout",
+    "RemoteError",
+]

@@ -1,0 +1,426 @@
+"""The Gateway API: every call of the original GatewayWorker API, in snake_case.
+
+How this works
+--------------
+:class:`GatewayAPI` works over a mapping ``"ip:port" -> GatewayLink`` that its owner
+(a business worker or a push client) keeps up to date; the API never connects by
+itself. Three cost classes decide where a call goes:
+
+- **T** (one gateway): the client_id names its gateway (``gateway.client_id``), so
+  the packet goes only there. When that gateway is not linked the call raises
+  :class:`~gatewayclient.errors.GatewayUnavailable`.
+- **B** (broadcast): one packet, encoded once, written to every linked gateway.
+  ``send_to_all`` with a list of client_ids (and every ``exclude`` list) is split per
+  gateway by decoding the ids, so it goes only to the gateways that hold them.
+- **S** (query): asked of every linked gateway at once, each bounded by
+  ``query_timeout``; the answers are merged (``gatewayclient.merge``). A gateway
+  that does not answer makes the call raise :class:`~gatewayclient.errors.
+  QueryTimeout` with the merged answer of the others in ``partial`` (same shape as
+  the call's result).
+
+Sends and state commands are plain calls that return ``None`` once the packet is
+queued on the link (no awaiting: safe inside any callback). Queries are coroutines.
+
+Arguments are checked before anything is sent: a malformed client_id raises
+``gateway.client_id.InvalidClientId``; a uid or group that is not a non-empty ``str``
+or an ``int`` raises ``ValueError``; a message that is not ``str`` (text frame) or
+``bytes`` (binary frame) raises ``TypeError`` (encode JSON yourself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
+from typing import Any, TypeVar
+
+from gateway.client_id import decode_client_id
+from gateway.protocol import Cmd, encode, pack_session, unpack_session
+from gatewayclient import merge
+from gatewayclient.errors import GatewayUnavailable, LinkClosed, QueryTimeout, RemoteError
+from gatewayclient.link import GatewayLink
+
+__all__ = ["GatewayAPI", "Message", "Key"]
+
+Message = str | bytes
+Key = str | int
+T = TypeVar("T")
+
+_ALL = ""
+"""The group name meaning *every client* in group queries (as in the original)."""
+
+
+@lru_cache(maxsize=1 << 16)
+def _route_of(client_id: str) -> tuple[str, int]:
+    address = decode_client_id(client_id)
+    return address.gateway, address.conn_id
+
+
+def route(client_id: object) -> tuple[str, int]:
+    """``(gateway "ip:port", conn_id)`` of a client_id; raises ``InvalidClientId``."""
+    if client_id.__class__ is not str:
+        decode_client_id(client_id)  # raises the right InvalidClientId
+    return _route_of(client_id)  # type: ignore[arg-type]
+
+
+def check_message(message: object) -> None:
+    """Raise ``TypeError`` unless ``message`` is ``str`` or ``bytes``."""
+    if message.__class__ is str or message.__class__ is bytes or isinstance(message, str | bytes):
+        return
+    raise TypeError(
+        f"message must be str (text frame) or bytes (binary frame), not "
+        f"{type(message).__name__}; encode it first (e.g. json.dumps)"
+    )
+
+
+def check_key(value: object, what: str) -> str:
+    """A uid or group as ``str``: non-empty ``str`` or an ``int`` (not ``bool``)."""
+    if value.__class__ is str:
+        if value:
+            return value  # type: ignore[return-value]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return str(int(value))
+    elif isinstance(value, str) and value:
+        return str(value)
+    raise ValueError(f"{what} must be a non-empty str or an int, got {value!r}")
+
+
+def check_keys(value: object, what: str) -> list[str]:
+    """One key or an iterable of keys (list, tuple, set...) -> distinct ``str`` keys."""
+    if isinstance(value, str | int | bytes | dict) or not isinstance(value, Iterable):
+        return [check_key(value, what)]
+    return list(dict.fromkeys(check_key(item, what) for item in value))
+
+
+def split_client_ids(client_ids: object) -> dict[str, list[int]]:
+    """One client_id or an iterable of them -> ``{gateway: [conn_id, ...]}``."""
+    if isinstance(client_ids, str):
+        client_ids = (client_ids,)
+    if not isinstance(client_ids, Iterable):
+        raise TypeError(f"expected a client_id or a list of them, got {type(client_ids).__name__}")
+    split: dict[str, list[int]] = {}
+    for client_id in client_ids:
+        gateway, conn_id = route(client_id)
+        bucket = split.get(gateway)
+        if bucket is None:
+            split[gateway] = [conn_id]
+        else:
+            bucket.append(conn_id)
+    return split
+
+
+def _check_dict(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} must be a dict, not {type(value).__name__}")
+    return value
+
+
+class GatewayAPI:
+    """Every Gateway API call over ``links`` (``"ip:port" -> GatewayLink``, owned and
+    updated by the caller). ``sent`` counts the packets written by sends."""
+
+    __slots__ = ("_links", "query_timeout", "sent")
+
+    def __init__(self, links: Mapping[str, GatewayLink], query_timeout: float = 5.0) -> None:
+        self._links = links
+        self.query_timeout = query_timeout
+        self.sent = 0
+
+    # ---- plumbing ------------------------------------------------------------------
+
+    def _link_of(self, client_id: object) -> tuple[GatewayLink, int]:
+        gateway, conn_id = route(client_id)
+        link = self._links.get(gateway)
+        if link is None or not link.is_open:
+            raise GatewayUnavailable(f"gateway {gateway} of client {client_id} is not linked")
+        return link, conn_id
+
+    def _to_client(self, cmd: Cmd, client_id: object, *fields: Any) -> None:
+        link, conn_id = self._link_of(client_id)
+        link.send(encode(cmd, conn_id, *fields))
+        self.sent += 1
+
+    def _broadcast(self, data: bytes) -> None:
+        for link in self._links.values():
+            if link.is_open:
+                link.send(data)
+                self.sent += 1
+
+    def _per_gateway(self, build: Callable[[str], bytes | None]) -> None:
+        """Write ``build(gateway)`` to every linked gateway (``None``: skip it)."""
+        for gateway, link in self._links.items():
+            if link.is_open:
+                data = build(gateway)
+                if data is not None:
+                    link.send(data)
+                    self.sent += 1
+
+    async def _ask_one(self, client_id: object, cmd: Cmd, *args: Any) -> Any:
+        link, conn_id = self._link_of(client_id)
+        return await link.request(cmd, conn_id, *args, timeout=self.query_timeout)
+
+    async def _ask_all(
+        self, cmd: Cmd, args: tuple[Any, ...], combine: Callable[[merge.Answers], T]
+    ) -> T:
+        """Ask every linked gateway at once; merge; raise QueryTimeout if any is missing."""
+        asked: list[GatewayLink] = []
+        futures: list[asyncio.Future[Any]] = []
+        missing: list[str] = []
+        for link in list(self._links.values()):
+            try:
+                futures.append(link.request_future(cmd, *args, timeout=self.query_timeout))
+                asked.append(link)
+            except LinkClosed:
+                missing.append(link.gateway_address)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        answers: list[tuple[merge.Origin, Any]] = []
+        for link, result in zip(asked, results, strict=True):
+            if isinstance(result, QueryTimeout | LinkClosed):
+                missing.append(link.gateway_address)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                answers.append((link, result))
+        try:
+            merged = combine(answers)
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            raise RemoteError(f"a gateway sent an unexpected answer to {cmd.name}: {exc}") from None
+        if missing:
+            raise QueryTimeout(
+                f"gateway(s) {', '.join(missing)} did not answer {cmd.name} within "
+                f"{self.query_timeout:g} s",
+                merged,
+                tuple(missing),
+            )
+        return merged
+
+    # ---- sends (return None) -------------------------------------------------------
+
+    def send_to_client(self, client_id: str, message: Message) -> None:
+        """T: send ``message`` to one connection."""
+        check_message(message)
+        self._to_client(Cmd.SEND_TO_CLIENT, client_id, message)
+
+    def send_to_all(
+        self,
+        message: Message,
+        client_ids: Iterable[str] | None = None,
+        exclude: Iterable[str] | str | None = None,
+    ) -> None:
+        """B: send to every client, or only to ``client_ids`` (an empty list sends
+        nothing), minus ``exclude``. Listed ids go only to the gateways holding them;
+        ids on a gateway that is not linked are skipped (those clients are gone)."""
+        check_message(message)
+        excluded = split_client_ids(exclude) if exclude else {}
+        if client_ids is None:
+            if not excluded:
+                self._broadcast(encode(Cmd.SEND_TO_ALL, message, None, None))
+            else:
+                self._per_gateway(
+                    lambda gw: encode(Cmd.SEND_TO_ALL, message, None, excluded.get(gw))
+                )
+            return
+        targets = split_client_ids(client_ids)
+        for gateway, conn_ids in targets.items():
+            link = self._links.get(gateway)
+            if link is None or not link.is_open:
+                continue
+            skip = excluded.get(gateway)
+            if skip:
+                skip_set = set(skip)
+                conn_ids = [conn_id for conn_id in conn_ids if conn_id not in skip_set]
+                if not conn_ids:
+                    continue
+            link.send(encode(Cmd.SEND_TO_ALL, message, conn_ids, None))
+            self.sent += 1
+
+    def send_to_uid(self, uid: Key | Iterable[Key], message: Message) -> None:
+        """B: send to every connection bound to the uid (or to any of the uids)."""
+        uids = check_keys(uid, "uid")
+        check_message(message)
+        if uids:
+            self._broadcast(encode(Cmd.SEND_TO_UID, uids, message))
+
+    def send_to_group(
+        self,
+        group: Key | Iterable[Key],
+        message: Message,
+        exclude: Iterable[str] | str | None = None,
+    ) -> None:
+        """B: send to every member of the group(s) minus ``exclude`` (client_ids)."""
+        groups = check_keys(group, "group")
+        check_message(message)
+        if not groups:
+            return
+        excluded = split_client_ids(exclude) if exclude else {}
+        if not excluded:
+            self._broadcast(encode(Cmd.SEND_TO_GROUP, groups, message, None))
+        else:
+            self._per_gateway(
+                lambda gw: encode(Cmd.SEND_TO_GROUP, groups, message, excluded.get(gw))
+            )
+
+    def close_client(self, client_id: str, message: Message | None = None) -> None:
+        """T: optionally send a last message, then close after flushing (code 1000)."""
+        if message is not None:
+            check_message(message)
+        self._to_client(Cmd.CLOSE_CLIENT, client_id, message)
+
+    def destroy_client(self, client_id: str) -> None:
+        """T: drop the connection at once."""
+        self._to_client(Cmd.DESTROY_CLIENT, client_id)
+
+    def bind_uid(self, client_id: str, uid: Key) -> None:
+        """T: bind the connection to ``uid`` (rebinding replaces the previous uid)."""
+        self._to_client(Cmd.BIND_UID, client_id, check_key(uid, "uid"))
+
+    def unbind_uid(self, client_id: str, uid: Key) -> None:
+        """T: unbind the connection from ``uid`` (only if bound to that uid)."""
+        self._to_client(Cmd.UNBIND_UID, client_id, check_key(uid, "uid"))
+
+    def join_group(self, client_id: str, group: Key) -> None:
+        """T: add the connection to ``group``."""
+        self._to_client(Cmd.JOIN_GROUP, client_id, check_key(group, "group"))
+
+    def leave_group(self, client_id: str, group: Key) -> None:
+        """T: remove the connection from ``group`` (an empty group vanishes)."""
+        self._to_client(Cmd.LEAVE_GROUP, client_id, check_key(group, "group"))
+
+    def ungroup(self, group: Key) -> None:
+        """B: dissolve ``group`` on every gateway."""
+        self._broadcast(encode(Cmd.UNGROUP, check_key(group, "group")))
+
+    def set_session(self, client_id: str, session: dict[str, Any]) -> None:
+        """T: replace the connection's session."""
+        packed = pack_session(_check_dict(session, "session"))
+        self._to_client(Cmd.SET_SESSION, client_id, packed)
+
+    def update_session(self, client_id: str, partial: dict[str, Any]) -> None:
+        """T: merge ``partial`` into the session (recursively, in the gateway)."""
+        self._to_client(Cmd.UPDATE_SESSION, client_id, _check_dict(partial, "session update"))
+
+    # ---- T-class queries -----------------------------------------------------------
+
+    async def is_online(self, client_id: str) -> bool:
+        """T: whether the connection exists."""
+        return await self._ask_one(client_id, Cmd.Q_CLIENT_INFO) is not None
+
+    async def get_session(self, client_id: str) -> dict[str, Any] | None:
+        """T: the connection's session (``{}`` if never set), ``None`` when offline."""
+        info = await self._ask_one(client_id, Cmd.Q_CLIENT_INFO)
+        return None if info is None else unpack_session(info.get("session"))
+
+    async def get_uid_by_client_id(self, client_id: str) -> str | None:
+        """T: the uid the connection is bound to, ``None`` if unbound or offline."""
+        info = await self._ask_one(client_id, Cmd.Q_CLIENT_INFO)
+        return None if info is None else info.get("uid")
+
+    # ---- S-class queries -----------------------------------------------------------
+
+    async def is_uid_online(self, uid: Key) -> bool:
+        """S: whether any connection is bound to ``uid``."""
+        key = check_key(uid, "uid")
+        return await self._ask_all(Cmd.Q_UIDS, ([key],), lambda a: merge.uids_online(a, [key])[key])
+
+    async def get_client_id_by_uid(self, uid: Key) -> list[str]:
+        """S: the client_ids bound to ``uid``."""
+        key = check_key(uid, "uid")
+        return await self._ask_all(
+            Cmd.Q_UIDS, ([key],), lambda a: merge.client_ids_by_uid(a, [key])[key]
+        )
+
+    async def is_uids_online(self, uids: Iterable[Key]) -> dict[str, bool]:
+        """S: ``{uid: online}`` for many uids in one round trip."""
+        keys = check_keys(uids, "uid")
+        return await self._ask_all(Cmd.Q_UIDS, (keys,), lambda a: merge.uids_online(a, keys))
+
+    async def batch_get_client_id_by_uid(self, uids: Iterable[Key]) -> dict[str, list[str]]:
+        """S: ``{uid: [client_id, ...]}`` for many uids in one round trip."""
+        keys = check_keys(uids, "uid")
+        return await self._ask_all(Cmd.Q_UIDS, (keys,), lambda a: merge.client_ids_by_uid(a, keys))
+
+    async def _group_query(self, group: Key, what: str, combine: Callable[..., Any]) -> Any:
+        """One group (``""``: every client) -> that group's merged entry."""
+        key = _ALL if group == _ALL else check_key(group, "group")
+        groups = None if key == _ALL else [key]
+        return await self._ask_all(Cmd.Q_GROUPS, (groups, what), lambda a: combine(a, [key])[key])
+
+    async def get_client_count_by_group(self, group: Key = _ALL) -> int:
+        """S: members of ``group`` (``""``: every client)."""
+        count: int = await self._group_query(group, "count", merge.group_counts)
+        return count
+
+    async def get_client_sessions_by_group(self, group: Key) -> dict[str, dict[str, Any]]:
+        """S: ``{client_id: session}`` of the members of ``group`` (``""``: all)."""
+        sessions: dict[str, dict[str, Any]] = await self._group_query(
+            group, "sessions", merge.group_sessions
+        )
+        return sessions
+
+    async def get_client_id_list_by_group(self, group: Key) -> list[str]:
+        """S: the client_ids in ``group`` (``""``: all)."""
+        ids: list[str] = await self._group_query(group, "ids", merge.group_client_ids)
+        return ids
+
+    async def get_uid_list_by_group(self, group: Key) -> list[str]:
+        """S: the distinct uids bound to members of ``group`` (``""``: all)."""
+        uids: list[str] = await self._group_query(group, "uids", merge.group_uids)
+        return uids
+
+    async def get_uid_count_by_group(self, group: Key) -> int:
+        """S: how many distinct uids are bound to members of ``group``."""
+        return len(await self.get_uid_list_by_group(group))
+
+    async def batch_get_client_count_by_group(self, groups: Iterable[Key]) -> dict[str, int]:
+        """S: ``{group: members}`` for many groups in one round trip."""
+        keys = check_keys(groups, "group")
+        return await self._ask_all(
+            Cmd.Q_GROUPS, (keys, "count"), lambda a: merge.group_counts(a, keys)
+        )
+
+    async def get_all_client_count(self) -> int:
+        """S: every connection of the cluster."""
+        return await self.get_client_count_by_group(_ALL)
+
+    async def get_all_client_sessions(self) -> dict[str, dict[str, Any]]:
+        """S: ``{client_id: session}`` of every connection."""
+        return await self.get_client_sessions_by_group(_ALL)
+
+    async def get_all_client_id_list(self) -> list[str]:
+        """S: every client_id."""
+        return await self.get_client_id_list_by_group(_ALL)
+
+    async def get_all_uid_list(self) -> list[str]:
+        """S: every bound uid, once."""
+        return await self._ask_all(Cmd.Q_ALL_UIDS, (), merge.all_uids)
+
+    async def get_all_uid_count(self) -> int:
+        """S: how many distinct uids are bound."""
+        return len(await self.get_all_uid_list())
+
+    async def get_all_group_id_list(self) -> list[str]:
+        """S: every non-empty group."""
+        return list(await self._ask_all(Cmd.Q_ALL_GROUPS, ("count",), merge.group_counts))
+
+    async def get_all_group_count(self) -> int:
+        """S: how many non-empty groups exist."""
+        return len(await self.get_all_group_id_list())
+
+    async def get_all_group_uid_list(self) -> dict[str, list[str]]:
+        """S: ``{group: [uid, ...]}`` for every non-empty group."""
+        return await self._ask_all(Cmd.Q_ALL_GROUPS, ("uids",), merge.group_uids)
+
+    async def get_all_group_client_id_list(self) -> dict[str, list[str]]:
+        """S: ``{group: [client_id, ...]}`` for every non-empty group."""
+        return await self._ask_all(Cmd.Q_ALL_GROUPS, ("ids",), merge.group_client_ids)
+
+    # ---- operator queries ----------------------------------------------------------
+
+    async def get_connections(self) -> list[dict[str, Any]]:
+        """S: one dict per connection of the cluster (``Q_CONNECTIONS``), each with a
+        ``"gateway"`` key naming its gateway."""
+        return await self._ask_all(Cmd.Q_CONNECTIONS, (), merge.tagged_rows)
+
+    async def get_gateway_stats(self) -> dict[str, dict[str, Any]]:
+        """S: ``{gateway address: counters}`` (``Q_STATS``)."""
+        return await self._ask_all(Cmd.Q_STATS, (), merge.tagged)

@@ -1,0 +1,583 @@
+"""Push clients: the Gateway API for web applications (Django, Flask, FastAPI...).
+
+How this works
+--------------
+:class:`AsyncGatewayClient` is for asyncio code. It keeps one persistent link per
+gateway (role ``"client"``, so the gateways route no events to it) through a
+:class:`~gatewayclient.pool.LinkPool`: gateways are discovered through the
+registers, or taken from a fixed ``gateways`` list; links come back after a gateway
+restarts and follow the list as it changes. Every Gateway API call has the same name
+and arguments as in ``gatewayclient.api.GatewayAPI``, and here every call is a
+coroutine: the first one starts discovery and waits for it (``NoRegister`` when no
+register answers within ``timeout``); sends then queue their packet on the right
+link(s) and return, awaiting only when a link's buffer is above its high-water mark.
+
+:class:`GatewayClient` is the synchronous, thread-safe form for WSGI apps. It runs
+one :class:`AsyncGatewayClient` on a private event loop in a daemon thread (started
+on the first call, and again in a forked child), submits each call to it with
+``asyncio.run_coroutine_threadsafe`` and waits for the result. Connections are
+persistent: no TCP connect per call. A send returns once its bytes are handed to the
+socket.
+
+One ``AsyncGatewayClient`` belongs to the event loop that first uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from gatewayclient.api import GatewayAPI, Key, Message
+from gatewayclient.errors import GatewayError, GatewayUnavailable
+from gatewayclient.pool import LinkPool
+from register.config import normalize_addresses
+
+__all__ = ["AsyncGatewayClient", "GatewayClient"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class AsyncGatewayClient:
+    """The Gateway API for asyncio applications; every call is a coroutine.
+
+    ``register``: register address(es), ``"ip:port"``, a comma-separated string or a
+    list. ``secret``: the cluster's secret. ``timeout``: seconds to wait for discovery,
+    for links and for each query's answers. ``gateways``: a fixed list of gateway
+    internal addresses instead of discovery. ``name``: shown in gateway logs.
+    """
+
+    def __init__(
+        self,
+        register: str | list[str] = "127.0.0.1:1238",
+        secret: str = "",
+        timeout: float = 5.0,
+        gateways: list[str] | None = None,
+        name: str = "push-client",
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout!r}")
+        fixed = None if gateways is None else normalize_addresses(gateways, "gateways")
+        registers = () if fixed is not None else normalize_addresses(register, "register")
+        self._timeout = timeout
+        self._pool = LinkPool(
+            role="client",
+            name=name,
+            secret=secret,
+            registers=registers,
+            gateways=fixed,
+            connect_timeout=timeout,
+        )
+        self._links = self._pool.links
+        self._api = GatewayAPI(self._links, query_timeout=timeout)
+        self._lock = asyncio.Lock()
+        self._started = False
+        self._closed = False
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncGatewayClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Flush and close every link and stop discovery."""
+        self._closed = True
+        await self._pool.close()
+
+    async def connect(self) -> None:
+        """Discover and link now instead of on the first call (optional)."""
+        await self._ready()
+
+    def flush(self) -> None:
+        """Hand every queued packet to the sockets now."""
+        self._pool.flush()
+
+    @property
+    def gateways(self) -> list[str]:
+        """The gateways linked right now."""
+        return sorted(self._links)
+
+    async def _ready(self) -> GatewayAPI:
+        if self._started and self._links:
+            return self._api
+        if self._closed:
+            raise GatewayError("this push client is closed")
+        async with self._lock:
+            if not self._started:
+                await self._pool.start()
+                await self._pool.wait_discovered(self._timeout)
+                await self._pool.wait_linked(self._timeout)
+                self._started = True
+        if not self._links and not await self._pool.wait_any_link(self._timeout):
+            raise GatewayUnavailable(self._why_no_link())
+        return self._api
+
+    def _why_no_link(self) -> str:
+        if not self._pool.listed:
+            where = self._pool.last_register_error or "the registers list no gateway"
+            return f"no gateway to send to: {where}"
+        errors = "; ".join(self._pool.last_errors.values()) or "no link yet"
+        return f"no gateway could be linked within {self._timeout:g} s: {errors}"
+
+    async def _sent(self) -> None:
+        if self._pool.paused:
+            await self._pool.drain()
+
+    # ---- sends ---------------------------------------------------------------------
+
+    async def send_to_client(self, client_id: str, message: Message) -> None:
+        """T: send to one connection."""
+        (await self._ready()).send_to_client(client_id, message)
+        await self._sent()
+
+    async def send_to_all(
+        self,
+        message: Message,
+        client_ids: Iterable[str] | None = None,
+        exclude: Iterable[str] | str | None = None,
+    ) -> None:
+        """B: send to everyone, or only ``client_ids`` (``[]`` sends nothing)."""
+        (await self._ready()).send_to_all(message, client_ids, exclude)
+        await self._sent()
+
+    async def send_to_uid(self, uid: Key | Iterable[Key], message: Message) -> None:
+        """B: send to every connection bound to the uid(s)."""
+        (await self._ready()).send_to_uid(uid, message)
+        await self._sent()
+
+    async def send_to_group(
+        self,
+        group: Key | Iterable[Key],
+        message: Message,
+        exclude: Iterable[str] | str | None = None,
+    ) -> None:
+        """B: send to every member of the group(s) minus ``exclude``."""
+        (await self._ready()).send_to_group(group, message, exclude)
+        await self._sent()
+
+    async def close_client(self, client_id: str, message: Message | None = None) -> None:
+        """T: optional last message, then close after flushing."""
+        (await self._ready()).close_client(client_id, message)
+        await self._sent()
+
+    async def destroy_client(self, client_id: str) -> None:
+        """T: close the connection at once."""
+        (await self._ready()).destroy_client(client_id)
+
+    async def bind_uid(self, client_id: str, uid: Key) -> None:
+        """T: bind the connection to ``uid``."""
+        (await self._ready()).bind_uid(client_id, uid)
+
+    async def unbind_uid(self, client_id: str, uid: Key) -> None:
+        """T: unbind the connection from ``uid``."""
+        (await self._ready()).unbind_uid(client_id, uid)
+
+    async def join_group(self, client_id: str, group: Key) -> None:
+        """T: add the connection to ``group``."""
+        (await self._ready()).join_group(client_id, group)
+
+    async def leave_group(self, client_id: str, group: Key) -> None:
+        """T: remove the connection from ``group``."""
+        (await self._ready()).leave_group(client_id, group)
+
+    async def ungroup(self, group: Key) -> None:
+        """B: dissolve ``group``."""
+        (await self._ready()).ungroup(group)
+
+    async def set_session(self, client_id: str, session: dict[str, Any]) -> None:
+        """T: replace the connection's session."""
+        (await self._ready()).set_session(client_id, session)
+
+    async def update_session(self, client_id: str, partial: dict[str, Any]) -> None:
+        """T: merge ``partial`` into the connection's session."""
+        (await self._ready()).update_session(client_id, partial)
+
+    # ---- queries -------------------------------------------------------------------
+
+    async def is_online(self, client_id: str) -> bool:
+        """T: whether the connection exists."""
+        return await (await self._ready()).is_online(client_id)
+
+    async def get_session(self, client_id: str) -> dict[str, Any] | None:
+        """T: the session, ``None`` when offline."""
+        return await (await self._ready()).get_session(client_id)
+
+    async def get_uid_by_client_id(self, client_id: str) -> str | None:
+        """T: the bound uid or ``None``."""
+        return await (await self._ready()).get_uid_by_client_id(client_id)
+
+    async def is_uid_online(self, uid: Key) -> bool:
+        """S: whether a connection is bound to ``uid``."""
+        return await (await self._ready()).is_uid_online(uid)
+
+    async def get_client_id_by_uid(self, uid: Key) -> list[str]:
+        """S: the client_ids bound to ``uid``."""
+        return await (await self._ready()).get_client_id_by_uid(uid)
+
+    async def get_client_count_by_group(self, group: Key = "") -> int:
+        """S: members of ``group`` (``""``: all clients)."""
+        return await (await self._ready()).get_client_count_by_group(group)
+
+    async def get_client_sessions_by_group(self, group: Key) -> dict[str, dict[str, Any]]:
+        """S: ``{client_id: session}`` of ``group``."""
+        return await (await self._ready()).get_client_sessions_by_group(group)
+
+    async def get_client_id_list_by_group(self, group: Key) -> list[str]:
+        """S: the client_ids of ``group``."""
+        return await (await self._ready()).get_client_id_list_by_group(group)
+
+    async def get_uid_list_by_group(self, group: Key) -> list[str]:
+        """S: the distinct uids of ``group``."""
+        return await (await self._ready()).get_uid_list_by_group(group)
+
+    async def get_uid_count_by_group(self, group: Key) -> int:
+        """S: how many distinct uids ``group`` has."""
+        return await (await self._ready()).get_uid_count_by_group(group)
+
+    async def get_all_client_count(self) -> int:
+        """S: every connection."""
+        return await (await self._ready()).get_all_client_count()
+
+    async def get_all_client_sessions(self) -> dict[str, dict[str, Any]]:
+        """S: every session by client_id."""
+        return await (await self._ready()).get_all_client_sessions()
+
+    async def get_all_client_id_list(self) -> list[str]:
+        """S: every client_id."""
+        return await (await self._ready()).get_all_client_id_list()
+
+    async def get_all_uid_list(self) -> list[str]:
+        """S: every bound uid."""
+        return await (await self._ready()).get_all_uid_list()
+
+    async def get_all_uid_count(self) -> int:
+        """S: how many uids are bound."""
+        return await (await self._ready()).get_all_uid_count()
+
+    async def get_all_group_id_list(self) -> list[str]:
+        """S: every non-empty group."""
+        return await (await self._ready()).get_all_group_id_list()
+
+    async def get_all_group_count(self) -> int:
+        """S: how many non-empty groups exist."""
+        return await (await self._ready()).get_all_group_count()
+
+    async def get_all_group_uid_list(self) -> dict[str, list[str]]:
+        """S: ``{group: [uid, ...]}``."""
+        return await (await self._ready()).get_all_group_uid_list()
+
+    async def get_all_group_client_id_list(self) -> dict[str, list[str]]:
+        """S: ``{group: [client_id, ...]}``."""
+        return await (await self._ready()).get_all_group_client_id_list()
+
+    async def is_uids_online(self, uids: Iterable[Key]) -> dict[str, bool]:
+        """S: ``{uid: online}``."""
+        return await (await self._ready()).is_uids_online(uids)
+
+    async def batch_get_client_id_by_uid(self, uids: Iterable[Key]) -> dict[str, list[str]]:
+        """S: ``{uid: [client_id, ...]}``."""
+        return await (await self._ready()).batch_get_client_id_by_uid(uids)
+
+    async def batch_get_client_count_by_group(self, groups: Iterable[Key]) -> dict[str, int]:
+        """S: ``{group: members}``."""
+        return await (await self._ready()).batch_get_client_count_by_group(groups)
+
+    async def get_connections(self) -> list[dict[str, Any]]:
+        """S: every connection, one dict each (operators)."""
+        return await (await self._ready()).get_connections()
+
+    async def get_gateway_stats(self) -> dict[str, dict[str, Any]]:
+        """S: ``{gateway: counters}`` (operators)."""
+        return await (await self._ready()).get_gateway_stats()
+
+
+@dataclass(slots=True)
+class _Runner:
+    """The private loop thread of a :class:`GatewayClient` in one process."""
+
+    pid: int
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    client: AsyncGatewayClient
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+async def _then_flush(client: AsyncGatewayClient, call: Callable[[], Awaitable[T]]) -> T:
+    result = await call()
+    client.flush()  # "returns once the bytes are handed to the socket"
+    return result
+
+
+class GatewayClient:
+    """The Gateway API for synchronous code; thread-safe, share one per process.
+
+    Same arguments as :class:`AsyncGatewayClient`. Each call waits at most about
+    ``3 * timeout + 1`` seconds (discovery, linking, answers) and raises the same
+    exceptions as the async client.
+    """
+
+    def __init__(
+        self,
+        register: str | list[str] = "127.0.0.1:1238",
+        secret: str = "",
+        timeout: float = 5.0,
+        gateways: list[str] | None = None,
+        name: str = "push-client",
+    ) -> None:
+        self._kwargs: dict[str, Any] = {
+            "register": register,
+            "secret": secret,
+            "timeout": timeout,
+            "gateways": gateways,
+            "name": name,
+        }
+        AsyncGatewayClient(**self._kwargs)  # validate the arguments now
+        self._wait = 3 * timeout + 1.0
+        self._lock = threading.Lock()
+        self._runner: _Runner | None = None
+        self._closed = False
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the links and stop the background thread."""
+        with self._lock:
+            runner, self._runner = self._runner, None
+            self._closed = True
+        if runner is None or runner.pid != os.getpid():
+            return
+        future = asyncio.run_coroutine_threadsafe(runner.client.close(), runner.loop)
+        with contextlib.suppress(Exception):  # closing anyway
+            future.result(self._wait)
+        runner.loop.call_soon_threadsafe(runner.loop.stop)
+        runner.thread.join(self._wait)
+        if not runner.thread.is_alive():
+            runner.loop.close()
+
+    def _get_runner(self) -> _Runner:
+        runner = self._runner
+        if runner is not None and runner.pid == os.getpid():
+            return runner
+        with self._lock:
+            if self._closed:
+                raise GatewayError("this GatewayClient is closed")
+            runner = self._runner
+            if runner is None or runner.pid != os.getpid():
+                runner = self._runner = self._start_runner()
+            return runner
+
+    def _start_runner(self) -> _Runner:
+        loop = _new_loop()
+        thread = threading.Thread(target=loop.run_forever, name="gatewayclient", daemon=True)
+        thread.start()
+        return _Runner(os.getpid(), loop, thread, AsyncGatewayClient(**self._kwargs))
+
+    def _call(
+        self,
+        method: Callable[Concatenate[AsyncGatewayClient, P], Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        runner = self._get_runner()
+        client = runner.client
+        future = asyncio.run_coroutine_threadsafe(
+            _then_flush(client, lambda: method(client, *args, **kwargs)), runner.loop
+        )
+        try:
+            return future.result(self._wait)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise GatewayError(
+                f"{method.__name__} did not finish within {self._wait:g} s"
+            ) from None
+
+    # ---- sends ---------------------------------------------------------------------
+
+    def send_to_client(self, client_id: str, message: Message) -> None:
+        """T: send to one connection."""
+        self._call(AsyncGatewayClient.send_to_client, client_id, message)
+
+    def send_to_all(
+        self,
+        message: Message,
+        client_ids: Iterable[str] | None = None,
+        exclude: Iterable[str] | str | None = None,
+    ) -> None:
+        """B: send to everyone, or only ``client_ids`` (``[]`` sends nothing)."""
+        self._call(AsyncGatewayClient.send_to_all, message, client_ids, exclude)
+
+    def send_to_uid(self, uid: Key | Iterable[Key], message: Message) -> None:
+        """B: send to every connection bound to the uid(s)."""
+        self._call(AsyncGatewayClient.send_to_uid, uid, message)
+
+    def send_to_group(
+        self,
+        group: Key | Iterable[Key],
+        message: Message,
+        exclude: Iterable[str] | str | None = None,
+    ) -> None:
+        """B: send to every member of the group(s) minus ``exclude``."""
+        self._call(AsyncGatewayClient.send_to_group, group, message, exclude)
+
+    def close_client(self, client_id: str, message: Message | None = None) -> None:
+        """T: optional last message, then close after flushing."""
+        self._call(AsyncGatewayClient.close_client, client_id, message)
+
+    def destroy_client(self, client_id: str) -> None:
+        """T: close the connection at once."""
+        self._call(AsyncGatewayClient.destroy_client, client_id)
+
+    def bind_uid(self, client_id: str, uid: Key) -> None:
+        """T: bind the connection to ``uid``."""
+        self._call(AsyncGatewayClient.bind_uid, client_id, uid)
+
+    def unbind_uid(self, client_id: str, uid: Key) -> None:
+        """T: unbind the connection from ``uid``."""
+        self._call(AsyncGatewayClient.unbind_uid, client_id, uid)
+
+    def join_group(self, client_id: str, group: Key) -> None:
+        """T: add the connection to ``group``."""
+        self._call(AsyncGatewayClient.join_group, client_id, group)
+
+    def leave_group(self, client_id: str, group: Key) -> None:
+        """T: remove the connection from ``group``."""
+        self._call(AsyncGatewayClient.leave_group, client_id, group)
+
+    def ungroup(self, group: Key) -> None:
+        """B: dissolve ``group``."""
+        self._call(AsyncGatewayClient.ungroup, group)
+
+    def set_session(self, client_id: str, session: dict[str, Any]) -> None:
+        """T: replace the connection's session."""
+        self._call(AsyncGatewayClient.set_session, client_id, session)
+
+    def update_session(self, client_id: str, partial: dict[str, Any]) -> None:
+        """T: merge ``partial`` into the connection's session."""
+        self._call(AsyncGatewayClient.update_session, client_id, partial)
+
+    # ---- queries -------------------------------------------------------------------
+
+    def is_online(self, client_id: str) -> bool:
+        """T: whether the connection exists."""
+        return self._call(AsyncGatewayClient.is_online, client_id)
+
+    def get_session(self, client_id: str) -> dict[str, Any] | None:
+        """T: the session, ``None`` when offline."""
+        return self._call(AsyncGatewayClient.get_session, client_id)
+
+    def get_uid_by_client_id(self, client_id: str) -> str | None:
+        """T: the bound uid or ``None``."""
+        return self._call(AsyncGatewayClient.get_uid_by_client_id, client_id)
+
+    def is_uid_online(self, uid: Key) -> bool:
+        """S: whether a connection is bound to ``uid``."""
+        return self._call(AsyncGatewayClient.is_uid_online, uid)
+
+    def get_client_id_by_uid(self, uid: Key) -> list[str]:
+        """S: the client_ids bound to ``uid``."""
+        return self._call(AsyncGatewayClient.get_client_id_by_uid, uid)
+
+    def get_client_count_by_group(self, group: Key = "") -> int:
+        """S: members of ``group`` (``""``: all clients)."""
+        return self._call(AsyncGatewayClient.get_client_count_by_group, group)
+
+    def get_client_sessions_by_group(self, group: Key) -> dict[str, dict[str, Any]]:
+        """S: ``{client_id: session}`` of ``group``."""
+        return self._call(AsyncGatewayClient.get_client_sessions_by_group, group)
+
+    def get_client_id_list_by_group(self, group: Key) -> list[str]:
+        """S: the client_ids of ``group``."""
+        return self._call(AsyncGatewayClient.get_client_id_list_by_group, group)
+
+    def get_uid_list_by_group(self, group: Key) -> list[str]:
+        """S: the distinct uids of ``group``."""
+        return self._call(AsyncGatewayClient.get_uid_list_by_group, group)
+
+    def get_uid_count_by_group(self, group: Key) -> int:
+        """S: how many distinct uids ``group`` has."""
+        return self._call(AsyncGatewayClient.get_uid_count_by_group, group)
+
+    def get_all_client_count(self) -> int:
+        """S: every connection."""
+        return self._call(AsyncGatewayClient.get_all_client_count)
+
+    def get_all_client_sessions(self) -> dict[str, dict[str, Any]]:
+        """S: every session by client_id."""
+        return self._call(AsyncGatewayClient.get_all_client_sessions)
+
+    def get_all_client_id_list(self) -> list[str]:
+        """S: every client_id."""
+        return self._call(AsyncGatewayClient.get_all_client_id_list)
+
+    def get_all_uid_list(self) -> list[str]:
+        """S: every bound uid."""
+        return self._call(AsyncGatewayClient.get_all_uid_list)
+
+    def get_all_uid_count(self) -> int:
+        """S: how many uids are bound."""
+        return self._call(AsyncGatewayClient.get_all_uid_count)
+
+    def get_all_group_id_list(self) -> list[str]:
+        """S: every non-empty group."""
+        return self._call(AsyncGatewayClient.get_all_group_id_list)
+
+    def get_all_group_count(self) -> int:
+        """S: how many non-empty groups exist."""
+        return self._call(AsyncGatewayClient.get_all_group_count)
+
+    def get_all_group_uid_list(self) -> dict[str, list[str]]:
+        """S: ``{group: [uid, ...]}``."""
+        return self._call(AsyncGatewayClient.get_all_group_uid_list)
+
+    def get_all_group_client_id_list(self) -> dict[str, list[str]]:
+        """S: ``{group: [client_id, ...]}``."""
+        return self._call(AsyncGatewayClient.get_all_group_client_id_list)
+
+    def is_uids_online(self, uids: Iterable[Key]) -> dict[str, bool]:
+        """S: ``{uid: online}``."""
+        return self._call(AsyncGatewayClient.is_uids_online, uids)
+
+    def batch_get_client_id_by_uid(self, uids: Iterable[Key]) -> dict[str, list[str]]:
+        """S: ``{uid: [client_id, ...]}``."""
+        return self._call(AsyncGatewayClient.batch_get_client_id_by_uid, uids)
+
+    def batch_get_client_count_by_group(self, groups: Iterable[Key]) -> dict[str, int]:
+        """S: ``{group: members}``."""
+        return self._call(AsyncGatewayClient.batch_get_client_count_by_group, groups)
+
+    def get_connections(self) -> list[dict[str, Any]]:
+        """S: every connection, one dict each (operators)."""
+        return self._call(AsyncGatewayClient.get_connections)
+
+    def get_gateway_stats(self) -> dict[str, dict[str, Any]]:
+        """S: ``{gateway: counters}`` (operators)."""
+        return self._call(AsyncGatewayClient.get_gateway_stats)

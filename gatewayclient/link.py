@@ -1,0 +1,519 @@
+"""One asyncio connection to one gateway's internal port.
+
+How this works
+--------------
+:class:`GatewayLink` is the asyncio protocol of the connection. :meth:`~GatewayLink.
+connect` opens TCP, writes ``HELLO(role, name, secret, pid)`` and waits for
+``WELCOME``; after that the link is *open* and :attr:`~GatewayLink.info` holds what the
+gateway said about itself (lan ip, internal and public port...).
+
+Writes are coalesced: :meth:`~GatewayLink.send` appends the packet to a list and one
+``call_soon`` writes the whole batch with a single ``transport.write``. A batch that
+grows past :data:`FLUSH_BYTES` is written at once, so a caller that never yields to
+the loop does not pile up an unbounded private buffer (the transport's own buffer and
+its high-water mark take over from there; :meth:`~GatewayLink.drain` waits on it).
+
+The reader (``data_received``) decodes packets and dispatches each one by command to
+a ``_packet_<name>`` method: replies resolve request futures, ``PING`` is answered,
+events and ``LEAVE_ACK`` are handed to callbacks given at construction. Those
+callbacks must only enqueue: the reader never runs user code, so a handler that
+awaits a query on this very link cannot deadlock it.
+
+Keep-alive is one timer per link (there is one link per gateway, so a handful): it
+sends ``PING`` when nothing was written for ``keepalive_interval`` (or nothing heard for
+that long), and drops the link when nothing was heard for ``link_timeout``.
+
+A gateway that sends garbage (bad length prefix, bad msgpack, a command that has no
+business on this side, wrong field shapes) gets its link closed with a log line;
+pending requests then fail with :class:`~gatewayclient.errors.LinkClosed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, cast
+
+from gateway.client_id import MAX_CONN_ID, encode_client_id
+from gateway.protocol import (
+    DEFAULT_MAX_PACKET,
+    Cmd,
+    Decoder,
+    ProtocolError,
+    encode,
+    encode_body,
+)
+from gatewayclient.errors import LinkClosed, LinkError, QueryTimeout, RemoteError
+from register.config import parse_address
+
+__all__ = ["GatewayLink", "FLUSH_BYTES", "EVENT_COMMANDS"]
+
+logger = logging.getLogger("gatewayclient")
+
+FLUSH_BYTES = 64 * 1024
+"""A coalesced batch this large is written at once instead of at the next loop turn."""
+
+EVENT_COMMANDS = frozenset({Cmd.EV_CONNECT, Cmd.EV_WS_CONNECT, Cmd.EV_MESSAGE, Cmd.EV_CLOSE})
+"""Client events, delivered to the ``on_event`` callback."""
+
+_NEW, _CONNECTING, _OPEN, _CLOSED = "new", "connecting", "open", "closed"
+_MAX_REQ = 2**31 - 1
+_PING = encode(Cmd.PING)
+_PONG = encode(Cmd.PONG)
+
+EventCallback = Callable[["GatewayLink", list[Any]], None]
+LinkCallback = Callable[["GatewayLink"], None]
+FlowCallback = Callable[["GatewayLink", bool], None]
+
+
+class GatewayLink(asyncio.Protocol):
+    """One link to the gateway at ``address`` (its internal ``"ip:port"``).
+
+    ``role`` is ``"worker"`` (the gateway routes client events here) or ``"client"``
+    (push client). Callbacks, all optional and all called from the reader, so they
+    must be quick and must not run user code:
+
+    - ``on_event(link, packet)``: an ``EV_*`` packet
+      ``[cmd, conn_id, session, remote_ip, remote_port, payload]``;
+    - ``on_leave_ack(link)``: the gateway acknowledged ``WORKER_LEAVE``;
+    - ``on_open(link)``: ``WELCOME`` arrived (before :meth:`connect` returns);
+    - ``on_close(link)``: the link is closed, for whatever reason;
+    - ``on_flow(link, paused)``: the transport crossed its write high-water mark.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        role: str = "client",
+        name: str = "",
+        secret: str = "",
+        on_event: EventCallback | None = None,
+        on_leave_ack: LinkCallback | None = None,
+        on_open: LinkCallback | None = None,
+        on_close: LinkCallback | None = None,
+        on_flow: FlowCallback | None = None,
+        keepalive_interval: float = 10.0,
+        link_timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        max_packet: int = DEFAULT_MAX_PACKET,
+    ) -> None:
+        self.address = address
+        self.host, self.port = parse_address(address, "gateway address")
+        self.role = role
+        self.name = name
+        self._secret = secret
+        self._on_event = on_event
+        self._on_leave_ack = on_leave_ack
+        self._on_open = on_open
+        self._on_close = on_close
+        self._on_flow = on_flow
+        self.keepalive_interval = keepalive_interval
+        self.link_timeout = link_timeout
+        self.connect_timeout = connect_timeout
+        self.info: dict[str, Any] = {}
+        """What ``WELCOME`` said: ``lan_ip``, ``port``, ``public_host``, ``public_port``,
+        ``name``, ``pid``."""
+        self.gateway_address = address
+        """``lan_ip:port`` from ``WELCOME`` (the address client_ids encode)."""
+        self.lan_ip = self.host
+        self.public_port = 0
+        self.close_reason = ""
+        self._by_us = False
+        self._prefix = ""
+        self._state = _NEW
+        self._decoder = Decoder(max_packet)
+        self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._next_req = 1
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_scheduled = False
+        self._paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._welcome: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_heard = 0.0
+        self._last_write = 0.0
+        self._last_ping = 0.0
+
+    def __repr__(self) -> str:
+        return f"<GatewayLink {self.address} {self.role} {self._state}>"
+
+    # ---- public API ----------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        """True between ``WELCOME`` and the close."""
+        return self._state is _OPEN
+
+    @property
+    def paused(self) -> bool:
+        """True while the transport's buffer is above its high-water mark."""
+        return self._paused
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes written but not yet handed to the kernel (ours plus the transport's)."""
+        transport = self._transport
+        size = transport.get_write_buffer_size() if transport is not None else 0
+        return size + self._out_bytes
+
+    def client_id(self, conn_id: int) -> str:
+        """The client_id of connection ``conn_id`` on this gateway (after ``WELCOME``).
+
+        Same result as ``encode_client_id(lan_ip, port, conn_id)``, without the
+        address parsing. Raises ``ValueError`` for a connection id out of range.
+        """
+        if conn_id.__class__ is not int or not 0 < conn_id <= MAX_CONN_ID:
+            raise ValueError(f"connection id {conn_id!r} is outside 1..{MAX_CONN_ID}")
+        return self._prefix + format(conn_id, "08x")
+
+    async def connect(self) -> dict[str, Any]:
+        """Open the link: TCP connect, ``HELLO``, wait for ``WELCOME``; return the info.
+
+        Raises :class:`LinkError` naming the gateway and the reason: connection
+        refused, no ``WELCOME`` within ``connect_timeout``, or the gateway's ``ERROR``
+        text (e.g. a wrong secret).
+        """
+        if self._state is not _NEW:
+            raise RuntimeError("a GatewayLink connects only once; make a new one")
+        loop = self._loop = asyncio.get_running_loop()
+        self._state = _CONNECTING
+        self._welcome = loop.create_future()
+        self._closed = loop.create_future()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await loop.create_connection(lambda: self, self.host, self.port)
+                await self._welcome
+        except TimeoutError:
+            self.abort("handshake timeout")
+            raise LinkError(
+                f"gateway {self.address} did not complete the link handshake within "
+                f"{self.connect_timeout:g} s"
+            ) from None
+        except OSError as exc:
+            self._welcome.cancel()
+            self._by_us = True
+            self._set_closed()
+            reason = exc.strerror or str(exc) or exc.__class__.__name__
+            raise LinkError(f"cannot link to gateway {self.address}: {reason}") from None
+        except BaseException:
+            self.abort("handshake failed")
+            raise
+        return self.info
+
+    def send(self, data: bytes) -> None:
+        """Queue one encoded packet; it is written at the next loop turn (or at once
+        when the batch is large). Never blocks. Raises :class:`LinkClosed` when the
+        link is not open."""
+        if self._state is not _OPEN:
+            raise LinkClosed(f"link to gateway {self.address} is {self._state}")
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes >= FLUSH_BYTES:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)  # type: ignore[union-attr]
+
+    def flush(self) -> None:
+        """Hand every queued packet to the transport now."""
+        self._flush_scheduled = False
+        out = self._out
+        if not out or self._transport is None or self._state is _CLOSED:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._out_bytes = 0
+        self._last_write = self._loop.time()  # type: ignore[union-attr]
+        self._transport.write(data)
+
+    async def drain(self) -> None:
+        """Flush, then wait while the transport is above its high-water mark."""
+        self.flush()
+        if not self._paused:
+            return
+        if self._drain_waiter is None or self._drain_waiter.done():
+            self._drain_waiter = self._loop.create_future()  # type: ignore[union-attr]
+        await asyncio.shield(self._drain_waiter)
+
+    def request_future(self, cmd: Cmd, *args: Any, timeout: float) -> asyncio.Future[Any]:
+        """Send query ``[cmd, req, *args]`` and return the future of its ``REPLY``.
+
+        The future fails with :class:`QueryTimeout` after ``timeout`` seconds, with
+        :class:`RemoteError` on an ``ERROR`` reply and with :class:`LinkClosed` when
+        the link closes first. Raises :class:`LinkClosed` at once when not open.
+        """
+        if self._state is not _OPEN:
+            raise LinkClosed(f"link to gateway {self.address} is {self._state}")
+        req = self._next_req
+        self._next_req = req + 1 if req < _MAX_REQ else 1
+        loop = self._loop
+        assert loop is not None
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending[req] = future
+        timer = loop.call_later(timeout, self._expire, req, cmd, timeout)
+
+        def settle(_: asyncio.Future[Any]) -> None:
+            timer.cancel()
+            self._pending.pop(req, None)
+
+        future.add_done_callback(settle)
+        self.send(encode_body(cmd, (req, *args)))
+        return future
+
+    async def request(self, cmd: Cmd, *args: Any, timeout: float) -> Any:
+        """Send a query and return the gateway's answer (see :meth:`request_future`)."""
+        return await self.request_future(cmd, *args, timeout=timeout)
+
+    def close(self, reason: str = "closed by us") -> None:
+        """Flush what is queued and close the connection."""
+        if self._state is _CLOSED:
+            return
+        self.flush()
+        self._by_us = True
+        self.close_reason = self.close_reason or reason
+        if self._transport is not None:
+            self._transport.close()
+        else:
+            self._set_closed()
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection at once (queued data is discarded)."""
+        if self._state is _CLOSED:
+            return
+        self._by_us = True
+        self.close_reason = self.close_reason or reason
+        if self._transport is not None:
+            self._transport.abort()
+        else:
+            self._set_closed()
+
+    async def wait_closed(self) -> None:
+        """Return once the link is closed."""
+        if self._closed is not None:
+            await asyncio.shield(self._closed)
+
+    # ---- asyncio protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, hence a cast
+        self._transport = cast(asyncio.Transport, transport)
+        loop = self._loop
+        assert loop is not None
+        self._last_heard = self._last_write = self._last_ping = loop.time()
+        self._transport.write(encode(Cmd.HELLO, self.role, self.name, self._secret, os.getpid()))
+        self._schedule_tick()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_heard = self._loop.time()  # type: ignore[union-attr]
+        try:
+            packets = self._decoder.feed(data)
+        except ProtocolError as exc:
+            self._violation(str(exc))
+            return
+        for packet in packets:
+            if self._state is _CLOSED:
+                return
+            handler = _DISPATCH.get(packet[0])
+            if handler is None:
+                self._violation(f"unexpected command {packet[0].name}")
+                return
+            try:
+                handler(self, packet)
+            except ProtocolError as exc:
+                self._violation(str(exc))
+                return
+
+    def eof_received(self) -> bool | None:
+        self.close_reason = self.close_reason or "closed by the gateway"
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and not self.close_reason:
+            self.close_reason = str(exc) or exc.__class__.__name__
+        was_open = self._state is _OPEN
+        self._set_closed()
+        if was_open and not self._by_us:
+            logger.warning("link to gateway %s lost: %s", self.address, self.close_reason)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        if self._on_flow is not None:
+            self._on_flow(self, True)
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._on_flow is not None:
+            self._on_flow(self, False)
+
+    # ---- packets from the gateway (dispatched by name) -----------------------------
+
+    def _packet_welcome(self, packet: list[Any]) -> None:
+        if self._state is not _CONNECTING:
+            raise ProtocolError("WELCOME on an open link")
+        info = packet[1] if len(packet) == 2 else None
+        if (
+            not isinstance(info, dict)
+            or not isinstance(info.get("lan_ip"), str)
+            or info.get("port").__class__ is not int
+        ):
+            raise ProtocolError("WELCOME without a valid info dict (lan_ip, port)")
+        try:
+            self._prefix = encode_client_id(info["lan_ip"], info["port"], 1)[:12]
+        except ValueError as exc:
+            raise ProtocolError(f"WELCOME with an unusable address: {exc}") from None
+        self.info = info
+        self.lan_ip = info["lan_ip"]
+        self.public_port = info.get("public_port") or 0
+        self.gateway_address = f"{info['lan_ip']}:{info['port']}"
+        self._state = _OPEN
+        if self._on_open is not None:
+            self._on_open(self)
+        if self._welcome is not None and not self._welcome.done():
+            self._welcome.set_result(None)
+
+    def _packet_error(self, packet: list[Any]) -> None:
+        if len(packet) != 3:
+            raise ProtocolError("ERROR packet must be [ERROR, req, message]")
+        req, message = packet[1], str(packet[2])[:500]
+        if self._state is _CONNECTING:
+            self._fail_welcome(LinkError(f"gateway {self.address} refused the link: {message}"))
+            self.abort(f"refused: {message}")
+            return
+        future = self._pending.pop(req, None) if req else None
+        if future is None:
+            logger.warning("gateway %s reports: %s", self.address, message)
+        elif not future.done():
+            future.set_exception(RemoteError(f"gateway {self.address}: {message}"))
+
+    def _packet_reply(self, packet: list[Any]) -> None:
+        if len(packet) != 3 or self._state is not _OPEN:
+            raise ProtocolError("REPLY packet must be [REPLY, req, result] on an open link")
+        future = self._pending.pop(packet[1], None)
+        if future is not None and not future.done():
+            future.set_result(packet[2])
+
+    def _packet_ping(self, packet: list[Any]) -> None:
+        if self._transport is not None:
+            self.flush()  # keep order: queued packets before the answer
+            self._transport.write(_PONG)
+
+    def _packet_pong(self, packet: list[Any]) -> None:
+        """Nothing to do: hearing anything counts as life."""
+
+    def _packet_leave_ack(self, packet: list[Any]) -> None:
+        if self._state is not _OPEN:
+            raise ProtocolError("LEAVE_ACK before WELCOME")
+        if self._on_leave_ack is not None:
+            self._on_leave_ack(self)
+
+    def _packet_event(self, packet: list[Any]) -> None:
+        if (
+            self._state is not _OPEN
+            or len(packet) != 6
+            or packet[1].__class__ is not int
+            or not 0 < packet[1] <= MAX_CONN_ID
+        ):
+            raise ProtocolError(
+                f"malformed {packet[0].name}: expected [cmd, conn_id, session, ip, port, "
+                "payload] on an open link"
+            )
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(self, packet)
+        except Exception:  # our owner's bug: log it, keep the link
+            logger.exception("event callback failed for %s from %s", packet[0].name, self.address)
+
+    # ---- internals -----------------------------------------------------------------
+
+    def _violation(self, reason: str) -> None:
+        logger.error("gateway %s sent garbage, closing the link: %s", self.address, reason)
+        self._fail_welcome(LinkError(f"gateway {self.address} sent garbage: {reason}"))
+        self.abort(f"protocol error: {reason}")
+
+    def _fail_welcome(self, exc: Exception) -> None:
+        if self._welcome is not None and not self._welcome.done():
+            self._welcome.set_exception(exc)
+
+    def _expire(self, req: int, cmd: Cmd, timeout: float) -> None:
+        future = self._pending.pop(req, None)
+        if future is not None and not future.done():
+            future.set_exception(
+                QueryTimeout(
+                    f"gateway {self.gateway_address} did not answer {cmd.name} within "
+                    f"{timeout:g} s",
+                    None,
+                    (self.gateway_address,),
+                )
+            )
+
+    def _schedule_tick(self) -> None:
+        period = max(0.02, min(self.keepalive_interval, self.link_timeout) / 4)
+        self._timer = self._loop.call_later(period, self._tick)  # type: ignore[union-attr]
+
+    def _tick(self) -> None:
+        if self._state is _CLOSED or self._transport is None:
+            return
+        now = self._loop.time()  # type: ignore[union-attr]
+        if now - self._last_heard > self.link_timeout:
+            logger.warning(
+                "gateway %s silent for %.1f s, dropping the link",
+                self.address,
+                now - self._last_heard,
+            )
+            self.abort(f"silent for more than {self.link_timeout:g} s")
+            return
+        keepalive = self.keepalive_interval
+        if now - self._last_write >= keepalive or (
+            now - self._last_heard >= keepalive and now - self._last_ping >= keepalive
+        ):
+            self.flush()
+            self._transport.write(_PING)
+            self._last_write = self._last_ping = now
+        self._schedule_tick()
+
+    def _set_closed(self) -> None:
+        if self._state is _CLOSED:
+            return
+        self._state = _CLOSED
+        reason = self.close_reason or "closed"
+        if self._timer is not None:
+            self._timer.cancel()
+        self._out.clear()
+        self._out_bytes = 0
+        self._fail_welcome(LinkError(f"gateway {self.address} closed the link: {reason}"))
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(
+                    LinkClosed(f"link to gateway {self.gateway_address} closed: {reason}")
+                )
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # the next send raises LinkClosed
+        self._paused = False
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+        if self._on_close is not None:
+            try:
+                self._on_close(self)
+            except Exception:
+                logger.exception("close callback failed for %s", self.address)
+
+
+_DISPATCH: dict[Cmd, Callable[[GatewayLink, list[Any]], None]] = {
+    cmd: getattr(GatewayLink, f"_packet_{cmd.name.lower()}")
+    for cmd in Cmd
+    if hasattr(GatewayLink, f"_packet_{cmd.name.lower()}")
+}
+_DISPATCH.update(dict.fromkeys(EVENT_COMMANDS, GatewayLink._packet_event))
