@@ -15,6 +15,7 @@ once it listens / is linked, and returns an exit code from :class:`ExitCode`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -67,10 +68,8 @@ class ChildSpec:
         if self.status_fd is None:
             return
         line = json.dumps({"kind": kind, "message": message, "pid": os.getpid()}) + "\n"
-        try:
+        with contextlib.suppress(OSError):
             os.write(self.status_fd, line.encode())
-        except OSError:
-            pass
 
     def notify_ready(self) -> None:
         """Tell the master this child is serving (listening, linked)."""

@@ -17,7 +17,8 @@ class Gateway:
     ``lan_ip:start_port + i``; ``lan_ip`` is what other hosts use to reach it and is
     encoded in every client_id, so it must be a concrete IPv4 address (never 0.0.0.0).
     ``internal_bind`` binds the internal port on another address than the advertised
-    one (containers, NAT); by default it is ``lan_ip``.
+    one (containers, NAT); by default it is ``lan_ip``. ``start_port=0`` (tests) makes
+    every process bind any free internal port; the real one is known after start.
 
     Heartbeat: every ``ping_interval`` seconds of client silence the gateway sends
     ``ping_data``; with ``ping_not_response_limit`` n > 0 a client silent for n
@@ -69,7 +70,7 @@ class Gateway:
         check_ipv4(self.lan_ip, "Gateway lan_ip")
         if self.internal_bind:
             check_ipv4(self.internal_bind, "Gateway internal_bind")
-        if not 0 < self.start_port <= 65535 - self.count + 1:
+        if not 0 <= self.start_port <= 65535 - self.count + 1:
             raise ConfigError(
                 f"Gateway start_port {self.start_port} with count {self.count} leaves 1..65535"
             )

@@ -117,6 +117,25 @@ class _Connection(asyncio.Protocol):
             else:
                 self.transport.close()
 
+    def linger_close(self, seconds: float = 1.0) -> None:
+        """Half-close after what was written and discard further input for a moment.
+
+        Closing a socket that still has unread input makes the kernel send a reset,
+        which can destroy the error document we just wrote before the peer reads it.
+        """
+        self.closing = True
+        self.server.forget(self)  # unlist now, not when the lingering ends
+        transport = self.transport
+        if transport is None:
+            return
+        try:
+            if transport.can_write_eof():
+                transport.write_eof()
+        except (OSError, RuntimeError):
+            transport.abort()
+            return
+        asyncio.get_running_loop().call_later(seconds, transport.close)
+
 
 class RegisterServer:
     """The register service (see the module docstring and ``docs/architecture.md``).
@@ -224,7 +243,9 @@ class RegisterServer:
         logger.warning("register %s: closing %s: %s", self.config.name, conn.peer, reason)
         if notify:
             conn.send(lines.error(reason))
-        conn.close(abort=not notify)
+            conn.linger_close()
+        else:
+            conn.close(abort=True)
 
     def handle(self, conn: _Connection, doc: dict[str, Any]) -> None:
         """Dispatch one document to ``on_<event>``."""

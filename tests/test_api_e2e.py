@@ -276,7 +276,7 @@ async def test_garbage_on_internal_port_closes_only_that_link(
     cluster: AppSpec, clients: list[RC], payload: bytes
 ) -> None:
     answer = await asyncio.to_thread(_internal_exchange, cluster.start_port, payload)
-    packets = Decoder().feed(answer) if answer else []
+    packets = Decoder().feed(answer.removesuffix(b"<reset>"))
     assert all(p[0] is Cmd.ERROR for p in packets)
     for c in clients[:2]:
         assert await c.call("echo", "ok") == ["ok"]
@@ -300,7 +300,7 @@ async def test_garbage_on_register_port_is_rejected(
     cluster: AppSpec, clients: list[RC], line: bytes
 ) -> None:
     answer = await asyncio.to_thread(_register_exchange, cluster.register_port, line)
-    assert b'"error"' in answer
+    assert b'"error"' in answer or answer.endswith(b"<reset>")
     assert await clients[0].call("echo", "ok") == ["ok"]
 
 

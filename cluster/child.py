@@ -1,0 +1,247 @@
+"""What every child process shares: event loop, signals, master watchdog, stats.
+
+A role's ``serve(spec)`` builds its service object and returns
+``run_service(spec, service)``. The service has ``async start()`` (bind/connect;
+return when ready, raise to fail the boot), ``async stop(graceful)`` and
+``stats() -> dict``.
+
+Signals (installed on the loop):
+
+- ``SIGTERM``: stop (``service.stop(graceful=False)``), exit ``ExitCode.OK``.
+- ``SIGQUIT``: graceful stop (``graceful=True``: gateways close clients with 1001
+  and wait for them).
+- ``SIGUSR2``: write the stats file now (``status`` asks the master, which forwards).
+- ``SIGINT``, ``SIGHUP``: ignored; the master coordinates Ctrl-C and reload.
+
+The watchdog: ``PR_SET_PDEATHSIG`` makes the kernel send ``SIGTERM`` when the
+master dies, and every second the child also checks that its parent is still
+``spec.master_pid``; either way it stops and exits with ``ExitCode.MASTER_GONE`` so
+no orphan keeps a port.
+
+Stats: every second and on ``SIGUSR2`` the child writes ``service.stats()`` plus
+``pid``, ``role``, ``name``, ``app``, ``index``, ``generation``, ``started_at``,
+``updated_at`` and ``rss`` (bytes) to ``spec.stats_path()``. For every key of
+:data:`RATE_KEYS` the service reports (monotonic counters), it adds
+``<key>_per_s``, the rate over the last interval. ``start.py status`` shows the keys
+``connections``, ``messages_in``, ``messages_out``, ``send_failures`` and the rates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from cluster.logs import configure_child_logging
+from cluster.spec import ChildSpec, ExitCode
+from cluster.state import rss_bytes
+
+__all__ = ["Service", "run_service", "RATE_KEYS", "new_event_loop"]
+
+log = logging.getLogger("cluster")
+
+STATS_INTERVAL = 1.0
+WATCHDOG_INTERVAL = 1.0
+SELF_STOP_LIMIT = 60.0
+"""Upper bound for ``service.stop`` when no master is left to enforce one."""
+RATE_KEYS = ("messages_in", "messages_out")
+_MIN_RATE_INTERVAL = 0.5
+_PR_SET_PDEATHSIG = 1
+
+
+class Service(Protocol):
+    """What a role hands to :func:`run_service`."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, graceful: bool) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop when uvloop is installed, else the default asyncio loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_service(spec: ChildSpec, service: Service) -> int:
+    """Run ``service`` in this process until asked to stop; return the exit code."""
+    configure_child_logging(spec.name)
+    if spec.master_pid:
+        _set_parent_death_signal(signal.SIGTERM)
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return int(runner.run(_ChildRuntime(spec, service).run()))
+
+
+def _set_parent_death_signal(sig: int) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # the once-a-second watchdog still covers it
+
+
+class _ChildRuntime:
+    """The lifecycle of one child: boot, serve until a stop request, stop."""
+
+    def __init__(self, spec: ChildSpec, service: Service) -> None:
+        self.spec = spec
+        self.service = service
+        self.started_at = time.time()
+        self.exit_code = ExitCode.OK
+        self.graceful = False
+        self._stop = asyncio.Event()
+        self._stopping = False
+        self._last_counts: tuple[float, dict[str, float]] | None = None
+        self._rates: dict[str, float] = {}
+        self._stats_failed = False
+        self._ready = False
+
+    def request_stop(self, graceful: bool) -> None:
+        """Signal handler of SIGTERM/SIGQUIT, and the watchdog's exit."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.graceful = graceful
+        if self.spec.master_pid and os.getppid() != self.spec.master_pid:
+            self.exit_code = ExitCode.MASTER_GONE
+        self._stop.set()
+
+    async def run(self) -> ExitCode:
+        loop = asyncio.get_running_loop()
+        handlers: dict[int, Callable[[], None]] = {
+            signal.SIGTERM: lambda: self.request_stop(False),
+            signal.SIGQUIT: lambda: self.request_stop(True),
+            signal.SIGUSR2: self.write_stats,
+        }
+        for sig, handler in handlers.items():
+            loop.add_signal_handler(sig, handler)
+        watchdog = asyncio.create_task(self._watch_master())
+        try:
+            booted = await self._boot()
+            if booted is not None:
+                return booted
+            self._ready = True
+            self.spec.notify_ready()
+            log.info("ready (%s)", self.spec.role)
+            stats_task = asyncio.create_task(self._write_stats_every_second())
+            await self._stop.wait()
+            stats_task.cancel()
+            await self._stop_service()
+            return self.exit_code
+        finally:
+            watchdog.cancel()
+            for sig in handlers:
+                loop.remove_signal_handler(sig)
+
+    async def _boot(self) -> ExitCode | None:
+        """Start the service; None when it is ready, else the exit code to return."""
+        start = asyncio.create_task(self.service.start())
+        stop = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not start.done():
+            log.info("stop requested while starting")
+            start.cancel()
+            with contextlib.suppress(BaseException):
+                await start
+            await self._stop_service()
+            return self.exit_code
+        exc = start.exception()
+        if exc is None:
+            return None
+        reason = str(exc) or type(exc).__name__
+        log.error("could not start: %s", reason, exc_info=exc)
+        self.spec.notify_error(reason)
+        return ExitCode.BOOT_ERROR
+
+    async def _stop_service(self) -> None:
+        kind = "graceful stop" if self.graceful else "stop"
+        log.info("%s requested", kind)
+        try:
+            await asyncio.wait_for(self.service.stop(self.graceful), SELF_STOP_LIMIT)
+        except TimeoutError:
+            log.error("%s did not finish within %s s; exiting anyway", kind, SELF_STOP_LIMIT)
+        except Exception:
+            log.exception("error while stopping")
+
+    async def _watch_master(self) -> None:
+        master = self.spec.master_pid
+        if not master:
+            return
+        while True:
+            if os.getppid() != master:
+                log.warning("master (pid %s) is gone; stopping", master)
+                self.request_stop(False)
+                return
+            await asyncio.sleep(WATCHDOG_INTERVAL)
+
+    async def _write_stats_every_second(self) -> None:
+        while True:
+            self.write_stats()
+            await asyncio.sleep(STATS_INTERVAL)
+
+    def write_stats(self) -> None:
+        """Write this child's stats snapshot now (once the service is ready)."""
+        if not self._ready:
+            return
+        try:
+            self.spec.write_stats(self.snapshot())
+        except Exception as exc:
+            if not self._stats_failed:
+                log.warning("cannot write stats file %s: %s", self.spec.stats_path(), exc)
+            self._stats_failed = True
+        else:
+            self._stats_failed = False
+
+    def snapshot(self) -> dict[str, Any]:
+        """The service's counters plus who we are and the counter rates."""
+        try:
+            stats = dict(self.service.stats())
+        except Exception:
+            log.exception("service.stats() failed")
+            stats = {}
+        now = time.monotonic()
+        self._update_rates(stats, now)
+        stats.update(self._rates)
+        spec = self.spec
+        stats.update(
+            pid=os.getpid(),
+            role=spec.role,
+            name=spec.name,
+            app=getattr(spec.config, "app", ""),
+            index=spec.index,
+            generation=spec.generation,
+            started_at=self.started_at,
+            updated_at=time.time(),
+            rss=rss_bytes(),
+        )
+        return stats
+
+    def _update_rates(self, stats: dict[str, Any], now: float) -> None:
+        counts = {k: float(stats[k]) for k in RATE_KEYS if isinstance(stats.get(k), int | float)}
+        last = self._last_counts
+        if last is not None and now - last[0] < _MIN_RATE_INTERVAL:
+            return  # too short an interval (SIGUSR2 right after a tick): keep the rates
+        if last is not None:
+            elapsed = now - last[0]
+            for key, value in counts.items():
+                if key in last[1]:
+                    self._rates[f"{key}_per_s"] = round(max(0.0, value - last[1][key]) / elapsed, 2)
+        self._last_counts = (now, counts)

@@ -1,0 +1,315 @@
+"""The command line: ``python start.py start|stop|restart|reload|status|connections``.
+
+Every command finds the running master through the pid file in the run directory
+(``--run-dir``, env ``GW_RUN_DIR``, default ``run/`` beside ``start.py``) and talks to
+it with signals only: TERM/QUIT stop, HUP reloads, USR2 refreshes the stats files.
+What it prints comes from the files the master and the children write there
+(:mod:`cluster.state`). Every command but ``start`` and ``restart`` says
+"not running" and exits 1 when no master runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from cluster.apps import AppError, discover
+from cluster.daemon import ConsoleReporter, start_daemon
+from cluster.master import Master, MasterOptions, Reporter
+from cluster.pidfile import PidFile, pid_alive
+from cluster.query import GatewayTarget, query_all
+from cluster.state import RunPaths, default_apps_dir, read_json, read_stats, rss_bytes
+from cluster.status import process_rows, render_connections, render_status, render_summary, totals
+from gateway.protocol import Cmd
+
+__all__ = ["main"]
+
+STOP_TIMEOUT = 15.0
+GRACEFUL_STOP_TIMEOUT = 35.0
+DAEMON_REPORT_TIMEOUT = 150.0
+STATS_SETTLE = 0.5
+POLL = 0.05
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+def _running(paths: RunPaths) -> int:
+    """The master's pid, or exit with "not running"."""
+    pid = PidFile(paths.pid_file).running_pid()
+    if pid is None:
+        _fail("not running")
+    return pid
+
+
+def _state(paths: RunPaths) -> dict[str, Any]:
+    state = read_json(paths.state_file)
+    return state if isinstance(state, dict) else {"master": {}, "processes": []}
+
+
+def _wait_until(check: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL)
+    return True
+
+
+_run_dir_option = click.option(
+    "--run-dir",
+    envvar="GW_RUN_DIR",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Directory of the pid file, log file and stats [env GW_RUN_DIR; default: run/].",
+)
+_apps_dir_option = click.option(
+    "--apps-dir",
+    envvar="GW_APPS_DIR",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="The apps directory [env GW_APPS_DIR; default: apps/, or the running one's].",
+)
+
+
+def run_dir_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--run-dir``, plus ``--apps-dir`` so that one command line (as scripts build
+    it) works for every command; commands that need no apps ignore it."""
+    return _run_dir_option(_apps_dir_option(function))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Run and operate the gateway cluster (register, gateways, business workers)."""
+
+
+# ---- start / stop / restart --------------------------------------------------------
+
+
+@main.command()
+@click.option("-d", "--daemon", is_flag=True, help="Run in the background.")
+@click.option("--app", "app_name", default=None, help="Start only this app.")
+@run_dir_option
+def start(daemon: bool, app_name: str | None, apps_dir: str | None, run_dir: str | None) -> None:
+    """Start every app (Ctrl-C stops it; -d returns once everything is ready)."""
+    sys.exit(_start(RunPaths.at(run_dir), daemon, app_name, apps_dir))
+
+
+def _start(paths: RunPaths, daemon: bool, app_name: str | None, apps_dir: str | None) -> int:
+    owner = PidFile(paths.pid_file).running_pid()
+    if owner is not None:
+        _fail(f"already running (pid {owner})")
+    try:
+        plan = discover(apps_dir or default_apps_dir(), app_name)
+    except AppError as exc:
+        _fail(f"cannot start: {exc}")
+    options = MasterOptions(
+        run_dir=paths.run_dir, apps_dir=plan.apps_dir, app=app_name, foreground=not daemon
+    )
+    if not daemon:
+        return Master(plan, options, ConsoleReporter()).run()
+
+    def run(reporter: Reporter) -> int:
+        return Master(plan, options, reporter).run()
+
+    result = start_daemon(run, DAEMON_REPORT_TIMEOUT)
+    if not result.ok:
+        _fail(f"start failed: {result.error}")
+    click.echo(render_summary(result.state))
+    return 0
+
+
+@main.command()
+@click.option("-g", "--graceful", is_flag=True, help="Let gateways close clients (1001) and drain.")
+@click.option("--timeout", type=float, default=None, help="Seconds before killing what remains.")
+@run_dir_option
+def stop(graceful: bool, timeout: float | None, apps_dir: str | None, run_dir: str | None) -> None:
+    """Stop the master and every child."""
+    paths = RunPaths.at(run_dir)
+    _stop(paths, _running(paths), graceful, timeout)
+
+
+def _stop(paths: RunPaths, pid: int, graceful: bool, timeout: float | None) -> None:
+    limit = (
+        timeout if timeout is not None else (GRACEFUL_STOP_TIMEOUT if graceful else STOP_TIMEOUT)
+    )
+    state = _state(paths)
+    pids = [pid] + [p["pid"] for p in state.get("processes", []) if p.get("pid")]
+    pids += [o for p in state.get("processes", []) for o in p.get("other_pids", [])]
+    os.kill(pid, signal.SIGQUIT if graceful else signal.SIGTERM)
+    click.echo(f"stopping (master pid {pid}{', graceful' if graceful else ''}) ...")
+
+    def all_gone() -> bool:
+        return not any(pid_alive(p) for p in pids)
+
+    if not _wait_until(all_gone, limit):
+        alive = [p for p in pids if pid_alive(p)]
+        for p in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        _wait_until(all_gone, 5.0)
+        click.echo(f"killed {len(alive)} process(es) still running after {limit:g} s")
+    click.echo("stopped")
+
+
+@main.command()
+@click.option("-d", "--daemon", is_flag=True, help="Run in the background.")
+@click.option("-g", "--graceful", is_flag=True, help="Stop gracefully first.")
+@click.option("--app", "app_name", default=None, help="Start only this app.")
+@run_dir_option
+def restart(
+    daemon: bool, graceful: bool, app_name: str | None, apps_dir: str | None, run_dir: str | None
+) -> None:
+    """Stop (if running) and start again, with the same apps unless told otherwise."""
+    paths = RunPaths.at(run_dir)
+    pid = PidFile(paths.pid_file).running_pid()
+    if pid is not None:
+        master = _state(paths).get("master", {})
+        apps_dir = apps_dir or master.get("apps_dir")
+        app_name = app_name or master.get("app")
+        _stop(paths, pid, graceful, None)
+    else:
+        click.echo("not running; starting")
+    sys.exit(_start(paths, daemon, app_name, apps_dir))
+
+
+# ---- reload -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "-g", "--graceful", is_flag=True, help="Accepted for familiarity: reload is always graceful."
+)
+@click.option("--timeout", type=float, default=300.0, show_default=True)
+@run_dir_option
+def reload(graceful: bool, timeout: float, apps_dir: str | None, run_dir: str | None) -> None:
+    """Replace the business workers one at a time with fresh code; no client drops."""
+    paths = RunPaths.at(run_dir)
+    pid = _running(paths)
+    before = int(_state(paths).get("reload", {}).get("id", 0))
+    os.kill(pid, signal.SIGHUP)
+    click.echo(f"reloading (master pid {pid}) ...")
+
+    def finished() -> bool:
+        status = _state(paths).get("reload", {})
+        return not pid_alive(pid) or (
+            int(status.get("id", 0)) > before and status.get("state") in ("done", "failed")
+        )
+
+    if not _wait_until(finished, timeout):
+        _fail(f"the reload did not finish within {timeout:g} s")
+    if not pid_alive(pid):
+        _fail("the master stopped during the reload")
+    status = _state(paths)["reload"]
+    for line in status.get("replaced", []):
+        click.echo(f"  {line}")
+    if status["state"] != "done":
+        _fail(f"reload failed: {status.get('message', '')}")
+    click.echo(f"reloaded: {status.get('message', '')}")
+
+
+# ---- status -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("-d", "--live", is_flag=True, help="Refresh every second until Ctrl-C.")
+@run_dir_option
+def status(as_json: bool, live: bool, apps_dir: str | None, run_dir: str | None) -> None:
+    """One line per process: memory, connections, messages, rates, uptime, restarts."""
+    paths = RunPaths.at(run_dir)
+    pid = _running(paths)
+    os.kill(pid, signal.SIGUSR2)
+    time.sleep(STATS_SETTLE)
+    if not live:
+        click.echo(_status_text(paths, pid, as_json))
+        return
+    try:
+        while pid_alive(pid):
+            text = _status_text(paths, pid, as_json)
+            click.clear()
+            click.echo(text)
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return
+    _fail("not running")
+
+
+def _status_text(paths: RunPaths, pid: int, as_json: bool) -> str:
+    state = _state(paths)
+    rows = process_rows(state, read_stats(paths.stats_dir), time.time(), rss_bytes(pid))
+    sums = totals(rows)
+    if as_json:
+        return json.dumps(
+            {
+                "master": state.get("master", {}),
+                "reload": state.get("reload", {}),
+                "processes": rows,
+                "totals": sums,
+            },
+            indent=2,
+        )
+    return render_status(rows, sums)
+
+
+# ---- connections --------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--timeout", type=float, default=3.0, show_default=True, help="Per gateway.")
+@run_dir_option
+def connections(as_json: bool, timeout: float, apps_dir: str | None, run_dir: str | None) -> None:
+    """One line per client connection of every gateway process."""
+    paths = RunPaths.at(run_dir)
+    _running(paths)
+    state = _state(paths)
+    targets = _gateway_targets(state, apps_dir)
+    answers, errors = asyncio.run(query_all(targets, Cmd.Q_CONNECTIONS, timeout=timeout))
+    rows = [
+        {**conn, "gateway": name}
+        for name, conns in answers.items()
+        for conn in (conns if isinstance(conns, list) else [])
+        if isinstance(conn, dict)
+    ]
+    if as_json:
+        click.echo(json.dumps({"connections": rows, "errors": errors}, indent=2, default=str))
+    else:
+        click.echo(render_connections(rows, errors))
+    if errors and not answers:
+        sys.exit(1)
+
+
+def _gateway_targets(state: dict[str, Any], apps_dir: str | None) -> list[GatewayTarget]:
+    """Every running gateway process with its secret (read from the declarations the
+    master was started with: secrets are not written to the run directory)."""
+    master = state.get("master", {})
+    secrets: dict[tuple[str, str], str] = {}
+    try:
+        plan = discover(apps_dir or master.get("apps_dir") or default_apps_dir(), master.get("app"))
+    except AppError as exc:
+        _fail(f"cannot read the apps' declarations: {exc}")
+    for decl in plan.by_role("gateway"):
+        secrets[(decl.app, decl.name)] = decl.config.secret
+    targets: list[GatewayTarget] = []
+    for proc in state.get("processes", []):
+        if proc["role"] != "gateway" or not proc.get("pid"):
+            continue
+        addresses = proc.get("addresses", {})
+        address = addresses.get("advertised") or addresses.get("internal", "")
+        if address.startswith("0.0.0.0:"):
+            address = "127.0.0.1:" + address.rpartition(":")[2]
+        secret = secrets.get((proc["app"], proc["decl"]), "")
+        targets.append(GatewayTarget(proc["name"], address, secret))
+    return targets

@@ -1,0 +1,152 @@
+"""Reload: replace the business workers one slot at a time, losing no event.
+
+:class:`Reloader` is a small state machine the master advances from its loop. For
+each worker slot in turn:
+
+1. **boot**: fork the new generation beside the old process (it imports the app's
+   current Events code, since the master never imported it) and wait until it
+   reports ready, i.e. it is linked to every gateway;
+2. **retire**: make it the slot's current process, SIGTERM the old one (its stop
+   sends ``WORKER_LEAVE`` to every gateway and handles what it already received, so
+   no event is lost) and wait for it to exit, killing it after the timeout.
+
+A new worker that fails to boot (reports an error, exits, or is not ready in time)
+ends the reload: it is killed, the remaining slots keep their old workers, and the
+outcome says why. Register and gateways are never touched, so no client drops.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cluster.slots import Child, Slot
+
+__all__ = ["Reloader", "ChildControl", "ReloadJob"]
+
+log = logging.getLogger("cluster")
+
+
+class ChildControl(Protocol):
+    """What the reloader needs from the master."""
+
+    def spawn_child(self, slot: Slot, generation: int) -> Child: ...
+
+    def signal_child(self, child: Child, sig: int) -> None: ...
+
+    def child_alive(self, child: Child) -> bool: ...
+
+
+@dataclass(slots=True)
+class ReloadJob:
+    """A reload in progress: worker slots still to replace, and the current step."""
+
+    id: int
+    generation: int
+    queue: list[Slot]
+    slot: Slot | None = None
+    new: Child | None = None
+    old: Child | None = None
+    deadline: float = 0.0
+    replaced: list[str] = field(default_factory=list)
+
+
+class Reloader:
+    """Runs one reload at a time; ``status`` is what ``state.json`` shows."""
+
+    def __init__(self, control: ChildControl, timeout: float) -> None:
+        self.control = control
+        self.timeout = timeout
+        self.job: ReloadJob | None = None
+        self.pending = False
+        """A reload was asked for while busy: run another one afterwards."""
+        self.status: dict[str, Any] = {"id": 0, "state": "none", "message": ""}
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None
+
+    def begin(self, slots: list[Slot], generation: int) -> None:
+        """Start replacing the processes of ``slots`` with ``generation``."""
+        self.pending = False
+        job = ReloadJob(int(self.status["id"]) + 1, generation, list(slots))
+        self.job = job
+        self.status = {"id": job.id, "state": "running", "message": "", "replaced": []}
+        log.info("reload %d: replacing %d business worker(s) one at a time", job.id, len(slots))
+
+    def cancel(self) -> None:
+        """Forget the job (the master is stopping every process anyway)."""
+        self.job = None
+
+    def advance(self) -> bool:
+        """Move the job as far as it can go now; True if anything changed."""
+        moved = False
+        while self.job is not None and self._step(self.job):
+            moved = True
+        return moved
+
+    def _step(self, job: ReloadJob) -> bool:
+        if job.old is not None:
+            return self._retire(job)
+        if job.new is not None:
+            return self._boot(job)
+        if not job.queue:
+            self._finish(True, f"replaced {len(job.replaced)} business worker(s)")
+            return True
+        slot = job.slot = job.queue.pop(0)
+        job.new = slot.replacement = self.control.spawn_child(slot, job.generation)
+        job.deadline = time.monotonic() + self.timeout
+        return True
+
+    def _boot(self, job: ReloadJob) -> bool:
+        slot, new = job.slot, job.new
+        assert slot is not None and new is not None
+        if slot.replacement is not new or new.error:
+            self._abort(job, f"{slot.name}: the new worker {new.exit_reason or new.error}")
+            return True
+        if not new.ready:
+            if time.monotonic() > job.deadline:
+                self._abort(
+                    job, f"{slot.name}: the new worker was not ready within {self.timeout:g} s"
+                )
+                return True
+            return False
+        old, slot.current = slot.current, new
+        slot.replacement, slot.respawn_at, slot.failures = None, None, 0
+        job.replaced.append(f"{slot.name}: {old.pid if old else '-'} -> {new.pid}")
+        job.new = None
+        if old is not None:
+            old.stopping = True
+            slot.retiring = job.old = old
+            self.control.signal_child(old, signal.SIGTERM)
+            job.deadline = time.monotonic() + self.timeout
+        return True
+
+    def _retire(self, job: ReloadJob) -> bool:
+        old = job.old
+        assert old is not None
+        if not self.control.child_alive(old):
+            job.old = job.slot = None
+            return True
+        if time.monotonic() > job.deadline:
+            log.warning("pid %s did not leave within %g s: killing it", old.pid, self.timeout)
+            self.control.signal_child(old, signal.SIGKILL)
+            job.deadline = float("inf")
+        return False
+
+    def _abort(self, job: ReloadJob, reason: str) -> None:
+        if job.new is not None and self.control.child_alive(job.new):
+            job.new.stopping = True
+            self.control.signal_child(job.new, signal.SIGKILL)
+        self._finish(False, f"{reason}; the old workers keep running")
+
+    def _finish(self, ok: bool, message: str) -> None:
+        job = self.job
+        assert job is not None
+        self.job = None
+        state = "done" if ok else "failed"
+        self.status = {"id": job.id, "state": state, "message": message, "replaced": job.replaced}
+        (log.info if ok else log.error)("reload %d %s: %s", job.id, state, message)

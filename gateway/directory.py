@@ -1,0 +1,321 @@
+"""The client/uid/group directory of one gateway process.
+
+How this works
+--------------
+Every connection that completed its handshake is an :class:`Entry` (``conn_id``,
+``uid``, ``groups``, ``session``). The server's connection class subclasses
+:class:`Entry`, so one object per connection carries both the socket glue and this
+state; tests use plain entries. The :class:`Directory` indexes entries three ways:
+
+- ``conn_id -> entry``
+- ``uid -> {conn_id: entry}``   (a connection has at most one uid)
+- ``group -> {conn_id: entry}`` (a connection may be in many groups)
+
+Index maps are dicts keyed by conn_id, so sends iterate ``dict.values()`` directly
+with no list built, and membership changes are O(1). Empty uids and groups vanish.
+
+This module is pure: no sockets, no asyncio. Invalid arguments (a uid that is not a
+non-empty str, an unknown ``what``) raise ``ValueError``/``TypeError``; the server
+turns those into an ``ERROR`` packet for the link that sent them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, Generic, TypeVar
+
+from gateway.protocol import ProtocolError, pack_session, unpack_session
+
+__all__ = ["Entry", "Directory", "WHATS", "merge_session"]
+
+WHATS = frozenset({"count", "ids", "sessions", "uids"})
+"""The ``what`` values of group queries (see ``Cmd.Q_GROUPS``)."""
+
+
+class Entry:
+    """The directory's state of one connection. ``groups`` is ``None`` until the
+    connection joins its first group (an empty set per idle connection is memory we
+    do not need to spend)."""
+
+    __slots__ = ("conn_id", "uid", "groups", "session")
+
+    def __init__(self, conn_id: int) -> None:
+        self.conn_id = conn_id
+        self.uid: str | None = None
+        self.groups: set[str] | None = None
+        self.session: bytes | None = None
+
+
+E = TypeVar("E", bound=Entry)
+
+
+def _check_name(value: object, what: str) -> str:
+    if type(value) is not str:
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    return value
+
+
+def merge_session(base: dict[str, Any], partial: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``partial`` into ``base`` (in place) and return ``base``.
+    Nested dicts merge key by key; any other value (lists too) replaces."""
+    for key, value in partial.items():
+        old = base.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            merge_session(old, value)
+        else:
+            base[key] = value
+    return base
+
+
+class Directory(Generic[E]):
+    """Connections, uid bindings, groups and sessions of one gateway process."""
+
+    __slots__ = ("_conns", "_uids", "_groups")
+
+    def __init__(self) -> None:
+        self._conns: dict[int, E] = {}
+        self._uids: dict[str, dict[int, E]] = {}
+        self._groups: dict[str, dict[int, E]] = {}
+
+    # ---- connections -----------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def __contains__(self, conn_id: object) -> bool:
+        return conn_id in self._conns
+
+    def __iter__(self) -> Iterator[E]:
+        return iter(self._conns.values())
+
+    def entries(self) -> Iterable[E]:
+        """Every entry (a live view: do not add or remove while iterating)."""
+        return self._conns.values()
+
+    def get(self, conn_id: int) -> E | None:
+        """The entry of ``conn_id``, or ``None``."""
+        return self._conns.get(conn_id)
+
+    def add(self, entry: E) -> None:
+        """Register a new connection. Raises ``ValueError`` for a conn_id in use."""
+        if entry.conn_id in self._conns:
+            raise ValueError(f"connection id {entry.conn_id} is already in the directory")
+        self._conns[entry.conn_id] = entry
+
+    def remove(self, conn_id: int) -> E | None:
+        """Forget a connection: unbind its uid and leave all its groups. Returns the
+        entry (its ``session`` is still there: the last value for ``EV_CLOSE``)."""
+        entry = self._conns.pop(conn_id, None)
+        if entry is None:
+            return None
+        if entry.uid is not None:
+            self._drop(self._uids, entry.uid, conn_id)
+            entry.uid = None
+        if entry.groups:
+            for group in entry.groups:
+                self._drop(self._groups, group, conn_id)
+        entry.groups = None
+        return entry
+
+    @staticmethod
+    def _drop(index: dict[str, dict[int, E]], key: str, conn_id: int) -> None:
+        members = index.get(key)
+        if members is not None:
+            members.pop(conn_id, None)
+            if not members:
+                del index[key]
+
+    # ---- uids ------------------------------------------------------------------
+    def bind_uid(self, conn_id: int, uid: str) -> bool:
+        """Bind ``conn_id`` to ``uid``, replacing a previous binding. False when the
+        connection is unknown."""
+        _check_name(uid, "uid")
+        entry = self._conns.get(conn_id)
+        if entry is None:
+            return False
+        if entry.uid is not None:
+            if entry.uid == uid:
+                return True
+            self._drop(self._uids, entry.uid, conn_id)
+        entry.uid = uid
+        self._uids.setdefault(uid, {})[conn_id] = entry
+        return True
+
+    def unbind_uid(self, conn_id: int, uid: str) -> bool:
+        """Unbind ``conn_id`` if (and only if) it is bound to ``uid``."""
+        _check_name(uid, "uid")
+        entry = self._conns.get(conn_id)
+        if entry is None or entry.uid != uid:
+            return False
+        self._drop(self._uids, uid, conn_id)
+        entry.uid = None
+        return True
+
+    # ---- groups ----------------------------------------------------------------
+    def join_group(self, conn_id: int, group: str) -> bool:
+        """Add ``conn_id`` to ``group``. False when the connection is unknown."""
+        _check_name(group, "group")
+        entry = self._conns.get(conn_id)
+        if entry is None:
+            return False
+        if entry.groups is None:
+            entry.groups = set()
+        entry.groups.add(group)
+        self._groups.setdefault(group, {})[conn_id] = entry
+        return True
+
+    def leave_group(self, conn_id: int, group: str) -> bool:
+        """Remove ``conn_id`` from ``group``; False when it was not a member."""
+        _check_name(group, "group")
+        entry = self._conns.get(conn_id)
+        if entry is None or not entry.groups or group not in entry.groups:
+            return False
+        entry.groups.discard(group)
+        if not entry.groups:
+            entry.groups = None
+        self._drop(self._groups, group, conn_id)
+        return True
+
+    def ungroup(self, group: str) -> int:
+        """Dissolve ``group``; return how many members it had."""
+        _check_name(group, "group")
+        members = self._groups.pop(group, None)
+        if not members:
+            return 0
+        for entry in members.values():
+            if entry.groups:
+                entry.groups.discard(group)
+                if not entry.groups:
+                    entry.groups = None
+        return len(members)
+
+    # ---- sessions --------------------------------------------------------------
+    def set_session(self, conn_id: int, session: bytes | None) -> bool:
+        """Replace the packed session of ``conn_id`` (``None`` clears it). Raises
+        ``TypeError``/``ProtocolError`` when ``session`` is not a packed dict."""
+        if session is not None:
+            if type(session) is not bytes:
+                raise TypeError(f"session must be packed bytes, got {type(session).__name__}")
+            unpack_session(session)  # validate now, not when a worker reads it
+        entry = self._conns.get(conn_id)
+        if entry is None:
+            return False
+        entry.session = session or None
+        return True
+
+    def update_session(self, conn_id: int, partial: dict[str, Any]) -> bool:
+        """Recursively merge ``partial`` into the session of ``conn_id``."""
+        if not isinstance(partial, dict):
+            raise TypeError(f"session update must be a dict, got {type(partial).__name__}")
+        entry = self._conns.get(conn_id)
+        if entry is None:
+            return False
+        try:
+            current = unpack_session(entry.session)
+        except ProtocolError:  # cannot happen through set_session; be safe
+            current = {}
+        entry.session = pack_session(merge_session(current, partial))
+        return True
+
+    # ---- recipients (for sends) -----------------------------------------------
+    def recipients_all(
+        self, conn_ids: Iterable[int] | None = None, exclude: Iterable[int] | None = None
+    ) -> Iterable[E]:
+        """Entries for ``SEND_TO_ALL``: every connection, or only ``conn_ids``, minus
+        ``exclude``; each at most once."""
+        skip = set(exclude) if exclude else None
+        if conn_ids is None:
+            if not skip:
+                return self._conns.values()
+            return (e for cid, e in self._conns.items() if cid not in skip)
+        conns = self._conns
+        wanted = dict.fromkeys(conn_ids)
+        if skip:
+            return [conns[c] for c in wanted if c in conns and c not in skip]
+        return [conns[c] for c in wanted if c in conns]
+
+    def recipients_uids(self, uids: Iterable[str]) -> Iterable[E]:
+        """Entries bound to any of ``uids``; each at most once (a connection has one
+        uid, so distinct uids never share a connection)."""
+        index = self._uids
+        found = [index[u] for u in dict.fromkeys(uids) if u in index]
+        if len(found) == 1:
+            return found[0].values()
+        return (e for members in found for e in members.values())
+
+    def recipients_groups(
+        self, groups: Iterable[str], exclude: Iterable[int] | None = None
+    ) -> Iterable[E]:
+        """Members of any of ``groups`` minus ``exclude``; each at most once even
+        when it is in several of the groups."""
+        index = self._groups
+        found = [index[g] for g in dict.fromkeys(groups) if g in index]
+        skip = set(exclude) if exclude else None
+        if len(found) == 1:
+            members = found[0]
+            if not skip:
+                return members.values()
+            return (e for cid, e in members.items() if cid not in skip)
+        union: dict[int, E] = {}
+        for members in found:
+            union.update(members)
+        if skip:
+            for cid in skip:
+                union.pop(cid, None)
+        return union.values()
+
+    # ---- queries (shapes documented on gateway.protocol.Cmd) --------------------
+    def client_info(self, conn_id: int) -> dict[str, Any] | None:
+        """``Q_CLIENT_INFO``: ``None`` when offline, else uid, session and groups."""
+        entry = self._conns.get(conn_id)
+        if entry is None:
+            return None
+        return {
+            "uid": entry.uid,
+            "session": entry.session,
+            "groups": sorted(entry.groups) if entry.groups else [],
+        }
+
+    def uids_info(self, uids: Iterable[str]) -> dict[str, list[int]]:
+        """``Q_UIDS``: ``{uid: [conn_id, ...]}`` for the uids with connections here."""
+        index = self._uids
+        return {u: list(index[u]) for u in dict.fromkeys(uids) if u in index}
+
+    def groups_info(self, groups: Iterable[str] | None, what: str) -> dict[str, Any]:
+        """``Q_GROUPS``: ``what`` of each requested group (empty when unknown);
+        ``groups`` ``None`` means every client of this gateway, under key ``""``."""
+        _check_what(what)
+        if groups is None:
+            return {"": _describe(self._conns, what)}
+        empty: dict[int, E] = {}
+        index = self._groups
+        return {g: _describe(index.get(g, empty), what) for g in dict.fromkeys(groups)}
+
+    def all_groups_info(self, what: str) -> dict[str, Any]:
+        """``Q_ALL_GROUPS``: ``what`` of every non-empty group."""
+        _check_what(what)
+        return {g: _describe(members, what) for g, members in self._groups.items()}
+
+    def all_uids(self) -> list[str]:
+        """``Q_ALL_UIDS``: every uid bound here."""
+        return list(self._uids)
+
+    def group_names(self) -> list[str]:
+        """Every non-empty group."""
+        return list(self._groups)
+
+
+def _check_what(what: object) -> None:
+    if what not in WHATS:
+        raise ValueError(f"unknown query kind {what!r}; expected one of {sorted(WHATS)}")
+
+
+def _describe(members: dict[int, Any], what: str) -> Any:
+    if what == "count":
+        return len(members)
+    if what == "ids":
+        return list(members)
+    if what == "sessions":
+        return {cid: e.session for cid, e in members.items()}
+    return list(dict.fromkeys(e.uid for e in members.values() if e.uid is not None))

@@ -1,0 +1,162 @@
+"""cluster.child.run_service in a real process: readiness, stats, signals, boot
+errors and the master watchdog (each case runs a small script in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cluster.spec import ExitCode
+from tests.cluster import PYTHON, ROOT
+
+SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, os, sys
+    from cluster.child import run_service
+    from cluster.spec import ChildSpec
+    from register.config import Register
+
+    class Service:
+        def __init__(self):
+            self.messages_in = 0
+
+        async def start(self):
+            if os.environ.get("FAIL"):
+                raise RuntimeError(os.environ["FAIL"])
+            asyncio.get_running_loop().call_soon(self.count)
+
+        def count(self):
+            self.messages_in += 5
+            asyncio.get_running_loop().call_later(0.05, self.count)
+
+        async def stop(self, graceful):
+            with open(os.environ["STOPPED"], "w") as fh:
+                json.dump({"graceful": graceful}, fh)
+
+        def stats(self):
+            return {"connections": 3, "messages_in": self.messages_in}
+
+    config = Register(listen="127.0.0.1:1")
+    config.app = "t"
+    spec = ChildSpec(
+        role="register", config=config, index=0, generation=7,
+        status_fd=int(os.environ["STATUS_FD"]), run_dir=os.environ["RUN_DIR"],
+        master_pid=int(os.environ["MASTER_PID"]),
+    )
+    sys.exit(run_service(spec, Service()))
+    """
+)
+
+
+class ChildProc:
+    def __init__(self, tmp: Path, master_pid: int, fail: str = "") -> None:
+        self.read_fd, write_fd = os.pipe()
+        self.stats = tmp / "run" / "stats" / "t.register.0.json"
+        self.stopped = tmp / "stopped.json"
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "STATUS_FD": str(write_fd),
+            "RUN_DIR": str(tmp / "run"),
+            "STOPPED": str(self.stopped),
+            "MASTER_PID": str(master_pid),
+            "FAIL": fail,
+        }
+        self.proc = subprocess.Popen(
+            [PYTHON, "-c", SCRIPT],
+            env=env,
+            pass_fds=(write_fd,),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.close(write_fd)
+
+    def status_line(self, timeout: float = 10.0) -> dict[str, str]:
+        ready, _, _ = select.select([self.read_fd], [], [], timeout)
+        assert ready, "no status line"
+        data = os.read(self.read_fd, 65536)
+        return json.loads(data.decode().splitlines()[0])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        os.close(self.read_fd)
+
+
+@pytest.fixture
+def child(tmp_path: Path) -> Iterator[ChildProc]:
+    proc = ChildProc(tmp_path, master_pid=os.getpid())
+    yield proc
+    proc.close()
+
+
+def wait_file(path: Path, timeout: float = 10.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return json.loads(path.read_text())
+        time.sleep(0.02)
+    raise AssertionError(f"{path} was not written")
+
+
+def test_ready_stats_and_stop(child: ChildProc) -> None:
+    line = child.status_line()
+    assert line["kind"] == "ready" and line["pid"] == child.proc.pid
+    first = wait_file(child.stats)
+    assert first["pid"] == child.proc.pid
+    assert first["connections"] == 3
+    assert first["name"] == "t.register.0" and first["generation"] == 7
+    assert isinstance(first["rss"], int) and first["rss"] > 0
+    time.sleep(1.2)
+    child.stats.unlink()
+    child.proc.send_signal(signal.SIGUSR2)  # the master forwards this for `status`
+    fresh = wait_file(child.stats, timeout=0.8)
+    assert isinstance(fresh["messages_in_per_s"], float) and fresh["messages_in_per_s"] > 0
+    child.proc.send_signal(signal.SIGINT)  # ignored: Ctrl-C is the master's business
+    child.proc.send_signal(signal.SIGHUP)  # ignored too
+    time.sleep(0.2)
+    assert child.proc.poll() is None
+    child.proc.send_signal(signal.SIGTERM)
+    assert child.proc.wait(10) == ExitCode.OK
+    assert json.loads(child.stopped.read_text()) == {"graceful": False}
+
+
+def test_sigquit_is_a_graceful_stop(child: ChildProc) -> None:
+    assert child.status_line()["kind"] == "ready"
+    child.proc.send_signal(signal.SIGQUIT)
+    assert child.proc.wait(10) == ExitCode.OK
+    assert json.loads(child.stopped.read_text()) == {"graceful": True}
+
+
+def test_failing_start_reports_and_exits_with_boot_error(tmp_path: Path) -> None:
+    proc = ChildProc(tmp_path, master_pid=os.getpid(), fail="port 1 is taken")
+    try:
+        line = proc.status_line()
+        assert line == {"kind": "error", "message": "port 1 is taken", "pid": proc.proc.pid}
+        assert proc.proc.wait(10) == ExitCode.BOOT_ERROR
+        assert proc.proc.stderr is not None
+        assert "could not start: port 1 is taken" in proc.proc.stderr.read()
+    finally:
+        proc.close()
+
+
+def test_exits_when_its_master_is_gone(tmp_path: Path) -> None:
+    # The parent (this test) is not the declared master: the watchdog sees a
+    # foreign parent at once, as after the master died and the child was adopted.
+    proc = ChildProc(tmp_path, master_pid=1)
+    try:
+        assert proc.proc.wait(10) == ExitCode.MASTER_GONE
+        assert proc.proc.stderr is not None
+        assert "master (pid 1) is gone" in proc.proc.stderr.read()
+    finally:
+        proc.close()

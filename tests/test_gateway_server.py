@@ -1,0 +1,652 @@
+"""GatewayServer in the test's event loop: fake workers speak gateway/protocol.py over
+raw streams, clients are the ``websockets`` client library."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import socket
+import struct
+from collections import deque
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from gateway.client_id import decode_client_id
+from gateway.config import Gateway
+from gateway.protocol import Cmd, Decoder, encode, pack_session, unpack_session
+from gateway.server import GatewayServer
+from tests.test_wsproto import KEY, client_frame, request, upgrade_lines
+
+SECRET = "s3cret"
+TIMEOUT = 5.0
+
+
+def closed_port() -> int:
+    """A port where nothing listens (the announcer's register: it retries quietly)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_config(**options: Any) -> Gateway:
+    base: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "start_port": 0,
+        "count": 1,
+        "lan_ip": "127.0.0.1",
+        "register": f"127.0.0.1:{closed_port()}",
+        "secret": SECRET,
+        "ping_interval": 0,
+    }
+    base.update(options)
+    return Gateway(**base)
+
+
+@contextlib.asynccontextmanager
+async def running(**options: Any) -> AsyncIterator[GatewayServer]:
+    server = GatewayServer(make_config(**options))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(graceful=False)
+
+
+class FakeLink:
+    """A worker or push client speaking the internal protocol over raw streams."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = Decoder()
+        self.packets: deque[list[Any]] = deque()
+        self.req = 0
+
+    @classmethod
+    async def open(cls, server: GatewayServer) -> FakeLink:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.internal_port)
+        return cls(reader, writer)
+
+    @classmethod
+    async def linked(cls, server: GatewayServer, role: str = "worker", name: str = "w") -> FakeLink:
+        link = await cls.open(server)
+        link.send(Cmd.HELLO, role, name, SECRET, os.getpid())
+        welcome = await link.expect(Cmd.WELCOME)
+        assert welcome[1]["port"] == server.internal_port
+        assert welcome[1]["public_port"] == server.public_port
+        return link
+
+    def send(self, cmd: Cmd, *fields: Any) -> None:
+        self.writer.write(encode(cmd, *fields))
+
+    async def recv(self, timeout: float | None = TIMEOUT) -> list[Any]:
+        while not self.packets:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            if not data:
+                raise EOFError("link closed")
+            self.packets.extend(self.decoder.feed(data))
+        return self.packets.popleft()
+
+    async def expect(self, cmd: Cmd, timeout: float = TIMEOUT) -> list[Any]:
+        """The next packet that is ``cmd``, skipping keep-alive pings."""
+        async with asyncio.timeout(timeout):
+            while True:
+                packet = await self.recv(timeout=None)
+                if packet[0] == cmd:
+                    return packet
+                if packet[0] != Cmd.PING:
+                    raise AssertionError(f"expected {cmd.name}, got {packet}")
+
+    async def skip_until(self, cmd: Cmd, conn_id: int, timeout: float = TIMEOUT) -> list[Any]:
+        """The next ``cmd`` packet about ``conn_id``, skipping everything else."""
+        async with asyncio.timeout(timeout):
+            while True:
+                packet = await self.recv(timeout=None)
+                if packet[0] == cmd and packet[1] == conn_id:
+                    return packet
+
+    async def query(self, cmd: Cmd, *args: Any) -> Any:
+        self.req += 1
+        self.send(cmd, self.req, *args)
+        reply = await self.expect(Cmd.REPLY)
+        assert reply[1] == self.req
+        return reply[2]
+
+    async def closed(self, timeout: float = TIMEOUT) -> list[list[Any]]:
+        """Read until the gateway closes the link; return what came before."""
+        seen = []
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    seen.append(await self.recv(timeout=None))
+                except (EOFError, ConnectionResetError):
+                    return seen
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+async def ws(server: GatewayServer, path: str = "/", **kwargs: Any) -> ClientConnection:
+    kwargs.setdefault("ping_interval", None)
+    return await connect(f"ws://127.0.0.1:{server.public_port}{path}", **kwargs)
+
+
+async def open_client(server: GatewayServer, worker: FakeLink, path: str = "/") -> tuple:
+    """Connect a client; return it with its conn_id (from EV_CONNECT)."""
+    client = await ws(server, path)
+    connected = await worker.expect(Cmd.EV_CONNECT)
+    await worker.expect(Cmd.EV_WS_CONNECT)
+    return client, connected[1]
+
+
+async def recv(client: ClientConnection) -> str | bytes:
+    return await asyncio.wait_for(client.recv(), TIMEOUT)
+
+
+async def close_code(client: ClientConnection) -> int | None:
+    with pytest.raises(ConnectionClosed):
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                await client.recv()
+    return client.close_code
+
+
+async def wait_until(predicate, timeout: float = TIMEOUT) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+# ---- events ---------------------------------------------------------------------------
+
+
+async def test_events_have_the_documented_shapes() -> None:
+    async with running() as server:
+        worker = await FakeLink.linked(server)
+        client = await ws(
+            server, "/chat?room=7&x=%20", additional_headers={"Cookie": "token=abc; lang=fr"}
+        )
+        local_port = client.local_address[1]
+        ev = await worker.expect(Cmd.EV_CONNECT)
+        assert ev[1:] == [1, None, "127.0.0.1", local_port, None]
+        ev = await worker.expect(Cmd.EV_WS_CONNECT)
+        assert ev[1:5] == [1, None, "127.0.0.1", local_port]
+        info = ev[5]
+        assert info["path"] == "/chat" and info["query"] == "room=7&x=%20"
+        assert info["headers"]["upgrade"] == "websocket"
+        assert info["cookies"] == {"token": "abc", "lang": "fr"}
+        assert info["remote_ip"] == "127.0.0.1" and info["remote_port"] == local_port
+
+        await client.send("héllo")
+        await client.send(b"\x00\x01")
+        text = await worker.expect(Cmd.EV_MESSAGE)
+        binary = await worker.expect(Cmd.EV_MESSAGE)
+        assert text[1] == 1 and text[5] == "héllo" and type(text[5]) is str
+        assert binary[5] == b"\x00\x01" and type(binary[5]) is bytes
+
+        worker.send(Cmd.SET_SESSION, 1, pack_session({"name": "ann"}))
+        worker.send(Cmd.UPDATE_SESSION, 1, {"room": {"id": 7}})
+        await asyncio.sleep(0.05)
+        await client.close()
+        closed = await worker.expect(Cmd.EV_CLOSE)
+        assert closed[1] == 1 and closed[5] is None
+        assert unpack_session(closed[2]) == {"name": "ann", "room": {"id": 7}}
+        await wait_until(lambda: len(server.directory) == 0)
+        stats = server.stats()
+        assert stats["messages_in"] == 2 and stats["workers"] == 1
+        await worker.close()
+
+
+async def test_commands_deliver_and_preserve_text_and_binary() -> None:
+    async with running() as server:
+        worker = await FakeLink.linked(server)
+        a, id_a = await open_client(server, worker)
+        b, id_b = await open_client(server, worker)
+        c, id_c = await open_client(server, worker)
+
+        worker.send(Cmd.SEND_TO_CLIENT, id_a, "text")
+        worker.send(Cmd.SEND_TO_CLIENT, id_a, b"bin")
+        worker.send(Cmd.SEND_TO_CLIENT, 999, "nobody")  # gone: ignored
+        assert await recv(a) == "text"
+        assert await recv(a) == b"bin"
+
+        for conn_id in (id_a, id_b):
+            worker.send(Cmd.JOIN_GROUP, conn_id, "room")
+        worker.send(Cmd.JOIN_GROUP, id_c, "other")
+        worker.send(Cmd.SEND_TO_GROUP, ["room", "other"], "to groups", [id_b])
+        assert await recv(a) == "to groups"
+        assert await recv(c) == "to groups"
+
+        worker.send(Cmd.BIND_UID, id_b, "bob")
+        worker.send(Cmd.SEND_TO_UID, ["bob", "nobody"], b"to uid")
+        assert await recv(b) == b"to uid"
+
+        worker.send(Cmd.SEND_TO_ALL, "everyone", None, None)
+        worker.send(Cmd.SEND_TO_ALL, "some", [id_a, id_c], [id_c])
+        worker.send(Cmd.SEND_TO_ALL, "none", [], None)
+        for client in (a, b, c):
+            assert await recv(client) == "everyone"
+        assert await recv(a) == "some"
+
+        worker.send(Cmd.UNGROUP, "other")
+        worker.send(Cmd.SEND_TO_GROUP, ["other"], "dissolved", None)
+        worker.send(Cmd.SEND_TO_CLIENT, id_c, "last")
+        assert await recv(c) == "last"
+        assert server.stats()["messages_out"] >= 10
+        for client in (a, b, c):
+            await client.close()
+        await worker.close()
+
+
+async def test_queries_answer_every_shape() -> None:
+    async with running() as server:
+        worker = await FakeLink.linked(server)
+        push = await FakeLink.linked(server, role="client", name="web")
+        a, id_a = await open_client(server, worker)
+        b, id_b = await open_client(server, worker)
+        push.send(Cmd.BIND_UID, id_a, "ann")
+        push.send(Cmd.JOIN_GROUP, id_a, "g")
+        push.send(Cmd.JOIN_GROUP, id_b, "g")
+        push.send(Cmd.SET_SESSION, id_b, pack_session({"k": 1}))
+
+        info = await push.query(Cmd.Q_CLIENT_INFO, id_a)
+        assert info == {"uid": "ann", "session": None, "groups": ["g"]}
+        assert await push.query(Cmd.Q_CLIENT_INFO, 12345) is None
+        assert await push.query(Cmd.Q_UIDS, ["ann", "zed"]) == {"ann": [id_a]}
+        assert await push.query(Cmd.Q_GROUPS, ["g", "none"], "count") == {"g": 2, "none": 0}
+        assert await push.query(Cmd.Q_GROUPS, None, "ids") == {"": [id_a, id_b]}
+        sessions = await push.query(Cmd.Q_GROUPS, ["g"], "sessions")
+        assert sessions == {"g": {id_a: None, id_b: pack_session({"k": 1})}}
+        assert await push.query(Cmd.Q_GROUPS, ["g"], "uids") == {"g": ["ann"]}
+        assert await push.query(Cmd.Q_ALL_GROUPS, "count") == {"g": 2}
+        assert await push.query(Cmd.Q_ALL_UIDS) == ["ann"]
+
+        rows = await push.query(Cmd.Q_CONNECTIONS)
+        assert [decode_client_id(r["client_id"]).conn_id for r in rows] == [id_a, id_b]
+        assert decode_client_id(rows[0]["client_id"]).gateway == server.internal_address
+        assert rows[0]["uid"] == "ann" and rows[0]["groups"] == ["g"]
+        assert rows[0]["remote"].startswith("127.0.0.1:") and rows[0]["bytes_in"] > 0
+        stats = await push.query(Cmd.Q_STATS)
+        assert stats["connections"] == 2 and stats["workers"] == 1 and stats["clients"] == 1
+        for key in ("messages_in", "messages_out", "bytes_in", "bytes_out", "send_failures"):
+            assert key in stats
+        assert "pending_events" in stats and stats["uptime"] >= 0
+
+        # A push client receives no client events, but the worker keeps getting them.
+        await a.send("x")
+        assert (await worker.expect(Cmd.EV_MESSAGE))[5] == "x"
+        push.send(Cmd.PING)
+        assert (await push.recv())[0] == Cmd.PONG
+        for client in (a, b):
+            await client.close()
+        await worker.close()
+        await push.close()
+
+
+async def test_close_client_sends_last_message_then_1000_and_destroy_aborts() -> None:
+    async with running() as server:
+        worker = await FakeLink.linked(server)
+        a, id_a = await open_client(server, worker)
+        b, id_b = await open_client(server, worker)
+        worker.send(Cmd.CLOSE_CLIENT, id_a, "bye")
+        assert await recv(a) == "bye"
+        assert await close_code(a) == 1000
+        assert (await worker.expect(Cmd.EV_CLOSE))[1] == id_a
+        worker.send(Cmd.DESTROY_CLIENT, id_b)
+        assert await close_code(b) == 1006
+        assert (await worker.expect(Cmd.EV_CLOSE))[1] == id_b
+        await worker.close()
+
+
+# ---- bad input on the internal port -----------------------------------------------------
+
+
+async def test_bad_links_are_closed_and_others_keep_working() -> None:
+    async with running() as server:
+        worker = await FakeLink.linked(server)
+        client, conn_id = await open_client(server, worker)
+
+        wrong = await FakeLink.open(server)
+        wrong.send(Cmd.HELLO, "worker", "evil", "not the secret", 1)
+        seen = await wrong.closed()
+        assert seen[0][0] == Cmd.ERROR and "secret" in seen[0][2]
+
+        # The ERROR survives even when the peer keeps sending after its mistake.
+        flood = await FakeLink.open(server)
+        flood.writer.write(encode(Cmd.HELLO, "worker", "x", "wrong", 1) + b"x" * 2_000_000)
+        assert (await flood.closed())[0][0] == Cmd.ERROR
+
+        garbage = await FakeLink.open(server)
+        garbage.writer.write(b"\x00\x00\x00\x05hello")
+        assert (await garbage.closed())[0][0] == Cmd.ERROR
+
+        huge = await FakeLink.open(server)
+        huge.writer.write(struct.pack("!I", 0xFFFFFFF0))
+        assert (await huge.closed())[0][0] == Cmd.ERROR
+
+        not_hello = await FakeLink.open(server)
+        not_hello.send(Cmd.SEND_TO_ALL, "x", None, None)
+        assert (await not_hello.closed())[0][0] == Cmd.ERROR
+
+        rogue = await FakeLink.linked(server, role="client")
+        rogue.send(Cmd.SEND_TO_CLIENT, "not an id", 5)
+        assert (await rogue.closed())[0][0] == Cmd.ERROR
+
+        unknown = await FakeLink.linked(server, role="client")
+        unknown.send(Cmd.REPLY, 1, None)
+        assert (await unknown.closed())[0][0] == Cmd.ERROR
+
+        bad_query = await FakeLink.linked(server, role="client")
+        bad_query.send(Cmd.Q_GROUPS, 7, ["g"], "everything")
+        error = (await bad_query.closed())[0]
+        assert error[0] == Cmd.ERROR and error[1] == 7
+
+        # The good worker and the client never noticed.
+        await client.send("still here")
+        assert (await worker.expect(Cmd.EV_MESSAGE))[5] == "still here"
+        worker.send(Cmd.SEND_TO_CLIENT, conn_id, "yes")
+        assert await recv(client) == "yes"
+        for link in (wrong, flood, garbage, huge, not_hello, rogue, unknown, bad_query):
+            await link.close()
+        await client.close()
+        await worker.close()
+
+
+async def test_silent_link_is_dropped_and_idle_link_gets_pings() -> None:
+    async with running(keepalive_interval=0.1, link_timeout=0.6) as server:
+        server.hello_timeout = 0.2
+        mute = await FakeLink.open(server)
+        seen = await mute.closed()
+        assert seen and seen[0][0] == Cmd.ERROR and "HELLO" in seen[0][2]
+
+        worker = await FakeLink.linked(server)
+        assert (await worker.recv())[0] == Cmd.PING  # idle link pinged
+        await worker.closed(timeout=3)  # we never answer: dropped after link_timeout
+        await wait_until(lambda: server.stats()["workers"] == 0)
+
+
+# ---- client-side limits and heartbeat ---------------------------------------------------
+
+
+async def test_oversized_message_gets_1009_and_protocol_error_1002() -> None:
+    async with running(max_message_size=1000) as server:
+        worker = await FakeLink.linked(server)
+        client, _ = await open_client(server, worker)
+        await client.send("x" * 1001)
+        assert await close_code(client) == 1009
+        await worker.expect(Cmd.EV_CLOSE)
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.public_port)
+        writer.write(request(upgrade_lines()))
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101")
+        writer.write(client_frame(1, b"unmasked", mask=False))
+        frame = await asyncio.wait_for(reader.read(4), TIMEOUT)
+        assert frame[0] == 0x88 and struct.unpack("!H", frame[2:4])[0] == 1002
+        assert await asyncio.wait_for(reader.read(), TIMEOUT) is not None
+        writer.close()
+        await worker.expect(Cmd.EV_CONNECT)
+        await worker.expect(Cmd.EV_WS_CONNECT)
+        await worker.expect(Cmd.EV_CLOSE)
+        await worker.close()
+
+
+async def test_heartbeat_pings_then_closes_a_silent_client() -> None:
+    async with running(
+        ping_interval=0.2, ping_not_response_limit=1, ping_data='{"type":"ping"}'
+    ) as server:
+        worker = await FakeLink.linked(server)
+        silent, silent_id = await open_client(server, worker)
+        chatty, _ = await open_client(server, worker)
+        assert await recv(silent) == '{"type":"ping"}'
+
+        async def keep_talking() -> None:
+            for _ in range(10):
+                await chatty.send('{"type":"pong"}')
+                await asyncio.sleep(0.1)
+
+        talker = asyncio.create_task(keep_talking())
+        assert await close_code(silent) == 1006  # aborted
+        await worker.skip_until(Cmd.EV_CLOSE, silent_id)
+        await talker
+        # The chatty client is still there.
+        await chatty.send("alive")
+        assert server.directory.get(silent_id) is None
+        assert len(server.directory) == 1
+        await chatty.close()
+        await worker.close()
+
+
+async def test_ws_pings_are_answered_and_count_as_activity() -> None:
+    async with running(ping_interval=0.2, ping_not_response_limit=1) as server:
+        worker = await FakeLink.linked(server)
+        client, _ = await open_client(server, worker)
+        for _ in range(8):
+            pong = await client.ping(b"hb")
+            await asyncio.wait_for(pong, TIMEOUT)
+            await asyncio.sleep(0.1)
+        assert len(server.directory) == 1  # pings kept it alive for 4 intervals
+        await client.close()
+        await worker.close()
+
+
+async def test_slow_consumer_is_closed_and_counted() -> None:
+    async with running(send_buffer_limit=64 * 1024) as server:
+        server.close_timeout = 0.5
+        worker = await FakeLink.linked(server)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.public_port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(request(upgrade_lines()))
+        await reader.readuntil(b"\r\n\r\n")
+        conn_id = (await worker.expect(Cmd.EV_CONNECT))[1]
+        # Keep the kernel from absorbing everything so the gateway's buffer fills.
+        conn = server.directory.get(conn_id)
+        conn.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+        for _ in range(20):  # the client never reads
+            worker.send(Cmd.SEND_TO_CLIENT, conn_id, b"z" * 500_000)
+        await wait_until(lambda: server.stats()["send_failures"] == 1)
+        await worker.skip_until(Cmd.EV_CLOSE, conn_id, timeout=server.close_timeout + TIMEOUT)
+        writer.close()
+        await worker.close()
+
+
+# ---- worker routing ---------------------------------------------------------------------
+
+
+async def test_events_are_held_until_a_worker_links() -> None:
+    async with running() as server:
+        client = await ws(server, "/held")
+        await client.send("first")
+        await client.send(b"second")
+        await wait_until(lambda: server.stats()["pending_events"] == 4)
+        worker = await FakeLink.linked(server)
+        kinds = [(await worker.recv()) for _ in range(4)]
+        assert [k[0] for k in kinds] == [
+            Cmd.EV_CONNECT,
+            Cmd.EV_WS_CONNECT,
+            Cmd.EV_MESSAGE,
+            Cmd.EV_MESSAGE,
+        ]
+        assert kinds[1][5]["path"] == "/held"
+        assert [kinds[2][5], kinds[3][5]] == ["first", b"second"]
+        assert server.stats()["pending_events"] == 0
+        await client.send("live")
+        assert (await worker.expect(Cmd.EV_MESSAGE))[5] == "live"
+        await client.close()
+        await worker.close()
+
+
+async def test_held_events_expire() -> None:
+    async with running(pending_event_seconds=0.1, keepalive_interval=0.1) as server:
+        client = await ws(server)
+        await client.send("lost")
+        await wait_until(lambda: server.stats()["pending_events"] == 3)
+        await wait_until(lambda: server.stats()["pending_events"] == 0)
+        worker = await FakeLink.linked(server)
+        await client.send("kept")
+        # The client was connected before: its new events go to the new worker.
+        assert (await worker.expect(Cmd.EV_MESSAGE))[5] == "kept"
+        await client.close()
+        await worker.close()
+
+
+async def test_worker_leave_reroutes_and_acks() -> None:
+    async with running() as server:
+        w1 = await FakeLink.linked(server, name="w1")
+        w2 = await FakeLink.linked(server, name="w2")
+        a = await ws(server)
+        b = await ws(server)
+        # Least connections: one client each.
+        first = await w1.expect(Cmd.EV_CONNECT)
+        second = await w2.expect(Cmd.EV_CONNECT)
+        assert {first[1], second[1]} == {1, 2}
+        await w1.expect(Cmd.EV_WS_CONNECT)
+        await w2.expect(Cmd.EV_WS_CONNECT)
+        client_of_w1 = a if first[1] == 1 else b
+
+        await client_of_w1.send("before")
+        assert (await w1.expect(Cmd.EV_MESSAGE))[5] == "before"
+        w1.send(Cmd.WORKER_LEAVE)
+        await w1.expect(Cmd.LEAVE_ACK)
+        await client_of_w1.send("after")
+        moved = await w2.expect(Cmd.EV_MESSAGE)
+        assert moved[1] == first[1] and moved[5] == "after"
+
+        # A new client goes to w2 too; when w2 drops, events are held again.
+        await w2.close()
+        await wait_until(lambda: server.stats()["workers"] == 1)  # w1 still linked
+        await client_of_w1.send("held")
+        await wait_until(lambda: server.stats()["pending_events"] == 1)
+        w3 = await FakeLink.linked(server, name="w3")
+        assert (await w3.expect(Cmd.EV_MESSAGE))[5] == "held"
+        for client in (a, b):
+            await client.close()
+        await w1.close()
+        await w3.close()
+
+
+# ---- plain HTTP and the handshake -------------------------------------------------------
+
+
+async def http(server: GatewayServer, raw: bytes) -> tuple[bytes, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.public_port)
+    writer.write(raw)
+    data = await asyncio.wait_for(reader.read(), TIMEOUT)  # until the server closes
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+async def test_static_files_and_http_errors(tmp_path: Path) -> None:
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "index.html").write_text("<script>new WebSocket(url)</script>")
+    (web / "app.js").write_text("1;")
+    (tmp_path / "secret.txt").write_text("no")
+    (web / "link").symlink_to(tmp_path / "secret.txt")
+    async with running(static_dir=str(web)) as server:
+        worker = await FakeLink.linked(server)
+        head, body = await http(server, b"GET /?room_id=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"text/html" in head
+        assert b"new WebSocket" in body
+        head, body = await http(server, b"GET /app.js HTTP/1.1\r\n\r\n")
+        assert b"text/javascript" in head and body == b"1;"
+        head, body = await http(server, b"HEAD /app.js HTTP/1.1\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and body == b""
+        for path in (b"/../secret.txt", b"/%2e%2e/secret.txt", b"/link", b"/missing"):
+            head, _ = await http(server, b"GET " + path + b" HTTP/1.1\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 404"), path
+        head, _ = await http(server, b"POST / HTTP/1.1\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 405")
+        head, _ = await http(server, b"nonsense\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400")
+        head, _ = await http(server, request(upgrade_lines(**{"Sec-WebSocket-Version": "7"})))
+        assert head.startswith(b"HTTP/1.1 426") and b"Sec-WebSocket-Version: 13" in head
+        head, _ = await http(server, b"GET / HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 431")
+        # None of these became clients.
+        assert len(server.directory) == 0
+        assert server.stats()["pending_events"] == 0
+        with pytest.raises((TimeoutError, asyncio.TimeoutError)):
+            await worker.expect(Cmd.EV_CONNECT, timeout=0.2)
+        await worker.close()
+
+
+async def test_no_static_dir_gives_404_and_frames_after_the_head_are_read() -> None:
+    async with running() as server:
+        head, _ = await http(server, b"GET / HTTP/1.1\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 404")
+        worker = await FakeLink.linked(server)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.public_port)
+        # A client that pipelines a frame right behind its handshake.
+        writer.write(request(upgrade_lines()) + client_frame(1, b"eager"))
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101") and KEY not in head.decode()
+        await worker.expect(Cmd.EV_CONNECT)
+        await worker.expect(Cmd.EV_WS_CONNECT)
+        assert (await worker.expect(Cmd.EV_MESSAGE))[5] == "eager"
+        writer.close()
+        await worker.expect(Cmd.EV_CLOSE)
+        await worker.close()
+
+
+# ---- stopping ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("graceful", "code"), [(True, 1001), (False, 1006)])
+async def test_stop_closes_clients_and_reports_closes(graceful: bool, code: int) -> None:
+    server = GatewayServer(make_config())
+    await server.start()
+    worker = await FakeLink.linked(server)
+    client, conn_id = await open_client(server, worker)
+    stopping = asyncio.create_task(server.stop(graceful=graceful))
+    assert await close_code(client) == code  # 1001 "going away", or dropped at once
+    seen = await worker.closed()
+    assert [p[1] for p in seen if p[0] == Cmd.EV_CLOSE] == [conn_id]
+    await asyncio.wait_for(stopping, TIMEOUT)
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", server.public_port)
+    await worker.close()
+
+
+# ---- the same scenarios on uvloop (what gateway processes run on) ---------------------
+
+UVLOOP_SCENARIOS = [
+    test_events_have_the_documented_shapes,
+    test_commands_deliver_and_preserve_text_and_binary,
+    test_queries_answer_every_shape,
+    test_close_client_sends_last_message_then_1000_and_destroy_aborts,
+    test_bad_links_are_closed_and_others_keep_working,
+    test_oversized_message_gets_1009_and_protocol_error_1002,
+    test_heartbeat_pings_then_closes_a_silent_client,
+    test_slow_consumer_is_closed_and_counted,
+    test_events_are_held_until_a_worker_links,
+    test_worker_leave_reroutes_and_acks,
+    test_no_static_dir_gives_404_and_frames_after_the_head_are_read,
+    functools.partial(test_stop_closes_clients_and_reports_closes, True, 1001),
+]
+
+
+def _name(scenario: Any) -> str:
+    return getattr(scenario, "func", scenario).__name__[5:]
+
+
+@pytest.mark.parametrize("scenario", UVLOOP_SCENARIOS, ids=_name)
+def test_on_uvloop(scenario) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(scenario(), 30))
