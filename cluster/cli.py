@@ -25,9 +25,24 @@ import click
 from cluster.apps import AppError, discover
 from cluster.daemon import ConsoleReporter, start_daemon
 from cluster.master import Master, MasterOptions, Reporter
+from cluster.overrides import (
+    OverrideError,
+    Overrides,
+    apply_overrides,
+    from_env,
+    from_saved,
+    override_options,
+)
 from cluster.pidfile import PidFile, pid_alive
 from cluster.query import GatewayTarget, query_all
-from cluster.state import RunPaths, default_apps_dir, read_json, read_stats, rss_bytes
+from cluster.state import (
+    RunPaths,
+    default_apps_dir,
+    read_json,
+    read_stats,
+    rss_bytes,
+    write_json_atomic,
+)
 from cluster.status import process_rows, render_connections, render_status, render_summary, totals
 from gateway.protocol import Cmd
 
@@ -101,19 +116,43 @@ def main() -> None:
 @click.option("-d", "--daemon", is_flag=True, help="Run in the background.")
 @click.option("--app", "app_name", default=None, help="Start only this app.")
 @run_dir_option
-def start(daemon: bool, app_name: str | None, apps_dir: str | None, run_dir: str | None) -> None:
-    """Start every app (Ctrl-C stops it; -d returns once everything is ready)."""
-    sys.exit(_start(RunPaths.at(run_dir), daemon, app_name, apps_dir))
+@override_options
+def start(
+    daemon: bool,
+    app_name: str | None,
+    apps_dir: str | None,
+    run_dir: str | None,
+    cli_overrides: Overrides,
+) -> None:
+    """Start every app (Ctrl-C stops it; -d returns once everything is ready).
+
+    Per-host settings override the start files: options > GW_* environment > files
+    (see docs/deployment.md)."""
+    sys.exit(_start(RunPaths.at(run_dir), daemon, app_name, apps_dir, cli_overrides))
 
 
-def _start(paths: RunPaths, daemon: bool, app_name: str | None, apps_dir: str | None) -> int:
+def _start(
+    paths: RunPaths,
+    daemon: bool,
+    app_name: str | None,
+    apps_dir: str | None,
+    cli_overrides: Overrides | None = None,
+    saved_overrides: Overrides | None = None,
+) -> int:
     owner = PidFile(paths.pid_file).running_pid()
     if owner is not None:
         _fail(f"already running (pid {owner})")
     try:
-        plan = discover(apps_dir or default_apps_dir(), app_name)
-    except AppError as exc:
+        overrides = (cli_overrides or Overrides()).over(
+            from_env(os.environ).over(saved_overrides or Overrides())
+        )
+        plan = apply_overrides(discover(apps_dir or default_apps_dir(), app_name), overrides)
+    except (AppError, OverrideError) as exc:
         _fail(f"cannot start: {exc}")
+    if overrides:
+        click.echo(f"host overrides: {overrides.describe()}", err=True)
+    with contextlib.suppress(OSError):
+        write_json_atomic(_overrides_file(paths), overrides.to_json())
     options = MasterOptions(
         run_dir=paths.run_dir, apps_dir=plan.apps_dir, app=app_name, foreground=not daemon
     )
@@ -168,20 +207,43 @@ def _stop(paths: RunPaths, pid: int, graceful: bool, timeout: float | None) -> N
 @click.option("-g", "--graceful", is_flag=True, help="Stop gracefully first.")
 @click.option("--app", "app_name", default=None, help="Start only this app.")
 @run_dir_option
+@override_options
 def restart(
-    daemon: bool, graceful: bool, app_name: str | None, apps_dir: str | None, run_dir: str | None
+    daemon: bool,
+    graceful: bool,
+    app_name: str | None,
+    apps_dir: str | None,
+    run_dir: str | None,
+    cli_overrides: Overrides,
 ) -> None:
-    """Stop (if running) and start again, with the same apps unless told otherwise."""
+    """Stop (if running) and start again, with the same apps and host overrides
+    unless told otherwise."""
     paths = RunPaths.at(run_dir)
     pid = PidFile(paths.pid_file).running_pid()
+    saved = Overrides()
     if pid is not None:
         master = _state(paths).get("master", {})
         apps_dir = apps_dir or master.get("apps_dir")
         app_name = app_name or master.get("app")
+        saved = _saved_overrides(paths)
         _stop(paths, pid, graceful, None)
     else:
         click.echo("not running; starting")
-    sys.exit(_start(paths, daemon, app_name, apps_dir))
+    sys.exit(_start(paths, daemon, app_name, apps_dir, cli_overrides, saved))
+
+
+def _overrides_file(paths: RunPaths) -> str:
+    return os.path.join(paths.run_dir, "overrides.json")
+
+
+def _saved_overrides(paths: RunPaths) -> Overrides:
+    """The (secret-free) overrides of the last start in this run directory."""
+    saved = read_json(_overrides_file(paths))
+    try:
+        return from_saved(saved) if isinstance(saved, dict) else Overrides()
+    except OverrideError as exc:
+        click.echo(f"ignoring the saved overrides: {exc}", err=True)
+        return Overrides()
 
 
 # ---- reload -----------------------------------------------------------------------------
@@ -300,8 +362,9 @@ def _gateway_targets(state: dict[str, Any], apps_dir: str | None) -> list[Gatewa
         plan = discover(apps_dir or master.get("apps_dir") or default_apps_dir(), master.get("app"))
     except AppError as exc:
         _fail(f"cannot read the apps' declarations: {exc}")
+    secret_override = os.environ.get("GW_SECRET")  # a host override; never saved on disk
     for decl in plan.by_role("gateway"):
-        secrets[(decl.app, decl.name)] = decl.config.secret
+        secrets[(decl.app, decl.name)] = secret_override or decl.config.secret
     targets: list[GatewayTarget] = []
     for proc in state.get("processes", []):
         if proc["role"] != "gateway" or not proc.get("pid"):
