@@ -39,6 +39,7 @@ from typing import Any
 
 from businessworker.config import BusinessWorker
 from gateway.config import Gateway
+from pushapi.config import PushAPI
 from register.config import Register
 
 __all__ = [
@@ -55,6 +56,7 @@ ROLES: tuple[tuple[str, type], ...] = (
     ("register", Register),
     ("gateway", Gateway),
     ("businessworker", BusinessWorker),
+    ("pushapi", PushAPI),
 )
 """Every role, in boot order, with its declaration class."""
 
@@ -62,6 +64,7 @@ DEFAULT_RUNTIMES = {
     "register": "register.server:serve",
     "gateway": "gateway.server:serve",
     "businessworker": "businessworker.worker:serve",
+    "pushapi": "pushapi.server:serve",
 }
 
 START_RUN_NAME = "__gatewayworker_start__"

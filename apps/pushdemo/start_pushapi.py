@@ -1,0 +1,15 @@
+"""The HTTP push API of the demo, for backends in any language (see README):
+
+    curl -H 'Authorization: Bearer demo-token' -d '{"uid":"alice","message":"hi"}' \
+        http://127.0.0.1:7374/send_to_uid
+"""
+
+import os
+
+from pushapi import PushAPI
+
+push_api = PushAPI(
+    listen="127.0.0.1:7374",
+    register="127.0.0.1:1239",
+    token=os.environ.get("PUSHDEMO_API_TOKEN", "demo-token"),
+)

@@ -1,0 +1,15 @@
+"""The HTTP push API: the Gateway API as JSON POSTs, for web backends in any language.
+
+Declare it in a start file (the master runs it like the other roles)::
+
+    from pushapi import PushAPI
+
+    push_api = PushAPI(listen="127.0.0.1:7373", register="127.0.0.1:1238", token="s3cret")
+
+then ``curl -H 'Authorization: Bearer s3cret' -d '{"uid":"42","message":"paid"}'
+http://127.0.0.1:7373/send_to_uid``. The runtime is :mod:`pushapi.server`.
+"""
+
+from pushapi.config import PushAPI
+
+__all__ = ["PushAPI"]

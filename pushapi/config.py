@@ -1,0 +1,69 @@
+"""The PushAPI declaration: plain, validated at construction, no I/O."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from register.config import ConfigError, normalize_addresses, parse_address
+
+__all__ = ["PushAPI"]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(slots=True)
+class PushAPI:
+    """An HTTP endpoint that exposes the Gateway API as JSON POSTs, for backends in any
+    language (``POST /send_to_uid {"uid": "42", "message": "paid"}``).
+
+    ``listen``: the ``host:port`` it binds (loopback by default). ``register``: the
+    register address(es) it discovers gateways through; ``secret``: the cluster's
+    secret (for the register and the gateways). ``token``: the bearer token every
+    request must carry (``Authorization: Bearer <token>``); it may be empty only when
+    ``listen`` is a loopback address. ``count``: processes sharing the port
+    (``SO_REUSEPORT``). ``timeout``: seconds for discovery, links and each query.
+    ``max_body``: larger request bodies are refused with 413. ``idle_timeout``: a
+    connection that does not complete its next request within this many seconds is
+    closed.
+    """
+
+    listen: str = "127.0.0.1:7373"
+    register: str | list[str] | tuple[str, ...] = "127.0.0.1:1238"
+    secret: str = ""
+    token: str = ""
+    name: str = "pushapi"
+    count: int = 1
+    timeout: float = 5.0
+    max_body: int = 1024 * 1024
+    idle_timeout: float = 30.0
+    app: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        host, _ = parse_address(self.listen, "PushAPI listen")
+        self.register = normalize_addresses(self.register, "PushAPI register")
+        if not isinstance(self.secret, str) or not isinstance(self.token, str):
+            raise ConfigError("PushAPI secret and token must be strings")
+        if not self.token and not _is_loopback(host):
+            raise ConfigError(
+                f"PushAPI listen={self.listen!r} is not a loopback address, so a token= is "
+                "required (clients send 'Authorization: Bearer <token>')"
+            )
+        if not isinstance(self.count, int) or self.count < 1:
+            raise ConfigError(f"PushAPI count must be an int >= 1, got {self.count!r}")
+        if self.timeout <= 0 or self.idle_timeout <= 0:
+            raise ConfigError("PushAPI timeout and idle_timeout must be > 0")
+        if not isinstance(self.max_body, int) or self.max_body < 1:
+            raise ConfigError(f"PushAPI max_body must be an int >= 1, got {self.max_body!r}")
+
+    @property
+    def registers(self) -> tuple[str, ...]:
+        """The register addresses, normalised."""
+        return tuple(self.register)

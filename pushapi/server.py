@@ -1,0 +1,260 @@
+"""The push API process: HTTP/1.1 on asyncio streams in front of an AsyncGatewayClient.
+
+How this works
+--------------
+One connection is served by one coroutine, request after request (keep-alive; a
+pipelined request simply waits its turn). For each request: parse the head
+(:mod:`pushapi.http`), check the method, the bearer token (``hmac.compare_digest``)
+and the body size *before* reading the body, read it, turn it into the call's
+arguments (:mod:`pushapi.verbs`), call the :class:`~gatewayclient.AsyncGatewayClient`
+method of the same name and answer ``{"ok": true, "result": ...}``. Failures answer
+``{"ok": false, "error": "..."}`` with a status that says whose fault it is:
+
+====  ===============================================================
+400   malformed JSON, unknown verb, bad or missing field, bad client_id
+401   no ``Authorization: Bearer`` header (403: a wrong token)
+405   not a POST; 413 body over ``max_body``; 431 head over 16 KiB
+502   a gateway answered the call with an error
+503   no register answered / no gateway linked for this call
+504   a gateway did not answer a query in time (``missing`` lists them)
+====  ===============================================================
+
+Idle connections are closed by one sweep per second (no timer per connection): a
+connection that has waited more than ``idle_timeout`` for its next complete request
+is closed, which also bounds slow senders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.client_id import InvalidClientId
+from gatewayclient.client import AsyncGatewayClient
+from gatewayclient.errors import GatewayError, QueryTimeout, RemoteError
+from pushapi.config import PushAPI
+from pushapi.http import HttpError, Request, encode_response, json_response, parse_head
+from pushapi.verbs import BadRequest, parse_call
+from register.config import parse_address
+
+__all__ = ["PushAPIServer", "serve", "status_of"]
+
+log = logging.getLogger("pushapi")
+
+MAX_HEAD = 16 * 1024
+SWEEP_INTERVAL = 1.0
+_CONTINUE = encode_response(100)
+_UNAUTHORIZED_HEADERS = (("WWW-Authenticate", 'Bearer realm="pushapi"'),)
+
+
+@dataclass(slots=True, eq=False)
+class _Connection:
+    """One HTTP connection; ``waiting_since`` is set while a request is being read."""
+
+    writer: asyncio.StreamWriter
+    waiting_since: float | None
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status for an exception raised by a Gateway API call."""
+    if isinstance(exc, BadRequest | InvalidClientId | ValueError | TypeError):
+        return 400
+    if isinstance(exc, QueryTimeout):
+        return 504
+    if isinstance(exc, RemoteError):
+        return 502
+    if isinstance(exc, GatewayError):
+        return 503
+    return 500
+
+
+class PushAPIServer:
+    """The service of one push API process (also usable in tests with ``listen`` port 0).
+
+    ``sock``: a listening socket bound by the caller; otherwise :meth:`start` binds
+    ``config.listen``. ``client``: the push client to use (by default one built from
+    the config, closed by :meth:`stop`).
+    """
+
+    def __init__(
+        self,
+        config: PushAPI,
+        sock: socket.socket | None = None,
+        client: AsyncGatewayClient | None = None,
+    ) -> None:
+        self.config = config
+        self._sock = sock
+        self._own_client = client is None
+        self.client = client or AsyncGatewayClient(
+            register=list(config.registers),
+            secret=config.secret,
+            timeout=config.timeout,
+            name=f"{config.app or 'app'}.{config.name}",
+        )
+        self._token = config.token.encode()
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.requests = 0
+        self.errors = 0
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen, start the idle sweep and begin discovery in the background."""
+        sock = self._sock or self._bind()
+        self._server = await asyncio.start_server(self._serve, sock=sock, limit=MAX_HEAD)
+        self._tasks.append(asyncio.create_task(self._sweep()))
+        self._tasks.append(asyncio.create_task(self._connect()))
+        log.info("push API listening on http://%s:%s", *self.address)
+
+    def _bind(self) -> socket.socket:
+        from cluster.sockets import bind_listener  # the cluster package imports us
+
+        host, port = parse_address(self.config.listen)
+        what = f"app {self.config.app or '?'} push API {self.config.name!r}"
+        return bind_listener(host, port, what, reuse_port=self.config.count > 1)
+
+    async def _connect(self) -> None:
+        try:
+            await self.client.connect()
+        except GatewayError as exc:
+            log.warning("push API: gateways not reachable yet (%s); retrying on requests", exc)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound ``(host, port)``."""
+        assert self._server is not None and self._server.sockets
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    async def stop(self, graceful: bool) -> None:
+        """Stop listening, close every connection and the push client."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn.writer.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._own_client:
+            await self.client.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``start.py status``."""
+        return {
+            "connections": len(self._connections),
+            "messages_in": self.requests,
+            "send_failures": self.errors,
+            "gateways": len(self.client.gateways),
+        }
+
+    async def _sweep(self) -> None:
+        limit = self.config.idle_timeout
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = time.monotonic()
+            for conn in list(self._connections):
+                if conn.waiting_since is not None and now - conn.waiting_since > limit:
+                    conn.writer.close()
+
+    # ---- one connection --------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = _Connection(writer, time.monotonic())
+        self._connections.add(conn)
+        try:
+            while await self._serve_one(reader, writer, conn):
+                await writer.drain()
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the peer went away (or the sweep closed an idle connection)
+        finally:
+            self._connections.discard(conn)
+            writer.close()
+
+    async def _serve_one(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Connection
+    ) -> bool:
+        """Serve one request; return whether the connection stays open."""
+        conn.waiting_since = time.monotonic()
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            self._refuse(writer, HttpError(431, f"request head over {MAX_HEAD} bytes"))
+            return False
+        try:
+            request = parse_head(head)
+            body = await self._read_body(reader, writer, request)
+        except HttpError as exc:
+            self._refuse(writer, exc)
+            return False
+        conn.waiting_since = None
+        self.requests += 1
+        status, document = await self._call(request.path.strip("/"), body)
+        if status != 200:
+            self.errors += 1
+            log.info("push API %s %s: %s %s", request.method, request.path, status, document)
+        writer.write(json_response(status, document, keep_alive=request.keep_alive))
+        return request.keep_alive
+
+    def _refuse(self, writer: asyncio.StreamWriter, exc: HttpError) -> None:
+        self.errors += 1
+        peer = writer.get_extra_info("peername")
+        log.info("push API refused a request from %s: %s %s", peer, exc.status, exc.message)
+        document = {"ok": False, "error": exc.message}
+        writer.write(json_response(exc.status, document, keep_alive=False, headers=exc.headers))
+
+    async def _read_body(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: Request
+    ) -> bytes:
+        """Check method, token and size, then read the body (never before)."""
+        if request.method != "POST":
+            raise HttpError(405, "use POST /<verb> with a JSON object", (("Allow", "POST"),))
+        self._check_token(request)
+        length = request.content_length()
+        if length > self.config.max_body:
+            raise HttpError(413, f"body of {length} bytes is over {self.config.max_body}")
+        if request.expects_continue and length:
+            writer.write(_CONTINUE)
+        return await reader.readexactly(length)
+
+    def _check_token(self, request: Request) -> None:
+        if not self._token:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise HttpError(401, "missing 'Authorization: Bearer <token>'", _UNAUTHORIZED_HEADERS)
+        if not hmac.compare_digest(given.strip().encode(), self._token):
+            raise HttpError(403, "wrong token")
+
+    async def _call(self, verb: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Run ``verb``; ``(status, document)``."""
+        try:
+            args = parse_call(verb, body)
+            result = await getattr(self.client, verb)(*args)
+        except QueryTimeout as exc:
+            return 504, {"ok": False, "error": str(exc), "missing": list(exc.missing)}
+        except Exception as exc:
+            status = status_of(exc)
+            if status == 500:
+                log.exception("push API %s failed", verb)
+            return status, {"ok": False, "error": str(exc) or type(exc).__name__}
+        if result is None:
+            self.client.flush()
+        return 200, {"ok": True, "result": result}
+
+
+def serve(spec: Any) -> int:
+    """Child entry point (``cluster``): run one push API process until told to stop."""
+    from cluster.child import run_service
+
+    return int(run_service(spec, PushAPIServer(spec.config, spec.sockets.get("listen"))))

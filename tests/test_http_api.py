@@ -1,0 +1,413 @@
+"""The HTTP push API: the pure parser and verb table, then every verb against a real
+cluster (2 gateways x 2 workers, started with ``start.py`` with a ``PushAPI``
+declared in a start file), the auth and error statuses, and 503/504 in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.client
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatewayclient import AsyncGatewayClient
+from pushapi import PushAPI
+from pushapi.http import HttpError, parse_head
+from pushapi.server import PushAPIServer
+from pushapi.verbs import VERBS, BadRequest, parse_call
+from register.config import ConfigError
+from tests.cluster import AppSpec, ForegroundCluster, free_port_block, make_app, wait_ready
+from tests.rc import RC
+from tests.test_gatewayclient_fakes import FakeGateway, free_port
+
+SECRET = "cluster-secret"
+TOKEN = "push-token"
+
+# ---- pure layer ----------------------------------------------------------------------
+
+
+def test_parse_head_reads_request_line_and_headers() -> None:
+    request = parse_head(
+        b"POST /send_to_uid?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n"
+        b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    assert (request.method, request.path, request.version) == ("POST", "/send_to_uid", "HTTP/1.1")
+    assert request.content_length() == 12
+    assert request.expects_continue and not request.keep_alive
+    assert parse_head(b"POST / HTTP/1.1\r\n\r\n").keep_alive
+    assert not parse_head(b"POST / HTTP/1.0\r\n\r\n").keep_alive
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"garbage\r\n\r\n", 400),
+        (b"POST / HTTP/2.0\r\n\r\n", 505),
+        (b"POST nothing HTTP/1.1\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nno colon\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+    ],
+)
+def test_parse_head_refuses_garbage(head: bytes, status: int) -> None:
+    with pytest.raises(HttpError) as info:
+        parse_head(head)
+    assert info.value.status == status
+
+
+def test_content_length_checks() -> None:
+    with pytest.raises(HttpError) as info:
+        parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").content_length()
+    assert info.value.status == 501
+    with pytest.raises(HttpError):
+        parse_head(b"POST / HTTP/1.1\r\nContent-Length: -4\r\n\r\n").content_length()
+
+
+def test_parse_call_converts_each_kind() -> None:
+    assert parse_call("send_to_uid", b'{"uid": ["1", 2], "message": "hi"}') == [["1", 2], "hi"]
+    assert parse_call("send_to_client", b'{"client_id": "c", "message_base64": "AAE="}') == [
+        "c",
+        b"\x00\x01",
+    ]
+    assert parse_call("send_to_all", b'{"message": "m"}') == ["m", None, None]
+    assert parse_call("close_client", b'{"client_id": "c"}') == ["c", None]
+    assert parse_call("get_client_count_by_group", b"") == [""]
+    assert parse_call("get_all_client_count", b"{}") == []
+    assert parse_call("update_session", b'{"client_id": "c", "session": {"a": 1}}') == [
+        "c",
+        {"a": 1},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("verb", "body", "words"),
+    [
+        ("nope", b"{}", "unknown verb 'nope'"),
+        ("send_to_uid", b"{not json", "not valid JSON"),
+        ("send_to_uid", b"[1]", "must be a JSON object"),
+        ("send_to_uid", b'{"message": "x"}', "missing field 'uid'"),
+        ("send_to_uid", b'{"uid": "1"}', "missing field 'message'"),
+        ("send_to_uid", b'{"uid": true, "message": "x"}', "'uid' must be a string or an integer"),
+        ("send_to_uid", b'{"uid": "1", "message": {"a": 1}}', "'message' must be a string"),
+        ("send_to_uid", b'{"uid": "1", "message_base64": "%%%"}', "not valid base64"),
+        ("send_to_uid", b'{"uid": "1", "message": "a", "message_base64": ""}', "not both"),
+        ("send_to_uid", b'{"uid": "1", "message": "a", "extra": 1}', "unknown field(s) extra"),
+        ("set_session", b'{"client_id": "c", "session": [1]}', "'session' must be a JSON object"),
+        ("send_to_all", b'{"message": "a", "client_ids": "c"}', "must be a list of client_ids"),
+        ("is_uids_online", b'{"uids": "1"}', "'uids' must be a list"),
+    ],
+)
+def test_parse_call_names_the_problem(verb: str, body: bytes, words: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_call(verb, body)
+    assert words in str(info.value)
+
+
+def test_verbs_match_the_push_client() -> None:
+    for verb in VERBS:
+        assert callable(getattr(AsyncGatewayClient, verb)), verb
+
+
+def test_declaration_requires_a_token_off_loopback() -> None:
+    with pytest.raises(ConfigError, match="token"):
+        PushAPI(listen="0.0.0.0:7373")
+    assert PushAPI(listen="0.0.0.0:7373", token="t").token == "t"
+    assert PushAPI(listen="127.0.0.1:7373").token == ""
+
+
+# ---- HTTP helpers -----------------------------------------------------------------------
+
+
+def _request(
+    port: int,
+    path: str,
+    body: bytes | str | None,
+    token: str | None = TOKEN,
+    method: str = "POST",
+) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+async def post(port: int, verb: str, token: str | None = TOKEN, **fields: Any) -> Any:
+    """POST /<verb>; return the result, failing on any non-200."""
+    status, document = await asyncio.to_thread(
+        _request, port, f"/{verb}", json.dumps(fields), token
+    )
+    assert status == 200, (verb, status, document)
+    assert document["ok"] is True
+    return document["result"]
+
+
+async def status_of(port: int, path: str, body: bytes | str | None, **kw: Any) -> tuple[int, Any]:
+    return await asyncio.to_thread(_request, port, path, body, **kw)
+
+
+# ---- against a real cluster ----------------------------------------------------------------
+
+
+def wait_listening(port: int, timeout: float = 30.0) -> None:
+    """Wait until something accepts connections on ``127.0.0.1:port``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AppSpec, int]]:
+    root: Path = tmp_path_factory.mktemp("pushapi")
+    spec = make_app(
+        root, "rc", gateways=2, workers=2, secret=SECRET, gateway_options="ping_interval=0"
+    )
+    api_port = free_port_block(1)
+    (spec.apps_dir / "rc" / "start_pushapi.py").write_text(
+        "from pushapi import PushAPI\n"
+        f"push_api = PushAPI(listen='127.0.0.1:{api_port}', "
+        f"register='127.0.0.1:{spec.register_port}', secret={SECRET!r}, token={TOKEN!r}, "
+        "max_body=65536)\n"
+    )
+    proc = ForegroundCluster(spec).start()
+    try:
+        asyncio.run(wait_ready(spec, init=True))
+        wait_listening(api_port)
+        yield spec, api_port
+    finally:
+        code = proc.interrupt()
+        assert code == 0, proc.output()
+
+
+@pytest.fixture
+async def two(cluster: tuple[AppSpec, int]) -> AsyncIterator[list[RC]]:
+    """Two clients on different gateways."""
+    spec, _ = cluster
+    opened: list[RC] = []
+    try:
+        for _ in range(30):
+            opened.append(await RC.open(spec.ws_url))
+            if len({c.gateway_port for c in opened}) == 2:
+                break
+        first = opened[0]
+        other = next(c for c in opened if c.gateway_port != first.gateway_port)
+        yield [first, other]
+    finally:
+        for client in opened:
+            await client.close()
+
+
+async def test_sends_reach_clients_on_both_gateways(
+    cluster: tuple[AppSpec, int], two: list[RC]
+) -> None:
+    _, port = cluster
+    a, b = two
+    await post(port, "send_to_client", client_id=a.client_id, message="one")
+    assert await a.expect() == "one"
+    await post(port, "send_to_client", client_id=b.client_id, message_base64="AAEC")
+    assert await b.expect() == b"\x00\x01\x02"
+    await post(port, "bind_uid", client_id=a.client_id, uid="42")
+    await post(port, "bind_uid", client_id=b.client_id, uid=42)
+    await post(port, "send_to_uid", uid="42", message="paid")
+    assert (await a.expect(), await b.expect()) == ("paid", "paid")
+    await post(port, "join_group", client_id=a.client_id, group="room")
+    await post(port, "join_group", client_id=b.client_id, group="room")
+    await post(port, "send_to_group", group="room", message="hi all", exclude=[b.client_id])
+    assert await a.expect() == "hi all"
+    await b.nothing()
+    await post(port, "send_to_all", message="only b", client_ids=[b.client_id])
+    assert await b.expect() == "only b"
+    await a.nothing()
+    await post(port, "leave_group", client_id=b.client_id, group="room")
+    assert await post(port, "get_client_id_list_by_group", group="room") == [a.client_id]
+    await post(port, "unbind_uid", client_id=a.client_id, uid="42")
+    assert await post(port, "get_client_id_by_uid", uid="42") == [b.client_id]
+    await post(port, "ungroup", group="room")
+    assert await post(port, "get_client_count_by_group", group="room") == 0
+
+
+async def test_queries_and_sessions(cluster: tuple[AppSpec, int], two: list[RC]) -> None:
+    _, port = cluster
+    a, b = two
+    await post(port, "set_session", client_id=a.client_id, session={"name": "ann"})
+    await post(port, "update_session", client_id=a.client_id, session={"age": 3})
+    assert await post(port, "get_session", client_id=a.client_id) == {"name": "ann", "age": 3}
+    assert await post(port, "is_online", client_id=a.client_id) is True
+    await post(port, "bind_uid", client_id=a.client_id, uid="u1")
+    await post(port, "bind_uid", client_id=b.client_id, uid="u2")
+    await post(port, "join_group", client_id=a.client_id, group="g")
+    await post(port, "join_group", client_id=b.client_id, group="g")
+    assert await post(port, "get_uid_by_client_id", client_id=b.client_id) == "u2"
+    assert await post(port, "is_uid_online", uid="u1") is True
+    assert await post(port, "is_uids_online", uids=["u1", "zz"]) == {"u1": True, "zz": False}
+    assert await post(port, "batch_get_client_id_by_uid", uids=["u2"]) == {"u2": [b.client_id]}
+    assert await post(port, "batch_get_client_count_by_group", groups=["g", "h"]) == {
+        "g": 2,
+        "h": 0,
+    }
+    sessions = await post(port, "get_client_sessions_by_group", group="g")
+    assert sessions[a.client_id]["name"] == "ann" and b.client_id in sessions
+    assert sorted(await post(port, "get_uid_list_by_group", group="g")) == ["u1", "u2"]
+    assert await post(port, "get_uid_count_by_group", group="g") == 2
+    assert await post(port, "get_client_count_by_group") >= 2
+    assert await post(port, "get_all_client_count") >= 2
+    assert {a.client_id, b.client_id} <= set(await post(port, "get_all_client_id_list"))
+    assert {a.client_id, b.client_id} <= set(await post(port, "get_all_client_sessions"))
+    assert {"u1", "u2"} <= set(await post(port, "get_all_uid_list"))
+    assert await post(port, "get_all_uid_count") >= 2
+    assert "g" in await post(port, "get_all_group_id_list")
+    assert await post(port, "get_all_group_count") >= 1
+    assert sorted((await post(port, "get_all_group_uid_list"))["g"]) == ["u1", "u2"]
+    assert len((await post(port, "get_all_group_client_id_list"))["g"]) == 2
+    await post(port, "ungroup", group="g")
+
+
+async def test_close_and_destroy(cluster: tuple[AppSpec, int], two: list[RC]) -> None:
+    _, port = cluster
+    a, b = two
+    await post(port, "close_client", client_id=a.client_id, message="bye")
+    assert await a.expect() == "bye"
+    await post(port, "destroy_client", client_id=b.client_id)
+    for client in two:
+        await asyncio.wait_for(client.ws.wait_closed(), 5)
+    assert await post(port, "is_online", client_id=a.client_id) is False
+    assert await post(port, "get_session", client_id=a.client_id) is None
+
+
+async def test_auth_and_bad_requests(cluster: tuple[AppSpec, int]) -> None:
+    _, port = cluster
+    body = json.dumps({"uid": "1", "message": "x"})
+    status, doc = await status_of(port, "/send_to_uid", body, token=None)
+    assert status == 401 and "Bearer" in doc["error"]
+    status, doc = await status_of(port, "/send_to_uid", body, token="wrong")
+    assert status == 403 and doc == {"ok": False, "error": "wrong token"}
+    status, doc = await status_of(port, "/send_to_uid", "{oops")
+    assert status == 400 and "not valid JSON" in doc["error"]
+    status, doc = await status_of(port, "/no_such_verb", "{}")
+    assert status == 400 and "unknown verb" in doc["error"]
+    status, doc = await status_of(port, "/send_to_client", '{"client_id":"zz","message":"x"}')
+    assert status == 400 and "zz" in doc["error"]
+    status, doc = await status_of(port, "/send_to_uid", '{"uid":"","message":"x"}')
+    assert status == 400
+    status, doc = await status_of(port, "/send_to_uid", "x" * 70000)
+    assert status == 413 and "65536" in doc["error"]
+    status, doc = await status_of(port, "/send_to_uid", None, method="GET")
+    assert status == 405
+
+
+def _raw_exchange(port: int, payload: bytes, expect_responses: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(payload)
+        data = b""
+        while data.count(b"HTTP/1.1 ") < expect_responses:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+async def test_keep_alive_pipelining_and_expect_continue(cluster: tuple[AppSpec, int]) -> None:
+    _, port = cluster
+    body = b'{"group": "nobody-here"}'
+    one = (
+        f"POST /get_client_count_by_group HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    data = await asyncio.to_thread(_raw_exchange, port, one * 3, 3)
+    assert data.count(b"HTTP/1.1 200 OK") == 3, data
+    assert data.count(b'{"ok": true, "result": 0}') == 3
+    head = (
+        f"POST /get_all_uid_count HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Expect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    ).encode()
+
+    def continue_then_body() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(head)
+            first = sock.recv(1024)
+            sock.sendall(b"{}")
+            return first + sock.recv(4096)
+
+    data = await asyncio.to_thread(continue_then_body)
+    assert data.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK"), data
+
+
+async def test_garbage_gets_an_error_and_the_server_keeps_serving(
+    cluster: tuple[AppSpec, int],
+) -> None:
+    _, port = cluster
+    data = await asyncio.to_thread(_raw_exchange, port, b"\x00\x01garbage\r\n\r\n", 1)
+    assert data.startswith(b"HTTP/1.1 400 "), data
+    data = await asyncio.to_thread(_raw_exchange, port, b"POST /" + b"a" * 20000, 1)
+    assert data.startswith(b"HTTP/1.1 431 "), data
+    assert await post(port, "get_all_group_count") >= 0
+
+
+# ---- in-process: unreachable register, silent gateway ------------------------------------
+
+
+async def test_no_register_gives_503() -> None:
+    config = PushAPI(listen="127.0.0.1:0", register=f"127.0.0.1:{free_port()}", timeout=0.5)
+    server = PushAPIServer(config)
+    await server.start()
+    try:
+        port = server.address[1]
+        status, doc = await status_of(port, "/send_to_uid", '{"uid":"1","message":"x"}')
+        assert status == 503 and "register" in doc["error"]
+    finally:
+        await server.stop(graceful=False)
+
+
+async def test_silent_gateway_gives_504_naming_it() -> None:
+    gateway = await FakeGateway().start()
+    gateway.answer_queries = False
+    client = AsyncGatewayClient(gateways=[gateway.address], timeout=0.5)
+    server = PushAPIServer(PushAPI(listen="127.0.0.1:0"), client=client)
+    await server.start()
+    try:
+        port = server.address[1]
+        status, doc = await status_of(port, "/get_all_client_count", "{}")
+        assert status == 504 and doc["missing"] == [gateway.address]
+        assert server.stats()["send_failures"] == 1
+    finally:
+        await server.stop(graceful=False)
+        await client.close()
+        await gateway.stop()
+
+
+async def test_idle_connections_are_swept() -> None:
+    config = PushAPI(listen="127.0.0.1:0", idle_timeout=0.5)
+    server = PushAPIServer(config, client=AsyncGatewayClient(gateways=["127.0.0.1:9"]))
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection(*server.address)
+        writer.write(b"POST /x HTTP/1.1\r\n")  # never finished
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        assert server.stats()["connections"] == 0
+        writer.close()
+    finally:
+        await server.stop(graceful=False)
+        await server.client.close()
+
+
+def test_base64_messages_round_trip_in_the_verb_table() -> None:
+    raw = bytes(range(256))
+    body = json.dumps({"uid": "u", "message_base64": base64.b64encode(raw).decode()})
+    assert parse_call("send_to_uid", body.encode()) == ["u", raw]
