@@ -127,6 +127,9 @@ class Slot:
                 out["page"] = f"http://{page_host}:{port}/"
         elif self.role == "businessworker":
             out["events"] = config.events
+        elif self.role == "pushapi":
+            out.setdefault("listen", config.listen.split("://", 1)[-1])
+            out["url"] = f"http://{out['listen']}/"
         return out
 
     def snapshot(self) -> dict[str, Any]:
