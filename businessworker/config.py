@@ -17,6 +17,9 @@ class BusinessWorker:
     ``"apps.chat.Events:Events"``), imported only inside worker processes so that the
     supervisor never runs user code and ``reload`` loads the current code.
     ``query_timeout`` bounds every query per gateway (seconds).
+    ``gateway_lost_timeout``: a gateway this worker cannot reach for that long
+    (seconds; 0: never) is taken for dead and ``on_close`` runs for the clients it
+    had here (``businessworker.orphans``).
     """
 
     events: str = ""
@@ -27,6 +30,7 @@ class BusinessWorker:
     query_timeout: float = 5.0
     keepalive_interval: float = 10.0
     link_timeout: float = 30.0
+    gateway_lost_timeout: float = 60.0
     app: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -40,6 +44,8 @@ class BusinessWorker:
             raise ConfigError(f"BusinessWorker count must be an int >= 1, got {self.count!r}")
         if self.query_timeout <= 0:
             raise ConfigError("BusinessWorker query_timeout must be > 0")
+        if self.gateway_lost_timeout < 0:
+            raise ConfigError("BusinessWorker gateway_lost_timeout must be >= 0 (0: never)")
         self.register = normalize_addresses(self.register, "BusinessWorker register")
 
     @property

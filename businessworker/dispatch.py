@@ -18,6 +18,10 @@ and the session of a failed callback is not written back.
 
 The dispatcher starts *held*: events are queued but not run until :meth:`open`
 (the worker opens it after ``on_worker_start`` returned).
+
+Every event is also noted in :attr:`Dispatcher.memory`
+(``businessworker.orphans.GatewayMemory``), which runs ``on_close`` for the clients
+of a gateway process that died without sending their ``EV_CLOSE``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 
 from businessworker.context import EventContext, enter_event, exit_event
 from businessworker.handle import WorkerAPI, use_api
+from businessworker.orphans import GatewayMemory
 from gateway.protocol import Cmd, ProtocolError, encode, pack_session, unpack_session
 from gatewayclient.link import GatewayLink
 
@@ -55,7 +60,7 @@ Queue = deque[tuple[GatewayLink, list[Any]]]
 class Dispatcher:
     """Per-client queues of events and the tasks that run them."""
 
-    def __init__(self, events: object, api: WorkerAPI) -> None:
+    def __init__(self, events: object, api: WorkerAPI, gateway_lost_timeout: float = 60.0) -> None:
         self._api = api
         self._callbacks: dict[Cmd, Callable[..., Any] | None] = {
             cmd: getattr(events, f"on_{kind}", None) for cmd, kind in KINDS.items()
@@ -66,6 +71,7 @@ class Dispatcher:
         self._open = False
         self.events_in: dict[str, int] = dict.fromkeys(KINDS.values(), 0)
         self.callback_errors = 0
+        self.memory = GatewayMemory(gateway_lost_timeout, self._on_orphans)
 
     @property
     def clients(self) -> int:
@@ -75,6 +81,10 @@ class Dispatcher:
     def on_event(self, link: GatewayLink, packet: list[Any]) -> None:
         """The link reader's callback: count and enqueue; never runs user code."""
         self.events_in[KINDS[packet[0]]] += 1
+        self.memory.note(link, packet)
+        self._enqueue(link, packet)
+
+    def _enqueue(self, link: GatewayLink, packet: list[Any]) -> None:
         client_id = link.client_id(packet[1])
         queue = self._queues.get(client_id)
         if queue is not None:
@@ -114,6 +124,11 @@ class Dispatcher:
         self._queues.clear()
 
     # ---- internals -----------------------------------------------------------------
+
+    def _on_orphans(self, link: GatewayLink, packets: list[list[Any]]) -> None:
+        """Synthetic ``EV_CLOSE`` of the clients of a dead gateway (see orphans)."""
+        for packet in packets:
+            self._enqueue(link, packet)
 
     def _start(self, client_id: str, queue: Queue) -> None:
         task = asyncio.get_running_loop().create_task(self._drain(client_id, queue))
@@ -196,3 +211,4 @@ class Dispatcher:
             return
         link.send(encode(Cmd.SET_SESSION, conn_id, packed))
         self._api.sent += 1
+        self.memory.note_session(link, conn_id, packed)

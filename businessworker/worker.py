@@ -19,6 +19,10 @@ How this works
    done (bounded), then calls ``on_worker_stop(worker)`` and closes the links. The
    gateways hand this worker's clients to other workers, so a ``reload`` loses no
    event.
+4. Once a second a sweep compares the open links with the clients remembered per
+   gateway (``businessworker.orphans``): the clients of a gateway process that died
+   get ``on_close`` when it comes back as a new process, or after
+   ``config.gateway_lost_timeout`` without it once the registers stopped listing it.
 
 Events code reaches the Gateway API through ``businessworker.api`` (see
 ``businessworker.handle``).
@@ -54,6 +58,8 @@ __all__ = ["WorkerProcess", "WorkerInfo", "WorkerBootError", "load_events", "ser
 
 logger = logging.getLogger("businessworker")
 
+GATEWAY_SWEEP_INTERVAL = 1.0
+"""Seconds between two looks for gateways that died (``businessworker.orphans``)."""
 START_TIMEOUT = 10.0
 """Seconds ``start()`` waits for the gateway list and the links."""
 LEAVE_TIMEOUT = 10.0
@@ -131,6 +137,7 @@ class WorkerProcess:
         self._started_at = 0.0
         self._serving = False  # on_worker_start has returned
         self._stopping = False
+        self._sweeper: asyncio.Task[None] | None = None
 
     # ---- Service protocol ----------------------------------------------------------
 
@@ -152,7 +159,7 @@ class WorkerProcess:
             watcher_factory=self._watcher_factory,
         )
         api = self.api = WorkerAPI(pool.links, config.query_timeout)
-        dispatcher = self._dispatcher = Dispatcher(self._events, api)
+        dispatcher = self._dispatcher = Dispatcher(self._events, api, config.gateway_lost_timeout)
         pool.on_event = dispatcher.on_event
         self.worker = WorkerInfo(self.name, self.index, os.getpid(), api, config)
         await pool.start()
@@ -180,6 +187,7 @@ class WorkerProcess:
             ) from exc
         self._serving = True
         dispatcher.open()
+        self._sweeper = loop.create_task(self._sweep_gateways(pool, dispatcher))
         logger.info("%s: serving, linked to %d gateway(s)", self.name, len(pool.links))
 
     async def stop(self, graceful: bool) -> None:
@@ -204,10 +212,21 @@ class WorkerProcess:
             "messages_out": self.api.sent if self.api else 0,
             "callback_errors": dispatcher.callback_errors if dispatcher else 0,
             "clients": dispatcher.clients if dispatcher else 0,
+            "orphan_closes": dispatcher.memory.orphan_closes if dispatcher else 0,
             "uptime": round(uptime, 1),
         }
 
     # ---- internals -----------------------------------------------------------------
+
+    async def _sweep_gateways(self, pool: LinkPool, dispatcher: Dispatcher) -> None:
+        """Run ``on_close`` for the clients of gateways that died (see orphans)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(GATEWAY_SWEEP_INTERVAL)
+            try:
+                dispatcher.memory.sweep(pool.links, loop.time(), pool.listed)
+            except Exception:
+                logger.exception("%s: gateway sweep failed", self.name)
 
     async def _run_hook(self, name: str) -> None:
         hook = getattr(self._events, name, None)
@@ -224,6 +243,8 @@ class WorkerProcess:
 
     async def _shutdown(self, timeout: float, run_stop_hook: bool) -> None:
         self._stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         pool, dispatcher = self._pool, self._dispatcher
         assert pool is not None and dispatcher is not None and self.api is not None
         loop = asyncio.get_running_loop()

@@ -55,7 +55,9 @@ def process_rows(
     """One row per process (the master first) from ``state.json`` and the stats files.
 
     A stats file counts only if it was written by the slot's current pid (after a
-    respawn or a reload the previous process's file is stale).
+    respawn or a reload the previous process's file is stale). ``connections`` is
+    what the process holds: client connections for a gateway, gateway and worker
+    connections for a register, gateway links for a business worker.
     """
     master = state.get("master", {})
     rows: list[dict[str, Any]] = [
@@ -83,7 +85,7 @@ def process_rows(
                 "status": proc.get("status", ""),
                 "generation": proc.get("generation"),
                 "memory": snap.get("rss"),
-                "connections": snap.get("connections"),
+                "connections": snap.get("connections", snap.get("links")),
                 "messages_in": snap.get("messages_in"),
                 "messages_out": snap.get("messages_out"),
                 "send_failures": snap.get("send_failures"),
@@ -174,6 +176,8 @@ def _where(proc: dict[str, Any]) -> str:
         return f"listen {addresses.get('listen', '?')}"
     if role == "gateway":
         return f"public {addresses.get('url', '?')}  internal {addresses.get('internal', '?')}"
+    if role == "pushapi":
+        return f"http push api {addresses.get('url', '?')}"
     return f"events {addresses.get('events', '?')}"
 
 
