@@ -63,8 +63,8 @@ class _Connection:
 
 def status_of(exc: BaseException) -> int:
     """The HTTP status for an exception raised by a Gateway API call."""
-    if isinstance(exc, BadRequest | InvalidClientId | ValueError | TypeError):
-        return 400
+    if isinstance(exc, BadRequest | InvalidClientId | ValueError | TypeError | OverflowError):
+        return 400  # OverflowError: an integer msgpack cannot carry (e.g. in a session)
     if isinstance(exc, QueryTimeout):
         return 504
     if isinstance(exc, RemoteError):
@@ -203,7 +203,14 @@ class PushAPIServer:
         if status != 200:
             self.errors += 1
             log.info("push API %s %s: %s %s", request.method, request.path, status, document)
-        writer.write(json_response(status, document, keep_alive=request.keep_alive))
+        try:
+            answer = json_response(status, document, keep_alive=request.keep_alive)
+        except (TypeError, ValueError) as exc:  # e.g. a session with non-str keys
+            self.errors += 1
+            log.warning("push API %s: cannot encode the result as JSON: %s", request.path, exc)
+            error = {"ok": False, "error": f"the result cannot be encoded as JSON: {exc}"}
+            answer = json_response(500, error, keep_alive=request.keep_alive)
+        writer.write(answer)
         return request.keep_alive
 
     def _refuse(self, writer: asyncio.StreamWriter, exc: HttpError) -> None:

@@ -107,6 +107,8 @@ def _parse_object(body: bytes) -> dict[str, Any]:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("the body is not valid JSON: nested too deeply") from None
     if not isinstance(document, dict):
         raise BadRequest(f"the body must be a JSON object, got {type(document).__name__}")
     return document

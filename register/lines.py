@@ -218,6 +218,10 @@ def _secret_of(doc: dict[str, Any]) -> str:
     secret = doc.get("secret_key", "")
     if not isinstance(secret, str):
         raise LineError('"secret_key" must be a string')
+    try:
+        secret.encode("utf-8")  # JSON allows lone surrogates ("\\ud800"); UTF-8 does not
+    except UnicodeEncodeError:
+        raise LineError('"secret_key" is not valid Unicode') from None
     return secret
 
 

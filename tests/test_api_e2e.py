@@ -208,8 +208,15 @@ async def test_close_and_destroy_run_on_close(clients: list[RC]) -> None:
     assert closing.ws.close_code == 1000
     await monitor.call("destroy_client", destroyed.client_id)
     await asyncio.wait_for(destroyed.ws.wait_closed(), 5)
-    closed = {(await monitor.expect_json())["client_id"] for _ in range(2)}
-    assert closed == {closing.client_id, destroyed.client_id}
+    # Clients closed by the fixture (or earlier tests) may report their on_close to the
+    # monitor too, later than we bound it: skip those, bounded.
+    wanted = {closing.client_id, destroyed.client_id}
+    closed: set[str] = set()
+    for _ in range(20):
+        if closed >= wanted:
+            break
+        closed.add((await monitor.expect_json())["client_id"])
+    assert closed >= wanted
     assert await monitor.call("is_online", closing.client_id) is False
     assert await monitor.call("get_session", closing.client_id) is None
 

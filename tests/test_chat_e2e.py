@@ -140,5 +140,10 @@ async def test_invalid_chat_requests_get_errors(chat) -> None:
         await login(ws, "Dan", "9")
         await ws.send('{"type":"say","to_client_id":"nonsense","content":"x"}')
         assert (await recv_json(ws))["type"] == "error"
+        await ws.send('{"type":["login"]}')  # unhashable type: an error, not a traceback
+        assert (await recv_json(ws))["type"] == "error"
+        # a well-formed client_id of a gateway that does not exist
+        await ws.send('{"type":"say","to_client_id":"0a0000090001000000ff","content":"x"}')
+        assert (await recv_json(ws))["message"] == "that member is not online"
         await ws.send('{"type":"say","to_client_id":"all","content":"still here"}')
         assert (await recv_json(ws))["content"] == "still here"

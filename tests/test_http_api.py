@@ -100,6 +100,7 @@ def test_parse_call_converts_each_kind() -> None:
         ("set_session", b'{"client_id": "c", "session": [1]}', "'session' must be a JSON object"),
         ("send_to_all", b'{"message": "a", "client_ids": "c"}', "must be a list of client_ids"),
         ("is_uids_online", b'{"uids": "1"}', "'uids' must be a list"),
+        ("set_session", b'{"session":' + b'{"a":' * 5000 + b"1" + b"}" * 5001, "too deeply"),
     ],
 )
 def test_parse_call_names_the_problem(verb: str, body: bytes, words: str) -> None:
@@ -309,6 +310,27 @@ async def test_auth_and_bad_requests(cluster: tuple[AppSpec, int]) -> None:
     assert status == 413 and "65536" in doc["error"]
     status, doc = await status_of(port, "/send_to_uid", None, method="GET")
     assert status == 405
+
+
+async def test_values_the_cluster_cannot_carry_are_refused_cleanly(
+    cluster: tuple[AppSpec, int], two: list[RC]
+) -> None:
+    spec, port = cluster
+    a = two[0]
+    # An integer msgpack cannot carry: the caller's fault (400), not a 500 + traceback.
+    body = json.dumps({"client_id": a.client_id, "session": {"n": 10**30}})
+    status, doc = await status_of(port, "/set_session", body)
+    assert status == 400 and "out of range" in doc["error"]
+    # A session (set by Events or a push client) whose keys JSON cannot carry: a clear
+    # 500 answer on the same connection, not a dropped connection.
+    async with AsyncGatewayClient(
+        register=f"127.0.0.1:{spec.register_port}", secret=SECRET
+    ) as client:
+        await client.set_session(a.client_id, {b"raw": 1})
+        assert await client.get_session(a.client_id) == {b"raw": 1}
+    status, doc = await status_of(port, "/get_session", json.dumps({"client_id": a.client_id}))
+    assert status == 500 and "cannot be encoded as JSON" in doc["error"]
+    assert await post(port, "is_online", client_id=a.client_id) is True
 
 
 def _raw_exchange(port: int, payload: bytes, expect_responses: int) -> bytes:

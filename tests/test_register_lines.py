@@ -192,6 +192,19 @@ def test_check_worker_connect():
         lines.check_worker_connect({"event": "worker_connect", "secret_key": ["s"]})
 
 
+def test_secret_with_a_lone_surrogate_is_a_line_error():
+    # Valid JSON, but not encodable as UTF-8: the register must refuse it cleanly
+    # (it used to raise UnicodeEncodeError out of data_received).
+    doc = lines.decode_line(b'{"event":"worker_connect","secret_key":"\\ud800"}')
+    with pytest.raises(LineError, match="not valid Unicode"):
+        lines.check_worker_connect(doc)
+    doc = lines.decode_line(
+        b'{"event":"gateway_connect","address":"1.2.3.4:5","secret_key":"\\udfff"}'
+    )
+    with pytest.raises(LineError, match="not valid Unicode"):
+        lines.check_gateway_connect(doc)
+
+
 def test_check_broadcast_addresses():
     doc = {"event": "broadcast_addresses", "addresses": ["1.2.3.4:5", "1.2.3.4:5", "5.6.7.8:9"]}
     assert lines.check_broadcast_addresses(doc) == frozenset({"1.2.3.4:5", "5.6.7.8:9"})

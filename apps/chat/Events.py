@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from businessworker import api, context
+from gatewayclient.errors import GatewayUnavailable
 
 log = logging.getLogger("apps.chat")
 
@@ -38,6 +39,13 @@ def now() -> str:
 def dumps(message: dict[str, Any]) -> str:
     """Encode one message for the browser (compact JSON, UTF-8 kept readable)."""
     return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+def current_session() -> dict[str, Any]:
+    """The current client's session: always a dict inside an event (``None`` only
+    outside one, where the handlers never run)."""
+    session = context.session
+    return {} if session is None else session
 
 
 def reply_error(message: str) -> None:
@@ -68,7 +76,8 @@ class Events:
         if not isinstance(request, dict):
             reply_error("a request must be a JSON object")
             return
-        handler = HANDLERS.get(request.get("type"))
+        kind = request.get("type")
+        handler = HANDLERS.get(kind) if isinstance(kind, str) else None
         if handler is None:
             reply_error(f"unknown request type {str(request.get('type'))[:32]!r}")
             return
@@ -106,7 +115,7 @@ async def on_login(client_id: str, request: dict[str, Any]) -> None:
         return
     room_id = str(room_id)[:MAX_NAME]
     client_name = html.escape(str(request.get("client_name") or "guest").strip()[:MAX_NAME])
-    session = context.session
+    session = current_session()
     old_room = session.get("room_id")
     if old_room is not None and old_room != room_id:
         api.leave_group(client_id, old_room)
@@ -133,7 +142,7 @@ async def on_login(client_id: str, request: dict[str, Any]) -> None:
 async def on_say(client_id: str, request: dict[str, Any]) -> None:
     """A public message to the room, or a private one to a member (with a copy for
     the sender)."""
-    session = context.session
+    session = current_session()
     room_id = session.get("room_id")
     if room_id is None:
         reply_error("log in to a room before saying anything")
@@ -157,6 +166,9 @@ async def on_say(client_id: str, request: dict[str, Any]) -> None:
         api.send_to_client(to_client_id, text)
     except ValueError:
         reply_error("to_client_id is not a valid client_id")
+        return
+    except GatewayUnavailable:  # a well-formed id of a gateway that is not linked
+        reply_error("that member is not online")
         return
     api.send_to_current_client(text)
 
