@@ -158,7 +158,7 @@ class WorkerProcess:
             on_leave_ack=self._on_leave_ack,
             watcher_factory=self._watcher_factory,
         )
-        api = self.api = WorkerAPI(pool.links, config.query_timeout)
+        api = self.api = WorkerAPI(pool.links, config.query_timeout, unlinked=pool.unlinked)
         dispatcher = self._dispatcher = Dispatcher(self._events, api, config.gateway_lost_timeout)
         pool.on_event = dispatcher.on_event
         self.worker = WorkerInfo(self.name, self.index, os.getpid(), api, config)

@@ -117,12 +117,23 @@ def _check_dict(value: object, what: str) -> dict[str, Any]:
 
 class GatewayAPI:
     """Every Gateway API call over ``links`` (``"ip:port" -> GatewayLink``, owned and
-    updated by the caller). ``sent`` counts the packets written by sends."""
+    updated by the caller). ``sent`` counts the packets written by sends.
 
-    __slots__ = ("_links", "query_timeout", "sent")
+    ``unlinked`` (optional) returns the gateways that are listed by the registers but
+    have no open link right now: S-class queries report them as missing instead of
+    silently answering without them.
+    """
 
-    def __init__(self, links: Mapping[str, GatewayLink], query_timeout: float = 5.0) -> None:
+    __slots__ = ("_links", "_unlinked", "query_timeout", "sent")
+
+    def __init__(
+        self,
+        links: Mapping[str, GatewayLink],
+        query_timeout: float = 5.0,
+        unlinked: Callable[[], Iterable[str]] | None = None,
+    ) -> None:
         self._links = links
+        self._unlinked = unlinked
         self.query_timeout = query_timeout
         self.sent = 0
 
@@ -166,6 +177,10 @@ class GatewayAPI:
         asked: list[GatewayLink] = []
         futures: list[asyncio.Future[Any]] = []
         missing: list[str] = []
+        if self._unlinked is not None:
+            # Listed but not linked (just joined, unreachable, relinking): its clients
+            # would be absent from the answer, so the answer is incomplete.
+            missing.extend(a for a in self._unlinked() if a not in self._links)
         for link in list(self._links.values()):
             try:
                 futures.append(link.request_future(cmd, *args, timeout=self.query_timeout))

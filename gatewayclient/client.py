@@ -76,7 +76,7 @@ class AsyncGatewayClient:
             connect_timeout=timeout,
         )
         self._links = self._pool.links
-        self._api = GatewayAPI(self._links, query_timeout=timeout)
+        self._api = GatewayAPI(self._links, query_timeout=timeout, unlinked=self._pool.unlinked)
         self._lock = asyncio.Lock()
         self._started = False
         self._closed = False

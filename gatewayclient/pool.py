@@ -123,6 +123,11 @@ class LinkPool:
 
     # ---- lifecycle -----------------------------------------------------------------
 
+    def unlinked(self) -> list[str]:
+        """Listed gateways with no open link right now (for complete queries)."""
+        by_listed = self._by_listed
+        return [a for a in self._listed if a not in by_listed]
+
     @property
     def listed(self) -> frozenset[str]:
         """The gateway addresses currently listed (fixed list or registers)."""

@@ -18,6 +18,7 @@ from gatewayclient import (
     GatewayError,
     GatewayUnavailable,
     NoRegister,
+    QueryTimeout,
 )
 from tests.test_gatewayclient_fakes import (
     UNIT,
@@ -85,6 +86,22 @@ async def test_async_client_relinks_after_gateway_restart(
         await wait_until(lambda: client.gateways == [gw1.address])
         await client.send_to_all("second")
         await wait_until(lambda: len(gw1.packets(Cmd.SEND_TO_ALL)) == 2)
+    finally:
+        await client.close()
+
+
+async def test_queries_report_a_listed_gateway_that_is_not_linked(
+    gateways: tuple[FakeGateway, FakeGateway],
+) -> None:
+    gw1, _ = gateways
+    gw1.add_client(1)
+    dead = f"127.0.0.1:{free_port()}"
+    client = AsyncGatewayClient(gateways=[gw1.address, dead], secret="s", timeout=0.5)
+    try:
+        with pytest.raises(QueryTimeout) as info:
+            await client.get_all_client_count()
+        assert info.value.missing == (dead,)
+        assert info.value.partial == 1  # what the linked gateway said
     finally:
         await client.close()
 

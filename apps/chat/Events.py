@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from businessworker import api, context
+from gatewayclient import QueryTimeout
 from gatewayclient.errors import GatewayUnavailable
 
 log = logging.getLogger("apps.chat")
@@ -122,7 +123,13 @@ async def on_login(client_id: str, request: dict[str, Any]) -> None:
     session["room_id"] = room_id
     session["client_name"] = client_name
 
-    members = await api.get_client_sessions_by_group(room_id)
+    try:
+        members = await api.get_client_sessions_by_group(room_id)
+    except QueryTimeout as exc:
+        # A gateway did not answer (restarting, unreachable): list the members the
+        # others reported rather than refusing the login.
+        log.warning("member list of room %s is incomplete: %s", room_id, exc)
+        members = exc.partial or {}
     client_list = {cid: (member or {}).get("client_name", "") for cid, member in members.items()}
     client_list[client_id] = client_name
     announcement = {
