@@ -61,12 +61,17 @@ WatcherFactory = Callable[
 
 
 def default_watcher(
-    registers: tuple[str, ...], secret: str, on_change: Callable[[frozenset[str]], None]
+    registers: tuple[str, ...],
+    secret: str,
+    on_change: Callable[[frozenset[str]], None],
+    keepalive: float = 10.0,
 ) -> DirectoryWatcher:
     """The real register client (imported here so a fixed gateway list needs none)."""
     from register.discovery import GatewayDirectoryWatcher
 
-    watcher: DirectoryWatcher = GatewayDirectoryWatcher(registers, secret, on_change=on_change)
+    watcher: DirectoryWatcher = GatewayDirectoryWatcher(
+        registers, secret, on_change=on_change, keepalive=keepalive
+    )
     return watcher
 
 
@@ -145,7 +150,16 @@ class LinkPool:
             return
         if self._watcher is not None:
             return
-        self._watcher = self._watcher_factory(self.registers, self._secret, self._on_list)
+        if self._watcher_factory is default_watcher:
+            # the register learns our ping interval and drops us after 3 silent ones
+            self._watcher = default_watcher(
+                self.registers,
+                self._secret,
+                self._on_list,
+                keepalive=self._link_args["keepalive_interval"],
+            )
+        else:
+            self._watcher = self._watcher_factory(self.registers, self._secret, self._on_list)
         await self._watcher.start()
 
     async def wait_discovered(self, timeout: float) -> None:

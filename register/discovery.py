@@ -257,7 +257,7 @@ class GatewayAnnouncer(_RegisterClient):
     ) -> None:
         super().__init__(registers, secret, keepalive, retry_interval)
         self.address = address
-        self._line = lines.gateway_connect(address, secret)
+        self._line = lines.gateway_connect(address, secret, keepalive)
         self._holding: set[str] = set()
         self._announced = asyncio.Event()
 
@@ -311,7 +311,7 @@ class GatewayDirectoryWatcher(_RegisterClient):
     ) -> None:
         super().__init__(registers, secret, keepalive, retry_interval)
         self._on_change = on_change
-        self._line = lines.worker_connect(secret)
+        self._line = lines.worker_connect(secret, keepalive)
         self._lists: dict[str, frozenset[str]] = {}  # connected register -> its last list
         self._addresses: frozenset[str] = frozenset()
         self._first_list = asyncio.Event()

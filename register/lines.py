@@ -85,14 +85,23 @@ def encode(doc: dict[str, Any]) -> bytes:
     return line + b"\n"
 
 
-def gateway_connect(address: str, secret: str) -> bytes:
-    """The line a gateway sends to announce its internal ``address``."""
-    return encode({"event": "gateway_connect", "address": address, "secret_key": secret})
+def gateway_connect(address: str, secret: str, keepalive: float | None = None) -> bytes:
+    """The line a gateway sends to announce its internal ``address``.
+
+    ``keepalive`` tells the register how often this peer pings, so that the register
+    drops it (and unlists the address) after three silent intervals."""
+    doc: dict[str, Any] = {"event": "gateway_connect", "address": address, "secret_key": secret}
+    if keepalive is not None:
+        doc["keepalive"] = keepalive
+    return encode(doc)
 
 
-def worker_connect(secret: str) -> bytes:
+def worker_connect(secret: str, keepalive: float | None = None) -> bytes:
     """The line a business worker or push client sends to subscribe to the list."""
-    return encode({"event": "worker_connect", "secret_key": secret})
+    doc: dict[str, Any] = {"event": "worker_connect", "secret_key": secret}
+    if keepalive is not None:
+        doc["keepalive"] = keepalive
+    return encode(doc)
 
 
 def broadcast_addresses(addresses: list[str] | tuple[str, ...]) -> bytes:
@@ -223,6 +232,22 @@ def _secret_of(doc: dict[str, Any]) -> str:
     except UnicodeEncodeError:
         raise LineError('"secret_key" is not valid Unicode') from None
     return secret
+
+
+MAX_KEEPALIVE = 3600.0
+
+
+def keepalive_of(doc: dict[str, Any]) -> float | None:
+    """The ping interval a peer declared in its handshake (``None``: not declared),
+    or raise :class:`LineError`."""
+    value = doc.get("keepalive")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise LineError('"keepalive" must be a number of seconds')
+    if not 0 < value <= MAX_KEEPALIVE:
+        raise LineError(f'"keepalive" must be in (0, {MAX_KEEPALIVE:g}] seconds')
+    return float(value)
 
 
 def check_gateway_connect(doc: dict[str, Any]) -> tuple[str, str]:

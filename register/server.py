@@ -59,6 +59,7 @@ class _Connection(asyncio.Protocol):
         "opened",
         "last_seen",
         "closing",
+        "idle_timeout",
     )
 
     def __init__(self, server: RegisterServer) -> None:
@@ -66,6 +67,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.decoder = lines.LineDecoder()
         self.peer = "?"
+        self.idle_timeout = server.config.idle_timeout
         self.role = ""  # "", "gateway" or "worker"
         self.address = ""  # announced gateway address
         self.opened = self.last_seen = 0.0
@@ -271,11 +273,21 @@ class RegisterServer:
 
     # ---- events --------------------------------------------------------------------
 
+    @staticmethod
+    def _adopt_keepalive(conn: _Connection, keepalive: float | None) -> None:
+        """A peer that declared its ping interval is dropped after three silent
+        intervals: a gateway whose host vanished leaves the list as fast as the links
+        to it are dropped, instead of after the register's own ``idle_timeout``."""
+        if keepalive is not None:
+            conn.idle_timeout = max(1.0, 3 * keepalive)
+
     def on_gateway_connect(self, conn: _Connection, doc: dict[str, Any]) -> None:
         """A gateway announces its internal address."""
         address, secret = lines.check_gateway_connect(doc)
+        keepalive = lines.keepalive_of(doc)
         if not self._check_handshake(conn, secret):
             return
+        self._adopt_keepalive(conn, keepalive)
         conn.role, conn.address = "gateway", address
         previous = self._gateways.get(address)
         self._gateways[address] = conn
@@ -290,8 +302,10 @@ class RegisterServer:
     def on_worker_connect(self, conn: _Connection, doc: dict[str, Any]) -> None:
         """A business worker or push client subscribes to the list."""
         secret = lines.check_worker_connect(doc)
+        keepalive = lines.keepalive_of(doc)
         if not self._check_handshake(conn, secret):
             return
+        self._adopt_keepalive(conn, keepalive)
         conn.role = "worker"
         self._subscribers.add(conn)
         logger.debug("subscriber %s connected", conn.peer)
@@ -320,14 +334,13 @@ class RegisterServer:
     def sweep(self, now: float) -> None:
         """Close connections without a handshake in time, or silent for too long."""
         handshake_deadline = now - self.config.handshake_timeout
-        idle_deadline = now - self.config.idle_timeout
         for conn in list(self._conns):
             if conn.closing:
                 continue
             if not conn.role and conn.opened < handshake_deadline:
                 self.reject(conn, f"no handshake within {self.config.handshake_timeout:g} s")
-            elif conn.last_seen < idle_deadline:
-                self.reject(conn, f"silent for more than {self.config.idle_timeout:g} s")
+            elif conn.last_seen < now - conn.idle_timeout:
+                self.reject(conn, f"silent for more than {conn.idle_timeout:g} s")
 
 
 def serve(spec: ChildSpec) -> int:

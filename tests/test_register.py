@@ -608,3 +608,33 @@ def test_the_whole_story_under_uvloop():
             await reg.stop(graceful=True)
 
     uvloop.run(scenario())
+
+
+async def test_a_declared_keepalive_sets_how_soon_a_silent_peer_is_dropped(make_register):
+    reg = await make_register(idle_timeout=60.0)
+    sub = await Peer.connect(reg.port)
+    await sub.subscribe()
+    quiet = await Peer.connect(reg.port)
+    await quiet.send(lines.gateway_connect("127.0.0.1:2300", SECRET, keepalive=0.4))
+    assert (await sub.recv())["addresses"] == ["127.0.0.1:2300"]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + 5.0
+    while loop.time() < deadline:  # sub keeps pinging; quiet said it pings every 0.4 s
+        await sub.send(lines.PING)
+        doc = await sub.recv()
+        if doc["event"] == "broadcast_addresses":
+            assert doc["addresses"] == []
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the silent gateway was kept despite its declared keepalive")
+    assert loop.time() - started < 3.5  # max(1, 3 x 0.4) s plus the sweep, not 60 s
+
+
+async def test_an_invalid_keepalive_is_refused(make_register):
+    reg = await make_register()
+    peer = await Peer.connect(reg.port)
+    await peer.send({"event": "worker_connect", "secret_key": SECRET, "keepalive": "soon"})
+    doc = await peer.recv()
+    assert doc["event"] == "error" and "keepalive" in doc["message"]

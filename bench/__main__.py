@@ -1,0 +1,81 @@
+"""Command line of the benchmark suite (``python -m bench run --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench.metrics import FULL, QUICK, Bench
+from bench.report import write_outputs
+
+GROUPS: list[tuple[tuple[str, ...], str]] = [
+    (("M1", "M2", "M3"), "measure_connections"),
+    (("M3",), "measure_connect_rate"),
+    (("M4", "M5"), "measure_fanout"),
+    (("M6",), "measure_round_trip"),
+    (("M7",), "measure_push"),
+]
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def _log(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+async def run(quick: bool, only: set[str], out: Path, command: str) -> int:
+    """Run the selected measurements and write the reports; 0 when all ran."""
+    bench = Bench(QUICK if quick else FULL, _log)
+    results: dict[str, Any] = {}
+    errors: list[str] = []
+    for metrics, method in GROUPS:
+        if only and not only.intersection(metrics):
+            continue
+        measure: Callable[[], Awaitable[dict[str, Any]]] = getattr(bench, method)
+        try:
+            found = await measure()
+        except Exception as exc:
+            _log(f"{'/'.join(metrics)} failed: {exc!r}")
+            traceback.print_exc()
+            errors.append(f"{'/'.join(metrics)}: {exc.__class__.__name__}: {exc}")
+            continue
+        if metrics == ("M6",) or metrics == ("M7",):
+            results[metrics[0]] = found
+        else:
+            results.update(found)
+    if "M3_storm" in results:  # measured on the M1 cluster, reported under M3
+        results.setdefault("M3", {})["reconnect_storm"] = results.pop("M3_storm")
+    paths = write_outputs(results, bench.configs, quick, out, command, errors)
+    for kind, path in paths.items():
+        _log(f"{kind}: {path}")
+    return 1 if errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmd = sub.add_parser("run", help="run the benchmark suite")
+    cmd.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    cmd.add_argument("--only", default="", help="comma-separated metrics, e.g. M4,M6")
+    cmd.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    args = parser.parse_args(argv)
+    only = {m.strip().upper() for m in args.only.split(",") if m.strip()}
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    return int(runner(run(args.quick, only, args.out, command)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

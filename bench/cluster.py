@@ -1,0 +1,196 @@
+"""Run the real cluster for a benchmark: a temporary copy of the bench app with free
+ports, started and stopped with ``start.py`` the way a user does."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+__all__ = ["ClusterConfig", "BenchCluster", "ROOT"]
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = Path(__file__).resolve().parent / "apps" / "benchapp"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """What the cluster of one measurement looks like."""
+
+    gateways: int = 2
+    workers: int = 1
+    ping_interval: float = 10.0
+    ping_limit: int = 2
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "gateways": self.gateways,
+            "workers": self.workers,
+            "ping_interval": self.ping_interval,
+            "ping_not_response_limit": self.ping_limit,
+        }
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_block(count: int) -> int:
+    """A base port such that ``base .. base+count-1`` are free right now."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(500):
+        base = rng.randrange(20000, 32000 - count)
+        if all(_free(base + i) for i in range(count)):
+            return base
+    raise RuntimeError("no block of free ports found")
+
+
+class BenchCluster:
+    """One running cluster (``start.py start -d``) of the bench app."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.root = Path(tempfile.mkdtemp(prefix="gw-bench-"))
+        self.apps_dir = self.root / "apps"
+        self.run_dir = self.root / "run"
+        base = free_port_block(config.gateways + 2)
+        self.register_port = base
+        self.public_port = base + 1
+        self.start_port = base + 2
+        self.master_pid = 0
+
+    def _write_app(self) -> None:
+        cfg = self.config
+        self.apps_dir.mkdir(parents=True)
+        (self.apps_dir / "__init__.py").write_text("")
+        dest = self.apps_dir / "benchapp"
+        shutil.copytree(APP, dest, ignore=shutil.ignore_patterns("__pycache__"))
+        reg = f"127.0.0.1:{self.register_port}"
+        (dest / "start_register.py").write_text(
+            f"from register import Register\nregister = Register(listen={reg!r})\n"
+        )
+        (dest / "start_gateway.py").write_text(
+            "from gateway import Gateway\n"
+            f"gateway = Gateway(listen='127.0.0.1:{self.public_port}', count={cfg.gateways}, "
+            f"lan_ip='127.0.0.1', start_port={self.start_port}, register={reg!r}, "
+            f"ping_interval={cfg.ping_interval}, ping_not_response_limit={cfg.ping_limit}, "
+            'ping_data=\'{"type":"ping"}\')\n'
+        )
+        (dest / "start_businessworker.py").write_text(
+            "from businessworker import BusinessWorker\n"
+            f"worker = BusinessWorker(events='apps.benchapp.Events:Events', "
+            f"count={cfg.workers}, register={reg!r})\n"
+        )
+
+    def _cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "start.py"),
+                *args,
+                "--apps-dir",
+                str(self.apps_dir),
+                "--run-dir",
+                str(self.run_dir),
+            ],
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def start(self) -> None:
+        """Start the cluster in the background; return when it serves."""
+        self._write_app()
+        result = self._cli("start", "-d")
+        if result.returncode != 0:
+            raise RuntimeError(f"cluster did not start: {result.stderr or result.stdout}")
+        status = self.status()
+        self.master_pid = int(status["master"]["pid"])
+        self.wait_workers_linked()
+
+    def status(self) -> dict[str, Any]:
+        """``start.py status --json``."""
+        result = self._cli("status", "--json", timeout=30)
+        if result.returncode != 0:
+            raise RuntimeError(f"status failed: {result.stderr or result.stdout}")
+        return dict(json.loads(result.stdout))
+
+    def pids(self, role: str) -> list[int]:
+        """Pids of the processes of ``role`` (``gateway``, ``businessworker``...)."""
+        rows = self.status()["processes"]
+        return [int(r["pid"]) for r in rows if r.get("role") == role and r.get("pid")]
+
+    def wait_workers_linked(self, timeout: float = 30.0) -> None:
+        """Wait until every gateway reports every worker linked (stats files)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stats_dir = self.run_dir / "stats"
+            linked = []
+            for path in stats_dir.glob("*.json") if stats_dir.is_dir() else []:
+                try:
+                    data = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+                if data.get("role") == "gateway":
+                    linked.append(data.get("workers", 0))
+            if len(linked) >= self.config.gateways and min(linked) >= self.config.workers:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("the workers did not link to every gateway in time")
+
+    def processes(self) -> list[psutil.Process]:
+        """The master and every child."""
+        try:
+            master = psutil.Process(self.master_pid)
+            return [master, *master.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def rss(self) -> int:
+        """RSS summed over every cluster process (bytes)."""
+        total = 0
+        for proc in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += proc.memory_info().rss
+        return total
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of every cluster process so far."""
+        total = 0.0
+        for proc in self.processes():
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def stop(self) -> None:
+        """Stop the cluster and remove the temporary app."""
+        try:
+            self._cli("stop", timeout=60)
+        finally:
+            for proc in self.processes():
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+            shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,545 @@
+"""The measurements M1..M7 (see the README's Benchmarks section).
+
+Each ``measure_*`` coroutine starts (or reuses) a cluster of the shape it needs, drives
+the load generators, and returns a dict of figures. Every wait is bounded in time,
+every load in count. CPU used by the generators (and by the runner, where the push
+client runs) is reported next to each figure, to show the generator was not the
+bottleneck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import threading
+import time
+from array import array
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from bench.cluster import BenchCluster, ClusterConfig
+from bench.pool import GenPool, latencies, split
+from gatewayclient import AsyncGatewayClient, GatewayClient
+
+__all__ = ["Sizes", "FULL", "QUICK", "Bench", "percentile"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """Every size of a run; :data:`FULL` and :data:`QUICK` are the two presets."""
+
+    conns: int = 100_000  # M1/M2/M3
+    conn_gateways: int = 8
+    conn_workers: int = 2
+    conn_gens: int = 6
+    conn_concurrency: int = 100  # handshakes in flight per generator
+    rate_conns: int = 20_000  # M3: a cluster sized for the 2 cores (few processes)
+    rate_gateways: int = 2
+    rate_gens: int = 2
+    ping_interval: float = 10.0
+    hold: float = 25.0  # > 2 ping intervals: the heartbeat really runs
+    fanout_sizes: tuple[int, ...] = (1_000, 10_000, 50_000)
+    fanout_gateways: int = 3
+    fanout_deliveries: int = 2_000_000
+    fanout_gens: int = 3
+    m5_messages: int = 20
+    rtt_clients: tuple[int, ...] = (100, 1_000)
+    rtt_rates: tuple[int, ...] = (1_000, 3_000, 5_000, 10_000, 15_000, 20_000, 25_000, 30_000)
+    rtt_duration: float = 3.0
+    rtt_gateways: int = 1
+    rtt_workers: int = 1
+    rtt_gens: int = 2
+    pushes: int = 60_000
+    sync_pushes: int = 20_000
+    push_receivers: int = 100
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    conns=300,
+    conn_gateways=2,
+    conn_workers=1,
+    conn_gens=2,
+    rate_conns=300,
+    ping_interval=1.0,
+    hold=2.5,
+    fanout_sizes=(100, 300),
+    fanout_gateways=2,
+    fanout_deliveries=6_000,
+    fanout_gens=2,
+    m5_messages=3,
+    rtt_clients=(10, 50),
+    rtt_rates=(200, 500),
+    rtt_duration=0.5,
+    pushes=500,
+    sync_pushes=200,
+    push_receivers=10,
+)
+
+
+def percentile(values: array[int] | list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) by nearest rank; 0.0 when empty."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
+    return float(ordered[rank])
+
+
+def _ms(us: float) -> float:
+    return round(us / 1000, 3)
+
+
+def _payload(size: int = 100) -> str:
+    return "x" * (size - 20)
+
+
+@dataclass
+class CpuMeter:
+    """CPU used by the generators, the runner and the cluster over a window."""
+
+    bench: Bench
+    wall: float = 0.0
+    gens0: list[float] = field(default_factory=list)
+    runner0: float = 0.0
+    cluster0: float = 0.0
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def __enter__(self) -> CpuMeter:
+        self.wall = time.monotonic()
+        self.gens0 = self.bench.pool.cpu_seconds() if self.bench.pool else []
+        times = psutil.Process().cpu_times()
+        self.runner0 = times.user + times.system
+        self.cluster0 = self.bench.cluster.cpu_seconds() if self.bench.cluster else 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = max(1e-6, time.monotonic() - self.wall)
+        gens = self.bench.pool.cpu_seconds() if self.bench.pool else []
+        used = [b - a for a, b in zip(self.gens0, gens, strict=False)]
+        times = psutil.Process().cpu_times()
+        cluster = self.bench.cluster.cpu_seconds() if self.bench.cluster else 0.0
+        self.result = {
+            "wall_s": round(wall, 3),
+            "generator_cpu_pct": round(100 * sum(used) / wall, 1),
+            "generator_cpu_pct_max_process": round(100 * max(used, default=0) / wall, 1),
+            "runner_cpu_pct": round(100 * (times.user + times.system - self.runner0) / wall, 1),
+            "cluster_cpu_pct": round(100 * (cluster - self.cluster0) / wall, 1),
+        }
+
+
+class Bench:
+    """One benchmark run: the current cluster and generators, and the results."""
+
+    def __init__(self, sizes: Sizes, log: Callable[[str], None] = print) -> None:
+        self.sizes = sizes
+        self.log = log
+        self.cluster: BenchCluster | None = None
+        self.pool: GenPool | None = None
+        self.configs: dict[str, dict[str, Any]] = {}
+
+    # ---- plumbing ------------------------------------------------------------------
+    @contextmanager
+    def setup(self, metric: str, config: ClusterConfig, gens: int) -> Iterator[None]:
+        """Run ``config`` with ``gens`` generator processes for the body."""
+        self.log(f"{metric}: starting {config.gateways} gateway(s), {config.workers} worker(s)")
+        self.cluster = BenchCluster(config)
+        self.configs[metric] = {**config.describe(), "generator_processes": gens}
+        try:
+            self.cluster.start()
+            self.pool = GenPool(gens, "127.0.0.1", self.cluster.public_port)
+            yield
+        finally:
+            if self.pool is not None:
+                self.pool.close()
+                self.pool = None
+            self.cluster.stop()
+            self.cluster = None
+
+    def cpu(self) -> CpuMeter:
+        return CpuMeter(self)
+
+    async def connect(
+        self, total: int, query: dict[str, str] | None = None, reconnect: bool = False
+    ) -> dict[str, Any]:
+        """Open ``total`` clients over the generators; figures of the connect phase."""
+        assert self.pool is not None
+        counts = split(total, len(self.pool))
+        firsts = [sum(counts[:i]) for i in range(len(counts))]
+        cmds = [
+            {
+                "op": "connect",
+                "count": n,
+                "first": first,
+                "query": query or {},
+                "reconnect": reconnect,
+                "concurrency": self.sizes.conn_concurrency,
+                "timeout": 30 + total / 1000,
+            }
+            for n, first in zip(counts, firsts, strict=True)
+        ]
+        with self.cpu() as meter:
+            results = await self.pool.call(cmds)
+        ready = sum(r["ready"] for r in results)
+        elapsed = max(r["elapsed"] for r in results)
+        errors = sorted({r["last_error"] for r in results if r["last_error"]})
+        return {
+            "ready": ready,
+            "failed": sum(r["failed"] for r in results),
+            "elapsed_s": round(elapsed, 3),
+            "per_s": round(ready / elapsed) if elapsed else 0,
+            "errors": errors[:3],
+            "cpu": meter.result,
+        }
+
+    async def close_all(self) -> None:
+        assert self.pool is not None
+        await self.pool.call({"op": "close_all"})
+
+    # ---- M1 / M2 / M3 --------------------------------------------------------------
+    async def measure_connections(self) -> dict[str, Any]:
+        """M1 idle connections held with heartbeat on, M2 memory per connection, and
+        (M3) the reconnect storm of all of them after a gateway restart."""
+        s = self.sizes
+        config = ClusterConfig(s.conn_gateways, s.conn_workers, s.ping_interval, 2)
+        with self.setup("M1-M3", config, s.conn_gens):
+            assert self.cluster is not None and self.pool is not None
+            await asyncio.sleep(1.0)
+            rss0 = self.cluster.rss()
+            connect = await self.connect(s.conns, reconnect=True)
+            self.log(f"M1: {connect['ready']} connections at {connect['per_s']}/s")
+            with self.cpu() as meter:
+                await asyncio.sleep(s.hold)
+            status = await self.pool.call({"op": "status"})
+            held = sum(r["open"] for r in status)
+            lost = sum(r["lost"] for r in status)
+            rss1 = self.cluster.rss()
+            per_conn = (rss1 - rss0) / max(1, connect["ready"])
+            self.log(f"M1: {held} held after {s.hold:g} s; M2: {per_conn / 1024:.2f} KiB/conn")
+            storm = await self._storm(held)
+            await self.close_all()
+        return {
+            "M1": {
+                "connections_held": held,
+                "lost_during_hold": lost,
+                "hold_s": s.hold,
+                "ping_interval_s": s.ping_interval,
+                "cpu_while_holding": meter.result,
+            },
+            "M2": {
+                "rss_before_mb": round(rss0 / 1e6, 1),
+                "rss_after_mb": round(rss1 / 1e6, 1),
+                "bytes_per_connection": round(per_conn),
+                "kib_per_connection": round(per_conn / 1024, 2),
+            },
+            "M3_storm": {**storm, "connect_phase": connect},
+        }
+
+    async def measure_connect_rate(self) -> dict[str, Any]:
+        """M3 connections/s (connect + handshake + on_connect in a worker) on a
+        cluster with as many processes as this machine has cores to spare."""
+        s = self.sizes
+        config = ClusterConfig(s.rate_gateways, 1, s.ping_interval, 2)
+        with self.setup("M3", config, s.rate_gens):
+            connect = await self.connect(s.rate_conns)
+            self.log(f"M3: {connect['ready']} connections at {connect['per_s']}/s")
+            await self.close_all()
+        return {"M3": connect}
+
+    async def _storm(self, held: int) -> dict[str, Any]:
+        """Restart every gateway process (SIGTERM; the master respawns them) and time
+        until every client is connected again."""
+        assert self.cluster is not None and self.pool is not None
+        pids = self.cluster.pids("gateway")
+        status = await self.pool.call({"op": "status"})
+        started = time.monotonic()
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        with self.cpu() as meter:
+            results = await self.pool.call(
+                [
+                    {"op": "wait_reconnected", "min_lost": r["open"], "timeout": 30 + held / 500}
+                    for r in status
+                ]
+            )
+        back = sum(r["reconnected"] for r in results)
+        seconds = max(r["at"] for r in results) - started
+        self.log(f"M3: reconnect storm: {back}/{held} back in {seconds:.2f} s")
+        return {
+            "clients": held,
+            "reconnected": back,
+            "seconds": round(seconds, 3),
+            "per_s": round(back / seconds) if seconds > 0 else 0,
+            "cpu": meter.result,
+        }
+
+    # ---- M4 / M5 -------------------------------------------------------------------
+    async def measure_fanout(self) -> dict[str, Any]:
+        """M4 broadcast deliveries/s to groups of each size, M5 time for one message
+        to reach every member of the 10k (or largest) group."""
+        s = self.sizes
+        config = ClusterConfig(s.fanout_gateways, 1, s.ping_interval, 2)
+        out: dict[str, Any] = {"send_to_group": {}, "send_to_all": {}}
+        m5: dict[str, Any] = {}
+        m5_size = max(n for n in s.fanout_sizes if n <= 10_000)
+        with self.setup("M4-M5", config, s.fanout_gens):
+            assert self.cluster is not None
+            client = AsyncGatewayClient(f"127.0.0.1:{self.cluster.register_port}", timeout=10)
+            await client.connect()
+            try:
+                for size in s.fanout_sizes:
+                    connect = await self.connect(size, {"g": "bench"})
+                    members = connect["ready"]
+                    count = max(5, s.fanout_deliveries // max(1, members))
+
+                    def group(msg: str) -> Any:
+                        return client.send_to_group("bench", msg)
+
+                    out["send_to_group"][str(size)] = await self._burst(group, members, count)
+                    self.log(f"M4: group of {members}: {out['send_to_group'][str(size)]}")
+                    if size == m5_size:
+
+                        def everyone(msg: str) -> Any:
+                            return client.send_to_all(msg)
+
+                        out["send_to_all"][str(size)] = await self._burst(everyone, members, count)
+                        m5 = await self._one_by_one(group, members, s.m5_messages)
+                        self.log(f"M5: {m5}")
+                    await self.close_all()
+            finally:
+                await client.close()
+        return {"M4": out, "M5": {"members": m5_size, **m5}}
+
+    async def _burst(self, send: Callable[[str], Any], members: int, count: int) -> dict[str, Any]:
+        """Send ``count`` ~100-byte messages as fast as the API takes them; time until
+        every member has every message."""
+        assert self.pool is not None
+        await self.pool.call({"op": "recv_reset", "track": False})
+        pad = _payload()
+        expected = members * count
+        with self.cpu() as meter:
+            started_ns = time.monotonic_ns()
+            for _ in range(count):
+                await send(f"B{time.monotonic_ns():019d}{pad}")
+            sent_s = (time.monotonic_ns() - started_ns) / 1e9
+            received, last_ns = await self._wait_received(expected, 10 + expected / 50_000)
+        seconds = max(1e-9, (last_ns - started_ns) / 1e9)
+        return {
+            "members": members,
+            "messages": count,
+            "deliveries": received,
+            "expected": expected,
+            "seconds": round(seconds, 3),
+            "send_seconds": round(sent_s, 3),
+            "deliveries_per_s": round(received / seconds),
+            "cpu": meter.result,
+        }
+
+    async def _wait_received(self, expected: int, timeout: float) -> tuple[int, int]:
+        """Poll the generators until ``expected`` broadcasts arrived (or no progress
+        for 3 s, or ``timeout``); return the count and the last arrival (ns)."""
+        assert self.pool is not None
+        deadline = time.monotonic() + timeout
+        last_progress, best = time.monotonic(), -1
+        while True:
+            stats = await self.pool.call({"op": "recv_stats"})
+            received = sum(r["count"] for r in stats)
+            last_ns = max(r["last_ns"] for r in stats)
+            now = time.monotonic()
+            if received > best:
+                best, last_progress = received, now
+            if received >= expected or now > deadline or now - last_progress > 3:
+                return received, last_ns
+            await asyncio.sleep(0.005 if expected < 20_000 else 0.05)
+
+    async def _one_by_one(
+        self, send: Callable[[str], Any], members: int, messages: int
+    ) -> dict[str, Any]:
+        """Send one message at a time and time each member's copy."""
+        assert self.pool is not None
+        await self.pool.call({"op": "recv_reset", "track": True})
+        pad = _payload()
+        completions: list[float] = []
+        for n in range(messages):
+            started_ns = time.monotonic_ns()
+            await send(f"B{started_ns:019d}{pad}")
+            received, last_ns = await self._wait_received(members * (n + 1), 10)
+            completions.append((last_ns - started_ns) / 1000)
+            await asyncio.sleep(0.1)
+        stats = await self.pool.call({"op": "recv_stats"})
+        lat = latencies(stats)
+        return {
+            "messages": messages,
+            "deliveries": len(lat),
+            "member_p50_ms": _ms(percentile(lat, 50)),
+            "member_p99_ms": _ms(percentile(lat, 99)),
+            "all_members_p50_ms": _ms(percentile(completions, 50)),
+            "all_members_p99_ms": _ms(percentile(completions, 99)),
+            "all_members_max_ms": _ms(max(completions, default=0.0)),
+        }
+
+    # ---- M6 ------------------------------------------------------------------------
+    async def measure_round_trip(self) -> dict[str, Any]:
+        """M6 echo round trips at fixed offered rates (open loop)."""
+        s = self.sizes
+        config = ClusterConfig(s.rtt_gateways, s.rtt_workers, s.ping_interval, 2)
+        series: dict[str, list[dict[str, Any]]] = {}
+        with self.setup("M6", config, s.rtt_gens):
+            assert self.pool is not None
+            for clients in s.rtt_clients:
+                await self.connect(clients)
+                points: list[dict[str, Any]] = []
+                series[str(clients)] = points
+                for rate in s.rtt_rates:
+                    point = await self._echo(rate)
+                    points.append(point)
+                    self.log(f"M6: {clients} clients, {rate}/s: {point}")
+                    if point["p99_ms"] > 200 or point["received"] < 0.8 * point["sent"]:
+                        break  # saturated: higher rates only queue
+                await self.close_all()
+        best: dict[str, int] = {}
+        for label, points in series.items():
+            ok = [
+                p["offered_per_s"]
+                for p in points
+                if p["p99_ms"] < 10 and p["received"] >= 0.99 * p["sent"]
+            ]
+            best[label] = max(ok, default=0)
+        low = series[str(s.rtt_clients[0])][0]
+        return {"series": series, "best_rate_p99_under_10ms": best, "low_load": low}
+
+    async def _echo(self, rate: int) -> dict[str, Any]:
+        assert self.pool is not None
+        per_gen = rate / len(self.pool)
+        duration = self.sizes.rtt_duration
+        with self.cpu() as meter:
+            results = await self.pool.call(
+                {"op": "echo", "rate": per_gen, "duration": duration, "size": 32}
+            )
+        lat = latencies(results)
+        sent = sum(r["sent"] for r in results)
+        received = sum(r["received"] for r in results)
+        return {
+            "offered_per_s": rate,
+            "sent": sent,
+            "received": received,
+            "achieved_per_s": round(received / duration),
+            "p50_ms": _ms(percentile(lat, 50)),
+            "p90_ms": _ms(percentile(lat, 90)),
+            "p99_ms": _ms(percentile(lat, 99)),
+            "max_ms": _ms(max(lat, default=0)),
+            "cpu": meter.result,
+        }
+
+    # ---- M7 ------------------------------------------------------------------------
+    async def measure_push(self) -> dict[str, Any]:
+        """M7 send_to_uid calls/s from one asyncio and one sync push client, and the
+        end-to-end latency to the receiving connection."""
+        s = self.sizes
+        config = ClusterConfig(1, 1, s.ping_interval, 2)
+        with self.setup("M7", config, 1):
+            assert self.cluster is not None and self.pool is not None
+            register = f"127.0.0.1:{self.cluster.register_port}"
+            await self.connect(s.push_receivers, {"u": "u{i}"})
+            uids = [f"u{i}" for i in range(s.push_receivers)]
+            client = AsyncGatewayClient(register, timeout=10)
+            await client.connect()
+            try:
+                result = {"async": await self._push_async(client, uids, s.pushes)}
+                result["async_paced_1000_per_s"] = await self._push_paced(client, uids)
+            finally:
+                await client.close()
+            result["sync"] = await self._push_sync(register, uids, s.sync_pushes)
+            await self.close_all()
+        self.log(f"M7: {result}")
+        return result
+
+    async def _push_async(
+        self, client: AsyncGatewayClient, uids: list[str], count: int
+    ) -> dict[str, Any]:
+        assert self.pool is not None
+        await self.pool.call({"op": "recv_reset", "track": True})
+        pad = _payload()
+        n = len(uids)
+        with self.cpu() as meter:
+            started_ns = time.monotonic_ns()
+            for i in range(count):
+                await client.send_to_uid(uids[i % n], f"B{time.monotonic_ns():019d}{pad}")
+            client.flush()
+            seconds = (time.monotonic_ns() - started_ns) / 1e9
+            received, last_ns = await self._wait_received(count, 30)
+        delivered_s = max(1e-9, (last_ns - started_ns) / 1e9)
+        lat = latencies(await self.pool.call({"op": "recv_stats"}))
+        return {
+            "calls": count,
+            "seconds": round(seconds, 3),
+            "calls_per_s": round(count / seconds),
+            "received": received,
+            "delivered_seconds": round(delivered_s, 3),
+            "delivered_per_s": round(received / delivered_s),
+            "e2e_p50_ms": _ms(percentile(lat, 50)),
+            "e2e_p99_ms": _ms(percentile(lat, 99)),
+            "cpu": meter.result,
+        }
+
+    async def _push_paced(
+        self, client: AsyncGatewayClient, uids: list[str], rate: int = 1000, seconds: float = 2.0
+    ) -> dict[str, Any]:
+        """End-to-end latency of pushes at a moderate, paced rate."""
+        assert self.pool is not None
+        await self.pool.call({"op": "recv_reset", "track": True})
+        pad = _payload()
+        count = int(rate * seconds)
+        started = time.monotonic()
+        for i in range(count):
+            await client.send_to_uid(uids[i % len(uids)], f"B{time.monotonic_ns():019d}{pad}")
+            client.flush()
+            delay = started + (i + 1) / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        received, _ = await self._wait_received(count, 10)
+        lat = latencies(await self.pool.call({"op": "recv_stats"}))
+        return {
+            "calls": count,
+            "received": received,
+            "e2e_p50_ms": _ms(percentile(lat, 50)),
+            "e2e_p99_ms": _ms(percentile(lat, 99)),
+        }
+
+    async def _push_sync(self, register: str, uids: list[str], count: int) -> dict[str, Any]:
+        assert self.pool is not None
+        await self.pool.call({"op": "recv_reset", "track": True})
+        pad = _payload()
+        timing: dict[str, float] = {}
+
+        def run() -> None:
+            with GatewayClient(register, timeout=10) as client:
+                client.get_all_client_count()  # discovery and links, outside the timing
+                started = time.monotonic()
+                for i in range(count):
+                    client.send_to_uid(uids[i % len(uids)], f"B{time.monotonic_ns():019d}{pad}")
+                timing["seconds"] = time.monotonic() - started
+
+        with self.cpu() as meter:
+            thread = threading.Thread(target=run, name="sync-push")
+            thread.start()
+            while thread.is_alive():
+                await asyncio.sleep(0.05)
+            received, _ = await self._wait_received(count, 30)
+        lat = latencies(await self.pool.call({"op": "recv_stats"}))
+        seconds = timing.get("seconds", 0.0)
+        return {
+            "calls": count,
+            "seconds": round(seconds, 3),
+            "calls_per_s": round(count / seconds) if seconds else 0,
+            "received": received,
+            "e2e_p50_ms": _ms(percentile(lat, 50)),
+            "e2e_p99_ms": _ms(percentile(lat, 99)),
+            "cpu": meter.result,
+        }

@@ -1,0 +1,244 @@
+"""Turn a run's results into JSON, a Markdown table and a latency chart."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+__all__ = ["machine", "summary", "write_outputs", "TARGETS"]
+
+TARGETS: dict[str, str] = {
+    "M1": ">= 100,000 idle connections held, heartbeat on",
+    "M2": "<= 6 KiB server memory per idle connection",
+    "M3": ">= 5,000 connections/s",
+    "M4": ">= 150,000 deliveries/s to 10k members",
+    "M5": "p99 < 100 ms for one message to reach all 10k members",
+    "M6": "p50 < 0.4 ms at low load; >= 20,000 round trips/s with p99 < 10 ms (100 clients)",
+    "M7": ">= 30,000 pushes/s from one asyncio push client",
+}
+PHP = {
+    "M1": "(not published)",
+    "M2": "~7 KB",
+    "M3": "~2,800/s",
+    "M4": "75-90k/s",
+    "M5": "-",
+    "M6": "p50 0.4-0.6 ms, p99 1-2 ms at 3,000/s",
+    "M7": "-",
+}
+
+
+def machine() -> dict[str, Any]:
+    """What ran the benchmark."""
+    model = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import uvloop  # noqa: F401
+
+        has_uvloop = True
+    except ImportError:
+        has_uvloop = False
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            ports = fh.read().split()
+    except OSError:
+        ports = []
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "uvloop": has_uvloop,
+        "open_files_limit": _nofile(),
+        "ip_local_port_range": " ".join(ports),
+    }
+
+
+def _nofile() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def _get(results: dict[str, Any], *path: str) -> Any:
+    node: Any = results
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _n(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int | float) else "-"
+
+
+def summary(results: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]]:
+    """One row per metric: the headline figure and whether its target is met.
+    In a quick run the sizes are too small to judge: ``met`` is ``None``."""
+    rows: dict[str, dict[str, Any]] = {}
+
+    def row(metric: str, value: Any, text: str, met: bool | None) -> None:
+        rows[metric] = {
+            "target": TARGETS[metric],
+            "php": PHP[metric],
+            "value": value,
+            "result": text if value is not None else "not measured",
+            "met": None if quick or value is None else met,
+        }
+
+    held = _get(results, "M1", "connections_held")
+    row("M1", held, f"{_n(held)} held" if held is not None else "", (held or 0) >= 100_000)
+    kib = _get(results, "M2", "kib_per_connection")
+    row("M2", kib, f"{kib} KiB/connection", kib is not None and kib <= 6)
+    rate = _get(results, "M3", "per_s")
+    storm = _get(results, "M3", "reconnect_storm", "seconds")
+    row("M3", rate, f"{_n(rate)}/s; reconnect storm {storm} s" if rate else "", (rate or 0) >= 5000)
+    group = _get(results, "M4", "send_to_group")
+    m4 = None
+    if group:
+        size = "10000" if "10000" in group else max(group, key=int)
+        m4 = group[size]["deliveries_per_s"]
+        everyone = _get(results, "M4", "send_to_all", size, "deliveries_per_s")
+        text = f"{_n(m4)}/s to {size} (send_to_all {_n(everyone)}/s)" if everyone else f"{_n(m4)}/s"
+        row("M4", m4, text, m4 >= 150_000)
+    else:
+        row("M4", None, "", False)
+    p99 = _get(results, "M5", "all_members_p99_ms")
+    member = _get(results, "M5", "member_p99_ms")
+    row("M5", p99, f"all members p99 {p99} ms (per member p99 {member} ms)", (p99 or 1e9) < 100)
+    low = _get(results, "M6", "low_load", "p50_ms")
+    best = _get(results, "M6", "best_rate_p99_under_10ms") or {}
+    first = next(iter(best), None)
+    best100 = best.get(first) if first else None
+    row(
+        "M6",
+        low,
+        f"p50 {low} ms at low load; {_n(best100)}/s with p99 < 10 ms ({first} clients)"
+        if low is not None and best100 is not None
+        else "",
+        low is not None and low < 0.4 and (best100 or 0) >= 20_000,
+    )
+    pushes = _get(results, "M7", "async", "delivered_per_s")
+    calls = _get(results, "M7", "async", "calls_per_s")
+    sync = _get(results, "M7", "sync", "calls_per_s")
+    text = (
+        f"async {_n(pushes)}/s delivered ({_n(calls)} calls/s), sync {_n(sync)}/s" if pushes else ""
+    )
+    row("M7", pushes, text, (pushes or 0) >= 30_000)
+    return rows
+
+
+def _markdown(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    lines = [
+        f"# Benchmark results ({'quick' if doc['quick'] else 'full'} run)",
+        "",
+        f"Date: {doc['date']}  ",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Linux {m['kernel']}, "
+        f"Python {m['python']}, uvloop {'yes' if m['uvloop'] else 'no'}  ",
+        f"Command: `{doc['command']}`",
+        "",
+        "| metric | target | PHP original | result | met |",
+        "|---|---|---|---|---|",
+    ]
+    for metric, row in doc["summary"].items():
+        met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
+        lines.append(f"| {metric} | {row['target']} | {row['php']} | {row['result']} | {met} |")
+    m6 = _get(doc["results"], "M6", "series") or {}
+    if m6:
+        lines += ["", "Round trip (M6), open loop:", ""]
+        lines += ["| clients | offered/s | achieved/s | p50 ms | p99 ms | generator CPU % |"]
+        lines += ["|---|---|---|---|---|---|"]
+        for clients, points in m6.items():
+            for p in points:
+                lines.append(
+                    f"| {clients} | {p['offered_per_s']:,} | {p['achieved_per_s']:,} | "
+                    f"{p['p50_ms']} | {p['p99_ms']} | {p['cpu']['generator_cpu_pct']} |"
+                )
+    m4 = _get(doc["results"], "M4") or {}
+    if m4:
+        lines += ["", "Fan-out (M4):", ""]
+        lines += ["| call | members | messages | deliveries/s | generator CPU % | cluster CPU % |"]
+        lines += ["|---|---|---|---|---|---|"]
+        for call, sizes in m4.items():
+            for size, r in sizes.items():
+                lines.append(
+                    f"| {call} | {size} | {r['messages']} | {r['deliveries_per_s']:,} | "
+                    f"{r['cpu']['generator_cpu_pct']} | {r['cpu']['cluster_cpu_pct']} |"
+                )
+    lines += ["", "Configurations:", ""]
+    for name, cfg in doc["config"].items():
+        lines.append(f"- {name}: " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
+    if doc.get("errors"):
+        lines += ["", "Errors:", ""] + [f"- {e}" for e in doc["errors"]]
+    return "\n".join(lines) + "\n"
+
+
+def _chart(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    series = _get(doc["results"], "M6", "series") or {}
+    for clients, points in series.items():
+        rates = [p["offered_per_s"] for p in points]
+        ax.plot(rates, [p["p50_ms"] for p in points], marker="o", label=f"p50, {clients} clients")
+        ax.plot(rates, [p["p99_ms"] for p in points], marker="x", label=f"p99, {clients} clients")
+    ax.axhline(10, color="grey", linestyle="--", linewidth=1, label="10 ms")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load (round trips/s)")
+    ax.set_ylabel("round-trip latency (ms)")
+    ax.set_title("client -> worker -> client echo latency (M6)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_outputs(
+    results: dict[str, Any],
+    config: dict[str, Any],
+    quick: bool,
+    out_dir: Path,
+    command: str,
+    errors: list[str],
+) -> dict[str, Path]:
+    """Write ``bench.json``, ``bench.md`` and ``latency.png`` to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "quick": quick,
+        "command": command,
+        "machine": machine(),
+        "config": config,
+        "summary": summary(results, quick),
+        "results": results,
+        "errors": errors,
+    }
+    paths = {
+        "json": out_dir / "bench.json",
+        "markdown": out_dir / "bench.md",
+        "chart": out_dir / "latency.png",
+    }
+    paths["json"].write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    paths["markdown"].write_text(_markdown(doc))
+    _chart(doc, paths["chart"])
+    return paths

@@ -1,0 +1,59 @@
+"""Smoke run of the benchmark suite: ``python -m bench run --quick`` starts real
+clusters with tiny loads and must write every report with every metric. No timing
+is asserted (the full run is a separate command, see the README)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.metrics import percentile
+from bench.pool import split
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_split_and_percentile() -> None:
+    assert split(10, 3) == [4, 3, 3]
+    assert sum(split(100_001, 6)) == 100_001
+    values = list(range(1, 101))
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile([], 99) == 0.0
+
+
+@pytest.mark.timeout(180)
+def test_quick_run_writes_every_report(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["errors"] == []
+    assert {"cpu", "cores", "kernel", "python", "uvloop"} <= set(doc["machine"])
+    assert set(doc["summary"]) == {f"M{i}" for i in range(1, 8)}
+    for metric, row in doc["summary"].items():
+        assert row["value"] is not None, f"{metric} has no figure"
+    results = doc["results"]
+    assert results["M1"]["connections_held"] > 0
+    assert results["M3"]["reconnect_storm"]["reconnected"] > 0
+    assert results["M4"]["send_to_group"] and results["M4"]["send_to_all"]
+    assert results["M5"]["deliveries"] > 0
+    assert results["M6"]["series"]
+    assert results["M7"]["async"]["received"] == results["M7"]["async"]["calls"]
+    assert results["M7"]["sync"]["received"] == results["M7"]["sync"]["calls"]
+    markdown = (out / "bench.md").read_text()
+    for metric in doc["summary"]:
+        assert f"| {metric} |" in markdown
+    png = (out / "latency.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
