@@ -170,8 +170,11 @@ class Generator:
         self.failed = 0
         self.lost = 0
         self.reconnected = 0
+        self.back_ns: array[int] = array("q")  # when each reconnected client was ready
+        self.gave_up = 0  # clients whose reconnection attempts ran out
         self.last_error = ""
         self._slots: asyncio.Semaphore | None = None
+        self._reopening: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
 
     # ---- connections -----------------------------------------------------------------
@@ -212,6 +215,7 @@ class Generator:
         self.handshaking.pop(index, None)
         if self.clients.get(index) is not None:
             self.reconnected += 1
+            self.back_ns.append(_now_ns())
         self.clients[index] = client
         self._release()
 
@@ -220,7 +224,7 @@ class Generator:
         if self.handshaking.get(index) is client:
             del self.handshaking[index]
             if self.reconnect and index in self.clients and not client.closing:
-                self.loop.create_task(self._reopen(index, 0.05))  # lost while re-linking
+                self._spawn_reopen(index, 0.05)  # lost while re-linking
                 return
             self.failed += 1
             self._release()
@@ -229,7 +233,12 @@ class Generator:
             self.lost += 1
             self._changed.set()
             if self.reconnect:
-                self.loop.create_task(self._reopen(index, 0.0))
+                self._spawn_reopen(index, 0.0)
+
+    def _spawn_reopen(self, index: int, delay: float) -> None:
+        task = self.loop.create_task(self._reopen(index, delay))
+        self._reopening.add(task)
+        task.add_done_callback(self._reopening.discard)
 
     async def _reopen(self, index: int, delay: float) -> None:
         for attempt in range(200):
@@ -241,6 +250,7 @@ class Generator:
                 return
             self.failed = before  # a retry, not a failure
             delay = min(1.0, 0.05 * (attempt + 1))
+        self.gave_up += 1
 
     async def op_connect(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Open ``count`` clients (indexes from ``first``), at most ``concurrency``
@@ -284,17 +294,43 @@ class Generator:
         }
 
     async def op_wait_reconnected(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        """Wait until ``lost`` reaches ``lost`` and every lost client is back."""
-        deadline = time.monotonic() + cmd["timeout"]
-        while time.monotonic() < deadline:
+        """Wait until ``lost`` reaches ``min_lost`` and every lost client is back, at
+        most ``timeout`` s and at most ``stall`` s without progress. Returns when each
+        came back (``back_ns``, monotonic ns) and where the missing ones are."""
+        now = time.monotonic()
+        deadline = now + cmd["timeout"]
+        stall = cmd.get("stall", 20.0)
+        last, progress = -1, now
+        while now < deadline and now - progress < stall:
             if self.lost >= cmd["min_lost"] and self.reconnected >= self.lost:
                 break
+            if self.reconnected != last:
+                last, progress = self.reconnected, now
             await asyncio.sleep(0.01)
-        return {"lost": self.lost, "reconnected": self.reconnected, "at": time.monotonic()}
+            now = time.monotonic()
+        waiting = list(self.handshaking.values())
+        no_ready = sum(1 for c in waiting if c.shaken)
+        return {
+            "lost": self.lost,
+            "reconnected": self.reconnected,
+            "at": time.monotonic(),
+            "back_ns": self.back_ns.tobytes(),
+            "missing": {
+                # TCP connected and upgraded, but the app's ready message never came
+                "upgraded_not_ready": no_ready,
+                # TCP connected, request sent, no 101 yet
+                "awaiting_101": len(waiting) - no_ready,
+                "gave_up": self.gave_up,
+                # still trying to connect (SYN retries, refused and retrying)
+                "connecting": max(0, self.lost - self.reconnected - len(waiting) - self.gave_up),
+            },
+        }
 
     async def op_close_all(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Drop every client (no reconnection)."""
         self.reconnect = False
+        for task in list(self._reopening):
+            task.cancel()
         for client in list(self.clients.values()) + list(self.handshaking.values()):
             client.closing = True
             if client.transport is not None:
@@ -302,7 +338,8 @@ class Generator:
         self.clients.clear()
         self.handshaking.clear()
         await asyncio.sleep(0.2)
-        self.lost = self.reconnected = self.failed = 0
+        self.lost = self.reconnected = self.failed = self.gave_up = 0
+        self.back_ns = array("q")
         return {"closed": True}
 
     # ---- measurements -------------------------------------------------------------

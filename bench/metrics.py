@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import shutil
 import signal
+import sys
 import threading
 import time
 from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -45,10 +48,25 @@ class Sizes:
     ping_interval: float = 10.0
     hold: float = 25.0  # > 2 ping intervals: the heartbeat really runs
     fanout_sizes: tuple[int, ...] = (1_000, 10_000, 50_000)
-    fanout_gateways: int = 3
+    fanout_gateways: int = 2  # one per core
+    fanout_gens: int = 2
+    fanout_large: int = 30_000  # larger groups: more processes (fd limit 20,000)
+    fanout_large_gateways: int = 3
+    fanout_large_gens: int = 3
     fanout_deliveries: int = 2_000_000
-    fanout_gens: int = 3
     m5_messages: int = 20
+    # M4 sustained: offered deliveries/s (messages/s x members), counted over a window
+    sustained_deliveries: tuple[int, ...] = (
+        100_000,
+        150_000,
+        200_000,
+        300_000,
+        450_000,
+        600_000,
+        800_000,
+    )
+    sustained_warmup: float = 1.0
+    sustained_window: float = 4.0
     rtt_clients: tuple[int, ...] = (100, 1_000)
     rtt_rates: tuple[int, ...] = (1_000, 3_000, 5_000, 10_000, 15_000, 20_000, 25_000, 30_000)
     rtt_duration: float = 3.0
@@ -74,6 +92,9 @@ QUICK = Sizes(
     fanout_deliveries=6_000,
     fanout_gens=2,
     m5_messages=3,
+    sustained_deliveries=(3_000, 6_000),
+    sustained_warmup=0.2,
+    sustained_window=0.5,
     rtt_clients=(10, 50),
     rtt_rates=(200, 500),
     rtt_duration=0.5,
@@ -130,7 +151,10 @@ class CpuMeter:
             "generator_cpu_pct": round(100 * sum(used) / wall, 1),
             "generator_cpu_pct_max_process": round(100 * max(used, default=0) / wall, 1),
             "runner_cpu_pct": round(100 * (times.user + times.system - self.runner0) / wall, 1),
-            "cluster_cpu_pct": round(100 * (cluster - self.cluster0) / wall, 1),
+            # None when cluster processes were replaced (their CPU left the sum)
+            "cluster_cpu_pct": round(100 * (cluster - self.cluster0) / wall, 1)
+            if cluster >= self.cluster0
+            else None,
         }
 
 
@@ -254,71 +278,203 @@ class Bench:
 
     async def _storm(self, held: int) -> dict[str, Any]:
         """Restart every gateway process (SIGTERM; the master respawns them) and time
-        until every client is connected again."""
+        the clients coming back: to 50%, 99% and 100% of those held (``None`` when
+        that share never came back within the bound), how long each old gateway
+        took to exit, and where the missing clients are."""
         assert self.cluster is not None and self.pool is not None
         pids = self.cluster.pids("gateway")
         status = await self.pool.call({"op": "status"})
-        started = time.monotonic()
+        started_ns = time.monotonic_ns()
         for pid in pids:
             os.kill(pid, signal.SIGTERM)
+        exits = asyncio.create_task(_watch_exits(pids, started_ns, self.log))
         with self.cpu() as meter:
             results = await self.pool.call(
                 [
-                    {"op": "wait_reconnected", "min_lost": r["open"], "timeout": 30 + held / 500}
+                    {
+                        "op": "wait_reconnected",
+                        "min_lost": r["open"],
+                        "timeout": 30 + held / 2000,
+                        "stall": 20.0,
+                    }
                     for r in status
                 ]
             )
+        exit_s, dumps = await exits
         back = sum(r["reconnected"] for r in results)
-        seconds = max(r["at"] for r in results) - started
-        self.log(f"M3: reconnect storm: {back}/{held} back in {seconds:.2f} s")
+        times = sorted(t - started_ns for t in latencies(results, "back_ns"))
+        missing: dict[str, int] = {}
+        for r in results:
+            for key, n in r["missing"].items():
+                missing[key] = missing.get(key, 0) + n
+
+        def time_to(share: float) -> float | None:
+            need = math.ceil(share * held)
+            return round(times[need - 1] / 1e9, 3) if need and len(times) >= need else None
+
+        waited = max(r["at"] for r in results) - started_ns / 1e9
+        self.log(
+            f"M3: reconnect storm: {back}/{held} back; 99% in {time_to(0.99)} s, "
+            f"100% in {time_to(1.0)} s; gateways exited in {exit_s} s; missing {missing}"
+        )
         return {
             "clients": held,
             "reconnected": back,
-            "seconds": round(seconds, 3),
-            "per_s": round(back / seconds) if seconds > 0 else 0,
+            "seconds_to_50pct": time_to(0.5),
+            "seconds_to_99pct": time_to(0.99),
+            "seconds_to_100pct": time_to(1.0),
+            "waited_s": round(waited, 3),
+            "missing": missing,
+            "gateway_exit_s": exit_s,
+            "stuck_gateway_dumps": dumps,
             "cpu": meter.result,
         }
 
     # ---- M4 / M5 -------------------------------------------------------------------
     async def measure_fanout(self) -> dict[str, Any]:
         """M4 broadcast deliveries/s to groups of each size, M5 time for one message
-        to reach every member of the 10k (or largest) group."""
+        to reach every member of the 10k (or largest) group. Groups up to
+        ``fanout_large`` members run on ``fanout_gateways`` gateways (one per core),
+        larger ones on ``fanout_large_gateways`` (a process holds < 20,000 fds)."""
         s = self.sizes
-        config = ClusterConfig(s.fanout_gateways, 1, s.ping_interval, 2)
-        out: dict[str, Any] = {"send_to_group": {}, "send_to_all": {}}
+        out: dict[str, Any] = {"sustained": {}, "send_to_group": {}, "send_to_all": {}}
         m5: dict[str, Any] = {}
         m5_size = max(n for n in s.fanout_sizes if n <= 10_000)
-        with self.setup("M4-M5", config, s.fanout_gens):
-            assert self.cluster is not None
-            client = AsyncGatewayClient(f"127.0.0.1:{self.cluster.register_port}", timeout=10)
-            await client.connect()
-            try:
-                for size in s.fanout_sizes:
-                    connect = await self.connect(size, {"g": "bench"})
-                    members = connect["ready"]
-                    count = max(5, s.fanout_deliveries // max(1, members))
-
-                    def group(msg: str) -> Any:
-                        return client.send_to_group("bench", msg)
-
-                    out["send_to_group"][str(size)] = await self._burst(group, members, count)
-                    self.log(f"M4: group of {members}: {out['send_to_group'][str(size)]}")
-                    if size == m5_size:
-
-                        def everyone(msg: str) -> Any:
-                            return client.send_to_all(msg)
-
-                        out["send_to_all"][str(size)] = await self._burst(everyone, members, count)
-                        m5 = await self._one_by_one(group, members, s.m5_messages)
-                        self.log(f"M5: {m5}")
-                    await self.close_all()
-            finally:
-                await client.close()
+        small = [n for n in s.fanout_sizes if n <= s.fanout_large]
+        large = [n for n in s.fanout_sizes if n > s.fanout_large]
+        shapes = [
+            ("M4-M5", small, s.fanout_gateways, s.fanout_gens),
+            (
+                f"M4 (> {s.fanout_large:,} members)",
+                large,
+                s.fanout_large_gateways,
+                s.fanout_large_gens,
+            ),
+        ]
+        for label, sizes, gateways, gens in shapes:
+            if not sizes:
+                continue
+            with self.setup(label, ClusterConfig(gateways, 1, s.ping_interval, 2), gens):
+                assert self.cluster is not None
+                register = f"127.0.0.1:{self.cluster.register_port}"
+                client = AsyncGatewayClient(register, timeout=10)
+                await client.connect()
+                try:
+                    for size in sizes:
+                        found = await self._fanout_size(client, size, size == m5_size, out)
+                        m5 = found or m5
+                finally:
+                    await client.close()
         return {"M4": out, "M5": {"members": m5_size, **m5}}
+
+    async def _fanout_size(
+        self, client: AsyncGatewayClient, size: int, with_m5: bool, out: dict[str, Any]
+    ) -> dict[str, Any]:
+        s = self.sizes
+        connect = await self.connect(size, {"g": "bench"})
+        members = connect["ready"]
+        count = max(5, s.fanout_deliveries // max(1, members))
+
+        def group(msg: str) -> Any:
+            return client.send_to_group("bench", msg)
+
+        def everyone(msg: str) -> Any:
+            return client.send_to_all(msg)
+
+        m5: dict[str, Any] = {}
+        if with_m5:  # first, on a quiet cluster
+            m5 = await self._one_by_one(group, members, s.m5_messages)
+            self.log(f"M5: {m5}")
+        sustained = await self._sustained(client, group, members)
+        out["sustained"][str(size)] = sustained
+        self.log(f"M4: sustained, group of {members}: {sustained['best']}")
+        out["send_to_group"][str(size)] = await self._burst(group, members, count)
+        self.log(f"M4: group of {members}: {out['send_to_group'][str(size)]}")
+        if with_m5:
+            out["send_to_all"][str(size)] = await self._burst(everyone, members, count)
+        await self.close_all()
+        return m5
+
+    async def _sustained(
+        self, client: AsyncGatewayClient, send: Callable[[str], Any], members: int
+    ) -> dict[str, Any]:
+        """M4 as a sustained rate: for each offered rate, one ~100-byte message per
+        ``send_to_group`` call (its own write: no batching by the application), paced
+        evenly; deliveries are counted at the receivers over a fixed window after a
+        warm-up (the window holds at least 16 messages). ``best`` is the highest
+        delivered rate with at least 95% of the offered deliveries arriving in the
+        window."""
+        s = self.sizes
+        points: list[dict[str, Any]] = []
+        for offered in s.sustained_deliveries:
+            rate = max(1.0, offered / max(1, members))
+            point = await self._offer(client, send, members, rate)
+            points.append(point)
+            self.log(f"M4: {members} members, {rate:g} msg/s: {point['deliveries_per_s']:,}/s")
+            if point["delivered_ratio"] < 0.85:
+                break  # saturated: higher rates only queue
+        ok = [p for p in points if p["delivered_ratio"] >= 0.95]
+        best = max(ok, key=lambda p: p["deliveries_per_s"], default=None)
+        return {"members": members, "points": points, "best": best}
+
+    async def _offer(
+        self,
+        client: AsyncGatewayClient,
+        send: Callable[[str], Any],
+        members: int,
+        rate: float,
+    ) -> dict[str, Any]:
+        assert self.pool is not None
+        s = self.sizes
+        await self.pool.call({"op": "recv_reset", "track": False})
+        pad = _payload()
+        stop = asyncio.Event()
+        sent = 0
+
+        async def sender() -> None:
+            nonlocal sent
+            started = time.monotonic()
+            while not stop.is_set():
+                due = int((time.monotonic() - started) * rate) - sent
+                for _ in range(due):
+                    await send(f"B{time.monotonic_ns():019d}{pad}")
+                    client.flush()  # each message its own write
+                    sent += 1
+                await asyncio.sleep(0.001)
+
+        async def count() -> tuple[int, float]:
+            stats = await self.pool.call({"op": "recv_stats"})  # type: ignore[union-attr]
+            return sum(r["count"] for r in stats), time.monotonic()
+
+        task = asyncio.create_task(sender())
+        try:
+            with self.cpu() as meter:
+                await asyncio.sleep(max(s.sustained_warmup, 2 / rate))
+                c0, t0 = await count()
+                sent0 = sent
+                await asyncio.sleep(max(s.sustained_window, 16 / rate))
+                c1, t1 = await count()
+                sent1 = sent
+        finally:
+            stop.set()
+            await task
+        window = t1 - t0
+        offered = (sent1 - sent0) * members / window
+        delivered = (c1 - c0) / window
+        await self._wait_received(sent * members, 10)  # drain before the next rate
+        return {
+            "messages_per_s": round(rate, 2),
+            "offered_deliveries_per_s": round(offered),
+            "deliveries_per_s": round(delivered),
+            "delivered_ratio": round(delivered / offered, 3) if offered else 0.0,
+            "window_s": round(window, 3),
+            "cpu": meter.result,
+        }
 
     async def _burst(self, send: Callable[[str], Any], members: int, count: int) -> dict[str, Any]:
         """Send ``count`` ~100-byte messages as fast as the API takes them; time until
-        every member has every message."""
+        every member has every message (a one-off burst: the gateway merges the
+        broadcasts that arrive in one read into one write per member)."""
         assert self.pool is not None
         await self.pool.call({"op": "recv_reset", "track": False})
         pad = _payload()
@@ -543,3 +699,42 @@ class Bench:
             "e2e_p99_ms": _ms(percentile(lat, 99)),
             "cpu": meter.result,
         }
+
+
+async def _watch_exits(
+    pids: list[int], started_ns: int, log: Callable[[str], None], limit: float = 90.0
+) -> tuple[list[float | None], list[str]]:
+    """Seconds until each of ``pids`` exited (``None``: not within ``limit``); a
+    ``py-spy dump`` of any still running after 10 s (when py-spy is installed)."""
+    exited: dict[int, float] = {}
+    dumps: list[str] = []
+    dumped: set[int] = set()
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    while len(exited) < len(pids):
+        elapsed = (time.monotonic_ns() - started_ns) / 1e9
+        if elapsed > limit:
+            break
+        for pid in pids:
+            if pid in exited:
+                continue
+            try:
+                gone = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                gone = True
+            if gone:
+                exited[pid] = round(elapsed, 3)
+            elif elapsed > 10 and pid not in dumped and os.path.exists(spy):
+                dumped.add(pid)
+                log(f"M3: gateway pid {pid} still stopping after {elapsed:.0f} s; py-spy dump")
+                proc = await asyncio.create_subprocess_exec(
+                    spy,
+                    "dump",
+                    "--pid",
+                    str(pid),
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                )
+                out, _ = await proc.communicate()
+                dumps.append(out.decode(errors="replace")[-4000:])
+        await asyncio.sleep(0.05)
+    return [exited.get(pid) for pid in pids], dumps

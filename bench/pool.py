@@ -21,11 +21,11 @@ def split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def latencies(results: list[dict[str, Any]]) -> array[int]:
-    """Concatenate the ``lat`` arrays (µs) of generator results."""
+def latencies(results: list[dict[str, Any]], key: str = "lat") -> array[int]:
+    """Concatenate the ``key`` arrays (``lat``: latencies in µs) of generator results."""
     merged: array[int] = array("q")
     for result in results:
-        merged.frombytes(result.get("lat", b""))
+        merged.frombytes(result.get(key, b""))
     return merged
 
 

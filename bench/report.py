@@ -18,7 +18,7 @@ TARGETS: dict[str, str] = {
     "M1": ">= 100,000 idle connections held, heartbeat on",
     "M2": "<= 6 KiB server memory per idle connection",
     "M3": ">= 5,000 connections/s",
-    "M4": ">= 150,000 deliveries/s to 10k members",
+    "M4": ">= 150,000 deliveries/s to 10k members (sustained, no message batching)",
     "M5": "p99 < 100 ms for one message to reach all 10k members",
     "M6": "p50 < 0.4 ms at low load; >= 20,000 round trips/s with p99 < 10 ms (100 clients)",
     "M7": ">= 30,000 pushes/s from one asyncio push client",
@@ -106,15 +106,17 @@ def summary(results: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]]:
     kib = _get(results, "M2", "kib_per_connection")
     row("M2", kib, f"{kib} KiB/connection", kib is not None and kib <= 6)
     rate = _get(results, "M3", "per_s")
-    storm = _get(results, "M3", "reconnect_storm", "seconds")
-    row("M3", rate, f"{_n(rate)}/s; reconnect storm {storm} s" if rate else "", (rate or 0) >= 5000)
-    group = _get(results, "M4", "send_to_group")
-    m4 = None
-    if group:
-        size = "10000" if "10000" in group else max(group, key=int)
-        m4 = group[size]["deliveries_per_s"]
-        everyone = _get(results, "M4", "send_to_all", size, "deliveries_per_s")
-        text = f"{_n(m4)}/s to {size} (send_to_all {_n(everyone)}/s)" if everyone else f"{_n(m4)}/s"
+    row("M3", rate, f"{_n(rate)}/s; {_storm_text(results)}" if rate else "", (rate or 0) >= 5000)
+    sustained = _get(results, "M4", "sustained")
+    if sustained:
+        size = "10000" if "10000" in sustained else max(sustained, key=int)
+        best = sustained[size].get("best") or {}
+        m4 = best.get("deliveries_per_s", 0)
+        burst = _get(results, "M4", "send_to_group", size, "deliveries_per_s")
+        text = (
+            f"{_n(m4)}/s sustained to {size} ({best.get('messages_per_s', 0):g} msg/s); "
+            f"one-off burst {_n(burst)}/s"
+        )
         row("M4", m4, text, m4 >= 150_000)
     else:
         row("M4", None, "", False)
@@ -141,6 +143,18 @@ def summary(results: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]]:
     )
     row("M7", pushes, text, (pushes or 0) >= 30_000)
     return rows
+
+
+def _storm_text(results: dict[str, Any]) -> str:
+    storm = _get(results, "M3", "reconnect_storm") or {}
+    if not storm:
+        return ""
+    t99, t100 = storm.get("seconds_to_99pct"), storm.get("seconds_to_100pct")
+    return (
+        f"reconnect storm: {_n(storm.get('reconnected'))} of {_n(storm.get('clients'))} back, "
+        f"99% in {t99 if t99 is not None else 'n/a'} s, "
+        f"100% in {t100 if t100 is not None else 'n/a (not all back)'} s"
+    )
 
 
 def _markdown(doc: dict[str, Any]) -> str:
@@ -171,11 +185,27 @@ def _markdown(doc: dict[str, Any]) -> str:
                     f"{p['p50_ms']} | {p['p99_ms']} | {p['cpu']['generator_cpu_pct']} |"
                 )
     m4 = _get(doc["results"], "M4") or {}
+    if m4.get("sustained"):
+        lines += ["", "Fan-out (M4), sustained: send_to_group, one message per call, paced:", ""]
+        lines += [
+            "| members | messages/s | offered deliveries/s | delivered/s | ratio "
+            "| generator CPU % | cluster CPU % |"
+        ]
+        lines += ["|---|---|---|---|---|---|---|"]
+        for size, r in m4["sustained"].items():
+            for p in r["points"]:
+                lines.append(
+                    f"| {size} | {p['messages_per_s']:g} | {p['offered_deliveries_per_s']:,} | "
+                    f"{p['deliveries_per_s']:,} | {p['delivered_ratio']} | "
+                    f"{p['cpu']['generator_cpu_pct']} | {p['cpu']['cluster_cpu_pct']} |"
+                )
     if m4:
-        lines += ["", "Fan-out (M4):", ""]
+        lines += ["", "Fan-out (M4), one-off burst (write coalescing merges the burst):", ""]
         lines += ["| call | members | messages | deliveries/s | generator CPU % | cluster CPU % |"]
         lines += ["|---|---|---|---|---|---|"]
         for call, sizes in m4.items():
+            if call == "sustained":
+                continue
             for size, r in sizes.items():
                 lines.append(
                     f"| {call} | {size} | {r['messages']} | {r['deliveries_per_s']:,} | "

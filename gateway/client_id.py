@@ -4,8 +4,10 @@ A client_id is 20 lowercase hex characters: the owning gateway's IPv4 address (8
 its internal port (4) and the connection id inside that gateway process (8). Anyone
 holding a client_id knows which gateway to talk to, with no lookup.
 
-Ids are not durable identities: a restarted gateway counts from 1 again, so
-applications bind their own uid (``bind_uid``) instead of storing client_ids.
+Ids are not durable identities: a gateway process starts counting at a random id
+(so a restarted gateway does not reuse the ids of its previous life), and ids wrap
+after 2**32-1; applications bind their own uid (``bind_uid``) instead of storing
+client_ids.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from gateway import wsproto
-from gateway.client_id import encode_client_id
+from gateway.client_id import MAX_CONN_ID, encode_client_id
 from gateway.config import Gateway
 from gateway.connection import S_OPEN, ClientConnection
 from gateway.directory import Directory
@@ -59,9 +59,19 @@ def data_frame(data: object) -> bytes:
     raise TypeError(f"message must be str or bytes, got {type(data).__name__}")
 
 
+def _conn_id(value: object) -> int:
+    """``value`` as a connection id; ``TypeError``/``ValueError`` (a malformed
+    command: ``ERROR`` and the link is closed) unless it is an int in 1..2**32-1."""
+    if type(value) is not int:
+        raise TypeError(f"conn_id must be an int, got {type(value).__name__}")
+    if not 0 < value <= MAX_CONN_ID:
+        raise ValueError(f"conn_id {value} is outside 1..{MAX_CONN_ID}")
+    return value
+
+
 def _int_list(value: object, what: str) -> list[int]:
-    if type(value) is not list or not all(type(v) is int for v in value):
-        raise TypeError(f"{what} must be a list of ints")
+    if type(value) is not list or not all(type(v) is int and 0 < v <= MAX_CONN_ID for v in value):
+        raise TypeError(f"{what} must be a list of conn_ids (ints in 1..{MAX_CONN_ID})")
     return value
 
 
@@ -150,6 +160,8 @@ class Commands:
     def cmd_send_to_client(self, link: InternalLink, packet: list[Any]) -> None:
         _, conn_id, data = packet
         frame = data_frame(data)
+        if type(conn_id) is not int or not 0 < conn_id <= MAX_CONN_ID:
+            _conn_id(conn_id)  # raises: a malformed command
         conn = self.directory.get(conn_id)
         if conn is not None:
             conn.send_frame(frame)
@@ -179,7 +191,7 @@ class Commands:
     def cmd_close_client(self, link: InternalLink, packet: list[Any]) -> None:
         _, conn_id, data = packet
         frame = None if data is None else data_frame(data)
-        conn = self.directory.get(conn_id)
+        conn = self.directory.get(_conn_id(conn_id))
         if conn is not None:
             if frame is not None:
                 conn.send_frame(frame)
@@ -187,26 +199,26 @@ class Commands:
 
     def cmd_destroy_client(self, link: InternalLink, packet: list[Any]) -> None:
         _, conn_id = packet
-        conn = self.directory.get(conn_id)
+        conn = self.directory.get(_conn_id(conn_id))
         if conn is not None:
             conn.abort()
 
     # ---- state commands -----------------------------------------------------------
     def cmd_bind_uid(self, link: InternalLink, packet: list[Any]) -> None:
         _, conn_id, uid = packet
-        self.directory.bind_uid(conn_id, uid)
+        self.directory.bind_uid(_conn_id(conn_id), uid)
 
     def cmd_unbind_uid(self, link: InternalLink, packet: list[Any]) -> None:
         _, conn_id, uid = packet
-        self.directory.unbind_uid(conn_id, uid)
+        self.directory.unbind_uid(_conn_id(conn_id), uid)
 
     def cmd_join_group(self, link: InternalLink, packet: list[Any]) -> None:
         _, conn_id, group = packet
-        self.directory.join_group(conn_id, group)
+        self.directory.join_group(_conn_id(conn_id), group)
 
     def cmd_leave_group(self, link: InternalLink, packet: list[Any]) -> None:
         _, conn_id, group = packet
-        self.directory.leave_group(conn_id, group)
+        self.directory.leave_group(_conn_id(conn_id), group)
 
     def cmd_ungroup(self, link: InternalLink, packet: list[Any]) -> None:
         _, group = packet
@@ -214,15 +226,15 @@ class Commands:
 
     def cmd_set_session(self, link: InternalLink, packet: list[Any]) -> None:
         _, conn_id, session = packet
-        self.directory.set_session(conn_id, session)
+        self.directory.set_session(_conn_id(conn_id), session)
 
     def cmd_update_session(self, link: InternalLink, packet: list[Any]) -> None:
         _, conn_id, partial = packet
-        self.directory.update_session(conn_id, partial)
+        self.directory.update_session(_conn_id(conn_id), partial)
 
     # ---- queries (arguments after req) --------------------------------------------
     def query_client_info(self, conn_id: int) -> Any:
-        return self.directory.client_info(conn_id)
+        return self.directory.client_info(_conn_id(conn_id))
 
     def query_uids(self, uids: list[str]) -> Any:
         return self.directory.uids_info(_str_list(uids, "uids"))

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import time
 from collections import deque
@@ -63,6 +64,7 @@ __all__ = [
     "ClientConnection",
     "InternalLink",
     "bind_socket",
+    "first_conn_id",
     "data_frame",
     "serve",
     "S_HTTP",
@@ -75,6 +77,20 @@ __all__ = [
 log = logging.getLogger("gateway")
 
 _monotonic = time.monotonic
+ACCEPT_BACKLOG = 65535
+"""Listen backlog of the public port (the kernel caps it at ``net.core.somaxconn``):
+after a gateway restart every client reconnects at once, and connections beyond
+the backlog are dropped and retried by the client's TCP with backoff (1, 3, 7, 15
+s...), which makes the storm last seconds longer."""
+FIRST_CONN_ID_LIMIT = 2**31
+"""Connection ids of a new gateway process start at a random id below this."""
+
+
+def first_conn_id() -> int:
+    """A random first connection id in ``[1, 2**31)``: the client_ids of a restarted
+    gateway process (same ip and port) do not repeat those of its previous life,
+    whose holders may still address them."""
+    return secrets.randbelow(FIRST_CONN_ID_LIMIT - 1) + 1
 
 
 def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -93,7 +109,7 @@ def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
         if reuse_port and hasattr(socket, "SO_REUSEPORT"):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(addr)
-        sock.listen(1024)
+        sock.listen(ACCEPT_BACKLOG)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
@@ -137,7 +153,7 @@ class GatewayServer(LinkHandling, Commands):
         self._internal_server: asyncio.Server | None = None
         self._announcer: Any = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._next_conn_id = 0
+        self._next_conn_id = first_conn_id() - 1
         self._handshaking: dict[ClientConnection, float] = {}  # accept order
         self._closing: dict[ClientConnection, float] = {}  # close order
         self._links: set[InternalLink] = set()
@@ -206,7 +222,7 @@ class GatewayServer(LinkHandling, Commands):
             lambda: InternalLink(self), sock=self._internal_sock
         )
         self._public_server = await self.loop.create_server(
-            lambda: ClientConnection(self), sock=self._public_sock, backlog=1024
+            lambda: ClientConnection(self), sock=self._public_sock, backlog=ACCEPT_BACKLOG
         )
         self.public_port = self._public_sock.getsockname()[1]
         self.internal_port = self._internal_sock.getsockname()[1]
@@ -237,14 +253,25 @@ class GatewayServer(LinkHandling, Commands):
                 await task
         self._tasks.clear()
         await self._close_links()
-        if self._announcer is not None:
-            await self._announcer.close()
+        await self._withdraw()
         log.info(
             "gateway %s.%d stopped (%s)",
             self.config.name,
             self.index,
             "graceful" if graceful else "now",
         )
+
+    async def _withdraw(self, timeout: float = 2.0) -> None:
+        """Withdraw from the registers, bounded: a register connection that does not
+        end in ``timeout`` must not hold the process (its clients queue meanwhile on
+        the public socket, which the master keeps open)."""
+        if self._announcer is None:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._announcer.close()
+        except TimeoutError:
+            log.warning("withdrawing from the registers took over %g s; stopping anyway", timeout)
 
     async def _close_clients_gracefully(self) -> None:
         for conn in list(self.directory.entries()):
@@ -326,7 +353,9 @@ class GatewayServer(LinkHandling, Commands):
             conn.feed_frames(rest)
 
     def _new_conn_id(self) -> int:
-        """Ids count from 1; after 2**32-1 they wrap, skipping ids still in use."""
+        """Ids count up from a random start (:func:`first_conn_id`), so a restarted
+        gateway does not hand out the client_ids of its previous life; after 2**32-1
+        they wrap to 1, skipping ids still in use."""
         conn_id = self._next_conn_id
         while True:
             conn_id = conn_id + 1 if conn_id < MAX_CONN_ID else 1

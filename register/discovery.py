@@ -123,9 +123,10 @@ class _RegisterClient:
 
     async def _session(self, reg: str) -> None:
         host, port = self._targets[reg]
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port), CONNECT_TIMEOUT
-        )
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel
+        # that arrives as the inner call completes, and close() would wait forever.
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            reader, writer = await asyncio.open_connection(host, port)
         try:
             writer.write(self._hello())
             await self._converse(reg, reader, writer)
@@ -150,7 +151,8 @@ class _RegisterClient:
                 writer.write(lines.PING)
                 next_ping = now + keepalive
             try:
-                data = await asyncio.wait_for(reader.read(65536), next_ping - now)
+                async with asyncio.timeout(next_ping - now):  # not wait_for: see _session
+                    data = await reader.read(65536)
             except TimeoutError:
                 continue
             if not data:

@@ -48,6 +48,9 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
     assert results["M1"]["connections_held"] > 0
     assert results["M3"]["reconnect_storm"]["reconnected"] > 0
     assert results["M4"]["send_to_group"] and results["M4"]["send_to_all"]
+    assert all(r["points"] for r in results["M4"]["sustained"].values())
+    storm = results["M3"]["reconnect_storm"]
+    assert {"seconds_to_99pct", "seconds_to_100pct", "missing", "gateway_exit_s"} <= set(storm)
     assert results["M5"]["deliveries"] > 0
     assert results["M6"]["series"]
     assert results["M7"]["async"]["received"] == results["M7"]["async"]["calls"]

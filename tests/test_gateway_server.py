@@ -177,9 +177,11 @@ async def test_events_have_the_documented_shapes() -> None:
         )
         local_port = client.local_address[1]
         ev = await worker.expect(Cmd.EV_CONNECT)
-        assert ev[1:] == [1, None, "127.0.0.1", local_port, None]
+        cid = ev[1]
+        assert type(cid) is int and 1 <= cid < 2**31 + 1
+        assert ev[1:] == [cid, None, "127.0.0.1", local_port, None]
         ev = await worker.expect(Cmd.EV_WS_CONNECT)
-        assert ev[1:5] == [1, None, "127.0.0.1", local_port]
+        assert ev[1:5] == [cid, None, "127.0.0.1", local_port]
         info = ev[5]
         assert info["path"] == "/chat" and info["query"] == "room=7&x=%20"
         assert info["headers"]["upgrade"] == "websocket"
@@ -190,15 +192,15 @@ async def test_events_have_the_documented_shapes() -> None:
         await client.send(b"\x00\x01")
         text = await worker.expect(Cmd.EV_MESSAGE)
         binary = await worker.expect(Cmd.EV_MESSAGE)
-        assert text[1] == 1 and text[5] == "héllo" and type(text[5]) is str
+        assert text[1] == cid and text[5] == "héllo" and type(text[5]) is str
         assert binary[5] == b"\x00\x01" and type(binary[5]) is bytes
 
-        worker.send(Cmd.SET_SESSION, 1, pack_session({"name": "ann"}))
-        worker.send(Cmd.UPDATE_SESSION, 1, {"room": {"id": 7}})
+        worker.send(Cmd.SET_SESSION, cid, pack_session({"name": "ann"}))
+        worker.send(Cmd.UPDATE_SESSION, cid, {"room": {"id": 7}})
         await asyncio.sleep(0.05)
         await client.close()
         closed = await worker.expect(Cmd.EV_CLOSE)
-        assert closed[1] == 1 and closed[5] is None
+        assert closed[1] == cid and closed[5] is None
         assert unpack_session(closed[2]) == {"name": "ann", "room": {"id": 7}}
         await wait_until(lambda: len(server.directory) == 0)
         stats = server.stats()
@@ -513,10 +515,11 @@ async def test_worker_leave_reroutes_and_acks() -> None:
         # Least connections: one client each.
         first = await w1.expect(Cmd.EV_CONNECT)
         second = await w2.expect(Cmd.EV_CONNECT)
-        assert {first[1], second[1]} == {1, 2}
+        low = min(first[1], second[1])  # ids count up from a random start
+        assert {first[1], second[1]} == {low, low + 1}
         await w1.expect(Cmd.EV_WS_CONNECT)
         await w2.expect(Cmd.EV_WS_CONNECT)
-        client_of_w1 = a if first[1] == 1 else b
+        client_of_w1 = a if first[1] == low else b
 
         await client_of_w1.send("before")
         assert (await w1.expect(Cmd.EV_MESSAGE))[5] == "before"
