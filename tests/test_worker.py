@@ -310,3 +310,78 @@ def test_context_outside_an_event() -> None:
     assert context.client_id is None and context.gateway_port is None and context.session is None
     with pytest.raises(RuntimeError, match="only be set while handling a client event"):
         context.session = {}
+
+
+class PlainEvents:
+    """Only plain functions: they run inline in the link reader (no task per event).
+    ``later`` returns a coroutine from a plain function, which must still be awaited
+    before the client's next event."""
+
+    log: ClassVar[list[tuple[Any, ...]]] = []
+
+    def on_connect(self, client_id: str) -> None:
+        self.log.append(("connect", client_id, context.client_id))
+
+    def on_message(self, client_id: str, message: Any) -> Any:
+        if message == "boom":
+            raise RuntimeError("boom inline")
+        if message == "set":
+            session = context.session
+            assert session is not None
+            session["n"] = session.get("n", 0) + 1
+        if message == "reply":
+            api.send_to_current_client(f"echo:{context.client_id}")
+        if message == "later":
+            return self._later(client_id)
+        self.log.append(("message", client_id, message, dict(context.session or {})))
+        return None
+
+    async def _later(self, client_id: str) -> None:
+        await asyncio.sleep(0.2)
+        session = context.session
+        assert session is not None and context.client_id == client_id
+        session["later"] = True
+        self.log.append(("message", client_id, "later", dict(session)))
+
+    def on_close(self, client_id: str) -> None:
+        self.log.append(("close", client_id))
+
+
+async def test_plain_callbacks_run_inline_in_order_with_context_and_write_back(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    PlainEvents.log.clear()
+    worker = await env.start_worker("tests.test_worker:PlainEvents")
+    gw1 = env.gw1
+    cid, other = gw1.client_id(1), gw1.client_id(2)
+    gw1.emit(Cmd.EV_CONNECT, 1)
+    gw1.emit(Cmd.EV_MESSAGE, 1, "later", session={"n": 0})
+    gw1.emit(Cmd.EV_MESSAGE, 1, "after later")  # waits for the awaitable
+    gw1.emit(Cmd.EV_MESSAGE, 2, "set", session={"n": 4})
+    gw1.emit(Cmd.EV_MESSAGE, 2, "boom")
+    gw1.emit(Cmd.EV_MESSAGE, 2, "reply")
+    gw1.emit(Cmd.EV_CLOSE, 1)
+    await wait_until(lambda: ("close", cid) in PlainEvents.log)
+    mine = [e for e in PlainEvents.log if e[1] == cid]
+    assert mine == [
+        ("connect", cid, cid),
+        ("message", cid, "later", {"n": 0, "later": True}),
+        ("message", cid, "after later", {}),
+        ("close", cid),
+    ]
+    # the other client was not held up by the awaitable of the first
+    log = PlainEvents.log
+    assert log.index(("message", other, "set", {"n": 5})) < log.index(mine[1])
+    await wait_until(lambda: bool(gw1.packets(Cmd.SEND_TO_CLIENT)))
+    assert gw1.packets(Cmd.SEND_TO_CLIENT) == [[Cmd.SEND_TO_CLIENT, 2, f"echo:{other}"]]
+    assert sorted(gw1.packets(Cmd.SET_SESSION)) == sorted(
+        [
+            [Cmd.SET_SESSION, 1, pack_session({"n": 0, "later": True})],
+            [Cmd.SET_SESSION, 2, pack_session({"n": 5})],
+        ]
+    )
+    assert f"on_message of client {other} raised" in caplog.text
+    assert "RuntimeError: boom inline" in caplog.text
+    stats = worker.stats()
+    assert stats["callback_errors"] == 1 and stats["clients"] == 0
+    assert context.client_id is None  # nothing leaked out of the inline calls
