@@ -22,12 +22,15 @@ their headers only. Messages are recognised by their first byte:
 Every socket is bound to one of this process's source addresses (127.0.0.x) with
 ``IP_BIND_ADDRESS_NO_PORT`` before connecting, so 100k connections do not exhaust the
 ephemeral ports of one address pair. Latencies are kept in ``array('q')`` (µs) and
-sent back raw; percentiles are the runner's job.
+sent back raw; percentiles are the runner's job. The process runs under
+``SCHED_BATCH`` so that, on the cores it shares with the cluster, it does not preempt
+the server it measures (see :func:`_yield_to_the_server`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import socket
@@ -432,10 +435,22 @@ async def _serve(pipe: Connection, host: str, port: int, sources: list[str]) -> 
             return
 
 
+def _yield_to_the_server() -> None:
+    """Run this process under ``SCHED_BATCH``: a generator woken by incoming data
+    does not preempt the server process on a shared core (it runs when the core is
+    free or at the next tick). Without it a broadcast to 10k clients turns into a
+    context-switch ping-pong between the gateway and the readers (measured: one
+    message to 10k members, p50 101 ms with normal scheduling, 81-89 ms with this);
+    on an idle core it changes nothing."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+
 def main(pipe: Connection, host: str, port: int, sources: list[str]) -> None:
     """Process entry point: serve commands from ``pipe`` until ``exit``."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    _yield_to_the_server()
     loop: asyncio.AbstractEventLoop
     try:
         import uvloop

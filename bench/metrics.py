@@ -538,6 +538,7 @@ class Bench:
             "all_members_p50_ms": _ms(percentile(completions, 50)),
             "all_members_p99_ms": _ms(percentile(completions, 99)),
             "all_members_max_ms": _ms(max(completions, default=0.0)),
+            "all_members_each_ms": [_ms(c) for c in completions],
         }
 
     # ---- M6 ------------------------------------------------------------------------
