@@ -93,7 +93,8 @@ class Dispatcher:
         return len(self._queues)
 
     def on_event(self, link: GatewayLink, packet: list[Any]) -> None:
-        """The link reader's callback: count and enqueue; never runs user code."""
+        """The link reader's callback: count, then run the event inline (a plain
+        function with nothing queued for its client) or enqueue it."""
         self.events_in[KINDS[packet[0]]] += 1
         self.memory.note(link, packet)
         self._enqueue(link, packet)

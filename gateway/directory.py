@@ -14,6 +14,13 @@ state; tests use plain entries. The :class:`Directory` indexes entries three way
 Index maps are dicts keyed by conn_id, so sends iterate ``dict.values()`` directly
 with no list built, and membership changes are O(1). Empty uids and groups vanish.
 
+Route changes: when a uid or group *appears* on this gateway (its first member) or
+*vanishes* (its last member left), the key is added to :attr:`Directory.dirty_uids` /
+:attr:`Directory.dirty_groups` and ``on_dirty`` (if set) is called once until
+:meth:`Directory.take_route_changes` empties them. The server uses this to tell its
+links which uids and groups it holds (``Cmd.ROUTES``), so uid and group sends go
+only to the gateways that have members.
+
 This module is pure: no sockets, no asyncio. Invalid arguments (a uid that is not a
 non-empty str, an unknown ``what``) raise ``ValueError``/``TypeError``; the server
 turns those into an ``ERROR`` packet for the link that sent them.
@@ -21,7 +28,7 @@ turns those into an ``ERROR`` packet for the link that sent them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from gateway.protocol import ProtocolError, pack_session, unpack_session
@@ -72,12 +79,18 @@ def merge_session(base: dict[str, Any], partial: dict[str, Any]) -> dict[str, An
 class Directory(Generic[E]):
     """Connections, uid bindings, groups and sessions of one gateway process."""
 
-    __slots__ = ("_conns", "_uids", "_groups")
+    __slots__ = ("_conns", "_uids", "_groups", "dirty_uids", "dirty_groups", "on_dirty")
 
-    def __init__(self) -> None:
+    def __init__(self, on_dirty: Callable[[], None] | None = None) -> None:
         self._conns: dict[int, E] = {}
         self._uids: dict[str, dict[int, E]] = {}
         self._groups: dict[str, dict[int, E]] = {}
+        self.dirty_uids: set[str] = set()
+        """uids that appeared or vanished since the last :meth:`take_route_changes`."""
+        self.dirty_groups: set[str] = set()
+        """groups that appeared or vanished since the last :meth:`take_route_changes`."""
+        self.on_dirty = on_dirty
+        """Called when the first change after a :meth:`take_route_changes` is noted."""
 
     # ---- connections -----------------------------------------------------------
     def __len__(self) -> int:
@@ -110,21 +123,55 @@ class Directory(Generic[E]):
         if entry is None:
             return None
         if entry.uid is not None:
-            self._drop(self._uids, entry.uid, conn_id)
+            self._drop(self._uids, self.dirty_uids, entry.uid, conn_id)
             entry.uid = None
         if entry.groups:
             for group in entry.groups:
-                self._drop(self._groups, group, conn_id)
+                self._drop(self._groups, self.dirty_groups, group, conn_id)
         entry.groups = None
         return entry
 
-    @staticmethod
-    def _drop(index: dict[str, dict[int, E]], key: str, conn_id: int) -> None:
+    def _drop(
+        self, index: dict[str, dict[int, E]], dirty: set[str], key: str, conn_id: int
+    ) -> None:
         members = index.get(key)
         if members is not None:
             members.pop(conn_id, None)
             if not members:
                 del index[key]
+                self._changed(dirty, key)
+
+    def _members(self, index: dict[str, dict[int, E]], dirty: set[str], key: str) -> dict[int, E]:
+        """The member map of ``key``, created (and noted as a change) if new."""
+        members = index.get(key)
+        if members is None:
+            members = index[key] = {}
+            self._changed(dirty, key)
+        return members
+
+    def _changed(self, dirty: set[str], key: str) -> None:
+        if not self.dirty_uids and not self.dirty_groups and self.on_dirty is not None:
+            self.on_dirty()
+        dirty.add(key)
+
+    # ---- route changes ---------------------------------------------------------
+    def take_route_changes(self) -> tuple[list[str], list[str], list[str], list[str]]:
+        """``(uids added, uids removed, groups added, groups removed)`` since the last
+        call, judged by the state now (a key that appeared and vanished again is
+        reported as removed, which the receiver treats as a no-op)."""
+        uids, groups = self.dirty_uids, self.dirty_groups
+        self.dirty_uids, self.dirty_groups = set(), set()
+        u_index, g_index = self._uids, self._groups
+        return (
+            [u for u in uids if u in u_index],
+            [u for u in uids if u not in u_index],
+            [g for g in groups if g in g_index],
+            [g for g in groups if g not in g_index],
+        )
+
+    def route_keys(self) -> tuple[list[str], list[str]]:
+        """Every uid and every group held here now (for a link's first ``ROUTES``)."""
+        return list(self._uids), list(self._groups)
 
     # ---- uids ------------------------------------------------------------------
     def bind_uid(self, conn_id: int, uid: str) -> bool:
@@ -137,9 +184,9 @@ class Directory(Generic[E]):
         if entry.uid is not None:
             if entry.uid == uid:
                 return True
-            self._drop(self._uids, entry.uid, conn_id)
+            self._drop(self._uids, self.dirty_uids, entry.uid, conn_id)
         entry.uid = uid
-        self._uids.setdefault(uid, {})[conn_id] = entry
+        self._members(self._uids, self.dirty_uids, uid)[conn_id] = entry
         return True
 
     def unbind_uid(self, conn_id: int, uid: str) -> bool:
@@ -148,7 +195,7 @@ class Directory(Generic[E]):
         entry = self._conns.get(conn_id)
         if entry is None or entry.uid != uid:
             return False
-        self._drop(self._uids, uid, conn_id)
+        self._drop(self._uids, self.dirty_uids, uid, conn_id)
         entry.uid = None
         return True
 
@@ -162,7 +209,7 @@ class Directory(Generic[E]):
         if entry.groups is None:
             entry.groups = set()
         entry.groups.add(group)
-        self._groups.setdefault(group, {})[conn_id] = entry
+        self._members(self._groups, self.dirty_groups, group)[conn_id] = entry
         return True
 
     def leave_group(self, conn_id: int, group: str) -> bool:
@@ -174,7 +221,7 @@ class Directory(Generic[E]):
         entry.groups.discard(group)
         if not entry.groups:
             entry.groups = None
-        self._drop(self._groups, group, conn_id)
+        self._drop(self._groups, self.dirty_groups, group, conn_id)
         return True
 
     def ungroup(self, group: str) -> int:
@@ -183,6 +230,7 @@ class Directory(Generic[E]):
         members = self._groups.pop(group, None)
         if not members:
             return 0
+        self._changed(self.dirty_groups, group)
         for entry in members.values():
             if entry.groups:
                 entry.groups.discard(group)

@@ -19,6 +19,11 @@ handed in order to the first worker that links.
 Outgoing packets are coalesced per link: :meth:`InternalLink.send` queues, and one
 write per loop iteration carries everything queued (events of many clients in one
 syscall).
+
+Routes: every accepted link gets ``ROUTES`` with the uids and groups that have
+members here (right after ``WELCOME``), then, once per loop turn in which some uid or
+group appeared or vanished, the changes (``Directory.take_route_changes``). Workers
+and push clients use them to send uid and group messages only where members are.
 """
 
 from __future__ import annotations
@@ -35,17 +40,61 @@ from typing import TYPE_CHECKING, Any, cast
 from gateway.commands import coalesce
 from gateway.config import Gateway
 from gateway.connection import ClientConnection
-from gateway.protocol import DEFAULT_MAX_PACKET, Cmd, Decoder, ProtocolError, encode
+from gateway.directory import Directory
+from gateway.protocol import (
+    DEFAULT_MAX_PACKET,
+    ROUTES_CHANGES,
+    ROUTES_STATE,
+    ROUTES_STATE_END,
+    Cmd,
+    Decoder,
+    ProtocolError,
+    encode,
+)
 from register.config import parse_address
 
 if TYPE_CHECKING:
     from gateway.server import GatewayServer
 
-__all__ = ["InternalLink", "LinkHandling"]
+__all__ = ["InternalLink", "LinkHandling", "ROUTES_CHUNK", "route_packets"]
 
 log = logging.getLogger("gateway")
 
 _monotonic = time.monotonic
+
+ROUTES_CHUNK = 5000
+"""At most this many keys per ``ROUTES`` packet (a large state goes in several)."""
+
+
+def route_packets(
+    full: bool,
+    uids_added: list[str],
+    uids_removed: list[str],
+    groups_added: list[str],
+    groups_removed: list[str],
+) -> list[bytes]:
+    """Encoded ``ROUTES`` packets, each with at most :data:`ROUTES_CHUNK` keys. A full
+    state (``full``) is one or more packets, the last marked ``ROUTES_STATE_END``,
+    and at least one even when empty (an empty state is news too); changes are
+    ``ROUTES_CHANGES`` packets, none when nothing changed."""
+    lists = [uids_added, uids_removed, groups_added, groups_removed]
+    if not full and not any(lists):
+        return []
+    packets: list[bytes] = []
+    offsets = [0, 0, 0, 0]
+    while True:
+        room = ROUTES_CHUNK
+        parts: list[list[str]] = []
+        for i, keys in enumerate(lists):
+            part = keys[offsets[i] : offsets[i] + room]
+            offsets[i] += len(part)
+            room -= len(part)
+            parts.append(part)
+        done = all(offsets[i] >= len(keys) for i, keys in enumerate(lists))
+        kind = (ROUTES_STATE_END if done else ROUTES_STATE) if full else ROUTES_CHANGES
+        packets.append(encode(Cmd.ROUTES, kind, *parts))
+        if done:
+            return packets
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:
@@ -175,6 +224,7 @@ class LinkHandling:
     attributes declared here in its ``__init__``)."""
 
     config: Gateway
+    directory: Directory[ClientConnection]
     index: int
     internal_port: int
     public_port: int
@@ -332,6 +382,9 @@ class LinkHandling:
             return
         link.role, link.name, link.pid = role, name, pid
         link.send(encode(Cmd.WELCOME, self._welcome_info()))
+        uids, groups = self.directory.route_keys()
+        for routes in route_packets(True, uids, [], groups, []):
+            link.send(routes)
         log.info("%r linked (pid %d)", link, pid)
         if role == "worker":
             self._workers.append(link)
@@ -348,6 +401,22 @@ class LinkHandling:
             "index": self.index,
             "pid": os.getpid(),
         }
+
+    # ---- routes ---------------------------------------------------------------------
+    def routes_dirty(self) -> None:
+        """The directory's ``on_dirty``: send the changes at the end of this turn."""
+        if self.loop is not None:
+            self.loop.call_soon(self.send_route_changes)
+
+    def send_route_changes(self) -> None:
+        """Tell every accepted link which uids and groups appeared or vanished."""
+        packets = route_packets(False, *self.directory.take_route_changes())
+        if not packets:
+            return
+        for link in self._links:
+            if link.role and not link.rejected:
+                for packet in packets:
+                    link.send(packet)
 
     # ---- link upkeep commands -----------------------------------------------------
     def cmd_ping(self, link: InternalLink, packet: list[Any]) -> None:

@@ -45,6 +45,9 @@ __all__ = [
     "unpack_session",
     "HEADER",
     "DEFAULT_MAX_PACKET",
+    "ROUTES_CHANGES",
+    "ROUTES_STATE",
+    "ROUTES_STATE_END",
 ]
 
 HEADER = struct.Struct("!I")
@@ -80,6 +83,17 @@ class Cmd(IntEnum):
     so the worker handles everything it received and then closes: nothing is lost."""
     LEAVE_ACK = 7
     """gateway -> worker: ``[LEAVE_ACK]``."""
+    ROUTES = 8
+    """gateway -> link: ``[ROUTES, kind, uids_added, uids_removed, groups_added,
+    groups_removed]`` (lists of str): which uids and groups have members on this
+    gateway. Right after ``WELCOME`` the gateway sends its whole state: packets of
+    kind :data:`ROUTES_STATE`, the last one :data:`ROUTES_STATE_END` (a small state
+    is that one packet); the receiver replaces what it knew once the state is
+    complete. Then one :data:`ROUTES_CHANGES` packet (or a few, for many keys) per
+    loop turn in which a uid or group appeared (first member) or vanished (last
+    member gone). Links use it to send ``SEND_TO_UID``/``SEND_TO_GROUP``/``UNGROUP``
+    only to gateways that have members; until a link has the state it sends to every
+    gateway."""
 
     # ---- client events, gateway -> the client's business worker ---------------------
     # All events share one shape: [EV_*, conn_id, session, remote_ip, remote_port, payload]
@@ -156,6 +170,13 @@ class Cmd(IntEnum):
     """``[Q_STATS, req]`` -> dict of counters (connections, messages in/out, send
     failures, workers linked...). For operators."""
 
+
+ROUTES_CHANGES = 0
+"""``ROUTES`` kind: keys that appeared or vanished."""
+ROUTES_STATE = 1
+"""``ROUTES`` kind: part of the whole state, more parts follow."""
+ROUTES_STATE_END = 2
+"""``ROUTES`` kind: the last (or only) part of the whole state."""
 
 _MIN_CMD = min(Cmd)
 _MAX_CMD = max(Cmd)

@@ -142,7 +142,7 @@ class GatewayServer(LinkHandling, Commands):
     ) -> None:
         self.config = config
         self.index = index
-        self.directory: Directory[ClientConnection] = Directory()
+        self.directory: Directory[ClientConnection] = Directory(self.routes_dirty)
         self.public_port = 0
         self.internal_port = 0
         self.internal_address = ""

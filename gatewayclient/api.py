@@ -9,9 +9,16 @@ itself. Three cost classes decide where a call goes:
 - **T** (one gateway): the client_id names its gateway (``gateway.client_id``), so
   the packet goes only there. When that gateway is not linked the call raises
   :class:`~gatewayclient.errors.GatewayUnavailable`.
-- **B** (broadcast): one packet, encoded once, written to every linked gateway.
-  ``send_to_all`` with a list of client_ids (and every ``exclude`` list) is split per
-  gateway by decoding the ids, so it goes only to the gateways that hold them.
+- **B** (broadcast): one packet, encoded once, written to the linked gateways that
+  need it. ``send_to_uid``, ``send_to_group`` and ``ungroup`` go only to gateways
+  that have a connection with one of the uids / a member of one of the groups, as
+  each gateway reports (``Cmd.ROUTES``, kept in ``GatewayLink.uids``/``groups``); a
+  gateway whose report has not arrived yet gets the packet anyway. A bind or join
+  made through this API counts at once for this process's own routing; one made
+  by another process counts here once its gateway's report arrives (the same loop
+  turn on the gateway, plus one hop). ``send_to_all`` with a list of client_ids (and
+  every ``exclude`` list) is split per gateway by decoding the ids, so it goes only
+  to the gateways that hold them; plain ``send_to_all`` goes to every gateway.
 - **S** (query): asked of every linked gateway at once, each bounded by
   ``query_timeout``; the answers are merged (``gatewayclient.merge``). A gateway
   that does not answer makes the call raise :class:`~gatewayclient.errors.
@@ -157,10 +164,27 @@ class GatewayAPI:
                 link.send(data)
                 self.sent += 1
 
-    def _per_gateway(self, build: Callable[[str], bytes | None]) -> None:
-        """Write ``build(gateway)`` to every linked gateway (``None``: skip it)."""
+    def _to_holders(self, data: bytes, keys: list[str], uids: bool) -> None:
+        """Write ``data`` to every linked gateway that holds one of the uids (``uids``
+        true) or groups, or has not reported what it holds yet."""
+        for link in self._links.values():
+            if link.is_open:
+                held = link.uids if uids else link.groups
+                if held is None or any(key in held for key in keys):
+                    link.send(data)
+                    self.sent += 1
+
+    def _per_gateway(
+        self, build: Callable[[str], bytes | None], groups: list[str] | None = None
+    ) -> None:
+        """Write ``build(gateway)`` to every linked gateway (``None``: skip it); with
+        ``groups``, only to those that hold one of them (see :meth:`_to_holders`)."""
         for gateway, link in self._links.items():
             if link.is_open:
+                if groups is not None:
+                    held = link.groups
+                    if held is not None and not any(group in held for group in groups):
+                        continue
                 data = build(gateway)
                 if data is not None:
                     link.send(data)
@@ -250,11 +274,12 @@ class GatewayAPI:
             self.sent += 1
 
     def send_to_uid(self, uid: Key | Iterable[Key], message: Message) -> None:
-        """B: send to every connection bound to the uid (or to any of the uids)."""
+        """B: send to every connection bound to the uid (or to any of the uids); only
+        gateways holding one of them get the packet."""
         uids = check_keys(uid, "uid")
         check_message(message)
         if uids:
-            self._broadcast(encode(Cmd.SEND_TO_UID, uids, message))
+            self._to_holders(encode(Cmd.SEND_TO_UID, uids, message), uids, True)
 
     def send_to_group(
         self,
@@ -262,17 +287,18 @@ class GatewayAPI:
         message: Message,
         exclude: Iterable[str] | str | None = None,
     ) -> None:
-        """B: send to every member of the group(s) minus ``exclude`` (client_ids)."""
+        """B: send to every member of the group(s) minus ``exclude`` (client_ids);
+        only gateways with members get the packet."""
         groups = check_keys(group, "group")
         check_message(message)
         if not groups:
             return
         excluded = split_client_ids(exclude) if exclude else {}
         if not excluded:
-            self._broadcast(encode(Cmd.SEND_TO_GROUP, groups, message, None))
+            self._to_holders(encode(Cmd.SEND_TO_GROUP, groups, message, None), groups, False)
         else:
             self._per_gateway(
-                lambda gw: encode(Cmd.SEND_TO_GROUP, groups, message, excluded.get(gw))
+                lambda gw: encode(Cmd.SEND_TO_GROUP, groups, message, excluded.get(gw)), groups
             )
 
     def close_client(self, client_id: str, message: Message | None = None) -> None:
@@ -287,7 +313,11 @@ class GatewayAPI:
 
     def bind_uid(self, client_id: str, uid: Key) -> None:
         """T: bind the connection to ``uid`` (rebinding replaces the previous uid)."""
-        self._to_client(Cmd.BIND_UID, client_id, check_key(uid, "uid"))
+        key = check_key(uid, "uid")
+        link, conn_id = self._link_of(client_id)
+        link.send(encode(Cmd.BIND_UID, conn_id, key))
+        self.sent += 1
+        link.note_uid(key)
 
     def unbind_uid(self, client_id: str, uid: Key) -> None:
         """T: unbind the connection from ``uid`` (only if bound to that uid)."""
@@ -295,15 +325,20 @@ class GatewayAPI:
 
     def join_group(self, client_id: str, group: Key) -> None:
         """T: add the connection to ``group``."""
-        self._to_client(Cmd.JOIN_GROUP, client_id, check_key(group, "group"))
+        key = check_key(group, "group")
+        link, conn_id = self._link_of(client_id)
+        link.send(encode(Cmd.JOIN_GROUP, conn_id, key))
+        self.sent += 1
+        link.note_group(key)
 
     def leave_group(self, client_id: str, group: Key) -> None:
         """T: remove the connection from ``group`` (an empty group vanishes)."""
         self._to_client(Cmd.LEAVE_GROUP, client_id, check_key(group, "group"))
 
     def ungroup(self, group: Key) -> None:
-        """B: dissolve ``group`` on every gateway."""
-        self._broadcast(encode(Cmd.UNGROUP, check_key(group, "group")))
+        """B: dissolve ``group`` on every gateway that has members."""
+        key = check_key(group, "group")
+        self._to_holders(encode(Cmd.UNGROUP, key), [key], False)
 
     def set_session(self, client_id: str, session: dict[str, Any]) -> None:
         """T: replace the connection's session."""

@@ -16,12 +16,19 @@ its high-water mark take over from there; :meth:`~GatewayLink.drain` waits on it
 The reader (``data_received``) decodes packets and dispatches each one by command to
 a ``_packet_<name>`` method: replies resolve request futures, ``PING`` is answered,
 events and ``LEAVE_ACK`` are handed to callbacks given at construction. Those
-callbacks must only enqueue: the reader never runs user code, so a handler that
-awaits a query on this very link cannot deadlock it.
+callbacks must not block or wait: they enqueue, or run a plain function that
+returns at once (the business worker runs plain-function callbacks inline); nothing
+that awaits a reply on this very link may run in the reader, or it would deadlock.
 
 Keep-alive is one timer per link (there is one link per gateway, so a handful): it
 sends ``PING`` when nothing was written for ``keepalive_interval`` (or nothing heard for
 that long), and drops the link when nothing was heard for ``link_timeout``.
+
+``ROUTES`` packets keep :attr:`~GatewayLink.uids` and :attr:`~GatewayLink.groups`:
+the uids and groups that have members on this gateway (``None`` until the first
+``ROUTES``: unknown, so callers send everything there). :meth:`~GatewayLink.note_uid`
+and :meth:`~GatewayLink.note_group` add a key at once when we ourselves bind or join
+(the gateway's confirmation follows), so a send right after our own join is routed.
 
 A gateway that sends garbage (bad length prefix, bad msgpack, a command that has no
 business on this side, wrong field shapes) gets its link closed with a log line;
@@ -39,6 +46,9 @@ from typing import Any, cast
 from gateway.client_id import MAX_CONN_ID, encode_client_id
 from gateway.protocol import (
     DEFAULT_MAX_PACKET,
+    ROUTES_CHANGES,
+    ROUTES_STATE,
+    ROUTES_STATE_END,
     Cmd,
     Decoder,
     ProtocolError,
@@ -113,6 +123,11 @@ class GatewayLink(asyncio.Protocol):
         self.keepalive_interval = keepalive_interval
         self.link_timeout = link_timeout
         self.connect_timeout = connect_timeout
+        self.uids: set[str] | None = None
+        """uids with connections on this gateway (``ROUTES``); ``None``: not known yet."""
+        self.groups: set[str] | None = None
+        """groups with members on this gateway (``ROUTES``); ``None``: not known yet."""
+        self._routes_incoming: tuple[set[str], set[str]] | None = None
         self.info: dict[str, Any] = {}
         """What ``WELCOME`` said: ``lan_ip``, ``port``, ``public_host``, ``public_port``,
         ``name``, ``pid``."""
@@ -401,6 +416,43 @@ class GatewayLink(asyncio.Protocol):
         future = self._pending.pop(packet[1], None)
         if future is not None and not future.done():
             future.set_result(packet[2])
+
+    def _packet_routes(self, packet: list[Any]) -> None:
+        if self._state is not _OPEN or len(packet) != 6 or packet[1].__class__ is not int:
+            raise ProtocolError("ROUTES must be [ROUTES, kind, 4 lists of str] on an open link")
+        _, kind, uids_added, uids_removed, groups_added, groups_removed = packet
+        for keys in (uids_added, uids_removed, groups_added, groups_removed):
+            if keys.__class__ is not list or not all(k.__class__ is str for k in keys):
+                raise ProtocolError("ROUTES lists must hold str keys")
+        if kind == ROUTES_CHANGES:
+            uids, groups = self.uids, self.groups
+            if uids is None or groups is None:
+                raise ProtocolError("ROUTES changes before the state")
+            uids.update(uids_added)
+            uids.difference_update(uids_removed)
+            groups.update(groups_added)
+            groups.difference_update(groups_removed)
+        elif kind in (ROUTES_STATE, ROUTES_STATE_END):
+            incoming = self._routes_incoming
+            if incoming is None:
+                incoming = self._routes_incoming = (set(), set())
+            incoming[0].update(uids_added)
+            incoming[1].update(groups_added)
+            if kind == ROUTES_STATE_END:
+                self.uids, self.groups = incoming
+                self._routes_incoming = None
+        else:
+            raise ProtocolError(f"ROUTES of unknown kind {kind!r}")
+
+    def note_uid(self, uid: str) -> None:
+        """We bound a connection of this gateway to ``uid``: route ``uid`` here now."""
+        if self.uids is not None:
+            self.uids.add(uid)
+
+    def note_group(self, group: str) -> None:
+        """We added a connection of this gateway to ``group``: route it here now."""
+        if self.groups is not None:
+            self.groups.add(group)
 
     def _packet_ping(self, packet: list[Any]) -> None:
         if self._transport is not None:

@@ -67,6 +67,7 @@ class FakeLink:
         self.writer = writer
         self.decoder = Decoder()
         self.packets: deque[list[Any]] = deque()
+        self.routes: list[list[Any]] = []  # ROUTES packets, kept apart from the rest
         self.req = 0
 
     @classmethod
@@ -87,12 +88,28 @@ class FakeLink:
         self.writer.write(encode(cmd, *fields))
 
     async def recv(self, timeout: float | None = TIMEOUT) -> list[Any]:
+        """The next packet other than ``ROUTES`` (those go to :attr:`routes`)."""
         while not self.packets:
             data = await asyncio.wait_for(self.reader.read(65536), timeout)
             if not data:
                 raise EOFError("link closed")
-            self.packets.extend(self.decoder.feed(data))
+            for packet in self.decoder.feed(data):
+                if packet[0] == Cmd.ROUTES:
+                    self.routes.append(packet)
+                else:
+                    self.packets.append(packet)
         return self.packets.popleft()
+
+    async def wait_routes(self, count: int, timeout: float = TIMEOUT) -> list[list[Any]]:
+        """Read until :attr:`routes` holds ``count`` packets (others are kept)."""
+        async with asyncio.timeout(timeout):
+            while len(self.routes) < count:
+                data = await self.reader.read(65536)
+                if not data:
+                    raise EOFError("link closed")
+                for packet in self.decoder.feed(data):
+                    (self.routes if packet[0] == Cmd.ROUTES else self.packets).append(packet)
+        return self.routes
 
     async def expect(self, cmd: Cmd, timeout: float = TIMEOUT) -> list[Any]:
         """The next packet that is ``cmd``, skipping keep-alive pings."""

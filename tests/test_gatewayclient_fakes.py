@@ -147,6 +147,19 @@ class FakeGateway:
         upkeep = {Cmd.HELLO, Cmd.PING, Cmd.PONG}
         return [p for p in self.received if (p[0] in cmds if cmds else p[0] not in upkeep)]
 
+    def routes(
+        self,
+        kind: int,
+        uids: tuple[list[str], list[str]] = ([], []),
+        groups: tuple[list[str], list[str]] = ([], []),
+    ) -> None:
+        """Send ``ROUTES`` (``kind``; uids and groups as (added, removed)) to every
+        welcomed link, as a real gateway reports where its members are."""
+        packet = encode(Cmd.ROUTES, kind, uids[0], uids[1], groups[0], groups[1])
+        for link in self.links:
+            if link.welcomed:
+                link.write(packet)
+
     def worker_links(self) -> list[FakeLink]:
         return [link for link in self.links if link.role == "worker" and link.welcomed]
 
