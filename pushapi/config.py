@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 
 from register.config import ConfigError, normalize_addresses, parse_address
 
 __all__ = ["PushAPI"]
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(slots=True)
@@ -27,8 +17,9 @@ class PushAPI:
     ``listen``: the ``host:port`` it binds (loopback by default). ``register``: the
     register address(es) it discovers gateways through; ``secret``: the cluster's
     secret (for the register and the gateways). ``token``: the bearer token every
-    request must carry (``Authorization: Bearer <token>``); it may be empty only when
-    ``listen`` is a loopback address. ``count``: processes sharing the port
+    request must carry (``Authorization: Bearer <token>``); it is required whatever the
+    address, because a loopback address does not keep out a web page open in a browser
+    on the same machine (see :mod:`pushapi.server`). ``count``: processes sharing the port
     (``SO_REUSEPORT``). ``timeout``: seconds for discovery, links and each query.
     ``max_body``: larger request bodies are refused with 413. ``idle_timeout``: a
     connection that does not complete its next request within this many seconds is
@@ -47,14 +38,20 @@ class PushAPI:
     app: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        host, _ = parse_address(self.listen, "PushAPI listen")
+        parse_address(self.listen, "PushAPI listen")
         self.register = normalize_addresses(self.register, "PushAPI register")
         if not isinstance(self.secret, str) or not isinstance(self.token, str):
             raise ConfigError("PushAPI secret and token must be strings")
-        if not self.token and not _is_loopback(host):
+        if not self.token.strip():
             raise ConfigError(
-                f"PushAPI listen={self.listen!r} is not a loopback address, so a token= is "
-                "required (clients send 'Authorization: Bearer <token>')"
+                f"PushAPI listen={self.listen!r} has no token: set token= to a secret string "
+                "(clients send 'Authorization: Bearer <token>'); it is required on loopback "
+                "too, since any web page in a browser on this machine can reach loopback"
+            )
+        if not (self.token.isascii() and self.token.isprintable()) or " " in self.token:
+            raise ConfigError(
+                "PushAPI token must be printable ASCII without spaces (it travels in an "
+                "'Authorization: Bearer <token>' header)"
             )
         if not isinstance(self.count, int) or self.count < 1:
             raise ConfigError(f"PushAPI count must be an int >= 1, got {self.count!r}")

@@ -30,6 +30,7 @@ REASONS = {
     405: "Method Not Allowed",
     411: "Length Required",
     413: "Content Too Large",
+    415: "Unsupported Media Type",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",
@@ -75,6 +76,11 @@ class Request:
         if self.version == "HTTP/1.1":
             return "close" not in tokens
         return "keep-alive" in tokens
+
+    @property
+    def media_type(self) -> str:
+        """The ``Content-Type`` without its parameters, lower-case ('' when absent)."""
+        return self.headers.get("content-type", "").partition(";")[0].strip().lower()
 
     @property
     def expects_continue(self) -> bool:

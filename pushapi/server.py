@@ -4,8 +4,9 @@ How this works
 --------------
 One connection is served by one coroutine, request after request (keep-alive; a
 pipelined request simply waits its turn). For each request: parse the head
-(:mod:`pushapi.http`), check the method, the bearer token (``hmac.compare_digest``)
-and the body size *before* reading the body, read it, turn it into the call's
+(:mod:`pushapi.http`), check the method, the origin, the bearer token
+(``hmac.compare_digest``), the content type and the body size *before* reading the
+body, read it, turn it into the call's
 arguments (:mod:`pushapi.verbs`), call the :class:`~gatewayclient.AsyncGatewayClient`
 method of the same name and answer ``{"ok": true, "result": ...}``. Failures answer
 ``{"ok": false, "error": "..."}`` with a status that says whose fault it is:
@@ -13,11 +14,20 @@ method of the same name and answer ``{"ok": true, "result": ...}``. Failures ans
 ====  ===============================================================
 400   malformed JSON, unknown verb, bad or missing field, bad client_id
 401   no ``Authorization: Bearer`` header (403: a wrong token)
+403   an ``Origin`` header: the request comes from a web page
 405   not a POST; 413 body over ``max_body``; 431 head over 16 KiB
+415   a ``Content-Type`` other than ``application/json``
 502   a gateway answered the call with an error
 503   no register answered / no gateway linked for this call
 504   a gateway did not answer a query in time (``missing`` lists them)
 ====  ===============================================================
+
+Why the origin and content type are checked: the API listens on loopback, but a web
+page open in a browser on the same machine can reach loopback too (directly, or
+through DNS rebinding under a name of its own). Browsers put an ``Origin`` header on
+every POST a page makes, and a page can send ``application/json`` cross-origin only
+after a CORS preflight that we never answer; backends send neither. The token is
+required as well (:class:`~pushapi.config.PushAPI` refuses an empty one).
 
 Idle connections are closed by one sweep per second (no timer per connection): a
 connection that has waited more than ``idle_timeout`` for its next complete request
@@ -216,17 +226,30 @@ class PushAPIServer:
     def _refuse(self, writer: asyncio.StreamWriter, exc: HttpError) -> None:
         self.errors += 1
         peer = writer.get_extra_info("peername")
-        log.info("push API refused a request from %s: %s %s", peer, exc.status, exc.message)
+        level = logging.WARNING if exc.status == 403 else logging.INFO  # someone probing
+        log.log(level, "push API refused a request from %s: %s %s", peer, exc.status, exc.message)
         document = {"ok": False, "error": exc.message}
         writer.write(json_response(exc.status, document, keep_alive=False, headers=exc.headers))
 
     async def _read_body(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: Request
     ) -> bytes:
-        """Check method, token and size, then read the body (never before)."""
+        """Check method, origin, token, content type and size, then read the body
+        (never before)."""
         if request.method != "POST":
             raise HttpError(405, "use POST /<verb> with a JSON object", (("Allow", "POST"),))
+        origin = request.headers.get("origin")
+        if origin is not None:
+            raise HttpError(
+                403,
+                f"requests from web pages are refused (Origin: {origin[:80]!r}); "
+                "call the push API from your backend",
+            )
         self._check_token(request)
+        if request.media_type != "application/json":
+            given = request.headers.get("content-type", "")[:80]
+            got = repr(given) if given else "no Content-Type header"
+            raise HttpError(415, f"Content-Type must be application/json, got {got}")
         length = request.content_length()
         if length > self.config.max_body:
             raise HttpError(413, f"body of {length} bytes is over {self.config.max_body}")
@@ -235,8 +258,7 @@ class PushAPIServer:
         return await reader.readexactly(length)
 
     def _check_token(self, request: Request) -> None:
-        if not self._token:
-            return
+        # The config refuses an empty token; were it emptied later, nothing matches it.
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             raise HttpError(401, "missing 'Authorization: Bearer <token>'", _UNAUTHORIZED_HEADERS)

@@ -1,7 +1,11 @@
 """The push API's verbs: which JSON fields each call takes (pure: no I/O).
 
 Every verb is a Gateway API call of the push clients, with the same name; its JSON
-body is an object of the call's arguments by name. :func:`parse_call` checks the body
+body is an object of the call's arguments by name. The push clients' other public
+calls are deliberately not verbs: ``connect``, ``close``, ``flush`` and ``gateways``
+manage the client itself, and the operator queries ``get_connections`` and
+``get_gateway_stats`` (not part of the Gateway API) are served by ``start.py
+connections`` and ``start.py status``. :func:`parse_call` checks the body
 against the verb's :class:`Param` list and returns the positional arguments for the
 :class:`~gatewayclient.AsyncGatewayClient` method, or raises :class:`BadRequest`
 naming the field at fault. A message is ``"message": "text"`` (a text frame) or

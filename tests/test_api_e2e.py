@@ -9,6 +9,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -199,6 +200,27 @@ async def test_cluster_wide_queries_and_context(cluster: AppSpec, clients: list[
     assert ctx["gateway_ip"] == "127.0.0.1" and ctx["gateway_port"] == cluster.public_port
 
 
+async def closes_reported(monitor: RC, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    """The on_close reports (sent by the rc app to uid "monitor") of the ``wanted``
+    client_ids, by client_id. Clients closed by the fixture (or earlier tests) may
+    report to the monitor too, later than it was bound: those are skipped, bounded."""
+    reports: dict[str, dict[str, Any]] = {}
+    for _ in range(40):
+        if wanted <= reports.keys():
+            break
+        report = await monitor.expect_json()
+        assert report["event"] == "close", report
+        reports[report["client_id"]] = report
+    assert wanted <= reports.keys(), f"no on_close for {sorted(wanted - reports.keys())}"
+    return reports
+
+
+async def request_op(client: RC, op: str, *args: Any) -> None:
+    """Ask the client's worker to run ``op`` without waiting for the reply: after the
+    current-client close calls there is no connection left to carry one."""
+    await client.ws.send(json.dumps({"id": None, "op": op, "args": list(args)}))
+
+
 async def test_close_and_destroy_run_on_close(clients: list[RC]) -> None:
     monitor, closing, destroyed = clients[0], clients[1], clients[2]
     await monitor.call("bind_uid", monitor.client_id, "monitor")
@@ -208,17 +230,47 @@ async def test_close_and_destroy_run_on_close(clients: list[RC]) -> None:
     assert closing.ws.close_code == 1000
     await monitor.call("destroy_client", destroyed.client_id)
     await asyncio.wait_for(destroyed.ws.wait_closed(), 5)
-    # Clients closed by the fixture (or earlier tests) may report their on_close to the
-    # monitor too, later than we bound it: skip those, bounded.
-    wanted = {closing.client_id, destroyed.client_id}
-    closed: set[str] = set()
-    for _ in range(20):
-        if closed >= wanted:
-            break
-        closed.add((await monitor.expect_json())["client_id"])
-    assert closed >= wanted
+    await closes_reported(monitor, {closing.client_id, destroyed.client_id})
     assert await monitor.call("is_online", closing.client_id) is False
     assert await monitor.call("get_session", closing.client_id) is None
+
+
+async def test_close_current_client_sends_the_last_message_then_closes(
+    clients: list[RC],
+) -> None:
+    monitor, leaving = clients[0], clients[1:3]  # one leaving client on each gateway
+    assert len({c.gateway_port for c in leaving}) == 2
+    await monitor.call("bind_uid", monitor.client_id, "monitor")
+    for client in leaving:
+        await client.call("set", leaving=client.client_id)  # seen again by on_close
+        await request_op(client, "close_current_client", "bye")
+    for client in leaving:
+        assert await client.expect() == "bye"
+        await asyncio.wait_for(client.ws.wait_closed(), 5)
+        assert client.ws.close_code == 1000  # a normal close, after the last message
+        assert client.inbox.empty()
+    reports = await closes_reported(monitor, {c.client_id for c in leaving})
+    for client in leaving:
+        # on_close ran for this client, with its own context (session)
+        assert reports[client.client_id]["session"]["leaving"] == client.client_id
+        assert await monitor.call("is_online", client.client_id) is False
+
+
+async def test_destroy_current_client_drops_the_connection_at_once(clients: list[RC]) -> None:
+    monitor, dropped = clients[0], clients[1:3]  # one dropped client on each gateway
+    assert len({c.gateway_port for c in dropped}) == 2
+    await monitor.call("bind_uid", monitor.client_id, "monitor")
+    for client in dropped:
+        await client.call("set", dropped=client.client_id)
+        await request_op(client, "destroy_current_client")
+    for client in dropped:
+        await asyncio.wait_for(client.ws.wait_closed(), 5)
+        assert client.ws.close_code == 1006  # no close handshake: the TCP link was cut
+        assert client.inbox.empty()
+    reports = await closes_reported(monitor, {c.client_id for c in dropped})
+    for client in dropped:
+        assert reports[client.client_id]["session"]["dropped"] == client.client_id
+        assert await monitor.call("is_online", client.client_id) is False
 
 
 async def test_bad_calls_raise_clear_errors(clients: list[RC]) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import http.client
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gatewayclient import AsyncGatewayClient
+from gatewayclient import AsyncGatewayClient, GatewayClient
 from pushapi import PushAPI
 from pushapi.http import HttpError, parse_head
 from pushapi.server import PushAPIServer
@@ -109,16 +110,44 @@ def test_parse_call_names_the_problem(verb: str, body: bytes, words: str) -> Non
     assert words in str(info.value)
 
 
-def test_verbs_match_the_push_client() -> None:
+# Public calls of the push clients that are deliberately not HTTP verbs.
+NOT_VERBS = {
+    # they manage the push client itself, not the cluster
+    "connect",
+    "close",
+    "flush",
+    "gateways",
+    # operator queries, not part of the Gateway API: `start.py connections` / `status`
+    "get_connections",
+    "get_gateway_stats",
+}
+
+
+@pytest.mark.parametrize("client_class", [AsyncGatewayClient, GatewayClient])
+def test_verbs_match_the_push_client(client_class: type) -> None:
     for verb in VERBS:
-        assert callable(getattr(AsyncGatewayClient, verb)), verb
+        assert callable(getattr(client_class, verb)), verb
+    public = {name for name in dir(client_class) if not name.startswith("_")}
+    assert not NOT_VERBS & set(VERBS)
+    missing = sorted(public - NOT_VERBS - set(VERBS))
+    assert not missing, f"public calls of {client_class.__name__} with no HTTP verb: {missing}"
 
 
-def test_declaration_requires_a_token_off_loopback() -> None:
-    with pytest.raises(ConfigError, match="token"):
-        PushAPI(listen="0.0.0.0:7373")
-    assert PushAPI(listen="0.0.0.0:7373", token="t").token == "t"
-    assert PushAPI(listen="127.0.0.1:7373").token == ""
+@pytest.mark.parametrize(
+    "listen", ["127.0.0.1:7373", "localhost:7373", "[::1]:7373", "0.0.0.0:7373"]
+)
+def test_declaration_requires_a_token_on_every_address(listen: str) -> None:
+    with pytest.raises(ConfigError, match="has no token: set token="):
+        PushAPI(listen=listen)
+    with pytest.raises(ConfigError, match="has no token"):
+        PushAPI(listen=listen, token="   ")
+    assert PushAPI(listen=listen, token="t").token == "t"
+
+
+@pytest.mark.parametrize("token", ["two words", "tab\there", "caf\u00e9"])
+def test_declaration_refuses_a_token_no_header_can_carry(token: str) -> None:
+    with pytest.raises(ConfigError, match="printable ASCII without spaces"):
+        PushAPI(token=token)
 
 
 # ---- HTTP helpers -----------------------------------------------------------------------
@@ -130,11 +159,17 @@ def _request(
     body: bytes | str | None,
     token: str | None = TOKEN,
     method: str = "POST",
+    content_type: str | None = "application/json",
+    origin: str | None = None,
 ) -> tuple[int, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-    headers = {"Content-Type": "application/json"}
+    headers = {}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
+    if origin is not None:
+        headers["Origin"] = origin
     try:
         conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
@@ -243,6 +278,31 @@ async def test_sends_reach_clients_on_both_gateways(
     assert await post(port, "get_client_count_by_group", group="room") == 0
 
 
+async def test_send_to_all_everyone_and_exclude(
+    cluster: tuple[AppSpec, int], two: list[RC]
+) -> None:
+    _, port = cluster
+    a, b = two  # on different gateways
+    await post(port, "send_to_all", message="to everyone")
+    assert (await a.expect(), await b.expect()) == ("to everyone", "to everyone")
+    await post(port, "send_to_all", message_base64="AP8=")
+    assert (await a.expect(), await b.expect()) == (b"\x00\xff", b"\x00\xff")
+    await post(port, "send_to_all", message="not a", exclude=[a.client_id])
+    assert await b.expect() == "not a"
+    await post(port, "send_to_all", message="not b", exclude=b.client_id)  # one id
+    assert await a.expect() == "not b"
+    await post(
+        port,
+        "send_to_all",
+        message="listed minus a",
+        client_ids=[a.client_id, b.client_id],
+        exclude=[a.client_id],
+    )
+    assert await b.expect() == "listed minus a"
+    await a.nothing()
+    await b.nothing(0)
+
+
 async def test_queries_and_sessions(cluster: tuple[AppSpec, int], two: list[RC]) -> None:
     _, port = cluster
     a, b = two
@@ -310,6 +370,26 @@ async def test_auth_and_bad_requests(cluster: tuple[AppSpec, int]) -> None:
     assert status == 413 and "65536" in doc["error"]
     status, doc = await status_of(port, "/send_to_uid", None, method="GET")
     assert status == 405
+    # Only application/json bodies (a parameter is fine); the token is checked first.
+    status, doc = await status_of(port, "/send_to_uid", body, content_type="text/plain")
+    assert status == 415 and doc["error"] == (
+        "Content-Type must be application/json, got 'text/plain'"
+    )
+    status, doc = await status_of(port, "/send_to_uid", body, content_type=None)
+    assert status == 415 and "got no Content-Type header" in doc["error"]
+    status, doc = await status_of(
+        port, "/send_to_uid", body, token=None, content_type="application/x-www-form-urlencoded"
+    )
+    assert status == 401
+    status, doc = await status_of(
+        port, "/get_all_uid_count", "{}", content_type="Application/JSON; charset=utf-8"
+    )
+    assert status == 200 and doc["ok"] is True
+    # Anything a web page sends carries an Origin header: refused even with the token.
+    for origin in ("http://127.0.0.1:8000", "null"):
+        status, doc = await status_of(port, "/send_to_uid", body, origin=origin)
+        assert status == 403 and "requests from web pages are refused" in doc["error"]
+        assert repr(origin) in doc["error"]
 
 
 async def test_values_the_cluster_cannot_carry_are_refused_cleanly(
@@ -349,15 +429,15 @@ async def test_keep_alive_pipelining_and_expect_continue(cluster: tuple[AppSpec,
     _, port = cluster
     body = b'{"group": "nobody-here"}'
     one = (
-        f"POST /get_client_count_by_group HTTP/1.1\r\nHost: x\r\n"
-        f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"POST /get_client_count_by_group HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+        f"\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     data = await asyncio.to_thread(_raw_exchange, port, one * 3, 3)
     assert data.count(b"HTTP/1.1 200 OK") == 3, data
     assert data.count(b'{"ok": true, "result": 0}') == 3
     head = (
         f"POST /get_all_uid_count HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n"
-        "Expect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+        "Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
     ).encode()
 
     def continue_then_body() -> bytes:
@@ -386,7 +466,9 @@ async def test_garbage_gets_an_error_and_the_server_keeps_serving(
 
 
 async def test_no_register_gives_503() -> None:
-    config = PushAPI(listen="127.0.0.1:0", register=f"127.0.0.1:{free_port()}", timeout=0.5)
+    config = PushAPI(
+        listen="127.0.0.1:0", register=f"127.0.0.1:{free_port()}", timeout=0.5, token=TOKEN
+    )
     server = PushAPIServer(config)
     await server.start()
     try:
@@ -401,7 +483,7 @@ async def test_silent_gateway_gives_504_naming_it() -> None:
     gateway = await FakeGateway().start()
     gateway.answer_queries = False
     client = AsyncGatewayClient(gateways=[gateway.address], timeout=0.5)
-    server = PushAPIServer(PushAPI(listen="127.0.0.1:0"), client=client)
+    server = PushAPIServer(PushAPI(listen="127.0.0.1:0", token=TOKEN), client=client)
     await server.start()
     try:
         port = server.address[1]
@@ -415,7 +497,7 @@ async def test_silent_gateway_gives_504_naming_it() -> None:
 
 
 async def test_idle_connections_are_swept() -> None:
-    config = PushAPI(listen="127.0.0.1:0", idle_timeout=0.5)
+    config = PushAPI(listen="127.0.0.1:0", idle_timeout=0.5, token=TOKEN)
     server = PushAPIServer(config, client=AsyncGatewayClient(gateways=["127.0.0.1:9"]))
     await server.start()
     try:
@@ -427,6 +509,36 @@ async def test_idle_connections_are_swept() -> None:
     finally:
         await server.stop(graceful=False)
         await server.client.close()
+
+
+async def test_a_web_page_cannot_push_and_the_refusal_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What a page in a browser on this machine can send without a CORS preflight: a
+    text/plain POST with an Origin header (and no token). Refused before any call."""
+    client = AsyncGatewayClient(gateways=["127.0.0.1:9"])
+    server = PushAPIServer(PushAPI(listen="127.0.0.1:0", token=TOKEN), client=client)
+    await server.start()
+    try:
+        port = server.address[1]
+        page_post = {"content_type": "text/plain;charset=UTF-8", "origin": "http://evil.test"}
+        caplog.set_level(logging.INFO, logger="pushapi")
+        status, doc = await status_of(
+            port, "/send_to_all", '{"message":"x"}', token=None, **page_post
+        )
+        assert status == 403 and "'http://evil.test'" in doc["error"]
+        refusals = [r for r in caplog.records if "refused a request" in r.getMessage()]
+        assert refusals and refusals[-1].levelno == logging.WARNING
+        assert "403" in refusals[-1].getMessage() and "evil.test" in refusals[-1].getMessage()
+        status, doc = await status_of(
+            port, "/send_to_all", '{"message":"x"}', content_type="text/plain"
+        )
+        assert status == 415
+        assert "415 Content-Type must be application/json" in caplog.text
+        assert server.stats()["messages_in"] == 0  # no call was attempted
+    finally:
+        await server.stop(graceful=False)
+        await client.close()
 
 
 def test_base64_messages_round_trip_in_the_verb_table() -> None:

@@ -1,7 +1,9 @@
 """The HTTP push API of the demo, for backends in any language (see README):
 
-    curl -H 'Authorization: Bearer demo-token' -d '{"uid":"alice","message":"hi"}' \
-        http://127.0.0.1:7374/send_to_uid
+    curl -H 'Authorization: Bearer demo-token' -H 'Content-Type: application/json' \
+        -d '{"uid":"alice","message":"hi"}' http://127.0.0.1:7374/send_to_uid
+
+The token is required (set PUSHDEMO_API_TOKEN to change it).
 """
 
 import os
