@@ -56,7 +56,7 @@ from gateway.connection import (
 from gateway.directory import Directory
 from gateway.links import InternalLink, LinkHandling
 from gateway.protocol import Cmd
-from register.config import parse_address
+from register.config import is_loopback, parse_address
 from register.discovery import GatewayAnnouncer
 
 __all__ = [
@@ -202,6 +202,14 @@ class GatewayServer(LinkHandling, Commands):
             cfg.registers, cfg.secret, self.internal_address, keepalive=cfg.keepalive_interval
         )
         await self._announcer.start()
+        bound = self._internal_sock.getsockname()[0] if self._internal_sock else ""
+        if not cfg.secret and not is_loopback(bound):
+            log.warning(
+                "internal port %s:%d has no secret and listens beyond this host: anyone "
+                "who reaches it can push to every client; set secret= (or GW_SECRET)",
+                bound,
+                self.internal_port,
+            )
         log.info(
             "gateway %s.%d: public port %d, internal %s",
             cfg.name,

@@ -9,11 +9,19 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-__all__ = ["Register", "parse_address", "normalize_addresses", "ConfigError"]
+__all__ = ["Register", "parse_address", "normalize_addresses", "ConfigError", "is_loopback"]
 
 
 class ConfigError(ValueError):
     """A declaration (start file, environment override) is invalid."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address a socket is bound to) is reachable only from here."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def parse_address(address: str, what: str = "address") -> tuple[str, int]:

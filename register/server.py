@@ -31,7 +31,7 @@ import time
 from typing import TYPE_CHECKING, Any, cast
 
 from register import lines
-from register.config import Register, parse_address
+from register.config import Register, is_loopback, parse_address
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -178,6 +178,14 @@ class RegisterServer:
         self.port = self._server.sockets[0].getsockname()[1]
         self._started = time.monotonic()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="register-sweep")
+        bound = self._server.sockets[0].getsockname()[0]
+        if not self.config.secret and not is_loopback(bound):
+            logger.warning(
+                "register listens on %s:%s with no secret: anyone who reaches it can "
+                "announce a gateway; set secret= (or GW_SECRET)",
+                bound,
+                self.port,
+            )
         logger.info("register %s listening on port %s", self.config.name, self.port)
 
     async def stop(self, graceful: bool) -> None:
