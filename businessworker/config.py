@@ -20,6 +20,10 @@ class BusinessWorker:
     ``gateway_lost_timeout``: a gateway this worker cannot reach for that long
     (seconds; 0: never) is taken for dead and ``on_close`` runs for the clients it
     had here (``businessworker.orphans``).
+    ``drain_timeout``: seconds a worker that leaves gracefully (the old worker of a
+    ``reload``, or ``stop -g``) keeps running the events it already received, once
+    the gateways stopped sending it new ones; what is still running or queued then
+    is dropped and logged. Raise it above your slowest callback.
     """
 
     events: str = ""
@@ -31,6 +35,7 @@ class BusinessWorker:
     keepalive_interval: float = 10.0
     link_timeout: float = 30.0
     gateway_lost_timeout: float = 60.0
+    drain_timeout: float = 30.0
     app: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -46,6 +51,11 @@ class BusinessWorker:
             raise ConfigError("BusinessWorker query_timeout must be > 0")
         if self.gateway_lost_timeout < 0:
             raise ConfigError("BusinessWorker gateway_lost_timeout must be >= 0 (0: never)")
+        if not isinstance(self.drain_timeout, int | float) or not self.drain_timeout > 0:
+            raise ConfigError(
+                f"BusinessWorker drain_timeout must be a number of seconds > 0, "
+                f"got {self.drain_timeout!r}"
+            )
         self.register = normalize_addresses(self.register, "BusinessWorker register")
 
     @property

@@ -11,14 +11,20 @@ How this works
    that appear later). It returns once the first list has arrived and every listed
    gateway is linked (or :data:`START_TIMEOUT` has passed; a register that never
    answers fails the start), after ``on_worker_start(worker)`` has run. Events that
-   arrive before that are held, then handled.
+   arrive before that are held, then handled. A worker started by a ``reload``
+   (``cluster.reload.REPLACEMENT_ENV`` set) must be linked to *every* listed gateway
+   by then, or its start fails: the reload then keeps the old worker, which is
+   linked where the new one is not.
 2. Client events are run by ``businessworker.dispatch.Dispatcher``: in order per
    client, concurrently across clients, with ``businessworker.context`` set.
 3. ``stop(graceful)`` sends ``WORKER_LEAVE`` to every gateway and keeps handling
-   events until each gateway has answered ``LEAVE_ACK`` and every queued event is
-   done (bounded), then calls ``on_worker_stop(worker)`` and closes the links. The
-   gateways hand this worker's clients to other workers, so a ``reload`` loses no
-   event.
+   events until each gateway has answered ``LEAVE_ACK`` (no new event comes after
+   it) and every running or queued event is done, then calls
+   ``on_worker_stop(worker)`` and closes the links. The bound is
+   ``config.drain_timeout`` for a graceful stop (SIGQUIT: how a ``reload`` retires
+   the old worker, and ``stop -g``) and :data:`FAST_LEAVE_TIMEOUT` otherwise;
+   events still running or queued then are dropped and logged. The gateways hand
+   this worker's clients to other workers, so a ``reload`` loses no event.
 4. Once a second a sweep compares the open links with the clients remembered per
    gateway (``businessworker.orphans``): the clients of a gateway process that died
    get ``on_close`` when it comes back as a new process, or after
@@ -37,11 +43,12 @@ import inspect
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from businessworker.config import BusinessWorker
-from businessworker.dispatch import Dispatcher
+from businessworker.dispatch import KINDS, Dispatcher
 from businessworker.handle import (
     WorkerAPI,
     bind_process_api,
@@ -49,6 +56,7 @@ from businessworker.handle import (
     unbind_process_api,
     use_api,
 )
+from cluster.reload import REPLACEMENT_ENV
 from cluster.spec import ChildSpec
 from gateway.protocol import Cmd, encode
 from gatewayclient.link import GatewayLink
@@ -63,9 +71,15 @@ GATEWAY_SWEEP_INTERVAL = 1.0
 START_TIMEOUT = 10.0
 """Seconds ``start()`` waits for the gateway list and the links."""
 LEAVE_TIMEOUT = 10.0
-"""Seconds a graceful stop waits for ``LEAVE_ACK`` and for queued events."""
+"""Seconds a stop waits at most for the gateways' ``LEAVE_ACK``."""
 FAST_LEAVE_TIMEOUT = 3.0
-"""The same bound for a non-graceful stop."""
+"""Seconds a non-graceful stop (SIGTERM) waits for ``LEAVE_ACK`` and for the events
+it already received (a graceful one waits ``config.drain_timeout``)."""
+STOP_MARGIN = 15.0
+"""Seconds a stop may take beyond its drain bound (``on_worker_stop``, closing the
+links); ``stop_limit`` tells ``cluster.child`` the total."""
+PENDING_SHOWN = 20
+"""Clients named in the log line of a stop that drops events."""
 
 _LEAVE = encode(Cmd.WORKER_LEAVE)
 
@@ -138,6 +152,8 @@ class WorkerProcess:
         self._serving = False  # on_worker_start has returned
         self._stopping = False
         self._sweeper: asyncio.Task[None] | None = None
+        self.stop_limit = config.drain_timeout + STOP_MARGIN
+        """Upper bound of :meth:`stop` (seconds), read by ``cluster.child``."""
 
     # ---- Service protocol ----------------------------------------------------------
 
@@ -146,6 +162,7 @@ class WorkerProcess:
         loop = asyncio.get_running_loop()
         started = loop.time()
         self._started_at = time.monotonic()
+        replacement = os.environ.pop(REPLACEMENT_ENV, "") == "1"
         self._events = load_events(self.config.events)
         config = self.config
         pool = self._pool = LinkPool(
@@ -170,12 +187,14 @@ class WorkerProcess:
             await pool.close()
             raise
         if unlinked:
-            logger.warning(
-                "%s: not linked to %s yet (%s); retrying in the background",
-                self.name,
-                ", ".join(unlinked),
-                "; ".join(pool.last_errors.get(a, "no answer") for a in unlinked),
-            )
+            why = "; ".join(_link_error(a, pool.last_errors.get(a)) for a in unlinked)
+            if replacement:
+                await pool.close()
+                raise WorkerBootError(
+                    f"not linked to every gateway within {START_TIMEOUT:g} s ({why}); a reload "
+                    "retires the old worker only once the new one is linked to all of them"
+                )
+            logger.warning("%s: not linked to %s yet; retrying in the background", self.name, why)
         bind_process_api(api)
         try:
             await self._run_hook("on_worker_start")
@@ -191,10 +210,13 @@ class WorkerProcess:
         logger.info("%s: serving, linked to %d gateway(s)", self.name, len(pool.links))
 
     async def stop(self, graceful: bool) -> None:
-        """Leave every gateway, finish queued events, run ``on_worker_stop``, close."""
+        """Leave every gateway, finish the events already received (for up to
+        ``config.drain_timeout`` when ``graceful``, else :data:`FAST_LEAVE_TIMEOUT`),
+        run ``on_worker_stop``, close."""
         if self._pool is None or self._stopping:
             return
-        await self._shutdown(LEAVE_TIMEOUT if graceful else FAST_LEAVE_TIMEOUT, run_stop_hook=True)
+        timeout = self.config.drain_timeout if graceful else FAST_LEAVE_TIMEOUT
+        await self._shutdown(timeout, run_stop_hook=True)
 
     def stats(self) -> dict[str, Any]:
         """Counters for ``status``: ``links`` (gateways linked), ``events_in`` per kind,
@@ -251,13 +273,20 @@ class WorkerProcess:
         deadline = loop.time() + timeout
         pool.stop_relinking()
         dispatcher.open()
-        await self._leave_gateways(pool, timeout)
-        if not await dispatcher.wait_idle(max(0.0, deadline - loop.time())):
-            logger.warning(
-                "%s: %d client(s) still had events after %g s; cancelling them",
+        await self._leave_gateways(pool, min(timeout, LEAVE_TIMEOUT))
+        if dispatcher.clients:
+            logger.info(
+                "%s: left the gateways; finishing the events of %d client(s) (up to %.1f s)",
                 self.name,
                 dispatcher.clients,
+                max(0.0, deadline - loop.time()),
+            )
+        if not await dispatcher.wait_idle(max(0.0, deadline - loop.time())):
+            logger.warning(
+                "%s: events still running or queued after %g s, dropped: %s",
+                self.name,
                 timeout,
+                _describe_pending(dispatcher),
             )
             await dispatcher.cancel_all()
         if run_stop_hook and self._serving:
@@ -298,6 +327,28 @@ class WorkerProcess:
             logger.warning("%s: unexpected LEAVE_ACK from %s", self.name, link.gateway_address)
         elif not ack.done():
             ack.set_result(None)
+
+
+def _link_error(address: str, error: str | None) -> str:
+    """Why ``address`` is not linked, naming it once."""
+    if not error:
+        return f"{address}: no answer"
+    return error if address in error else f"{address}: {error}"
+
+
+def _describe_pending(dispatcher: Dispatcher) -> str:
+    """What a stop that hit its bound drops, for the log: per client, its running
+    event and the queued ones by kind (the first :data:`PENDING_SHOWN` clients)."""
+    # Dispatcher offers no public view of its queues; this reads them, nothing more.
+    queues = list(dispatcher._queues.items())
+    shown = []
+    for client_id, queue in queues[:PENDING_SHOWN]:
+        kinds = Counter(KINDS[packet[0]] for _, packet in queue)
+        queued = ", ".join(f"{kind} x{n}" for kind, n in kinds.items())
+        shown.append(f"{client_id} (1 running{'; queued: ' + queued if queued else ''})")
+    more = f"; and {len(queues) - PENDING_SHOWN} more" if len(queues) > PENDING_SHOWN else ""
+    events = len(queues) + sum(len(queue) for _, queue in queues)
+    return f"{events} event(s) of {len(queues)} client(s): {'; '.join(shown)}{more}"
 
 
 def _settle(future: asyncio.Future[None], _: object) -> None:

@@ -3,13 +3,16 @@
 A role's ``serve(spec)`` builds its service object and returns
 ``run_service(spec, service)``. The service has ``async start()`` (bind/connect;
 return when ready, raise to fail the boot), ``async stop(graceful)`` and
-``stats() -> dict``.
+``stats() -> dict``. ``stop`` is cut off after :data:`SELF_STOP_LIMIT` seconds, or
+after the service's ``stop_limit`` attribute when it has a larger one (a business
+worker draining its events for ``drain_timeout``).
 
 Signals (installed on the loop):
 
 - ``SIGTERM``: stop (``service.stop(graceful=False)``), exit ``ExitCode.OK``.
 - ``SIGQUIT``: graceful stop (``graceful=True``: gateways close clients with 1001
-  and wait for them).
+  and wait for them; a business worker leaves its gateways and finishes the events
+  it already received, which is how a reload retires the old worker).
 - ``SIGUSR2``: write the stats file now (``status`` asks the master, which forwards).
 - ``SIGINT``, ``SIGHUP``: ignored; the master coordinates Ctrl-C and reload.
 
@@ -50,7 +53,8 @@ log = logging.getLogger("cluster")
 STATS_INTERVAL = 1.0
 WATCHDOG_INTERVAL = 1.0
 SELF_STOP_LIMIT = 60.0
-"""Upper bound for ``service.stop`` when no master is left to enforce one."""
+"""Upper bound for ``service.stop`` when no master is left to enforce one (unless
+the service's ``stop_limit`` is larger)."""
 RATE_KEYS = ("messages_in", "messages_out")
 _MIN_RATE_INTERVAL = 0.5
 _PR_SET_PDEATHSIG = 1
@@ -174,10 +178,11 @@ class _ChildRuntime:
     async def _stop_service(self) -> None:
         kind = "graceful stop" if self.graceful else "stop"
         log.info("%s requested", kind)
+        limit = max(SELF_STOP_LIMIT, float(getattr(self.service, "stop_limit", 0.0)))
         try:
-            await asyncio.wait_for(self.service.stop(self.graceful), SELF_STOP_LIMIT)
+            await asyncio.wait_for(self.service.stop(self.graceful), limit)
         except TimeoutError:
-            log.error("%s did not finish within %s s; exiting anyway", kind, SELF_STOP_LIMIT)
+            log.error("%s did not finish within %g s; exiting anyway", kind, limit)
         except Exception:
             log.exception("error while stopping")
 

@@ -25,8 +25,8 @@ How this works
 5. A reload (:mod:`cluster.reload`) is a small state machine advanced by the loop,
    one worker slot at a time: fork the new generation (it imports the app's current
    Events code: the master never imported it), wait until it is ready (linked to
-   every gateway), SIGTERM the old one (it leaves its gateways and drains its
-   events) and wait for it to exit. Registers and gateways keep running, so no
+   every gateway), SIGQUIT the old one (it leaves its gateways and finishes the
+   events it received, bounded by its ``drain_timeout``) and wait for it to exit. Registers and gateways keep running, so no
    client connection drops. A new worker that fails to boot ends the reload and the
    old workers keep serving.
 6. Stopping signals gateways first (clients get their close frames while workers

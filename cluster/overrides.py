@@ -24,7 +24,7 @@ Settings and the declarations they change:
 env / option                 field                   declarations
 ============================ ======================= =====================================
 GW_ROLES / --roles           (which roles start)     all
-GW_REGISTER / --register     register                Gateway, BusinessWorker
+GW_REGISTER / --register     register                Gateway, BusinessWorker, PushAPI
 GW_REGISTER_LISTEN           listen                  Register
 GW_GATEWAY_LISTEN            listen                  Gateway
 GW_LAN_IP                    lan_ip                  Gateway
@@ -32,10 +32,16 @@ GW_INTERNAL_BIND             internal_bind           Gateway
 GW_START_PORT                start_port              Gateway
 GW_GATEWAY_COUNT             count                   Gateway
 GW_WORKER_COUNT              count                   BusinessWorker
-GW_SECRET                    secret                  Register, Gateway, BusinessWorker
+GW_SECRET                    secret                  Register, Gateway, BusinessWorker,
+                                                     PushAPI
 GW_KEEPALIVE_INTERVAL        keepalive_interval      Gateway, BusinessWorker
 GW_LINK_TIMEOUT              link_timeout            Gateway, BusinessWorker
+GW_PUSHAPI_LISTEN            listen                  PushAPI
+GW_PUSHAPI_TOKEN             token                   PushAPI
 ============================ ======================= =====================================
+
+The secret and the push API token are *sensitive*: masked in :meth:`Overrides.describe`
+and never saved for ``restart`` (give them again, preferably in the environment).
 
 A port override (listen addresses, start port) that would apply to several
 declarations of one role (several apps) is refused: the processes would compete
@@ -144,6 +150,8 @@ class Setting:
     help: str
     unique: bool = False
     """An address: refuse to apply it to several declarations of one role."""
+    sensitive: bool = False
+    """A credential: masked in logs, never written to disk."""
 
     @property
     def env(self) -> str:
@@ -156,15 +164,15 @@ class Setting:
         return "--" + self.name.replace("_", "-")
 
 
-GW, BW, REG = "gateway", "businessworker", "register"
+GW, BW, REG, PUSH = "gateway", "businessworker", "register", "pushapi"
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("roles", _roles, (), "Roles to start here, e.g. gateway,businessworker."),
     Setting(
         "register",
         _addresses,
-        ((GW, "register"), (BW, "register")),
-        "Register address(es) gateways and workers use: ip:port[,ip:port...].",
+        ((GW, "register"), (BW, "register"), (PUSH, "register")),
+        "Register address(es) gateways, workers and push APIs use: ip:port[,ip:port...].",
     ),
     Setting("register_listen", _address, ((REG, "listen"),), "Register listen ip:port.", True),
     Setting("gateway_listen", _address, ((GW, "listen"),), "Public WebSocket ip:port.", True),
@@ -176,8 +184,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "secret",
         _secret,
-        ((REG, "secret"), (GW, "secret"), (BW, "secret")),
+        ((REG, "secret"), (GW, "secret"), (BW, "secret"), (PUSH, "secret")),
         "Secret of internal links (prefer GW_SECRET: options show in ps).",
+        sensitive=True,
     ),
     Setting(
         "keepalive_interval",
@@ -190,6 +199,14 @@ SETTINGS: tuple[Setting, ...] = (
         _seconds,
         ((GW, "link_timeout"), (BW, "link_timeout")),
         "Seconds of silence after which an internal link is dropped.",
+    ),
+    Setting("pushapi_listen", _address, ((PUSH, "listen"),), "HTTP push API ip:port.", True),
+    Setting(
+        "pushapi_token",
+        _secret,
+        ((PUSH, "token"),),
+        "Bearer token of the HTTP push API (prefer GW_PUSHAPI_TOKEN: options show in ps).",
+        sensitive=True,
     ),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
@@ -217,16 +234,16 @@ class Overrides:
         return tuple(roles) if roles is not None else None
 
     def describe(self) -> str:
-        """One line for logs, secret masked: ``lan_ip=10.0.0.5 (GW_LAN_IP), ...``."""
+        """One line for logs, secret and token masked: ``lan_ip=10.0.0.5 (GW_LAN_IP), ...``."""
         parts = []
         for name, value in self.values.items():
-            shown = "***" if name == "secret" else _show(value)
+            shown = "***" if BY_NAME[name].sensitive else _show(value)
             parts.append(f"{name}={shown} ({self.sources.get(name, '?')})")
         return ", ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
-        """The values as JSON (the secret is left out: never written to disk)."""
-        return {k: _show(v) for k, v in self.values.items() if k != "secret"}
+        """The values as JSON (secret and token left out: never written to disk)."""
+        return {k: _show(v) for k, v in self.values.items() if not BY_NAME[k].sensitive}
 
 
 def _show(value: Any) -> str:

@@ -5,19 +5,27 @@ each worker slot in turn:
 
 1. **boot**: fork the new generation beside the old process (it imports the app's
    current Events code, since the master never imported it) and wait until it
-   reports ready, i.e. it is linked to every gateway;
-2. **retire**: make it the slot's current process, SIGTERM the old one (its stop
-   sends ``WORKER_LEAVE`` to every gateway and handles what it already received, so
-   no event is lost) and wait for it to exit, killing it after the timeout.
+   reports ready. It is forked with :data:`REPLACEMENT_ENV` set, which makes ready
+   mean "linked to every gateway": a replacement that is only partly linked fails
+   its start (``businessworker.worker``) instead of reporting ready;
+2. **retire**: make it the slot's current process and SIGQUIT the old one: its
+   graceful stop sends ``WORKER_LEAVE`` to every gateway (which route nothing new
+   to it and hand its clients to the others, the new worker included), then runs
+   the events it already received, running and queued, for up to its
+   ``BusinessWorker.drain_timeout``, so no event is lost even when a callback takes
+   seconds. Wait for it to exit; kill it :data:`RETIRE_MARGIN` seconds past its
+   drain bound.
 
 A new worker that fails to boot (reports an error, exits, or is not ready in time)
-ends the reload: it is killed, the remaining slots keep their old workers, and the
-outcome says why. Register and gateways are never touched, so no client drops.
+ends the reload: it is killed, the old worker of its slot and of the remaining
+slots keep running, and the outcome says why. Register and gateways are never
+touched, so no client drops.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -25,9 +33,16 @@ from typing import Any, Protocol
 
 from cluster.slots import Child, Slot
 
-__all__ = ["Reloader", "ChildControl", "ReloadJob"]
+__all__ = ["Reloader", "ChildControl", "ReloadJob", "REPLACEMENT_ENV", "RETIRE_MARGIN"]
 
 log = logging.getLogger("cluster")
+
+REPLACEMENT_ENV = "GW_RELOAD_REPLACEMENT"
+"""Set to ``"1"`` in the environment of a worker forked by a reload (and only
+there): it must link to every gateway before it reports ready."""
+RETIRE_MARGIN = 20.0
+"""Seconds an old worker may take beyond its ``drain_timeout`` (leaving the
+gateways, ``on_worker_stop``, closing) before it is killed."""
 
 
 class ChildControl(Protocol):
@@ -97,15 +112,27 @@ class Reloader:
             self._finish(True, f"replaced {len(job.replaced)} business worker(s)")
             return True
         slot = job.slot = job.queue.pop(0)
-        job.new = slot.replacement = self.control.spawn_child(slot, job.generation)
+        job.new = slot.replacement = self._spawn_replacement(slot, job.generation)
         job.deadline = time.monotonic() + self.timeout
         return True
+
+    def _spawn_replacement(self, slot: Slot, generation: int) -> Child:
+        """Fork the new worker of ``slot`` with :data:`REPLACEMENT_ENV` set (the
+        master's environment is restored right after the fork)."""
+        os.environ[REPLACEMENT_ENV] = "1"
+        try:
+            return self.control.spawn_child(slot, generation)
+        finally:
+            os.environ.pop(REPLACEMENT_ENV, None)
 
     def _boot(self, job: ReloadJob) -> bool:
         slot, new = job.slot, job.new
         assert slot is not None and new is not None
-        if slot.replacement is not new or new.error:
-            self._abort(job, f"{slot.name}: the new worker {new.exit_reason or new.error}")
+        if new.error:
+            self._abort(job, f"{slot.name}: the new worker could not start: {new.error}")
+            return True
+        if slot.replacement is not new:
+            self._abort(job, f"{slot.name}: the new worker {new.exit_reason}")
             return True
         if not new.ready:
             if time.monotonic() > job.deadline:
@@ -119,11 +146,24 @@ class Reloader:
         job.replaced.append(f"{slot.name}: {old.pid if old else '-'} -> {new.pid}")
         job.new = None
         if old is not None:
-            old.stopping = True
-            slot.retiring = job.old = old
-            self.control.signal_child(old, signal.SIGTERM)
-            job.deadline = time.monotonic() + self.timeout
+            self._retire_begin(job, slot, old)
         return True
+
+    def _retire_begin(self, job: ReloadJob, slot: Slot, old: Child) -> None:
+        """Ask the old worker to leave gracefully: SIGQUIT (SIGTERM when it never
+        reported ready, as its SIGQUIT handler may not be installed yet)."""
+        drain = float(getattr(slot.decl.config, "drain_timeout", self.timeout))
+        old.stopping = True
+        slot.retiring = job.old = old
+        job.deadline = time.monotonic() + drain + RETIRE_MARGIN
+        log.info(
+            "reload %d: %s (pid %s) leaves the gateways and finishes its events (up to %g s)",
+            job.id,
+            slot.name,
+            old.pid,
+            drain,
+        )
+        self.control.signal_child(old, signal.SIGQUIT if old.ready else signal.SIGTERM)
 
     def _retire(self, job: ReloadJob) -> bool:
         old = job.old
@@ -132,7 +172,11 @@ class Reloader:
             job.old = job.slot = None
             return True
         if time.monotonic() > job.deadline:
-            log.warning("pid %s did not leave within %g s: killing it", old.pid, self.timeout)
+            log.warning(
+                "pid %s did not leave within its drain_timeout + %g s: killing it",
+                old.pid,
+                RETIRE_MARGIN,
+            )
             self.control.signal_child(old, signal.SIGKILL)
             job.deadline = float("inf")
         return False

@@ -35,8 +35,10 @@ class ExitCode(IntEnum):
     ERROR = 1
     """Crashed at run time: respawn (with growing delays if it keeps happening)."""
     BOOT_ERROR = 3
-    """Could not start (Events import failed, bad config, port in use): the master
-    does not respawn it in a loop; at first start the whole start fails."""
+    """Could not start (Events import failed, bad config, port in use). At the first
+    start the whole start fails; during a reload the reload ends and the old worker
+    stays; a child that fails later is respawned with growing delays, each logged
+    with the reason."""
     MASTER_GONE = 4
     """The master disappeared; the child exited so as not to hold ports as an orphan."""
 

@@ -5,7 +5,8 @@ Covers: ``start -d`` returns with everything listening, a second start is refuse
 ``status`` / ``status --json`` / ``status -d``, ``connections``, ``restart``,
 ``stop`` and ``stop -g`` (close code 1001), commands with nothing running, ``reload``
 under continuous traffic with one and two workers (no disconnect, no lost request,
-new Events code live), SIGKILL of a business worker and of a gateway during traffic
+new Events code live), a reload across a 5 s callback (the old worker finishes it)
+and one whose new worker cannot link to every gateway (the old one stays), SIGKILL of a business worker and of a gateway during traffic
 (respawn, re-registration, ``on_close`` of the dead gateway's clients), a gateway
 that stays away past ``gateway_lost_timeout``, a broken Events.py at start, and a
 master killed with SIGKILL (children leave by themselves).
@@ -468,6 +469,99 @@ async def test_reload_under_traffic_drops_nothing_and_loads_new_code(
     for client in clients:
         answer = await call(client, "version")
         assert answer["version"] == 2 and answer["pid"] in new_workers
+
+
+SLOW = 5.0
+"""Seconds of the slow callback that runs across a reload (above the 3 s a
+non-graceful stop would give it)."""
+
+
+def stats_of(spec: AppSpec, name: str) -> dict[str, Any]:
+    """A child's stats snapshot (empty when missing)."""
+    try:
+        return dict(json.loads((spec.run_dir / "stats" / f"{name}.json").read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+async def test_reload_lets_the_old_worker_finish_a_slow_event(
+    start_cluster: Callable[..., Cluster], opened: list[RC]
+) -> None:
+    """count=1: a callback runs 5 s across the reload. The old worker leaves the
+    gateways (the new one serves everything else meanwhile), finishes the event (its
+    reply reaches the client) and only then exits; no client disconnects."""
+    cluster = start_cluster(workers=1)
+    spec = cluster.spec
+    name = f"{spec.name}.businessworker.0"
+    a, b = await clients_on_both_gateways(spec, 2)
+    clients = a + b
+    opened.extend(clients)
+    old = processes(spec)[name]["pid"]
+
+    slow = asyncio.create_task(call(clients[0], "sleep", SLOW, timeout=SLOW * 6))
+    await await_for(
+        lambda: stats_of(spec, name).get("clients", 0) >= 1, 10, "the slow event to run"
+    )
+    traffic = Traffic(clients[1:], timeout=SLOW * 3).start()
+    asked = time.monotonic()
+    reloaded = await acli(spec, "reload")
+    took = time.monotonic() - asked
+    assert await slow is None  # the reply of the old worker's event reached the client
+    new = processes(spec)[name]["pid"]
+    await traffic.stop()
+    cluster.remember_pids()
+
+    assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+    assert "replaced 1 business worker(s)" in reloaded.stdout
+    assert took >= SLOW / 2  # the reload waited for the event (it had 4-5 s left)
+    assert new != old and not pid_alive(old)
+    assert traffic.errors == [] and traffic.lost == 0
+    assert all(traffic.served_since(asked)), traffic.served_since(asked)
+    assert all(is_connected(c) for c in clients), "a client was disconnected by the reload"
+    answer = await call(clients[0], "context")
+    assert answer["pid"] == new
+    log = (spec.run_dir / "gatewayworker.log").read_text()
+    assert f"{name} (pid {old}) leaves the gateways and finishes its events" in log
+    assert "left the gateways; finishing the events of 1 client(s)" in log
+    assert "dropped" not in log
+
+
+async def test_reload_keeps_the_old_worker_when_the_new_one_cannot_link_everywhere(
+    start_cluster: Callable[..., Cluster], opened: list[RC]
+) -> None:
+    """A gateway that does not answer new links (stopped with SIGSTOP): the new worker
+    is not linked to every gateway within its start bound, so the reload fails with
+    the reason and the old worker keeps serving; once the gateway is back, a reload
+    works."""
+    cluster = start_cluster(workers=1)
+    spec = cluster.spec
+    name = f"{spec.name}.businessworker.0"
+    a, b = await clients_on_both_gateways(spec, 1)
+    opened.extend(a + b)
+    old = processes(spec)[name]["pid"]
+    frozen = processes(spec)[gateway_name_of(spec, b[0])]["pid"]
+
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        failed = await acli(spec, "reload")
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    cluster.remember_pids()
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "not linked to every gateway" in failed.stderr, failed.stderr
+    assert "the old workers keep running" in failed.stderr
+    assert processes(spec)[name]["pid"] == old and pid_alive(old)
+    for client in a + b:
+        assert (await call(client, "context"))["pid"] == old
+
+    reloaded = await acli(spec, "reload")
+    cluster.remember_pids()
+    assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+    new = processes(spec)[name]["pid"]
+    assert new != old
+    for client in a + b:
+        assert is_connected(client)
+        assert (await call(client, "context"))["pid"] == new
 
 
 # ---- crashes ------------------------------------------------------------------------

@@ -22,13 +22,18 @@ from cluster.overrides import (
     from_values,
 )
 from gateway import Gateway
+from pushapi import PushAPI
 from register import Register
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def push_decl(app: str = "chat", listen: str = "127.0.0.1:7373") -> Declaration:
+    return Declaration(app, "pushapi", PushAPI(listen=listen, token="t0", app=app), "p.py", "w")
+
+
 def plan(*extra: Declaration) -> AppsPlan:
-    """The chat app's three declarations (as the start files give them)."""
+    """The chat app's four declarations (as the start files give them)."""
     decls = [
         Declaration("chat", "register", Register(listen="127.0.0.1:1238", app="chat"), "r.py", "x"),
         Declaration("chat", "gateway", Gateway(listen="0.0.0.0:7272", app="chat"), "g.py", "y"),
@@ -39,6 +44,7 @@ def plan(*extra: Declaration) -> AppsPlan:
             "w.py",
             "z",
         ),
+        push_decl(),
         *extra,
     ]
     return AppsPlan("/apps", decls)
@@ -67,14 +73,17 @@ def test_env_overrides_every_role() -> None:
         "GW_SECRET": "s3cret",
         "GW_KEEPALIVE_INTERVAL": "2.5",
         "GW_LINK_TIMEOUT": "7",
+        "GW_PUSHAPI_LISTEN": "10.0.0.1:7474",
+        "GW_PUSHAPI_TOKEN": "tok-1",
         "UNRELATED": "x",
     }
     out = configs(apply_overrides(plan(), from_env(env)))
-    reg, gw, bw = out["register"], out["gateway"], out["businessworker"]
+    reg, gw, bw, push = out["register"], out["gateway"], out["businessworker"], out["pushapi"]
     assert isinstance(reg, Register) and isinstance(gw, Gateway)
-    assert isinstance(bw, BusinessWorker)
+    assert isinstance(bw, BusinessWorker) and isinstance(push, PushAPI)
     assert (reg.listen, reg.secret) == ("10.0.0.1:1238", "s3cret")
-    assert gw.registers == bw.registers == ("10.0.0.1:1238", "10.0.0.2:1238")
+    assert gw.registers == bw.registers == push.registers == ("10.0.0.1:1238", "10.0.0.2:1238")
+    assert (push.listen, push.token, push.secret) == ("10.0.0.1:7474", "tok-1", "s3cret")
     assert gw.listen == "0.0.0.0:8282" and gw.lan_ip == "10.0.0.5"
     assert gw.internal_bind_address(1) == ("0.0.0.0", 4001)
     assert gw.internal_address(1) == "10.0.0.5:4001"
@@ -82,7 +91,7 @@ def test_env_overrides_every_role() -> None:
     assert gw.secret == bw.secret == "s3cret"
     assert (gw.keepalive_interval, gw.link_timeout) == (2.5, 7.0)
     assert (bw.keepalive_interval, bw.link_timeout) == (2.5, 7.0)
-    assert gw.app == bw.app == reg.app == "chat"
+    assert gw.app == bw.app == reg.app == push.app == "chat"
     assert gw.ping_interval == 10.0  # untouched fields keep the start file's values
 
 
@@ -112,6 +121,7 @@ def test_roles_absent_from_the_apps_is_an_error() -> None:
         ({"GW_REGISTER": "10.0.0.1"}, "GW_REGISTER='10.0.0.1'.*not 'host:port'"),
         ({"GW_REGISTER": "10.0.0.1:0"}, "port 0 is not a reachable address"),
         ({"GW_GATEWAY_LISTEN": "nowhere"}, "GW_GATEWAY_LISTEN='nowhere'"),
+        ({"GW_PUSHAPI_LISTEN": "10.0.0.1"}, "GW_PUSHAPI_LISTEN='10.0.0.1'.*not 'host:port'"),
     ],
 )
 def test_bad_values_name_their_source(env: dict[str, str], message: str) -> None:
@@ -160,6 +170,32 @@ def test_secret_is_masked_and_never_saved() -> None:
     assert from_saved(o.to_json()).values == {"lan_ip": "10.0.0.9", "roles": ("gateway",)}
 
 
+def test_pushapi_token_is_masked_and_never_saved() -> None:
+    o = from_env({"GW_PUSHAPI_TOKEN": "tok-hunter2", "GW_PUSHAPI_LISTEN": "10.0.0.9:7373"})
+    assert "tok-hunter2" not in o.describe()
+    assert "pushapi_token=*** (GW_PUSHAPI_TOKEN)" in o.describe()
+    assert o.to_json() == {"pushapi_listen": "10.0.0.9:7373"}
+
+
+def test_secret_and_register_reach_the_pushapi() -> None:
+    """A host with GW_SECRET set starts a push API the secured cluster accepts."""
+    env = {"GW_SECRET": "s3cret", "GW_REGISTER": "10.0.0.1:1238", "GW_ROLES": "pushapi"}
+    (decl,) = apply_overrides(plan(), from_env(env)).declarations
+    assert isinstance(decl.config, PushAPI)
+    assert (decl.config.secret, decl.config.registers) == ("s3cret", ("10.0.0.1:1238",))
+    assert (decl.config.listen, decl.config.token) == ("127.0.0.1:7373", "t0")  # kept
+
+
+def test_pushapi_refuses_a_bad_token_naming_the_source() -> None:
+    bad = from_values({"pushapi_token": "two words"}, lambda s: s.option)
+    with pytest.raises(OverrideError) as info:
+        apply_overrides(plan(), bad)
+    text = str(info.value)
+    assert text.startswith("--pushapi-token: the pushapi declaration chat.pushapi (p.py)")
+    assert "refuses the override: PushAPI token" in text
+    assert "two words" not in text  # a credential is not repeated in messages
+
+
 def test_address_override_on_several_declarations_is_refused() -> None:
     other = Declaration("blog", "gateway", Gateway(listen="0.0.0.0:8000", app="blog"), "b.py", "y")
     with pytest.raises(OverrideError, match="GW_START_PORT would give one address to 2 gateway"):
@@ -168,6 +204,14 @@ def test_address_override_on_several_declarations_is_refused() -> None:
         apply_overrides(
             plan(other), from_values({"gateway_listen": "0.0.0.0:80"}, lambda s: s.option)
         )
+    blog_push = push_decl("blog", "127.0.0.1:7474")
+    with pytest.raises(OverrideError, match="GW_PUSHAPI_LISTEN would give one address to 2 push"):
+        apply_overrides(plan(blog_push), from_env({"GW_PUSHAPI_LISTEN": "127.0.0.1:7575"}))
+    tokens = apply_overrides(plan(blog_push), from_env({"GW_PUSHAPI_TOKEN": "shared"}))
+    assert [d.config.token for d in tokens.declarations if d.role == "pushapi"] == [
+        "shared",
+        "shared",
+    ]
     # Host addresses, counts and secrets apply to every app.
     env = {"GW_GATEWAY_COUNT": "1", "GW_LAN_IP": "10.0.0.2"}
     gateways = [d.config for d in apply_overrides(plan(other), from_env(env)).declarations]
@@ -201,6 +245,16 @@ def test_cli_refuses_a_bad_option_before_starting(tmp_path: Path) -> None:
     result = runner.invoke(main, ["start", "--start-port", "x", "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 2
     assert "--start-port='x': must be an integer" in result.output
+
+
+def test_cli_has_the_pushapi_options_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    runner = CliRunner()
+    run_dir = str(tmp_path / "run")
+    result = runner.invoke(main, ["start", "--pushapi-listen", "nowhere", "--run-dir", run_dir])
+    assert result.exit_code == 2
+    assert "--pushapi-listen='nowhere'" in result.output
+    helped = runner.invoke(main, ["start", "--help"])
+    assert "--pushapi-token" in helped.output and "GW_PUSHAPI_TOKEN" in helped.output
 
 
 def test_cli_refuses_lan_ip_0000_with_a_clear_message(tmp_path: Path) -> None:
