@@ -14,8 +14,8 @@ One :class:`GatewayServer` per gateway process listens on two sockets:
   :class:`~gateway.links.InternalLink` (handshake, dispatch and event routing in
   ``gateway.links``; the commands themselves in ``gateway.commands``).
 
-There are no per-connection tasks or timers: one heartbeat sweep every
-``ping_interval`` pings silent clients and drops dead ones, and one housekeeping tick
+There are no per-connection tasks or timers: one heartbeat task pings silent clients
+and drops dead ones, and one housekeeping tick
 (about a second) handles handshake and close deadlines, link keep-alives, link
 timeouts and expired held events. Slow consumers are detected by the transport's
 high-water mark (``pause_writing``), which costs nothing per write.
@@ -65,6 +65,7 @@ __all__ = [
     "InternalLink",
     "bind_socket",
     "first_conn_id",
+    "HEARTBEAT_SLICES",
     "data_frame",
     "serve",
     "S_HTTP",
@@ -82,6 +83,8 @@ ACCEPT_BACKLOG = 65535
 after a gateway restart every client reconnects at once, and connections beyond
 the backlog are dropped and retried by the client's TCP with backoff (1, 3, 7, 15
 s...), which makes the storm last seconds longer."""
+HEARTBEAT_SLICES = 10
+"""The heartbeat sweeps a tenth of the clients every tenth of ``ping_interval``."""
 FIRST_CONN_ID_LIMIT = 2**31
 """Connection ids of a new gateway process start at a random id below this."""
 
@@ -409,25 +412,35 @@ class GatewayServer(LinkHandling, Commands):
 
     # ---- sweeps -----------------------------------------------------------------
     async def _heartbeat(self) -> None:
-        """Every ``ping_interval``: ping clients silent for a whole interval, drop
-        those silent for more than ``ping_not_response_limit`` intervals."""
-        interval = self.config.ping_interval
+        """Ping clients silent for a whole ``ping_interval``, drop those silent for
+        more than ``ping_not_response_limit`` intervals.
+
+        Each client is swept once per interval, but not all at once: the interval is
+        cut into :data:`HEARTBEAT_SLICES` steps and each step sweeps the clients
+        whose ``conn_id % HEARTBEAT_SLICES`` is that step's number. A gateway with
+        100k idle clients thus writes 10k pings every tenth of an interval instead of
+        100k at once (about a second of stalled deliveries on a small machine), and a
+        client's sweeps stay exactly one interval apart."""
+        step = self.config.ping_interval / HEARTBEAT_SLICES
+        part = 0
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(step)
             try:
-                self.sweep_heartbeat()
+                self.sweep_heartbeat(part, HEARTBEAT_SLICES)
             except Exception:  # never let one bad sweep stop the heartbeat
                 log.exception("heartbeat sweep failed")
+            part = (part + 1) % HEARTBEAT_SLICES
 
-    def sweep_heartbeat(self) -> None:
-        """One heartbeat sweep (see :meth:`_heartbeat`)."""
+    def sweep_heartbeat(self, part: int = 0, parts: int = 1) -> None:
+        """Sweep the clients whose ``conn_id % parts == part`` (default: all); see
+        :meth:`_heartbeat`."""
         limit = self.config.ping_not_response_limit
         ping = self._ping_frame
         size = len(ping)
         pinged = 0
         dead: list[ClientConnection] = []
         for conn in self.directory.entries():
-            if conn.state != S_OPEN:
+            if conn.state != S_OPEN or (parts > 1 and conn.conn_id % parts != part):
                 continue
             silent = conn.silent + 1
             conn.silent = silent

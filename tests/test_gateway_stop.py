@@ -1,6 +1,6 @@
 """Regressions: a gateway stops fast with thousands of clients while its register
 connection is live; connection ids start at a random offset; conn_id fields are
-validated."""
+validated; the heartbeat sweeps its clients in slices."""
 
 from __future__ import annotations
 
@@ -202,3 +202,53 @@ async def test_stop_does_not_wait_forever_for_the_registers(
     assert time.monotonic() - started < 5
     assert any("withdrawing from the registers" in r.getMessage() for r in caplog.records)
     await real_close()
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def abort(self) -> None:
+        self.writes.append(b"<abort>")
+
+
+def _idle_clients(server: GatewayServer, conn_ids: range) -> dict[int, _Transport]:
+    transports = {}
+    for conn_id in conn_ids:
+        conn = server_mod.ClientConnection(server)
+        conn.conn_id = conn_id
+        conn.state = server_mod.S_OPEN
+        conn.silent = 0  # silent for a whole interval: the next sweep pings
+        conn.transport = transports[conn_id] = _Transport()  # type: ignore[assignment]
+        server.directory.add(conn)
+    return transports
+
+
+def test_heartbeat_sweeps_one_slice_of_the_clients_at_a_time() -> None:
+    server = GatewayServer(make_config(ping_interval=10, ping_data="p"))
+    transports = _idle_clients(server, range(1, 31))
+    server.sweep_heartbeat(3, 10)
+    pinged = sorted(c for c, t in transports.items() if t.writes)
+    assert pinged == [3, 13, 23]
+    server.sweep_heartbeat()  # no slices: everyone
+    assert all(t.writes for t in transports.values())
+    assert len(transports[3].writes) == 2
+
+
+async def test_heartbeat_task_walks_the_slices_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = GatewayServer(make_config(ping_interval=0.2, ping_data="p"))
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(server, "sweep_heartbeat", lambda part, parts: calls.append((part, parts)))
+    task = asyncio.create_task(server._heartbeat())
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while len(calls) < server_mod.HEARTBEAT_SLICES + 2:
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    slices = server_mod.HEARTBEAT_SLICES
+    assert [c[0] for c in calls[: slices + 2]] == [*range(slices), 0, 1]
+    assert {c[1] for c in calls} == {slices}
