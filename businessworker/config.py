@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from register.config import ConfigError, normalize_addresses
+from register.config import ConfigError, check_link_timing, normalize_addresses
 
 __all__ = ["BusinessWorker"]
 
@@ -49,6 +49,7 @@ class BusinessWorker:
             raise ConfigError(f"BusinessWorker count must be an int >= 1, got {self.count!r}")
         if self.query_timeout <= 0:
             raise ConfigError("BusinessWorker query_timeout must be > 0")
+        check_link_timing(self.keepalive_interval, self.link_timeout, "BusinessWorker")
         if self.gateway_lost_timeout < 0:
             raise ConfigError("BusinessWorker gateway_lost_timeout must be >= 0 (0: never)")
         if not isinstance(self.drain_timeout, int | float) or not self.drain_timeout > 0:

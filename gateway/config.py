@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from register.config import ConfigError, check_ipv4, normalize_addresses, parse_address
+from register.config import (
+    ConfigError,
+    check_ipv4,
+    check_link_timing,
+    normalize_addresses,
+    parse_address,
+)
 
 __all__ = ["Gateway"]
 
@@ -79,6 +85,7 @@ class Gateway:
             raise ConfigError("Gateway ping_interval and ping_not_response_limit must be >= 0")
         if self.max_message_size < 1 or self.send_buffer_limit < 1:
             raise ConfigError("Gateway max_message_size and send_buffer_limit must be >= 1")
+        check_link_timing(self.keepalive_interval, self.link_timeout, "Gateway")
 
     @property
     def registers(self) -> tuple[str, ...]:

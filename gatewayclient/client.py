@@ -37,7 +37,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from gatewayclient.api import GatewayAPI, Key, Message
 from gatewayclient.errors import GatewayError, GatewayUnavailable
 from gatewayclient.pool import LinkPool
-from register.config import normalize_addresses
+from register.config import check_link_timing, normalize_addresses
 
 __all__ = ["AsyncGatewayClient", "GatewayClient"]
 
@@ -52,6 +52,11 @@ class AsyncGatewayClient:
     list. ``secret``: the cluster's secret. ``timeout``: seconds to wait for discovery,
     for links and for each query's answers. ``gateways``: a fixed list of gateway
     internal addresses instead of discovery. ``name``: shown in gateway logs.
+    ``keepalive_interval`` / ``link_timeout``: an idle link (to a gateway or a
+    register) is pinged every ``keepalive_interval`` seconds and dropped after
+    ``link_timeout`` seconds of silence, which bounds how long a vanished host goes
+    unnoticed; the same settings as the workers' (``link_timeout`` at least twice
+    ``keepalive_interval``).
     """
 
     def __init__(
@@ -61,9 +66,12 @@ class AsyncGatewayClient:
         timeout: float = 5.0,
         gateways: list[str] | None = None,
         name: str = "push-client",
+        keepalive_interval: float = 10.0,
+        link_timeout: float = 30.0,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout!r}")
+        check_link_timing(keepalive_interval, link_timeout, "push client")
         fixed = None if gateways is None else normalize_addresses(gateways, "gateways")
         registers = () if fixed is not None else normalize_addresses(register, "register")
         self._timeout = timeout
@@ -74,6 +82,8 @@ class AsyncGatewayClient:
             registers=registers,
             gateways=fixed,
             connect_timeout=timeout,
+            keepalive_interval=keepalive_interval,
+            link_timeout=link_timeout,
         )
         self._links = self._pool.links
         self._api = GatewayAPI(self._links, query_timeout=timeout, unlinked=self._pool.unlinked)
@@ -341,6 +351,8 @@ class GatewayClient:
         timeout: float = 5.0,
         gateways: list[str] | None = None,
         name: str = "push-client",
+        keepalive_interval: float = 10.0,
+        link_timeout: float = 30.0,
     ) -> None:
         self._kwargs: dict[str, Any] = {
             "register": register,
@@ -348,6 +360,8 @@ class GatewayClient:
             "timeout": timeout,
             "gateways": gateways,
             "name": name,
+            "keepalive_interval": keepalive_interval,
+            "link_timeout": link_timeout,
         }
         AsyncGatewayClient(**self._kwargs)  # validate the arguments now
         self._wait = 3 * timeout + 1.0

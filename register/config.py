@@ -9,7 +9,14 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-__all__ = ["Register", "parse_address", "normalize_addresses", "ConfigError", "is_loopback"]
+__all__ = [
+    "Register",
+    "parse_address",
+    "normalize_addresses",
+    "ConfigError",
+    "is_loopback",
+    "check_link_timing",
+]
 
 
 class ConfigError(ValueError):
@@ -58,6 +65,21 @@ def normalize_addresses(value: str | list[str] | tuple[str, ...], what: str) -> 
     if not out:
         raise ConfigError(f"{what}: at least one 'host:port' is required")
     return tuple(dict.fromkeys(out))
+
+
+def check_link_timing(keepalive_interval: float, link_timeout: float, what: str) -> None:
+    """Refuse link timings under which an idle link would be dropped: a link is kept
+    alive by a ping every ``keepalive_interval`` and dropped after ``link_timeout``
+    of silence, so the ping must come well within the timeout."""
+    for name, value in (("keepalive_interval", keepalive_interval), ("link_timeout", link_timeout)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"{what} {name} must be a number > 0, got {value!r}")
+    if not link_timeout >= 2 * keepalive_interval:
+        raise ConfigError(
+            f"{what} link_timeout ({link_timeout:g} s) must be at least twice "
+            f"keepalive_interval ({keepalive_interval:g} s), or idle links are dropped "
+            "and relinked over and over"
+        )
 
 
 def check_ipv4(value: str, what: str) -> str:

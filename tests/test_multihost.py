@@ -1,21 +1,31 @@
 """Deployment across hosts, end to end, over Linux network namespaces.
 
-Five namespaces stand in for hosts on one LAN (a bridge in a sixth, "switch",
-namespace joins them):
+Five namespaces stand in for hosts on one LAN; a sixth, ``switch``, holds only the
+bridge that joins them (one veth pair per host, no address):
 
 ========  ==============  =====================================================
 host      address         runs (each a ``python start.py start -d`` of its own)
 ========  ==============  =====================================================
 a         10.213.N.1      register R1 (run dir a-reg); 2 gateways (run dir a-gw)
 b         10.213.N.2      register R2 + 1 gateway (one master); later the workers
-c         10.213.N.3      2 business workers; later a gateway started late
+c         10.213.N.3      2 business workers; later a gateway started late,
+                          then the host vanishes (its link goes down)
 d         10.213.N.4      the test's WebSocket clients and push client
+e         10.213.N.5      1 business worker, until the host vanishes
 ========  ==============  =====================================================
 
 Every host runs the same unchanged app (the ``rc`` fixture, whose start files say
 127.0.0.1) with per-host overrides from the environment and the command line.
 The 10.213.N.0/24 network exists only inside the namespaces: the root namespace
-has no address or route in it, so nothing leaves the namespaces and loopback.
+has no address or route in it, and each namespace routes nothing but that subnet
+(checked before anything starts), so nothing leaves the namespaces and loopback.
+
+Internal links ping every ``KEEPALIVE`` (1 s) and drop a peer silent for
+``LINK_TIMEOUT`` (4 s); a register drops a peer silent for three of the intervals
+it declared (3 s). The test idles for longer than all of these and checks that no
+link was dropped or made again, then makes a gateway host and a worker host vanish
+(link down, processes left running) and checks that their links are dropped
+within ``DROP_BOUND``.
 
 The test's clients run in an asyncio loop in a thread that joined namespace ``d``
 (``setns(2)`` changes the network namespace of the calling thread only).
@@ -32,6 +42,7 @@ import ctypes
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import subprocess
@@ -50,9 +61,23 @@ from tests.cluster import PYTHON, ROOT, AppSpec, make_app
 
 T = TypeVar("T")
 
-HOSTS = {"a": 1, "b": 2, "c": 3, "d": 4}
+HOSTS = {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}
 KEEPALIVE = 1.0
 LINK_TIMEOUT = 4.0
+REGISTER_DROP = max(1.0, 3 * KEEPALIVE)
+"""A register drops a peer silent for three of the keep-alive intervals the peer
+declared in its handshake (``RegisterServer._adopt_keepalive``); the peer gives up
+on a silent register after as long (``register.discovery.SILENCE_FACTOR``)."""
+IDLE = 1.5 * max(LINK_TIMEOUT, REGISTER_DROP)
+"""An idle period longer than every timeout of the internal links."""
+DROP_BOUND = LINK_TIMEOUT + 3
+"""A vanished peer is dropped within ``link_timeout``, plus the housekeeping tick,
+the 1 s stats writer and our polling."""
+LINK_EVENTS = re.compile(
+    r"silent|lost|dropping|is gone|left|joined|linked|leaving|closing|closed|"
+    r"retrying|unreachable|is back|announced|subscribed"
+)
+"""Log lines of links coming and going (none of them is logged on an idle cluster)."""
 CLONE_NEWNET = 0x40000000
 
 
@@ -83,6 +108,10 @@ class Lan:
     def ip(self, host: str) -> str:
         return f"10.213.{self.subnet}.{HOSTS[host]}"
 
+    @property
+    def cidr(self) -> str:
+        return f"10.213.{self.subnet}.0/24"
+
     def create(self) -> None:
         self._add_ns(self.switch)
         run(["ip", "-n", self.switch, "link", "add", "br0", "type", "bridge"])
@@ -105,6 +134,26 @@ class Lan:
 
     def link(self, host: str, state: str) -> None:
         run(["ip", "-n", self.names[host], "link", "set", "eth0", state])
+
+    def routes(self, ns: str) -> list[dict[str, Any]]:
+        """The IPv4 and IPv6 routes of namespace ``ns`` (its main tables)."""
+        found: list[dict[str, Any]] = []
+        for family in ("-4", "-6"):
+            found += json.loads(run(["ip", "-j", family, "-n", ns, "route", "show"]).stdout or "[]")
+        return found
+
+    def check_isolated(self) -> None:
+        """Each host routes its subnet and nothing else (IPv6: link-local only, if
+        enabled); the switch routes nothing. A send to any other address fails
+        ("network unreachable") inside the namespace instead of leaving it."""
+        for ns in [self.switch, *self.names.values()]:
+            routes = self.routes(ns)
+            v4 = [r.get("dst") for r in routes if ":" not in r.get("dst", "")]
+            assert v4 == ([] if ns == self.switch else [self.cidr]), (ns, routes)
+            for route in routes:
+                dst = route.get("dst", "")
+                local = dst == self.cidr or dst.startswith("fe80::")
+                assert local and "gateway" not in route, (ns, route)
 
     def close(self) -> None:
         for ns in reversed(self.created):
@@ -195,6 +244,13 @@ async def _cancel_all() -> None:
 
 # ---- hosts running start.py --------------------------------------------------------
 
+LINK_KEYS = {
+    "gateway": ("connections", "workers", "clients"),
+    "businessworker": ("gateways",),
+    "register": ("gateways", "subscribers", "connections", "rejected"),
+}
+"""The stats of each role that count its clients and internal links."""
+
 
 class Hosts:
     """Runs ``start.py`` commands inside the namespaces, one run dir per master."""
@@ -240,19 +296,50 @@ class Hosts:
                 self.stop(name)
 
     def stats(self, name: str, role: str) -> list[dict[str, Any]]:
-        """The stats files of ``role``'s processes in master ``name``."""
+        """The stats files of ``role``'s processes in master ``name`` (written every
+        second by each child)."""
         out = []
         for path in sorted((self.run_dir(name) / "stats").glob("*.json")):
             with contextlib.suppress(ValueError, OSError):
                 data = json.loads(path.read_text())
-                if isinstance(data, dict) and (role == "gateway") == ("connections" in data):
+                if isinstance(data, dict) and data.get("role") == role:
                     out.append(data)
         return out
 
+    def links(self) -> dict[str, dict[str, Any]]:
+        """What every process of every master links to, with its pid and restarts,
+        from ``status --json`` run on the master's host."""
+        out = {}
+        for name, host in sorted(self.masters.items()):
+            status = json.loads(self.cli(host, name, "status", "--json"))
+            for proc in status["processes"]:
+                keys = LINK_KEYS.get(proc["role"])
+                if keys is not None:
+                    row = {k: proc[k] for k in ("role", "pid", "restarts")}
+                    row.update((k, proc["stats"].get(k)) for k in keys)
+                    out[f"{name}/{proc['name']}"] = row
+        return out
+
+    def log_files(self) -> list[Path]:
+        return sorted((self.spec.root / "run").glob("*/*.log"))
+
     def logs(self) -> str:
-        return "\n".join(
-            p.read_text(errors="replace") for p in (self.spec.root / "run").glob("*/*.log")
-        )
+        return "\n".join(p.read_text(errors="replace") for p in self.log_files())
+
+    def log_marks(self) -> dict[Path, int]:
+        """The current size of every log, for :meth:`logs_since`."""
+        return {p: p.stat().st_size for p in self.log_files()}
+
+    def logs_since(self, marks: dict[Path, int], masters: tuple[str, ...] = ()) -> list[str]:
+        """The log lines written after ``marks`` (by ``masters`` only, if given)."""
+        lines = []
+        for path in self.log_files():
+            if masters and path.parent.name not in masters:
+                continue
+            with path.open("rb") as file:
+                file.seek(marks.get(path, 0))
+                lines += file.read().decode(errors="replace").splitlines()
+        return lines
 
 
 # ---- WebSocket clients of the rc app ---------------------------------------------------
@@ -362,6 +449,7 @@ def test_cluster_across_namespaced_hosts(lan: Lan, tmp_path: Path) -> None:
             registers,
         ]
 
+    lan.check_isolated()
     d = NetnsLoop(lan.names["d"]).start()
     try:
         hosts.start("a", "a-reg", "--roles=register", f"--register-listen={a}:{rp}")
@@ -370,11 +458,13 @@ def test_cluster_across_namespaced_hosts(lan: Lan, tmp_path: Path) -> None:
         hosts.start("b", "b", *b_opts, f"--register-listen={b}:{rp}")
         hosts.start("a", "a-gw", *gateway_opts(a, 2))
         hosts.start("c", "c-wk", "--roles=businessworker", "--worker-count=2", registers)
+        hosts.start("e", "e-wk", "--roles=businessworker", "--worker-count=1", registers)
         d.run(scenario(hosts, lan, secret, gateway_opts, registers), timeout=240)
     finally:
         d.close()
-        with contextlib.suppress(Exception):
-            lan.link("c", "up")  # so that stopping does not wait for unreachable peers
+        for host in ("c", "e"):  # so that stopping does not wait for unreachable peers
+            with contextlib.suppress(Exception):
+                lan.link(host, "up")
         hosts.stop_all()
     print(f"multi-host test ran for {time.monotonic() - started:.1f} s")
 
@@ -426,14 +516,15 @@ async def scenario(
     conns = json.loads(hosts.cli("a", "a-gw", "connections", "--json"))
     assert sorted(row["client_id"] for row in conns["connections"]) == sorted([a1.id, a2.id])
 
-    # -- idle links survive (keep-alives), well past the link timeout ------------------
-    links_before = [w["gateways"] for w in hosts.stats("c-wk", "businessworker")]
-    await asyncio.sleep(LINK_TIMEOUT * 1.5)
-    assert [w["gateways"] for w in hosts.stats("c-wk", "businessworker")] == links_before
-    assert len(links_before[0]) == 3
-    assert "silent for" not in hosts.logs()
+    # -- idle links survive (keep-alives), well past every link timeout ------------------
+    await idle_links_survive(hosts, [a1, a2, b1, b2])
     await b1.call("send_to_group", "room", note("idle"))
     await asyncio.gather(a1.got("idle"), b2.got("idle"))
+    await push.send_to_uid("bob", note("p2"))
+    await asyncio.gather(b1.got("p2"), b2.got("p2"))
+
+    # -- host e (a worker only) vanishes: the gateways drop its worker ------------------
+    await worker_host_vanishes(hosts, lan, [a1, a2, b1, b2])
 
     # -- register R1 stops: existing traffic keeps working --------------------------------
     await asyncio.to_thread(hosts.stop, "a-reg")
@@ -485,6 +576,83 @@ async def scenario(
     with contextlib.suppress(Exception):
         await asyncio.wait_for(c1.ws.close(), 1)
     await push.close()
+
+
+async def idle_links_survive(hosts: Hosts, clients: list[Client]) -> None:
+    """Nothing is sent for :data:`IDLE` seconds: keep-alives alone hold every link
+    (gateway-worker, gateway-push client, the registers' announcements and
+    subscriptions) and the WebSocket clients; nothing is dropped or made again."""
+    marks = hosts.log_marks()
+    before = await asyncio.to_thread(hosts.links)
+    by_role: dict[str, list[dict[str, Any]]] = {}
+    for row in before.values():
+        by_role.setdefault(row["role"], []).append(row)
+    # 3 gateways (2 on a, 1 on b), 3 workers (2 on c, 1 on e), 2 registers (a, b)
+    assert [(g["workers"], g["clients"]) for g in by_role["gateway"]] == [(3, 1)] * 3, before
+    assert [len(w["gateways"]) for w in by_role["businessworker"]] == [3] * 3, before
+    # every register lists the 3 gateways and serves 3 workers and the push client
+    assert [(r["gateways"], r["subscribers"]) for r in by_role["register"]] == [(3, 4)] * 2
+    await asyncio.sleep(IDLE)
+    assert await asyncio.to_thread(hosts.links) == before
+    assert [line for line in hosts.logs_since(marks) if LINK_EVENTS.search(line)] == []
+    for client in clients:  # the same connections, still served
+        assert (await client.call("context"))["client_id"] == client.id
+        assert client.ws.state.name == "OPEN"
+
+
+async def worker_host_vanishes(hosts: Hosts, lan: Lan, clients: list[Client]) -> None:
+    """Host e's link goes down, its worker left running: every gateway drops the
+    worker's link within :data:`DROP_BOUND`, both registers drop its subscription,
+    and the clients (one of them served by e's worker until then) are served by the
+    workers on host c without reconnecting."""
+    e, pub = lan.ip("e"), hosts.spec.public_port
+    (e_worker,) = hosts.stats("e-wk", "businessworker")
+    c_pids = {w["pid"] for w in hosts.stats("c-wk", "businessworker")}
+    # A gateway gives a new client to the worker with the fewest clients; on b, the
+    # two clients went to c's workers (linked first), so a third one goes to e's.
+    probe = await Client.open(f"ws://{lan.ip('b')}:{pub}/")
+    served_by = (await probe.call("context"))["pid"]
+    assert served_by == e_worker["pid"], f"probe served by pid {served_by}, not e's worker"
+
+    def gateway_workers() -> list[int]:
+        return [g["workers"] for name in ("a-gw", "b") for g in hosts.stats(name, "gateway")]
+
+    def subscribers() -> list[int]:
+        return [r["subscribers"] for name in ("a-reg", "b") for r in hosts.stats(name, "register")]
+
+    assert (gateway_workers(), subscribers()) == ([3, 3, 3], [4, 4])
+    marks = hosts.log_marks()
+    lan.link("e", "down")
+    took = await wait_for(
+        lambda: gateway_workers() == [2, 2, 2], DROP_BOUND + 10, "the gateways dropping e's worker"
+    )
+    assert took <= DROP_BOUND, took
+    # the registers drop it after REGISTER_DROP (< LINK_TIMEOUT) of silence
+    await wait_for(lambda: subscribers() == [3, 3], 3, "the registers dropping e's worker")
+    lines = hosts.logs_since(marks, masters=("a-gw", "a-reg", "b", "c-wk"))
+    e_peer = re.escape(e) + r":\d+"
+    dropped = [x for x in lines if re.search(rf"from {e_peer}> silent for .* dropping it", x)]
+    assert len(dropped) == 3, lines  # one per gateway process
+    closed = f"silent for more than {REGISTER_DROP:g} s"
+    assert len([x for x in lines if re.search(rf"closing {e_peer}: {closed}", x)]) == 2, lines
+    assert all(e in x for x in lines if "silent" in x), lines  # nothing else went silent
+
+    for client in (probe, *clients):
+        context = await client.call("context")
+        assert context["client_id"] == client.id and context["pid"] in c_pids, context
+    await probe.call("send_to_all", note("e gone"))
+    await asyncio.gather(*(client.got("e gone") for client in (probe, *clients)))
+    await probe.ws.close()
+    await wait_for(
+        _equals(lambda: clients[0].call("get_all_client_count"), len(clients)), 10, "probe closed"
+    )
+    # e's worker gave up its links too: stopping it does not wait for the gateways
+    await wait_for(
+        lambda: hosts.stats("e-wk", "businessworker")[0]["links"] == 0,
+        DROP_BOUND,
+        "e's worker dropping its links",
+    )
+    await asyncio.to_thread(hosts.stop, "e-wk")
 
 
 def _equals(call: Callable[[], Coroutine[Any, Any, Any]], value: Any) -> Callable[[], Any]:

@@ -188,3 +188,37 @@ async def test_sync_client_through_a_real_register(
         with pytest.raises(NoRegister, match="refused"):
             await asyncio.to_thread(bad.send_to_all, "x")
         await asyncio.to_thread(bad.close)
+
+
+async def test_link_timings_reach_every_link_and_bad_ones_are_refused() -> None:
+    gw = await FakeGateway(secret="s").start()
+    try:
+        async with AsyncGatewayClient(
+            gateways=[gw.address], secret="s", timeout=1.0, keepalive_interval=0.2, link_timeout=1.0
+        ) as client:
+            await client.send_to_all("x")
+            link = client._pool.links[gw.address]
+            assert (link.keepalive_interval, link.link_timeout) == (0.2, 1.0)
+            # idle for longer than the timeout: pings keep the link (the fake answers)
+            await asyncio.sleep(1.5)
+            assert client._pool.links.get(gw.address) is link and link.is_open
+            assert len(gw.packets(Cmd.PING)) >= 3
+    finally:
+        await gw.stop()
+    for keepalive, timeout in ((10.0, 15.0), (0.0, 5.0), (1.0, -1.0)):
+        with pytest.raises(ValueError, match="push client"):
+            AsyncGatewayClient(keepalive_interval=keepalive, link_timeout=timeout)
+        with pytest.raises(ValueError, match="push client"):
+            GatewayClient(keepalive_interval=keepalive, link_timeout=timeout)
+
+
+def test_gateway_and_worker_refuse_a_link_timeout_within_two_keepalives() -> None:
+    from businessworker import BusinessWorker
+    from gateway import Gateway
+    from register.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"Gateway link_timeout \(15 s\) must be at least twice"):
+        Gateway(keepalive_interval=10, link_timeout=15)
+    with pytest.raises(ConfigError, match="BusinessWorker link_timeout"):
+        BusinessWorker(events="a.b:C", keepalive_interval=5, link_timeout=5)
+    assert Gateway(keepalive_interval=1, link_timeout=2).link_timeout == 2
