@@ -15,14 +15,14 @@ One :class:`GatewayServer` per gateway process listens on two sockets:
   ``gateway.links``; the commands themselves in ``gateway.commands``).
 
 There are no per-connection tasks or timers: one heartbeat task pings silent clients
-and drops dead ones, and one housekeeping tick
-(about a second) handles handshake and close deadlines, link keep-alives, link
-timeouts and expired held events. Slow consumers are detected by the transport's
-high-water mark (``pause_writing``), which costs nothing per write.
+and drops dead ones, and one housekeeping tick (about a second) handles handshake and
+close deadlines, link keep-alives, link timeouts and expired held events (both in
+``gateway.sweeps``). Slow consumers are detected by the transport's high-water mark
+(``pause_writing``), which costs nothing per write.
 
 Module map: ``gateway.connection`` (client protocol), ``gateway.links`` (internal
-links, routing), ``gateway.commands`` (cmd_*/query_*), this module (lifecycle, client
-handshake, sweeps, ``serve``).
+links, routing), ``gateway.commands`` (cmd_*/query_*), ``gateway.sweeps`` (heartbeat,
+housekeeping), this module (lifecycle, client handshake, ``serve``).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from gateway.connection import (
 from gateway.directory import Directory
 from gateway.links import InternalLink, LinkHandling
 from gateway.protocol import Cmd
+from gateway.sweeps import HEARTBEAT_SLICES, Sweeps
 from register.config import is_loopback, parse_address
 from register.discovery import GatewayAnnouncer
 
@@ -83,8 +84,6 @@ ACCEPT_BACKLOG = 65535
 after a gateway restart every client reconnects at once, and connections beyond
 the backlog are dropped and retried by the client's TCP with backoff (1, 3, 7, 15
 s...), which makes the storm last seconds longer."""
-HEARTBEAT_SLICES = 10
-"""The heartbeat sweeps a tenth of the clients every tenth of ``ping_interval``."""
 FIRST_CONN_ID_LIMIT = 2**31
 """Connection ids of a new gateway process start at a random id below this."""
 
@@ -123,7 +122,7 @@ def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-class GatewayServer(LinkHandling, Commands):
+class GatewayServer(LinkHandling, Commands, Sweeps):
     """One gateway process: public WebSocket port, internal port, and the state of
     every client. Implements the ``Service`` protocol (``start``/``stop``/``stats``)."""
 
@@ -409,91 +408,6 @@ class GatewayServer(LinkHandling, Commands):
     def track_closing(self, conn: ClientConnection) -> None:
         """Give a closing client ``close_timeout`` before it is dropped."""
         self._closing.setdefault(conn, _monotonic() + self.close_timeout)
-
-    # ---- sweeps -----------------------------------------------------------------
-    async def _heartbeat(self) -> None:
-        """Ping clients silent for a whole ``ping_interval``, drop those silent for
-        more than ``ping_not_response_limit`` intervals.
-
-        Each client is swept once per interval, but not all at once: the interval is
-        cut into :data:`HEARTBEAT_SLICES` steps and each step sweeps the clients
-        whose ``conn_id % HEARTBEAT_SLICES`` is that step's number. A gateway with
-        100k idle clients thus writes 10k pings every tenth of an interval instead of
-        100k at once (about a second of stalled deliveries on a small machine), and a
-        client's sweeps stay exactly one interval apart."""
-        step = self.config.ping_interval / HEARTBEAT_SLICES
-        part = 0
-        while True:
-            await asyncio.sleep(step)
-            try:
-                self.sweep_heartbeat(part, HEARTBEAT_SLICES)
-            except Exception:  # never let one bad sweep stop the heartbeat
-                log.exception("heartbeat sweep failed")
-            part = (part + 1) % HEARTBEAT_SLICES
-
-    def sweep_heartbeat(self, part: int = 0, parts: int = 1) -> None:
-        """Sweep the clients whose ``conn_id % parts == part`` (default: all); see
-        :meth:`_heartbeat`."""
-        limit = self.config.ping_not_response_limit
-        ping = self._ping_frame
-        size = len(ping)
-        pinged = 0
-        dead: list[ClientConnection] = []
-        for conn in self.directory.entries():
-            if conn.state != S_OPEN or (parts > 1 and conn.conn_id % parts != part):
-                continue
-            silent = conn.silent + 1
-            conn.silent = silent
-            if silent <= 0:
-                continue
-            if limit and silent > limit:
-                dead.append(conn)
-            elif size:
-                conn.transport.write(ping)
-                conn.bytes_out += size
-                pinged += 1
-        self.count_out(pinged, size)
-        for conn in dead:
-            conn.abort()
-        if dead:
-            log.info("closed %d clients silent for more than %d ping intervals", len(dead), limit)
-
-    async def _housekeeping(self) -> None:
-        cfg = self.config
-        tick = max(0.02, min(1.0, cfg.keepalive_interval / 2, cfg.link_timeout / 4))
-        while True:
-            await asyncio.sleep(tick)
-            try:
-                self.sweep_housekeeping(_monotonic())
-            except Exception:
-                log.exception("housekeeping sweep failed")
-
-    def sweep_housekeeping(self, now: float) -> None:
-        """Deadlines of handshakes and closes, link keep-alives, held events."""
-        self._expire_pending(now)
-        for table, closer in ((self._handshaking, _abort), (self._closing, _finish_close)):
-            expired = []
-            for conn, deadline in table.items():
-                if deadline > now:
-                    break
-                expired.append(conn)
-            for conn in expired:
-                del table[conn]
-                closer(conn)
-        self._link_upkeep(now)
-
-
-def _abort(conn: ClientConnection) -> None:
-    conn.abort()
-
-
-def _finish_close(conn: ClientConnection) -> None:
-    """A closing client did not finish in time: close if flushed, else drop."""
-    transport = conn.transport
-    if transport.is_closing() or transport.get_write_buffer_size():
-        transport.abort()
-    else:
-        transport.close()
 
 
 def serve(spec: ChildSpec) -> int:

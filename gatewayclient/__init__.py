@@ -12,7 +12,7 @@
 
 from gateway.client_id import InvalidClientId
 from gatewayclient.api import GatewayAPI
-from gatewayclient.client import AsyncGatewayClient, GatewayClient
+from gatewayclient.client import AsyncGatewayClient
 from gatewayclient.errors import (
     GatewayError,
     GatewayUnavailable,
@@ -23,6 +23,7 @@ from gatewayclient.errors import (
     RemoteError,
 )
 from gatewayclient.link import GatewayLink
+from gatewayclient.sync import GatewayClient
 
 __all__ = [
     "AsyncGatewayClient",
