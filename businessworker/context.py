@@ -5,8 +5,9 @@ How this works
 --------------
 While a business worker runs a callback of the app's Events, the per-event facts
 (the original's ``$_SERVER`` and ``$_SESSION``) live in one ``contextvars.ContextVar``
-holding an :class:`EventContext`. Every client's events run in their own task, so
-two clients handled concurrently never see each other's context, and tasks the
+holding an :class:`EventContext`. Every event runs in a context of its own (a
+coroutine callback in its client's task, a plain-function callback in a fresh copy
+of the context), so two clients never see each other's context, and tasks the
 callback starts inherit it.
 
 Application code reads it through the one documented handle, :data:`context`::

@@ -35,6 +35,7 @@ of a gateway process that died without sending their ``EV_CLOSE``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 from collections import deque
@@ -42,7 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from businessworker.context import EventContext, enter_event, exit_event
-from businessworker.handle import WorkerAPI, reset_api, use_api
+from businessworker.handle import WorkerAPI, use_api
 from businessworker.orphans import GatewayMemory
 from gateway.protocol import Cmd, ProtocolError, encode, pack_session, unpack_session
 from gatewayclient.link import GatewayLink
@@ -202,28 +203,30 @@ class Dispatcher:
         )
 
     def _run_inline(self, client_id: str, link: GatewayLink, packet: list[Any]) -> None:
-        """Run a plain-function callback now, in the reader (the client has nothing queued)."""
+        """Run a plain-function callback now, in the reader (the client has nothing
+        queued), in a fresh copy of the context: what the callback sets in context
+        variables stays with this event, as it would in a task of its own."""
+        if self._callbacks[packet[0]] is not None:
+            contextvars.copy_context().run(self._call_inline, client_id, link, packet)
+
+    def _call_inline(self, client_id: str, link: GatewayLink, packet: list[Any]) -> None:
         cmd, conn_id, _, _, _, payload = packet
         callback = self._callbacks[cmd]
-        if callback is None:
-            return
+        assert callback is not None
         event, blob = self._context(client_id, link, packet)
-        token = enter_event(event)
-        api_token = use_api(self._api)
+        enter_event(event)
+        use_api(self._api)
         try:
             result = callback(client_id) if cmd in _ONE_ARG else callback(client_id, payload)
-            if result is not None and inspect.isawaitable(result):
-                # The rest of this event runs in a task (created here, so that it
-                # copies this context); the client's next events queue behind it.
-                queue = self._queues[client_id] = deque()
-                self._spawn(self._resume(client_id, queue, link, packet, event, blob, result))
-                return
-        except Exception:
+        except (Exception, asyncio.CancelledError):  # not a task: a cancel is its error
             self._failed(cmd, client_id)
             return
-        finally:
-            reset_api(api_token)
-            exit_event(token)
+        if result is not None and inspect.isawaitable(result):
+            # The rest of this event runs in a task (it copies this context); the
+            # client's next events queue behind it.
+            queue = self._queues[client_id] = deque()
+            self._spawn(self._resume(client_id, queue, link, packet, event, blob, result))
+            return
         if cmd is not Cmd.EV_CLOSE:
             self._write_back(link, client_id, conn_id, blob, event.session)
 
@@ -240,13 +243,30 @@ class Dispatcher:
         """Await what an inline callback returned, then drain the client's queue."""
         cmd, conn_id = packet[0], packet[1]
         try:
-            await result
+            if await self._settle(cmd, client_id, result) and cmd is not Cmd.EV_CLOSE:
+                self._write_back(link, client_id, conn_id, blob, event.session)
+        except BaseException:  # this task is being cancelled: release the client
+            if self._queues.get(client_id) is queue:
+                del self._queues[client_id]
+            raise
+        await self._drain(client_id, queue)
+
+    async def _settle(self, cmd: int, client_id: str, awaitable: Any) -> bool:
+        """Await a callback's result; ``False`` (logged, counted) when it raised. A
+        ``CancelledError`` counts as the callback's error unless this task itself
+        is being cancelled (then it propagates)."""
+        try:
+            await awaitable
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            self._failed(cmd, client_id)
+            return False
         except Exception:
             self._failed(cmd, client_id)
-        else:
-            if cmd is not Cmd.EV_CLOSE:
-                self._write_back(link, client_id, conn_id, blob, event.session)
-        await self._drain(client_id, queue)
+            return False
+        return True
 
     async def _handle(self, client_id: str, link: GatewayLink, packet: list[Any]) -> None:
         cmd, conn_id, _, _, _, payload = packet
@@ -256,12 +276,14 @@ class Dispatcher:
         event, blob = self._context(client_id, link, packet)
         token = enter_event(event)
         try:
-            result = callback(client_id) if cmd in _ONE_ARG else callback(client_id, payload)
-            if result is not None and inspect.isawaitable(result):
-                await result
-        except Exception:
-            self._failed(cmd, client_id)
-            return
+            try:
+                result = callback(client_id) if cmd in _ONE_ARG else callback(client_id, payload)
+            except Exception:
+                self._failed(cmd, client_id)
+                return
+            awaited = result is not None and inspect.isawaitable(result)
+            if awaited and not await self._settle(cmd, client_id, result):
+                return
         finally:
             exit_event(token)
         if cmd is not Cmd.EV_CLOSE:

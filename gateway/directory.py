@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from gateway.protocol import ProtocolError, pack_session, unpack_session
+from gateway.protocol import MAX_KEY_LENGTH, ProtocolError, pack_session, unpack_session
 
 __all__ = ["Entry", "Directory", "WHATS", "merge_session"]
 
@@ -61,6 +61,8 @@ def _check_name(value: object, what: str) -> str:
         raise TypeError(f"{what} must be a str, got {type(value).__name__}")
     if not value:
         raise ValueError(f"{what} must not be empty")
+    if len(value) > MAX_KEY_LENGTH:
+        raise ValueError(f"{what} is {len(value)} characters long; at most {MAX_KEY_LENGTH}")
     return value
 
 

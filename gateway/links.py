@@ -56,7 +56,7 @@ from register.config import parse_address
 if TYPE_CHECKING:
     from gateway.server import GatewayServer
 
-__all__ = ["InternalLink", "LinkHandling", "ROUTES_CHUNK", "route_packets"]
+__all__ = ["InternalLink", "LinkHandling", "ROUTES_CHUNK", "ROUTES_CHUNK_BYTES", "route_packets"]
 
 log = logging.getLogger("gateway")
 
@@ -64,6 +64,8 @@ _monotonic = time.monotonic
 
 ROUTES_CHUNK = 5000
 """At most this many keys per ``ROUTES`` packet (a large state goes in several)."""
+ROUTES_CHUNK_BYTES = 256 * 1024
+"""About this much key text per ``ROUTES`` packet, at most."""
 
 
 def route_packets(
@@ -73,28 +75,36 @@ def route_packets(
     groups_added: list[str],
     groups_removed: list[str],
 ) -> list[bytes]:
-    """Encoded ``ROUTES`` packets, each with at most :data:`ROUTES_CHUNK` keys. A full
-    state (``full``) is one or more packets, the last marked ``ROUTES_STATE_END``,
-    and at least one even when empty (an empty state is news too); changes are
-    ``ROUTES_CHANGES`` packets, none when nothing changed."""
+    """Encoded ``ROUTES`` packets, each with at most :data:`ROUTES_CHUNK` keys and
+    about :data:`ROUTES_CHUNK_BYTES` of key text (far below the packet limit, whatever
+    the key lengths). A full state (``full``) is one or more packets, the last marked
+    ``ROUTES_STATE_END``, and at least one even when empty (an empty state is news
+    too); changes are ``ROUTES_CHANGES`` packets, none when nothing changed."""
     lists = [uids_added, uids_removed, groups_added, groups_removed]
     if not full and not any(lists):
         return []
-    packets: list[bytes] = []
-    offsets = [0, 0, 0, 0]
-    while True:
-        room = ROUTES_CHUNK
-        parts: list[list[str]] = []
-        for i, keys in enumerate(lists):
-            part = keys[offsets[i] : offsets[i] + room]
-            offsets[i] += len(part)
-            room -= len(part)
-            parts.append(part)
-        done = all(offsets[i] >= len(keys) for i, keys in enumerate(lists))
-        kind = (ROUTES_STATE_END if done else ROUTES_STATE) if full else ROUTES_CHANGES
-        packets.append(encode(Cmd.ROUTES, kind, *parts))
-        if done:
-            return packets
+    chunks: list[list[list[str]]] = []
+    parts: list[list[str]] = [[], [], [], []]
+    count = size = 0
+    for i, keys in enumerate(lists):
+        for key in keys:
+            cost = len(key.encode()) + 8
+            if count and (count >= ROUTES_CHUNK or size + cost > ROUTES_CHUNK_BYTES):
+                chunks.append(parts)
+                parts, count, size = [[], [], [], []], 0, 0
+            parts[i].append(key)
+            count += 1
+            size += cost
+    chunks.append(parts)
+    last = len(chunks) - 1
+    return [
+        encode(
+            Cmd.ROUTES,
+            (ROUTES_STATE_END if n == last else ROUTES_STATE) if full else ROUTES_CHANGES,
+            *chunk,
+        )
+        for n, chunk in enumerate(chunks)
+    ]
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:

@@ -45,6 +45,7 @@ __all__ = [
     "unpack_session",
     "HEADER",
     "DEFAULT_MAX_PACKET",
+    "MAX_KEY_LENGTH",
     "ROUTES_CHANGES",
     "ROUTES_STATE",
     "ROUTES_STATE_END",
@@ -91,7 +92,7 @@ class Cmd(IntEnum):
     is that one packet); the receiver replaces what it knew once the state is
     complete. Then one :data:`ROUTES_CHANGES` packet (or a few, for many keys) per
     loop turn in which a uid or group appeared (first member) or vanished (last
-    member gone). Links use it to send ``SEND_TO_UID``/``SEND_TO_GROUP``/``UNGROUP``
+    member gone). Links use it to send ``SEND_TO_UID``/``SEND_TO_GROUP``
     only to gateways that have members; until a link has the state it sends to every
     gateway."""
 
@@ -170,6 +171,9 @@ class Cmd(IntEnum):
     """``[Q_STATS, req]`` -> dict of counters (connections, messages in/out, send
     failures, workers linked...). For operators."""
 
+
+MAX_KEY_LENGTH = 1024
+"""Longest uid or group name, in characters (a clear error beyond it, everywhere)."""
 
 ROUTES_CHANGES = 0
 """``ROUTES`` kind: keys that appeared or vanished."""

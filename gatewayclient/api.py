@@ -10,7 +10,7 @@ itself. Three cost classes decide where a call goes:
   the packet goes only there. When that gateway is not linked the call raises
   :class:`~gatewayclient.errors.GatewayUnavailable`.
 - **B** (broadcast): one packet, encoded once, written to the linked gateways that
-  need it. ``send_to_uid``, ``send_to_group`` and ``ungroup`` go only to gateways
+  need it. ``send_to_uid`` and ``send_to_group`` go only to gateways
   that have a connection with one of the uids / a member of one of the groups, as
   each gateway reports (``Cmd.ROUTES``, kept in ``GatewayLink.uids``/``groups``); a
   gateway whose report has not arrived yet gets the packet anyway. A bind or join
@@ -42,7 +42,7 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 from gateway.client_id import decode_client_id
-from gateway.protocol import Cmd, encode, pack_session, unpack_session
+from gateway.protocol import MAX_KEY_LENGTH, Cmd, encode, pack_session, unpack_session
 from gatewayclient import merge
 from gatewayclient.errors import GatewayUnavailable, LinkClosed, QueryTimeout, RemoteError
 from gatewayclient.link import GatewayLink
@@ -81,14 +81,17 @@ def check_message(message: object) -> None:
 
 
 def check_key(value: object, what: str) -> str:
-    """A uid or group as ``str``: non-empty ``str`` or an ``int`` (not ``bool``)."""
+    """A uid or group as ``str``: a non-empty ``str`` of at most ``MAX_KEY_LENGTH``
+    characters, or an ``int`` (not ``bool``)."""
     if value.__class__ is str:
-        if value:
+        if value and len(value) <= MAX_KEY_LENGTH:  # type: ignore[arg-type]
             return value  # type: ignore[return-value]
     elif isinstance(value, int) and not isinstance(value, bool):
         return str(int(value))
-    elif isinstance(value, str) and value:
+    elif isinstance(value, str) and value and len(value) <= MAX_KEY_LENGTH:
         return str(value)
+    if isinstance(value, str) and value:
+        raise ValueError(f"{what} is {len(value)} characters long; at most {MAX_KEY_LENGTH}")
     raise ValueError(f"{what} must be a non-empty str or an int, got {value!r}")
 
 
@@ -336,9 +339,9 @@ class GatewayAPI:
         self._to_client(Cmd.LEAVE_GROUP, client_id, check_key(group, "group"))
 
     def ungroup(self, group: Key) -> None:
-        """B: dissolve ``group`` on every gateway that has members."""
-        key = check_key(group, "group")
-        self._to_holders(encode(Cmd.UNGROUP, key), [key], False)
+        """B: dissolve ``group`` on every gateway (not only those we know hold it: a
+        join another process made a moment ago must not survive the dissolution)."""
+        self._broadcast(encode(Cmd.UNGROUP, check_key(group, "group")))
 
     def set_session(self, client_id: str, session: dict[str, Any]) -> None:
         """T: replace the connection's session."""

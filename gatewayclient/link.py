@@ -83,7 +83,7 @@ class GatewayLink(asyncio.Protocol):
 
     ``role`` is ``"worker"`` (the gateway routes client events here) or ``"client"``
     (push client). Callbacks, all optional and all called from the reader, so they
-    must be quick and must not run user code:
+    must be quick and must never wait for this link (see the module docstring):
 
     - ``on_event(link, packet)``: an ``EV_*`` packet
       ``[cmd, conn_id, session, remote_ip, remote_port, payload]``;
@@ -128,6 +128,14 @@ class GatewayLink(asyncio.Protocol):
         self.groups: set[str] | None = None
         """groups with members on this gateway (``ROUTES``); ``None``: not known yet."""
         self._routes_incoming: tuple[set[str], set[str]] | None = None
+        # Keys we bound/joined ourselves, pinned until the gateway has answered a PING
+        # sent after our command ("ping number" -> key): a removal it reported before
+        # handling our command must not undo them. See note_uid.
+        self._pinned_uids: dict[str, int] = {}
+        self._pinned_groups: dict[str, int] = {}
+        self._pings_sent = 0
+        self._pongs_seen = 0
+        self._pin_pending = False
         self.info: dict[str, Any] = {}
         """What ``WELCOME`` said: ``lan_ip``, ``port``, ``public_host``, ``public_port``,
         ``name``, ``pid``."""
@@ -240,6 +248,10 @@ class GatewayLink(asyncio.Protocol):
         """Hand every queued packet to the transport now."""
         self._flush_scheduled = False
         out = self._out
+        if self._pin_pending and self._state is _OPEN:
+            self._pin_pending = False
+            out.append(_PING)
+            self._pings_sent += 1
         if not out or self._transport is None or self._state is _CLOSED:
             return
         data = out[0] if len(out) == 1 else b"".join(out)
@@ -429,9 +441,9 @@ class GatewayLink(asyncio.Protocol):
             if uids is None or groups is None:
                 raise ProtocolError("ROUTES changes before the state")
             uids.update(uids_added)
-            uids.difference_update(uids_removed)
             groups.update(groups_added)
-            groups.difference_update(groups_removed)
+            _remove_unpinned(uids, uids_removed, self._pinned_uids)
+            _remove_unpinned(groups, groups_removed, self._pinned_groups)
         elif kind in (ROUTES_STATE, ROUTES_STATE_END):
             incoming = self._routes_incoming
             if incoming is None:
@@ -439,20 +451,39 @@ class GatewayLink(asyncio.Protocol):
             incoming[0].update(uids_added)
             incoming[1].update(groups_added)
             if kind == ROUTES_STATE_END:
+                # the state may predate our own binds/joins: keep those
+                incoming[0].update(self._pinned_uids)
+                incoming[1].update(self._pinned_groups)
                 self.uids, self.groups = incoming
                 self._routes_incoming = None
         else:
             raise ProtocolError(f"ROUTES of unknown kind {kind!r}")
 
     def note_uid(self, uid: str) -> None:
-        """We bound a connection of this gateway to ``uid``: route ``uid`` here now."""
+        """We bound a connection of this gateway to ``uid`` (the ``BIND_UID`` is
+        queued): route ``uid`` here from now on. The key stays pinned until the
+        gateway answers a ``PING`` queued behind our command, so a removal it
+        reported before handling the command cannot undo it."""
         if self.uids is not None:
             self.uids.add(uid)
+        self._pinned_uids[uid] = self._pin()
 
     def note_group(self, group: str) -> None:
-        """We added a connection of this gateway to ``group``: route it here now."""
+        """We added a connection of this gateway to ``group``: as :meth:`note_uid`."""
         if self.groups is not None:
             self.groups.add(group)
+        self._pinned_groups[group] = self._pin()
+
+    def _pin(self) -> int:
+        """Have one ``PING`` written behind everything queued at the next flush (one
+        per batch, however many keys were noted); return the number its ``PONG``
+        will have (every ``PING`` is answered in order)."""
+        if not self._pin_pending:
+            self._pin_pending = True
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._loop.call_soon(self.flush)  # type: ignore[union-attr]
+        return self._pings_sent + 1
 
     def _packet_ping(self, packet: list[Any]) -> None:
         if self._transport is not None:
@@ -460,7 +491,14 @@ class GatewayLink(asyncio.Protocol):
             self._transport.write(_PONG)
 
     def _packet_pong(self, packet: list[Any]) -> None:
-        """Nothing to do: hearing anything counts as life."""
+        """Hearing anything counts as life; a PONG also unpins the keys noted before
+        its PING (the gateway has handled our commands and reported the result)."""
+        self._pongs_seen += 1
+        seen = self._pongs_seen
+        for pinned in (self._pinned_uids, self._pinned_groups):
+            if pinned:
+                for key in [k for k, number in pinned.items() if number <= seen]:
+                    del pinned[key]
 
     def _packet_leave_ack(self, packet: list[Any]) -> None:
         if self._state is not _OPEN:
@@ -531,6 +569,7 @@ class GatewayLink(asyncio.Protocol):
         ):
             self.flush()
             self._transport.write(_PING)
+            self._pings_sent += 1
             self._last_write = self._last_ping = now
         self._schedule_tick()
 
@@ -561,6 +600,14 @@ class GatewayLink(asyncio.Protocol):
                 self._on_close(self)
             except Exception:
                 logger.exception("close callback failed for %s", self.address)
+
+
+def _remove_unpinned(keys: set[str], removed: list[str], pinned: dict[str, int]) -> None:
+    """Drop ``removed`` from ``keys``, except keys we pinned (see note_uid)."""
+    if pinned:
+        keys.difference_update(k for k in removed if k not in pinned)
+    else:
+        keys.difference_update(removed)
 
 
 _DISPATCH: dict[Cmd, Callable[[GatewayLink, list[Any]], None]] = {

@@ -95,6 +95,7 @@ class FakeGateway:
         self.secret = secret
         self.public_port = public_port
         self.answer_queries = True
+        self.answer_pings = True
         self.send_leave_ack = True
         self.events_before_ack: list[list[Any]] = []
         self.received: list[list[Any]] = []
@@ -217,7 +218,8 @@ class FakeGateway:
             }
             link.write(encode(Cmd.WELCOME, info))
         elif cmd is Cmd.PING:
-            link.write(encode(Cmd.PONG))
+            if self.answer_pings:
+                link.write(encode(Cmd.PONG))
         elif cmd is Cmd.WORKER_LEAVE:
             for event in self.events_before_ack:
                 link.write(encode(*event))

@@ -18,6 +18,7 @@ from gateway.protocol import (
     ROUTES_STATE_END,
     Cmd,
     Decoder,
+    encode,
 )
 from gateway.server import GatewayServer
 from gatewayclient import AsyncGatewayClient
@@ -81,6 +82,30 @@ def test_route_packets_split_large_states_and_changes(monkeypatch: pytest.Monkey
     assert [k for p in changes for k in p[3]] == ["b", "c", "d"]
 
 
+def test_route_packets_stay_small_whatever_the_key_lengths() -> None:
+    groups = [chr(65 + i) * 100_000 for i in range(11)]
+    packets = links_module.route_packets(True, [], [], groups, [])
+    assert all(len(p) < links_module.ROUTES_CHUNK_BYTES + 4096 for p in packets)
+    decoded = _decode(packets)
+    assert [k for p in decoded for k in p[4]] == groups
+    assert decoded[-1][1] == ROUTES_STATE_END
+
+
+def test_uid_and_group_names_have_a_length_limit() -> None:
+    from gateway.protocol import MAX_KEY_LENGTH
+    from gatewayclient.api import check_key
+
+    assert check_key("x" * MAX_KEY_LENGTH, "group") == "x" * MAX_KEY_LENGTH
+    with pytest.raises(ValueError, match=f"at most {MAX_KEY_LENGTH}"):
+        check_key("x" * (MAX_KEY_LENGTH + 1), "group")
+    directory: Directory[Entry] = Directory()
+    directory.add(Entry(1))
+    with pytest.raises(ValueError, match="uid is 1025 characters long"):
+        directory.bind_uid(1, "u" * (MAX_KEY_LENGTH + 1))
+    with pytest.raises(ValueError, match="group is 1025 characters long"):
+        directory.join_group(1, "g" * (MAX_KEY_LENGTH + 1))
+
+
 async def test_gateway_reports_its_state_then_changes() -> None:
     async with running() as server:
         worker = await FakeLink.linked(server)
@@ -128,6 +153,37 @@ async def test_link_keeps_routes_and_refuses_malformed_ones() -> None:
         await gateway.stop()
 
 
+async def test_own_joins_survive_removals_the_gateway_reported_before_handling_them() -> None:
+    """The last member of "room" left (the gateway reports -room) while our JOIN was
+    on its way: our own join stays routed until the gateway answered a PING queued
+    behind it; the state received after our bind keeps our key too."""
+    gateway = await FakeGateway().start()
+    try:
+        link = GatewayLink(gateway.address)
+        await link.connect()
+        link.note_uid("carl")  # before the state arrives
+        gateway.routes(ROUTES_STATE_END, (["ann"], []), (["room"], []))
+        await wait_until(lambda: link.groups is not None)
+        assert link.uids == {"ann", "carl"}
+
+        gateway.answer_pings = False
+        pings = len(gateway.packets(Cmd.PING))
+        link.note_group("room")
+        link.note_group("lobby")  # one PING for both
+        await wait_until(lambda: len(gateway.packets(Cmd.PING)) == pings + 1)
+        gateway.routes(ROUTES_CHANGES, ([], ["carl"]), ([], ["room", "lobby"]))
+        await asyncio.sleep(0.1)
+        assert link.groups == {"room", "lobby"} and "carl" not in link.uids  # carl's pong came
+        for peer in gateway.links:
+            peer.write(encode(Cmd.PONG))  # the gateway handled our joins
+        await asyncio.sleep(0.05)
+        gateway.routes(ROUTES_CHANGES, ([], []), ([], ["lobby"]))
+        await wait_until(lambda: link.groups == {"room"})
+        link.close()
+    finally:
+        await gateway.stop()
+
+
 async def test_push_client_sends_uid_and_group_messages_only_where_members_are() -> None:
     gw1 = await FakeGateway(secret="s").start()
     gw2 = await FakeGateway(secret="s").start()
@@ -170,7 +226,12 @@ async def test_push_client_sends_uid_and_group_messages_only_where_members_are()
             (Cmd.SEND_TO_GROUP, ["x", "room"]),
             (Cmd.UNGROUP, "room"),
         ]
-        assert routed(gw2) == [(Cmd.SEND_TO_UID, ["carl"]), (Cmd.SEND_TO_GROUP, ["lobby"])]
+        # ungroup goes everywhere (a join not yet reported must not survive it)
+        assert routed(gw2) == [
+            (Cmd.UNGROUP, "room"),
+            (Cmd.SEND_TO_UID, ["carl"]),
+            (Cmd.SEND_TO_GROUP, ["lobby"]),
+        ]
         # gw3 never said what it holds: it gets every uid/group packet
         assert [p[1] for p in routed(gw3)] == [
             ["ann"],

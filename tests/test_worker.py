@@ -5,6 +5,7 @@ LEAVE_ACK drain, boot errors, discovery changes and re-linking."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
@@ -25,6 +26,7 @@ from tests.test_gatewayclient_fakes import (
 )
 
 EVENTS = "tests.test_worker:RecordingEvents"
+APP_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("app_var", default="unset")
 
 
 def snapshot() -> tuple[Any, ...]:
@@ -318,13 +320,22 @@ class PlainEvents:
     before the client's next event."""
 
     log: ClassVar[list[tuple[Any, ...]]] = []
+    seen_var: ClassVar[list[tuple[Any, Any]]] = []
 
     def on_connect(self, client_id: str) -> None:
         self.log.append(("connect", client_id, context.client_id))
 
     def on_message(self, client_id: str, message: Any) -> Any:
+        self.seen_var.append((message, APP_VAR.get()))
+        APP_VAR.set(message)  # set and never reset: must not leak to other events
         if message == "boom":
             raise RuntimeError("boom inline")
+        if message == "cancel inline":
+            raise asyncio.CancelledError
+        if message == "cancelled future":
+            future = asyncio.get_running_loop().create_future()
+            future.cancel()
+            return future
         if message == "set":
             session = context.session
             assert session is not None
@@ -374,6 +385,7 @@ async def test_plain_callbacks_run_inline_in_order_with_context_and_write_back(
     assert log.index(("message", other, "set", {"n": 5})) < log.index(mine[1])
     await wait_until(lambda: bool(gw1.packets(Cmd.SEND_TO_CLIENT)))
     assert gw1.packets(Cmd.SEND_TO_CLIENT) == [[Cmd.SEND_TO_CLIENT, 2, f"echo:{other}"]]
+    await wait_until(lambda: len(gw1.packets(Cmd.SET_SESSION)) == 2)
     assert sorted(gw1.packets(Cmd.SET_SESSION)) == sorted(
         [
             [Cmd.SET_SESSION, 1, pack_session({"n": 0, "later": True})],
@@ -385,3 +397,29 @@ async def test_plain_callbacks_run_inline_in_order_with_context_and_write_back(
     stats = worker.stats()
     assert stats["callback_errors"] == 1 and stats["clients"] == 0
     assert context.client_id is None  # nothing leaked out of the inline calls
+
+
+async def test_plain_callbacks_cancel_and_context_variables(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain callback that raises CancelledError, or returns an awaitable that ends
+    cancelled, is a failed event (logged, counted): the link and the client's later
+    events carry on. A context variable a callback sets stays with its event."""
+    PlainEvents.log.clear()
+    PlainEvents.seen_var.clear()
+    worker = await env.start_worker("tests.test_worker:PlainEvents")
+    gw1 = env.gw1
+    cid = gw1.client_id(7)
+    gw1.emit(Cmd.EV_MESSAGE, 7, "cancel inline")
+    gw1.emit(Cmd.EV_MESSAGE, 7, "cancelled future")
+    gw1.emit(Cmd.EV_MESSAGE, 7, "after")
+    gw1.emit(Cmd.EV_MESSAGE, 8, "other client")
+    await wait_until(lambda: ("message", cid, "after", {}) in PlainEvents.log)
+    await wait_until(lambda: worker.stats()["clients"] == 0)
+    assert worker.stats()["callback_errors"] == 2
+    assert f"on_message of client {cid} raised" in caplog.text
+    seen = dict(PlainEvents.seen_var)
+    # events run inline each start from a clean context; "after" was queued behind
+    # the awaitable of "cancelled future" and ran in that event's task
+    assert [seen[m] for m in ("cancel inline", "cancelled future", "other client")] == ["unset"] * 3
+    assert worker.stats()["links"] == 2  # the link survived the inline cancel
