@@ -81,6 +81,9 @@ class Dispatcher:
         )
         """Commands whose callback runs inline when its client has nothing queued."""
         self._queues: dict[str, Queue] = {}
+        self._owners: dict[str, tuple[GatewayLink, int]] = {}  # busy client -> link, conn_id
+        self.on_idle: Callable[[GatewayLink, int], None] | None = None
+        """Called with (link, conn_id) when a client's last queued event finished."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._open = False
@@ -110,6 +113,7 @@ class Dispatcher:
             self._run_inline(client_id, link, packet)
             return
         queue = self._queues[client_id] = deque(((link, packet),))
+        self._owners[client_id] = (link, packet[1])
         if self._open:
             self._start(client_id, queue)
 
@@ -141,6 +145,7 @@ class Dispatcher:
         if tasks:
             await asyncio.wait(tasks)
         self._queues.clear()
+        self._owners.clear()
 
     # ---- internals -----------------------------------------------------------------
 
@@ -165,6 +170,19 @@ class Dispatcher:
                 if not waiter.done():
                     waiter.set_result(None)
 
+    def _forget(self, client_id: str, queue: Queue) -> None:
+        """``client_id`` has nothing queued or running any more."""
+        if self._queues.get(client_id) is not queue:
+            return
+        del self._queues[client_id]
+        owner = self._owners.pop(client_id, None)
+        if owner is not None and self.on_idle is not None:
+            self.on_idle(*owner)
+
+    def busy_on(self, link: GatewayLink) -> list[int]:
+        """conn_ids of the clients of ``link``'s gateway with events queued or running."""
+        return [conn_id for owner, conn_id in self._owners.values() if owner is link]
+
     async def _drain(self, client_id: str, queue: Queue) -> None:
         use_api(self._api)  # this task's context: businessworker.api -> our API
         try:
@@ -172,8 +190,7 @@ class Dispatcher:
                 link, packet = queue.popleft()
                 await self._handle(client_id, link, packet)
         finally:
-            if self._queues.get(client_id) is queue:
-                del self._queues[client_id]
+            self._forget(client_id, queue)
 
     def _context(
         self, client_id: str, link: GatewayLink, packet: list[Any]
@@ -225,6 +242,7 @@ class Dispatcher:
             # The rest of this event runs in a task (it copies this context); the
             # client's next events queue behind it.
             queue = self._queues[client_id] = deque()
+            self._owners[client_id] = (link, conn_id)
             self._spawn(self._resume(client_id, queue, link, packet, event, blob, result))
             return
         if cmd is not Cmd.EV_CLOSE:
@@ -246,8 +264,7 @@ class Dispatcher:
             if await self._settle(cmd, client_id, result) and cmd is not Cmd.EV_CLOSE:
                 self._write_back(link, client_id, conn_id, blob, event.session)
         except BaseException:  # this task is being cancelled: release the client
-            if self._queues.get(client_id) is queue:
-                del self._queues[client_id]
+            self._forget(client_id, queue)
             raise
         await self._drain(client_id, queue)
 

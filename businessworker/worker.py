@@ -273,6 +273,7 @@ class WorkerProcess:
         deadline = loop.time() + timeout
         pool.stop_relinking()
         dispatcher.open()
+        dispatcher.on_idle = self._on_client_idle
         await self._leave_gateways(pool, min(timeout, LEAVE_TIMEOUT))
         if dispatcher.clients:
             logger.info(
@@ -322,11 +323,27 @@ class WorkerProcess:
             watcher.cancel()
 
     def _on_leave_ack(self, link: GatewayLink) -> None:
+        """Every event this gateway sent us is here: tell it which of our clients
+        still have events running or queued (it holds their next events until we
+        release them, so a client's events never run on two workers at once) and
+        release the others now."""
         ack = self._acks.get(link)
         if ack is None:
             logger.warning("%s: unexpected LEAVE_ACK from %s", self.name, link.gateway_address)
-        elif not ack.done():
+            return
+        if not ack.done():
             ack.set_result(None)
+        dispatcher = self._dispatcher
+        busy = dispatcher.busy_on(link) if dispatcher is not None else []
+        if link.is_open:
+            link.send(encode(Cmd.RELEASE, busy, True))
+
+    def _on_client_idle(self, link: GatewayLink, conn_id: int) -> None:
+        """While leaving: a client's last event here finished; once its gateway has
+        acknowledged our leave, release the client there."""
+        ack = self._acks.get(link)
+        if ack is not None and ack.done() and link.is_open:
+            link.send(encode(Cmd.RELEASE, [conn_id], False))
 
 
 def _link_error(address: str, error: str | None) -> str:

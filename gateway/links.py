@@ -12,9 +12,12 @@ queries (``gateway.commands``), answered with one ``REPLY``.
 handshake, dispatch, keep-alive and timeouts (one sweep for all links, no timer per
 link), and the routing of client events to workers. Worker choice is sticky: a
 client's events all go to the worker chosen (least connections) when it connected;
-when that worker leaves or its link drops, the client is re-assigned at its next
-event. With no worker linked, events are held (bounded in number and age) and
-handed in order to the first worker that links.
+when its link drops, the client is re-assigned at its next event. When its worker
+*leaves* (``WORKER_LEAVE``), the client's next events are held on that worker's link
+until the worker releases the client (``RELEASE``: it has finished the client's
+events) or its link ends; then they go, in order, to the worker chosen next. So a
+client's events never run on two workers at once. With no worker linked, events are
+held (bounded in number and age) and handed in order to the first worker that links.
 
 Outgoing packets are coalesced per link: :meth:`InternalLink.send` queues, and one
 write per loop iteration carries everything queued (events of many clients in one
@@ -136,6 +139,8 @@ class InternalLink(asyncio.Protocol):
         "last_send",
         "closed",
         "rejected",
+        "held",
+        "held_events",
         "_out",
     )
 
@@ -152,6 +157,10 @@ class InternalLink(asyncio.Protocol):
         self.opened = self.last_recv = self.last_send = _monotonic()
         self.closed = False
         self.rejected = 0.0  # when we answered ERROR and half-closed; 0: not rejected
+        self.held: dict[ClientConnection, list[tuple[Cmd, bytes]]] | None = None
+        """Set when this worker leaves: events of its clients held until it releases
+        them (``RELEASE``) or its link ends; ``None``: not holding."""
+        self.held_events = 0
         self._out: list[bytes] = []
 
     def __repr__(self) -> str:
@@ -253,6 +262,15 @@ class LinkHandling:
         """Send one client event to the client's worker (or hold it)."""
         packet = encode(cmd, conn.conn_id, conn.session, conn.remote_ip, conn.remote_port, payload)
         link = conn.worker
+        if link is not None and link.held is not None:
+            self._hold_for(link, conn, cmd, packet)
+            return
+        self._forward(conn, cmd, packet)
+
+    def _forward(self, conn: ClientConnection, cmd: Cmd, packet: bytes) -> None:
+        """Send an encoded event to the client's worker, choosing one if it has none
+        (or it left); hold it in ``_pending`` when no worker is linked."""
+        link = conn.worker
         if link is None or link.leaving:
             link = self._assign(conn)
         if link is None:
@@ -262,6 +280,52 @@ class LinkHandling:
         if cmd == Cmd.EV_CLOSE:
             link.clients -= 1
             conn.worker = None
+
+    def _hold_for(
+        self, link: InternalLink, conn: ClientConnection, cmd: Cmd, packet: bytes
+    ) -> None:
+        """Hold an event of a client of the leaving worker ``link`` (see RELEASE)."""
+        held = link.held
+        assert held is not None
+        held.setdefault(conn, []).append((cmd, packet))
+        link.held_events += 1
+        if link.held_events > self.config.pending_event_limit:
+            log.warning(
+                "%r: more than %d events held for its clients; releasing them all",
+                link,
+                self.config.pending_event_limit,
+            )
+            self._release_all(link)
+
+    def _release_all(self, link: InternalLink, keep: frozenset[int] = frozenset()) -> None:
+        """Release every client of the leaving worker ``link`` except the conn_ids in
+        ``keep``; with nothing kept, stop holding for it altogether."""
+        held = link.held
+        if held is None:
+            return
+        if not keep:
+            link.held = None
+        mine = [c for c in self.directory.entries() if c.worker is link and c.conn_id not in keep]
+        seen = set(mine)
+        mine.extend(c for c in held if c.conn_id not in keep and c not in seen)
+        for conn in mine:
+            self._release(link, conn, held)
+
+    def _release(
+        self,
+        link: InternalLink,
+        conn: ClientConnection,
+        held: dict[ClientConnection, list[tuple[Cmd, bytes]]],
+    ) -> None:
+        """``link`` is done with ``conn``: forward its held events, in order, to the
+        worker it gets now."""
+        events = held.pop(conn, ())
+        link.held_events -= len(events)
+        if conn.worker is link:
+            link.clients -= 1
+            conn.worker = None
+        for cmd, packet in events:
+            self._forward(conn, cmd, packet)
 
     def _assign(self, conn: ClientConnection) -> InternalLink | None:
         """Choose the linked worker with the fewest clients for ``conn``."""
@@ -295,14 +359,7 @@ class LinkHandling:
         pending = self._pending
         while pending and self._workers:
             _, conn, cmd, packet = pending.popleft()
-            link = conn.worker
-            if link is None or link.leaving:
-                link = self._assign(conn)
-            assert link is not None
-            link.send(packet)
-            if cmd == Cmd.EV_CLOSE:
-                link.clients -= 1
-                conn.worker = None
+            self._forward(conn, cmd, packet)
 
     def _expire_pending(self, now: float) -> None:
         pending = self._pending
@@ -331,6 +388,7 @@ class LinkHandling:
         self._links.discard(link)
         if link in self._workers:
             self._workers.remove(link)
+        self._release_all(link)
         if link.role:
             log.info("%r is gone (%d clients to re-assign)", link, max(link.clients, 0))
 
@@ -439,16 +497,40 @@ class LinkHandling:
         raise ValueError("HELLO was already accepted on this link")
 
     def cmd_worker_leave(self, link: InternalLink, packet: list[Any]) -> None:
-        """The worker is leaving: route nothing new to it, then acknowledge. Its
-        clients move to another worker at their next event; every event sent to it
-        so far is ahead of the ack in the same stream."""
+        """The worker is leaving: route nothing new to it, hold its clients' next
+        events until it releases them (``cmd_release``), then acknowledge; every
+        event sent to it so far is ahead of the ack in the same stream."""
         if link.role != "worker":
             raise ValueError("only a worker link may leave")
         link.leaving = True
         if link in self._workers:
             self._workers.remove(link)
+        if link.held is None:
+            link.held = {}
         log.info("%r is leaving; %d clients move to other workers", link, max(link.clients, 0))
         link.send(encode(Cmd.LEAVE_ACK))
+
+    def cmd_release(self, link: InternalLink, packet: list[Any]) -> None:
+        """The leaving worker is done with some clients (see ``Cmd.RELEASE``)."""
+        _, conn_ids, others = packet
+        if link.role != "worker" or not link.leaving:
+            raise ValueError("only a leaving worker may release clients")
+        if type(conn_ids) is not list or not all(type(c) is int for c in conn_ids):
+            raise TypeError("conn_ids must be a list of ints")
+        if type(others) is not bool:
+            raise TypeError("others must be a bool")
+        if others:
+            self._release_all(link, frozenset(conn_ids))
+            return
+        held = link.held
+        if held is None:
+            return
+        for conn_id in conn_ids:
+            conn = self.directory.get(conn_id)
+            if conn is None:  # closed meanwhile: its EV_CLOSE may be held
+                conn = next((c for c in held if c.conn_id == conn_id), None)
+            if conn is not None:
+                self._release(link, conn, held)
 
     def _link_upkeep(self, now: float) -> None:
         cfg = self.config

@@ -79,11 +79,21 @@ class Cmd(IntEnum):
     the answer to a query (bad command, wrong secret)."""
     WORKER_LEAVE = 6
     """worker -> gateway: ``[WORKER_LEAVE]``. The gateway stops routing new events to
-    this worker, moves its clients to other workers, and answers ``LEAVE_ACK``. Every
-    event sent before the ack reaches the worker before the ack (one ordered stream),
-    so the worker handles everything it received and then closes: nothing is lost."""
+    this worker, holds the next events of its clients until the worker releases them
+    (``RELEASE``; then they go to other workers, in order), and answers
+    ``LEAVE_ACK``. Every event sent before the ack reaches the worker before the ack
+    (one ordered stream), so the worker handles everything it received and then
+    closes: nothing is lost, and no client's events run on two workers at once."""
     LEAVE_ACK = 7
     """gateway -> worker: ``[LEAVE_ACK]``."""
+    RELEASE = 9
+    """leaving worker -> gateway, after ``LEAVE_ACK``: ``[RELEASE, conn_ids, others]``.
+    After ``WORKER_LEAVE`` the gateway *holds* the next events of the worker's clients
+    (so a client's events never run on two workers at once). ``others`` true: every
+    client of the worker except ``conn_ids`` (those still have events running or
+    queued there) is released; false: the clients ``conn_ids`` are released (their
+    events there are finished). A released client's held events go, in order, to
+    another worker. Everything still held is released when the worker's link ends."""
     ROUTES = 8
     """gateway -> link: ``[ROUTES, kind, uids_added, uids_removed, groups_added,
     groups_removed]`` (lists of str): which uids and groups have members on this

@@ -523,6 +523,30 @@ async def test_held_events_expire() -> None:
         await worker.close()
 
 
+async def test_leaving_worker_link_end_releases_held_events() -> None:
+    """A leaving worker that never releases (or dies) frees its clients' held events
+    when its link ends; a RELEASE from a worker that is not leaving is refused."""
+    async with running() as server:
+        w1 = await FakeLink.linked(server, name="w1")
+        client, conn_id = await open_client(server, w1)
+        rogue = await FakeLink.linked(server, name="rogue")
+        rogue.send(Cmd.RELEASE, [conn_id], False)
+        seen = await rogue.closed()
+        assert seen and seen[0][0] == Cmd.ERROR and "leaving worker" in seen[0][2]
+        w2 = await FakeLink.linked(server, name="w2")
+        w1.send(Cmd.WORKER_LEAVE)
+        await w1.expect(Cmd.LEAVE_ACK)
+        await client.send("held")
+        await client.close()
+        leaving = next(link for link in server._links if link.name == "w1")
+        await wait_until(lambda: leaving.held_events == 2)  # the message and EV_CLOSE
+        await w1.close()
+        assert (await w2.expect(Cmd.EV_MESSAGE))[5] == "held"
+        assert (await w2.expect(Cmd.EV_CLOSE))[1] == conn_id
+        await w2.close()
+        await rogue.close()
+
+
 async def test_worker_leave_reroutes_and_acks() -> None:
     async with running() as server:
         w1 = await FakeLink.linked(server, name="w1")
@@ -542,9 +566,18 @@ async def test_worker_leave_reroutes_and_acks() -> None:
         assert (await w1.expect(Cmd.EV_MESSAGE))[5] == "before"
         w1.send(Cmd.WORKER_LEAVE)
         await w1.expect(Cmd.LEAVE_ACK)
+        # w1 is still busy with "before": the client's next events are held ...
+        w1.send(Cmd.RELEASE, [first[1]], True)
         await client_of_w1.send("after")
+        await client_of_w1.send("after 2")
+        leaving = next(link for link in server._links if link.name == "w1")
+        await wait_until(lambda: leaving.held_events == 2)
+        # ... until w1 is done with that client: then they go to w2, in order
+        w1.send(Cmd.RELEASE, [first[1]], False)
         moved = await w2.expect(Cmd.EV_MESSAGE)
         assert moved[1] == first[1] and moved[5] == "after"
+        assert (await w2.expect(Cmd.EV_MESSAGE))[5] == "after 2"
+        assert leaving.held_events == 0
 
         # A new client goes to w2 too; when w2 drops, events are held again.
         await w2.close()

@@ -23,7 +23,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -498,16 +498,34 @@ async def test_reload_lets_the_old_worker_finish_a_slow_event(
     opened.extend(clients)
     old = processes(spec)[name]["pid"]
 
-    slow = asyncio.create_task(call(clients[0], "sleep", SLOW, timeout=SLOW * 6))
+    order: list[str] = []
+
+    async def tagged(tag: str, answer: Awaitable[Any]) -> Any:
+        result = await answer
+        order.append(tag)
+        return result
+
+    slow = asyncio.create_task(tagged("slow", call(clients[0], "sleep", SLOW, timeout=SLOW * 6)))
     await await_for(
         lambda: stats_of(spec, name).get("clients", 0) >= 1, 10, "the slow event to run"
     )
     traffic = Traffic(clients[1:], timeout=SLOW * 3).start()
     asked = time.monotonic()
-    reloaded = await acli(spec, "reload")
+    reloading = asyncio.create_task(acli(spec, "reload"))
+    log_path = spec.run_dir / "gatewayworker.log"
+    await await_for(
+        lambda: "leaves the gateways and finishes its events" in log_path.read_text(),
+        SLOW * 4,
+        "the old worker to leave the gateways",
+    )
+    # the same client's next event waits for its slow one (never two workers at once)
+    follow = asyncio.create_task(tagged("follow", call(clients[0], "context", timeout=SLOW * 6)))
+    reloaded = await reloading
     took = time.monotonic() - asked
     assert await slow is None  # the reply of the old worker's event reached the client
     new = processes(spec)[name]["pid"]
+    assert (await follow)["pid"] == new
+    assert order == ["slow", "follow"]
     await traffic.stop()
     cluster.remember_pids()
 

@@ -97,7 +97,7 @@ def test_zero_length_packet_is_rejected() -> None:
         msgpack.packb([]),
         msgpack.packb(["1", 2]),
         msgpack.packb([9999]),
-        msgpack.packb([9]),  # in range but not a command
+        msgpack.packb([7, 1, 2]) + b"x",  # trailing bytes after a packet
         msgpack.packb([12, 1]) + b"trailing",
     ],
 )
