@@ -108,6 +108,7 @@ class Dispatcher:
         queue = self._queues.get(client_id)
         if queue is not None:
             queue.append((link, packet))
+            self._owners[client_id] = (link, packet[1])  # the newest link (relinks)
             return
         if self._open and packet[0] in self._inline:
             self._run_inline(client_id, link, packet)

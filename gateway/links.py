@@ -16,8 +16,10 @@ when its link drops, the client is re-assigned at its next event. When its worke
 *leaves* (``WORKER_LEAVE``), the client's next events are held on that worker's link
 until the worker releases the client (``RELEASE``: it has finished the client's
 events) or its link ends; then they go, in order, to the worker chosen next. So a
-client's events never run on two workers at once. With no worker linked, events are
-held (bounded in number and age) and handed in order to the first worker that links.
+client's events do not run on two workers at once, as long as the leaving worker's
+link stays up and fewer than ``pending_event_limit`` events are held (beyond that,
+everything is released, with a log line). With no worker linked, events are held
+(bounded in number and age) and handed in order to the first worker that links.
 
 Outgoing packets are coalesced per link: :meth:`InternalLink.send` queues, and one
 write per loop iteration carries everything queued (events of many clients in one
@@ -117,6 +119,11 @@ def _peer(transport: asyncio.BaseTransport) -> str:
     return ":0"
 
 
+def _event_packet(conn: ClientConnection, cmd: Cmd, payload: Any) -> bytes:
+    """The ``EV_*`` packet of ``conn`` (with its session as it is now)."""
+    return encode(cmd, conn.conn_id, conn.session, conn.remote_ip, conn.remote_port, payload)
+
+
 class InternalLink(asyncio.Protocol):
     """One business worker or push client connected to the internal port.
 
@@ -157,7 +164,7 @@ class InternalLink(asyncio.Protocol):
         self.opened = self.last_recv = self.last_send = _monotonic()
         self.closed = False
         self.rejected = 0.0  # when we answered ERROR and half-closed; 0: not rejected
-        self.held: dict[ClientConnection, list[tuple[Cmd, bytes]]] | None = None
+        self.held: dict[ClientConnection, list[tuple[Cmd, Any]]] | None = None
         """Set when this worker leaves: events of its clients held until it releases
         them (``RELEASE``) or its link ends; ``None``: not holding."""
         self.held_events = 0
@@ -260,12 +267,11 @@ class LinkHandling:
     # ---- events to workers ----------------------------------------------------------
     def emit(self, conn: ClientConnection, cmd: Cmd, payload: Any) -> None:
         """Send one client event to the client's worker (or hold it)."""
-        packet = encode(cmd, conn.conn_id, conn.session, conn.remote_ip, conn.remote_port, payload)
         link = conn.worker
         if link is not None and link.held is not None:
-            self._hold_for(link, conn, cmd, packet)
+            self._hold_for(link, conn, cmd, payload)
             return
-        self._forward(conn, cmd, packet)
+        self._forward(conn, cmd, _event_packet(conn, cmd, payload))
 
     def _forward(self, conn: ClientConnection, cmd: Cmd, packet: bytes) -> None:
         """Send an encoded event to the client's worker, choosing one if it has none
@@ -281,13 +287,13 @@ class LinkHandling:
             link.clients -= 1
             conn.worker = None
 
-    def _hold_for(
-        self, link: InternalLink, conn: ClientConnection, cmd: Cmd, packet: bytes
-    ) -> None:
-        """Hold an event of a client of the leaving worker ``link`` (see RELEASE)."""
+    def _hold_for(self, link: InternalLink, conn: ClientConnection, cmd: Cmd, payload: Any) -> None:
+        """Hold an event of a client of the leaving worker ``link`` (see RELEASE). It
+        is encoded when released, with the session as it is then (the leaving
+        worker writes its session back before it releases the client)."""
         held = link.held
         assert held is not None
-        held.setdefault(conn, []).append((cmd, packet))
+        held.setdefault(conn, []).append((cmd, payload))
         link.held_events += 1
         if link.held_events > self.config.pending_event_limit:
             log.warning(
@@ -315,7 +321,7 @@ class LinkHandling:
         self,
         link: InternalLink,
         conn: ClientConnection,
-        held: dict[ClientConnection, list[tuple[Cmd, bytes]]],
+        held: dict[ClientConnection, list[tuple[Cmd, Any]]],
     ) -> None:
         """``link`` is done with ``conn``: forward its held events, in order, to the
         worker it gets now."""
@@ -324,8 +330,8 @@ class LinkHandling:
         if conn.worker is link:
             link.clients -= 1
             conn.worker = None
-        for cmd, packet in events:
-            self._forward(conn, cmd, packet)
+        for cmd, payload in events:
+            self._forward(conn, cmd, _event_packet(conn, cmd, payload))
 
     def _assign(self, conn: ClientConnection) -> InternalLink | None:
         """Choose the linked worker with the fewest clients for ``conn``."""
@@ -549,7 +555,10 @@ class LinkHandling:
                 link.send(ping)
 
     async def _close_links(self, timeout: float = 2.0) -> None:
-        """Close every link after flushing what is queued (EV_CLOSE events)."""
+        """Close every link after flushing what is queued (EV_CLOSE events). Events
+        held for leaving workers are handed on first, while the links are open."""
+        for link in list(self._links):
+            self._release_all(link)
         for link in list(self._links):
             link.close()
         deadline = _monotonic() + timeout

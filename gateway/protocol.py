@@ -83,7 +83,8 @@ class Cmd(IntEnum):
     (``RELEASE``; then they go to other workers, in order), and answers
     ``LEAVE_ACK``. Every event sent before the ack reaches the worker before the ack
     (one ordered stream), so the worker handles everything it received and then
-    closes: nothing is lost, and no client's events run on two workers at once."""
+    closes: nothing is lost, and a client's events do not run on two workers at once
+    (within the bounds given on ``RELEASE``)."""
     LEAVE_ACK = 7
     """gateway -> worker: ``[LEAVE_ACK]``."""
     RELEASE = 9
@@ -93,7 +94,9 @@ class Cmd(IntEnum):
     client of the worker except ``conn_ids`` (those still have events running or
     queued there) is released; false: the clients ``conn_ids`` are released (their
     events there are finished). A released client's held events go, in order, to
-    another worker. Everything still held is released when the worker's link ends."""
+    another worker, encoded then (with the session as it is then). Everything still
+    held is released when the worker's link ends, when the gateway stops, and when
+    more than ``pending_event_limit`` events are held."""
     ROUTES = 8
     """gateway -> link: ``[ROUTES, kind, uids_added, uids_removed, groups_added,
     groups_removed]`` (lists of str): which uids and groups have members on this

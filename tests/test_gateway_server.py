@@ -547,6 +547,24 @@ async def test_leaving_worker_link_end_releases_held_events() -> None:
         await rogue.close()
 
 
+async def test_gateway_stop_hands_on_events_held_for_a_leaving_worker() -> None:
+    server = GatewayServer(make_config())
+    await server.start()
+    w1 = await FakeLink.linked(server, name="w1")
+    client, conn_id = await open_client(server, w1)
+    w2 = await FakeLink.linked(server, name="w2")
+    w1.send(Cmd.WORKER_LEAVE)
+    await w1.expect(Cmd.LEAVE_ACK)
+    await client.send("held")
+    leaving = next(link for link in server._links if link.name == "w1")
+    await wait_until(lambda: leaving.held_events == 1)
+    await server.stop(graceful=False)
+    seen = await w2.closed()
+    assert [p[0] for p in seen if p[1] == conn_id] == [Cmd.EV_MESSAGE, Cmd.EV_CLOSE]
+    await w1.close()
+    await w2.close()
+
+
 async def test_worker_leave_reroutes_and_acks() -> None:
     async with running() as server:
         w1 = await FakeLink.linked(server, name="w1")
@@ -572,10 +590,13 @@ async def test_worker_leave_reroutes_and_acks() -> None:
         await client_of_w1.send("after 2")
         leaving = next(link for link in server._links if link.name == "w1")
         await wait_until(lambda: leaving.held_events == 2)
-        # ... until w1 is done with that client: then they go to w2, in order
+        # ... until w1 is done with that client (it writes the session back first):
+        # then they go to w2, in order, with that session
+        w1.send(Cmd.SET_SESSION, first[1], pack_session({"n": 1}))
         w1.send(Cmd.RELEASE, [first[1]], False)
         moved = await w2.expect(Cmd.EV_MESSAGE)
         assert moved[1] == first[1] and moved[5] == "after"
+        assert unpack_session(moved[2]) == {"n": 1}
         assert (await w2.expect(Cmd.EV_MESSAGE))[5] == "after 2"
         assert leaving.held_events == 0
 
