@@ -63,6 +63,12 @@ def _route_of(client_id: str) -> tuple[str, int]:
     return address.gateway, address.conn_id
 
 
+def _may_hold(held: set[str] | None, keys: list[str]) -> bool:
+    """Whether a gateway that reported ``held`` (``None``: not reported yet) may have
+    members of one of ``keys``."""
+    return held is None or any(key in held for key in keys)
+
+
 def route(client_id: object) -> tuple[str, int]:
     """``(gateway "ip:port", conn_id)`` of a client_id; raises ``InvalidClientId``."""
     if client_id.__class__ is not str:
@@ -168,26 +174,20 @@ class GatewayAPI:
                 self.sent += 1
 
     def _to_holders(self, data: bytes, keys: list[str], uids: bool) -> None:
-        """Write ``data`` to every linked gateway that holds one of the uids (``uids``
-        true) or groups, or has not reported what it holds yet."""
+        """Write ``data`` to every linked gateway that may hold one of the uids
+        (``uids`` true) or groups (see :func:`_may_hold`)."""
         for link in self._links.values():
-            if link.is_open:
-                held = link.uids if uids else link.groups
-                if held is None or any(key in held for key in keys):
-                    link.send(data)
-                    self.sent += 1
+            if link.is_open and _may_hold(link.uids if uids else link.groups, keys):
+                link.send(data)
+                self.sent += 1
 
     def _per_gateway(
         self, build: Callable[[str], bytes | None], groups: list[str] | None = None
     ) -> None:
         """Write ``build(gateway)`` to every linked gateway (``None``: skip it); with
-        ``groups``, only to those that hold one of them (see :meth:`_to_holders`)."""
+        ``groups``, only to those that may hold one of them."""
         for gateway, link in self._links.items():
-            if link.is_open:
-                if groups is not None:
-                    held = link.groups
-                    if held is not None and not any(group in held for group in groups):
-                        continue
+            if link.is_open and (groups is None or _may_hold(link.groups, groups)):
                 data = build(gateway)
                 if data is not None:
                     link.send(data)
