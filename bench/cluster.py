@@ -85,17 +85,17 @@ class BenchCluster:
         shutil.copytree(APP, dest, ignore=shutil.ignore_patterns("__pycache__"))
         reg = f"127.0.0.1:{self.register_port}"
         (dest / "start_register.py").write_text(
-            f"from register import Register\nregister = Register(listen={reg!r})\n"
+            f"from pygatewayworker import Register\nregister = Register(listen={reg!r})\n"
         )
         (dest / "start_gateway.py").write_text(
-            "from gateway import Gateway\n"
+            "from pygatewayworker import Gateway\n"
             f"gateway = Gateway(listen='127.0.0.1:{self.public_port}', count={cfg.gateways}, "
             f"lan_ip='127.0.0.1', start_port={self.start_port}, register={reg!r}, "
             f"ping_interval={cfg.ping_interval}, ping_not_response_limit={cfg.ping_limit}, "
             'ping_data=\'{"type":"ping"}\')\n'
         )
         (dest / "start_businessworker.py").write_text(
-            "from businessworker import BusinessWorker\n"
+            "from pygatewayworker import BusinessWorker\n"
             f"worker = BusinessWorker(events='apps.benchapp.Events:Events', "
             f"count={cfg.workers}, register={reg!r})\n"
         )

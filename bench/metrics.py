@@ -28,7 +28,7 @@ import psutil
 
 from bench.cluster import BenchCluster, ClusterConfig
 from bench.pool import GenPool, latencies, split
-from gatewayclient import AsyncGatewayClient, GatewayClient
+from pygatewayworker.gatewayclient import AsyncGatewayClient, GatewayClient
 
 __all__ = ["Sizes", "FULL", "QUICK", "Bench", "percentile"]
 

@@ -6,8 +6,8 @@ from Events code: ``api`` (the Gateway API, see ``businessworker.handle``) and
 ``businessworker.context``). The runtime is ``businessworker.worker``.
 """
 
-from businessworker.config import BusinessWorker
-from businessworker.context import context
-from businessworker.handle import api
+from pygatewayworker.businessworker.config import BusinessWorker
+from pygatewayworker.businessworker.context import context
+from pygatewayworker.businessworker.handle import api
 
 __all__ = ["BusinessWorker", "api", "context"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from register.config import ConfigError, check_link_timing, normalize_addresses
+from pygatewayworker.register.config import ConfigError, check_link_timing, normalize_addresses
 
 __all__ = ["BusinessWorker"]
 
@@ -15,7 +15,9 @@ class BusinessWorker:
 
     ``events`` is an import string ``"package.module:Name"`` (e.g.
     ``"apps.chat.Events:Events"``), imported only inside worker processes so that the
-    supervisor never runs user code and ``reload`` loads the current code.
+    supervisor never runs user code and ``reload`` loads the current code. In a start
+    file, ``".Events:Events"`` (leading dot) names ``Events.py`` in the app's own
+    folder, wherever the apps folder is.
     ``query_timeout`` bounds every query per gateway (seconds).
     ``gateway_lost_timeout``: a gateway this worker cannot reach for that long
     (seconds; 0: never) is taken for dead and ``on_close`` runs for the clients it

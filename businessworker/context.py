@@ -12,7 +12,7 @@ callback starts inherit it.
 
 Application code reads it through the one documented handle, :data:`context`::
 
-    from businessworker import context
+    from pygatewayworker.businessworker import context
 
     def on_message(client_id, message):
         context.client_ip        # "203.0.113.7"
@@ -49,7 +49,9 @@ class EventContext:
     session: dict[str, Any]
 
 
-_event: ContextVar[EventContext | None] = ContextVar("businessworker.event", default=None)
+_event: ContextVar[EventContext | None] = ContextVar(
+    "pygatewayworker.businessworker.event", default=None
+)
 
 
 def current_event() -> EventContext | None:

@@ -42,11 +42,18 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from businessworker.context import EventContext, enter_event, exit_event
-from businessworker.handle import WorkerAPI, use_api
-from businessworker.orphans import GatewayMemory
-from gateway.protocol import Cmd, ProtocolError, encode, pack_session, unpack_session
-from gatewayclient.link import GatewayLink
+from pygatewayworker.businessworker.context import EventContext, enter_event, exit_event
+from pygatewayworker.businessworker.handle import WorkerAPI, use_api
+from pygatewayworker.businessworker.orphans import GatewayMemory
+from pygatewayworker.businessworker.request import ConnectRequest
+from pygatewayworker.gateway.protocol import (
+    Cmd,
+    ProtocolError,
+    encode,
+    pack_session,
+    unpack_session,
+)
+from pygatewayworker.gatewayclient.link import GatewayLink
 
 __all__ = ["Dispatcher", "KINDS"]
 
@@ -235,7 +242,11 @@ class Dispatcher:
         enter_event(event)
         use_api(self._api)
         try:
-            result = callback(client_id) if cmd in _ONE_ARG else callback(client_id, payload)
+            result = (
+                callback(client_id)
+                if cmd in _ONE_ARG
+                else callback(client_id, _argument(cmd, payload))
+            )
         except (Exception, asyncio.CancelledError):  # not a task: a cancel is its error
             self._failed(cmd, client_id)
             return
@@ -295,7 +306,11 @@ class Dispatcher:
         token = enter_event(event)
         try:
             try:
-                result = callback(client_id) if cmd in _ONE_ARG else callback(client_id, payload)
+                result = (
+                    callback(client_id)
+                    if cmd in _ONE_ARG
+                    else callback(client_id, _argument(cmd, payload))
+                )
             except Exception:
                 self._failed(cmd, client_id)
                 return
@@ -331,3 +346,11 @@ class Dispatcher:
         link.send(encode(Cmd.SET_SESSION, conn_id, packed))
         self._api.sent += 1
         self.memory.note_session(link, conn_id, packed)
+
+
+def _argument(cmd: int, payload: Any) -> Any:
+    """The callback's second argument: the message as it came, or for
+    ``on_websocket_connect`` the handshake request as a :class:`ConnectRequest`."""
+    if cmd == Cmd.EV_WS_CONNECT:
+        return ConnectRequest.from_wire(payload)
+    return payload

@@ -6,7 +6,7 @@ Each :class:`~businessworker.worker.WorkerProcess` owns a :class:`WorkerAPI` (th
 Gateway API over its links, plus the calls that act on the current client). Events
 code does not receive it as an argument; it imports the one documented handle::
 
-    from businessworker import api
+    from pygatewayworker.businessworker import api
 
     def on_message(client_id, message):
         api.send_to_group("room", message)
@@ -24,8 +24,8 @@ from __future__ import annotations
 from contextvars import ContextVar, Token
 from typing import Any, cast
 
-from businessworker.context import current_event
-from gatewayclient.api import GatewayAPI, Message
+from pygatewayworker.businessworker.context import current_event
+from pygatewayworker.gatewayclient.api import GatewayAPI, Message
 
 __all__ = ["WorkerAPI", "api", "bind_process_api", "unbind_process_api", "use_api", "reset_api"]
 
@@ -68,7 +68,9 @@ class _ProcessAPI:
 
 
 _process = _ProcessAPI()
-_scoped: ContextVar[WorkerAPI | None] = ContextVar("businessworker.api", default=None)
+_scoped: ContextVar[WorkerAPI | None] = ContextVar(
+    "pygatewayworker.businessworker.api", default=None
+)
 
 
 def bind_process_api(worker_api: WorkerAPI) -> None:

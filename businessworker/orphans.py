@@ -33,8 +33,8 @@ import logging
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from gateway.protocol import Cmd
-from gatewayclient.link import GatewayLink
+from pygatewayworker.gateway.protocol import Cmd
+from pygatewayworker.gatewayclient.link import GatewayLink
 
 __all__ = ["GatewayMemory", "OrphanCallback"]
 

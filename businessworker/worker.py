@@ -47,20 +47,20 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from businessworker.config import BusinessWorker
-from businessworker.dispatch import KINDS, Dispatcher
-from businessworker.handle import (
+from pygatewayworker.businessworker.config import BusinessWorker
+from pygatewayworker.businessworker.dispatch import KINDS, Dispatcher
+from pygatewayworker.businessworker.handle import (
     WorkerAPI,
     bind_process_api,
     reset_api,
     unbind_process_api,
     use_api,
 )
-from cluster.reload import REPLACEMENT_ENV
-from cluster.spec import ChildSpec
-from gateway.protocol import Cmd, encode
-from gatewayclient.link import GatewayLink
-from gatewayclient.pool import LinkPool, WatcherFactory
+from pygatewayworker.cluster.reload import REPLACEMENT_ENV
+from pygatewayworker.cluster.spec import ChildSpec
+from pygatewayworker.gateway.protocol import Cmd, encode
+from pygatewayworker.gatewayclient.link import GatewayLink
+from pygatewayworker.gatewayclient.pool import LinkPool, WatcherFactory
 
 __all__ = ["WorkerProcess", "WorkerInfo", "WorkerBootError", "load_events", "serve"]
 
@@ -375,6 +375,6 @@ def _settle(future: asyncio.Future[None], _: object) -> None:
 
 def serve(spec: ChildSpec) -> int:
     """Entry point of a business worker child process."""
-    from cluster.child import run_service
+    from pygatewayworker.cluster.child import run_service
 
     return run_service(spec, WorkerProcess(spec.config, spec.index))

@@ -13,12 +13,16 @@ processes import.
 
 Import strings and the apps directory
 -------------------------------------
-The apps directory is a Python package named after the directory itself (``apps``),
-so ``"apps.chat.Events:Events"`` means ``<apps_dir>/chat/Events.py``. To make that
+The apps directory is a Python package named after the directory itself (``apps``,
+or any other identifier; ``__init__.py`` files are optional), so
+``"apps.chat.Events:Events"`` means ``<apps_dir>/chat/Events.py``. To make that
 resolve to *this* apps directory, :func:`discover` puts its parent (the project root
-of that copy) first on ``sys.path``; children inherit that through the fork. A copy
-of an app elsewhere (``--apps-dir /tmp/x/apps``) therefore works as long as the
-directory is still called ``apps``, or its import strings use the new name.
+of that copy) first on ``sys.path``; children inherit that through the fork.
+
+An import string that starts with a dot is relative to its app's folder:
+``events=".Events:Events"`` in ``<apps_dir>/chat/start_businessworker.py`` is
+resolved to ``"<apps dir name>.chat.Events:Events"``, so an app keeps working when
+the apps folder is renamed or moved (``gatewayworker new`` writes this form).
 
 Custom runtimes
 ---------------
@@ -35,12 +39,13 @@ import runpy
 import sys
 import traceback
 from dataclasses import dataclass, field
+from dataclasses import replace as replace_field
 from typing import Any
 
-from businessworker.config import BusinessWorker
-from gateway.config import Gateway
-from pushapi.config import PushAPI
-from register.config import Register
+from pygatewayworker.businessworker.config import BusinessWorker
+from pygatewayworker.gateway.config import Gateway
+from pygatewayworker.pushapi.config import PushAPI
+from pygatewayworker.register.config import Register
 
 __all__ = [
     "ROLES",
@@ -49,6 +54,7 @@ __all__ = [
     "Declaration",
     "AppsPlan",
     "discover",
+    "list_start_files",
     "role_of",
 ]
 
@@ -61,10 +67,10 @@ ROLES: tuple[tuple[str, type], ...] = (
 """Every role, in boot order, with its declaration class."""
 
 DEFAULT_RUNTIMES = {
-    "register": "register.server:serve",
-    "gateway": "gateway.server:serve",
-    "businessworker": "businessworker.worker:serve",
-    "pushapi": "pushapi.server:serve",
+    "register": "pygatewayworker.register.server:serve",
+    "gateway": "pygatewayworker.gateway.server:serve",
+    "businessworker": "pygatewayworker.businessworker.worker:serve",
+    "pushapi": "pygatewayworker.pushapi.server:serve",
 }
 
 START_RUN_NAME = "__gatewayworker_start__"
@@ -109,6 +115,8 @@ class AppsPlan:
 
     apps_dir: str
     declarations: list[Declaration] = field(default_factory=list)
+    start_files: list[str] = field(default_factory=list)
+    """Every start file read, so that ``reload`` can tell which appeared since."""
 
     @property
     def apps(self) -> list[str]:
@@ -138,11 +146,22 @@ def discover(apps_dir: str, only: str | None = None) -> AppsPlan:
         found = {only: found[only]}
     plan = AppsPlan(apps_dir)
     for app, start_files in found.items():
+        plan.start_files.extend(start_files)
         plan.declarations.extend(_read_app(app, start_files))
     _check_unique_names(plan.declarations)
     role_order = {role: i for i, (role, _) in enumerate(ROLES)}
     plan.declarations.sort(key=lambda d: role_order[d.role])  # stable: file order kept
     return plan
+
+
+def list_start_files(apps_dir: str, only: str | None = None) -> list[str]:
+    """The start files under ``apps_dir`` now (of the app ``only``, if given); reads
+    no file. Missing or unusable directories give ``[]``."""
+    try:
+        found = _app_dirs(os.path.abspath(apps_dir))
+    except (AppError, OSError):
+        return []
+    return sorted(p for app, paths in found.items() if only in (None, app) for p in paths)
 
 
 def _put_first_on_path(directory: str) -> None:
@@ -197,9 +216,23 @@ def _read_start_file(app: str, path: str) -> list[Declaration]:
             continue
         seen.add(id(value))
         value.app = app
+        if role == "businessworker" and value.events.startswith("."):
+            value = _resolve_relative_events(value, app, path)
         runtime = getattr(type(value), "runtime", None) or DEFAULT_RUNTIMES[role]
         out.append(Declaration(app, role, value, path, str(runtime)))
     return out
+
+
+def _resolve_relative_events(worker: Any, app: str, path: str) -> Any:
+    """``".Events:Events"`` -> ``"<apps dir name>.<app>.Events:Events"``."""
+    package = os.path.basename(os.path.dirname(os.path.dirname(path)))
+    if not package.isidentifier():
+        raise AppError(
+            f"{path}: events={worker.events!r} is relative to the apps folder, whose "
+            f"name {package!r} is not a valid package name; rename the folder or give "
+            "a full import string"
+        )
+    return replace_field(worker, events=f"{package}.{app}{worker.events}", app=app)
 
 
 def _line_of(exc: BaseException, path: str) -> str:

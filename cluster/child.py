@@ -42,9 +42,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from cluster.logs import configure_child_logging
-from cluster.spec import ChildSpec, ExitCode
-from cluster.state import rss_bytes
+from pygatewayworker.cluster.logs import configure_child_logging
+from pygatewayworker.cluster.spec import ChildSpec, ExitCode
+from pygatewayworker.cluster.state import rss_bytes
 
 __all__ = ["Service", "run_service", "RATE_KEYS", "new_event_loop"]
 
@@ -81,7 +81,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def run_service(spec: ChildSpec, service: Service) -> int:
     """Run ``service`` in this process until asked to stop; return the exit code."""
-    configure_child_logging(spec.name)
+    configure_child_logging(spec.name, level=spec.log_level)
     if spec.master_pid:
         _set_parent_death_signal(signal.SIGTERM)
     for sig in (signal.SIGINT, signal.SIGHUP):

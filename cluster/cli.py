@@ -1,11 +1,15 @@
-"""The command line: ``python start.py start|stop|restart|reload|status|connections``.
+"""The command line: ``gatewayworker start|stop|restart|reload|status|connections|new``
+(also ``python -m pygatewayworker ...`` and, in a checkout, ``python start.py ...``).
 
 Every command finds the running master through the pid file in the run directory
-(``--run-dir``, env ``GW_RUN_DIR``, default ``run/`` beside ``start.py``) and talks to
-it with signals only: TERM/QUIT stop, HUP reloads, USR2 refreshes the stats files.
-What it prints comes from the files the master and the children write there
-(:mod:`cluster.state`). Every command but ``start`` and ``restart`` says
-"not running" and exits 1 when no master runs.
+(``--run-dir``, env ``GW_RUN_DIR``, default ``./run``) and talks to it with signals
+only: TERM/QUIT stop, HUP reloads, USR2 refreshes the stats files. What it prints
+comes from the files the master and the children write there
+(:mod:`pygatewayworker.cluster.state`).
+
+Exit codes: 0 done; 1 failed or (``status``, ``reload``, ``connections``) not running,
+with "not running (looked in DIR)"; 2 usage error. ``stop`` with nothing running
+says so and exits 0, so scripts can call it whatever the state.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -22,10 +27,10 @@ from typing import Any, NoReturn
 
 import click
 
-from cluster.apps import AppError, discover
-from cluster.daemon import ConsoleReporter, start_daemon
-from cluster.master import Master, MasterOptions, Reporter
-from cluster.overrides import (
+from pygatewayworker.cluster.apps import AppError, discover, list_start_files
+from pygatewayworker.cluster.daemon import ConsoleReporter, start_daemon
+from pygatewayworker.cluster.master import Master, MasterOptions, Reporter
+from pygatewayworker.cluster.overrides import (
     OverrideError,
     Overrides,
     apply_overrides,
@@ -33,9 +38,10 @@ from cluster.overrides import (
     from_saved,
     override_options,
 )
-from cluster.pidfile import PidFile, pid_alive
-from cluster.query import GatewayTarget, query_all
-from cluster.state import (
+from pygatewayworker.cluster.pidfile import PidFile, pid_alive
+from pygatewayworker.cluster.query import GatewayTarget, query_all
+from pygatewayworker.cluster.scaffold import AppTemplate, create_app
+from pygatewayworker.cluster.state import (
     RunPaths,
     default_apps_dir,
     read_json,
@@ -43,8 +49,14 @@ from cluster.state import (
     rss_bytes,
     write_json_atomic,
 )
-from cluster.status import process_rows, render_connections, render_status, render_summary, totals
-from gateway.protocol import Cmd
+from pygatewayworker.cluster.status import (
+    process_rows,
+    render_connections,
+    render_status,
+    render_summary,
+    totals,
+)
+from pygatewayworker.gateway.protocol import Cmd
 
 __all__ = ["main"]
 
@@ -60,11 +72,15 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def _not_running(paths: RunPaths) -> str:
+    return f"not running (looked in {paths.run_dir})"
+
+
 def _running(paths: RunPaths) -> int:
-    """The master's pid, or exit with "not running"."""
+    """The master's pid, or exit 1 with "not running (looked in DIR)"."""
     pid = PidFile(paths.pid_file).running_pid()
     if pid is None:
-        _fail("not running")
+        _fail(_not_running(paths))
     return pid
 
 
@@ -87,14 +103,26 @@ _run_dir_option = click.option(
     envvar="GW_RUN_DIR",
     type=click.Path(file_okay=False),
     default=None,
-    help="Directory of the pid file, log file and stats [env GW_RUN_DIR; default: run/].",
+    help="Directory of the pid file, log file and stats [env GW_RUN_DIR; default: ./run].",
 )
 _apps_dir_option = click.option(
     "--apps-dir",
     envvar="GW_APPS_DIR",
     type=click.Path(file_okay=False),
     default=None,
-    help="The apps directory [env GW_APPS_DIR; default: apps/, or the running one's].",
+    help="The apps directory [env GW_APPS_DIR; default: ./apps, or the running one's].",
+)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+log_level_option = click.option(
+    "--log-level",
+    envvar="GW_LOG_LEVEL",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Level of the master's and every child's log [env GW_LOG_LEVEL].",
 )
 
 
@@ -115,11 +143,13 @@ def main() -> None:
 @main.command()
 @click.option("-d", "--daemon", is_flag=True, help="Run in the background.")
 @click.option("--app", "app_name", default=None, help="Start only this app.")
+@log_level_option
 @run_dir_option
 @override_options
 def start(
     daemon: bool,
     app_name: str | None,
+    log_level: str,
     apps_dir: str | None,
     run_dir: str | None,
     cli_overrides: Overrides,
@@ -128,7 +158,8 @@ def start(
 
     Per-host settings override the start files: options > GW_* environment > files
     (see docs/deployment.md)."""
-    sys.exit(_start(RunPaths.at(run_dir), daemon, app_name, apps_dir, cli_overrides))
+    paths = RunPaths.at(run_dir)
+    sys.exit(_start(paths, daemon, app_name, apps_dir, log_level, cli_overrides))
 
 
 def _start(
@@ -136,6 +167,7 @@ def _start(
     daemon: bool,
     app_name: str | None,
     apps_dir: str | None,
+    log_level: str = "info",
     cli_overrides: Overrides | None = None,
     saved_overrides: Overrides | None = None,
 ) -> int:
@@ -154,7 +186,11 @@ def _start(
     with contextlib.suppress(OSError):
         write_json_atomic(_overrides_file(paths), overrides.to_json())
     options = MasterOptions(
-        run_dir=paths.run_dir, apps_dir=plan.apps_dir, app=app_name, foreground=not daemon
+        run_dir=paths.run_dir,
+        apps_dir=plan.apps_dir,
+        app=app_name,
+        foreground=not daemon,
+        log_level=logging.getLevelName(log_level.upper()),
     )
     if not daemon:
         return Master(plan, options, ConsoleReporter()).run()
@@ -174,9 +210,13 @@ def _start(
 @click.option("--timeout", type=float, default=None, help="Seconds before killing what remains.")
 @run_dir_option
 def stop(graceful: bool, timeout: float | None, apps_dir: str | None, run_dir: str | None) -> None:
-    """Stop the master and every child."""
+    """Stop the master and every child (nothing running: says so and exits 0)."""
     paths = RunPaths.at(run_dir)
-    _stop(paths, _running(paths), graceful, timeout)
+    pid = PidFile(paths.pid_file).running_pid()
+    if pid is None:
+        click.echo(_not_running(paths))
+        return
+    _stop(paths, pid, graceful, timeout)
 
 
 def _stop(paths: RunPaths, pid: int, graceful: bool, timeout: float | None) -> None:
@@ -206,12 +246,14 @@ def _stop(paths: RunPaths, pid: int, graceful: bool, timeout: float | None) -> N
 @click.option("-d", "--daemon", is_flag=True, help="Run in the background.")
 @click.option("-g", "--graceful", is_flag=True, help="Stop gracefully first.")
 @click.option("--app", "app_name", default=None, help="Start only this app.")
+@log_level_option
 @run_dir_option
 @override_options
 def restart(
     daemon: bool,
     graceful: bool,
     app_name: str | None,
+    log_level: str,
     apps_dir: str | None,
     run_dir: str | None,
     cli_overrides: Overrides,
@@ -228,8 +270,8 @@ def restart(
         saved = _saved_overrides(paths)
         _stop(paths, pid, graceful, None)
     else:
-        click.echo("not running; starting")
-    sys.exit(_start(paths, daemon, app_name, apps_dir, cli_overrides, saved))
+        click.echo(f"{_not_running(paths)}; starting")
+    sys.exit(_start(paths, daemon, app_name, apps_dir, log_level, cli_overrides, saved))
 
 
 def _overrides_file(paths: RunPaths) -> str:
@@ -276,9 +318,27 @@ def reload(graceful: bool, timeout: float, apps_dir: str | None, run_dir: str | 
     status = _state(paths)["reload"]
     for line in status.get("replaced", []):
         click.echo(f"  {line}")
+    _report_start_file_changes(_state(paths).get("master", {}))
     if status["state"] != "done":
         _fail(f"reload failed: {status.get('message', '')}")
     click.echo(f"reloaded: {status.get('message', '')}")
+
+
+def _report_start_file_changes(master: dict[str, Any]) -> None:
+    """Say which start files appeared or vanished since ``start``: a reload replaces
+    the business workers' code but not the set of declarations."""
+    apps_dir, known = master.get("apps_dir"), master.get("start_files")
+    if not apps_dir or not isinstance(known, list):
+        return
+    now = set(list_start_files(apps_dir, master.get("app")))
+    added, removed = sorted(now - set(known)), sorted(set(known) - now)
+    for label, paths in (("added", added), ("removed", removed)):
+        if paths:
+            click.echo(
+                f"start files {label} since start: {', '.join(paths)}; "
+                "reload only replaces business workers: run `restart` for them to take effect",
+                err=True,
+            )
 
 
 # ---- status -----------------------------------------------------------------------------
@@ -305,7 +365,7 @@ def status(as_json: bool, live: bool, apps_dir: str | None, run_dir: str | None)
             time.sleep(1.0)
     except KeyboardInterrupt:
         return
-    _fail("not running")
+    _fail(_not_running(paths))
 
 
 def _status_text(paths: RunPaths, pid: int, as_json: bool) -> str:
@@ -376,3 +436,35 @@ def _gateway_targets(state: dict[str, Any], apps_dir: str | None) -> list[Gatewa
         secret = secrets.get((proc["app"], proc["decl"]), "")
         targets.append(GatewayTarget(proc["name"], address, secret))
     return targets
+
+
+# ---- new --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("app")
+@click.option(
+    "--apps-dir",
+    envvar="GW_APPS_DIR",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where to create it [env GW_APPS_DIR; default: ./apps].",
+)
+@click.option("--listen", default="0.0.0.0:7272", show_default=True, help="Public address.")
+@click.option("--register-port", type=int, default=1238, show_default=True)
+@click.option("--start-port", type=int, default=2300, show_default=True)
+def new(app: str, apps_dir: str | None, listen: str, register_port: int, start_port: int) -> None:
+    """Create apps/APP/ with a working Events.py (init on connect, echo) and start
+    files with every setting commented; `gatewayworker start` then serves it."""
+    try:
+        template = AppTemplate(app, listen, register_port, start_port)
+        folder = create_app(apps_dir or default_apps_dir(), template)
+    except (ValueError, OSError) as exc:
+        _fail(f"cannot create app: {exc}")
+    click.echo(f"created {folder}/: Events.py and the start files of its roles")
+    click.echo(f"next: gatewayworker start   (then connect to ws://{_local(listen)}/)")
+
+
+def _local(listen: str) -> str:
+    host, _, port = listen.rpartition(":")
+    return f"{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"

@@ -24,8 +24,8 @@ from typing import Any
 
 import click
 
-from cluster.master import Reporter
-from cluster.status import render_summary
+from pygatewayworker.cluster.master import Reporter
+from pygatewayworker.cluster.status import render_summary
 
 __all__ = ["PipeReporter", "ConsoleReporter", "DaemonResult", "start_daemon"]
 

@@ -11,8 +11,11 @@ writer and can never race. Each child's stdout and stderr are a shared pipe whos
 read end the master drains in its main loop (:class:`LogPipe`); a child's logging
 handler (:class:`FdHandler`) writes each formatted record with one ``write`` call,
 which the kernel keeps whole on a pipe for records up to ``PIPE_BUF`` (4 KiB), so
-lines from different children never interleave. Anything else a child prints
-(a traceback from a crash, ``print`` in user code) lands in the log too.
+lines from different children never interleave. A child's ``sys.stdout`` and
+``sys.stderr`` are :class:`LogStream` objects: each line that user code prints
+becomes a log record (logger ``stdout`` at INFO, ``stderr`` at WARNING), so it gets
+the time, pid and process name like any other line. What bypasses Python's streams
+(a C library writing to fd 1 or 2) still lands in the log, as it was written.
 
 In the foreground the master also echoes every line to its stderr. When the master
 dies, a child's next write fails (EPIPE); the child's watchdog stops it anyway.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import logging
 import logging.handlers
 import os
@@ -35,6 +39,7 @@ __all__ = [
     "FdHandler",
     "LineBuffer",
     "LogPipe",
+    "LogStream",
     "formatter_for",
     "configure_master_logging",
     "configure_child_logging",
@@ -187,6 +192,56 @@ class LogPipe:
                 os.close(fd)
 
 
+class LogStream(io.TextIOBase):
+    """A text stream whose lines become log records of ``logger`` at ``level``.
+
+    A partial line waits for its newline (or :meth:`flush`); a line longer than
+    :data:`MAX_LINE` is cut into records of that size."""
+
+    def __init__(self, logger: str, level: int, fd: int) -> None:
+        super().__init__()
+        self._logger = logging.getLogger(logger)
+        self._level = level
+        self._fd = fd
+        self._partial = ""
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        """The underlying descriptor (the log pipe), for code that hands it on."""
+        return self._fd
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        data = self._partial + text
+        *lines, self._partial = data.split("\n")
+        for line in lines:
+            self._emit(line)
+        while len(self._partial) > MAX_LINE:
+            self._emit(self._partial[:MAX_LINE])
+            self._partial = self._partial[MAX_LINE:]
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            line, self._partial = self._partial, ""
+            self._emit(line)
+
+    def _emit(self, line: str) -> None:
+        line = line.rstrip("\r")
+        if line:
+            self._logger.log(self._level, "%s", line)
+
+
 def configure_master_logging(sink: LogSink, level: int = logging.INFO) -> None:
     """Route every logger of the master process to ``sink``."""
     handler = SinkHandler(sink)
@@ -217,3 +272,6 @@ def configure_child_logging(role: str, fd: int = 2, level: int = logging.INFO) -
     root.setLevel(level)
     logging.raiseExceptions = False  # never print logging errors into a dead pipe
     sys.stderr.flush()
+    sys.stdout.flush()
+    sys.stdout = LogStream("stdout", logging.INFO, 1)
+    sys.stderr = LogStream("stderr", logging.WARNING, 2)

@@ -51,15 +51,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cluster.apps import AppsPlan
-from cluster.logs import LineBuffer, LogPipe, LogSink, configure_master_logging
-from cluster.pidfile import AlreadyRunning, PidFile
-from cluster.reload import Reloader
-from cluster.slots import STABLE_AFTER, Child, Slot, describe_exit, respawn_delay
-from cluster.sockets import BindError, bind_slot_sockets
-from cluster.spawn import run_child
-from cluster.spec import ChildSpec
-from cluster.state import RunPaths, write_json_atomic
+from pygatewayworker.cluster.apps import AppsPlan
+from pygatewayworker.cluster.logs import LineBuffer, LogPipe, LogSink, configure_master_logging
+from pygatewayworker.cluster.pidfile import AlreadyRunning, PidFile
+from pygatewayworker.cluster.reload import Reloader
+from pygatewayworker.cluster.slots import STABLE_AFTER, Child, Slot, describe_exit, respawn_delay
+from pygatewayworker.cluster.sockets import BindError, bind_slot_sockets
+from pygatewayworker.cluster.spawn import run_child
+from pygatewayworker.cluster.spec import ChildSpec
+from pygatewayworker.cluster.state import RunPaths, write_json_atomic
 
 __all__ = ["Master", "MasterOptions", "Reporter", "StartFailed", "BOOT_ORDER", "STOP_ORDER"]
 
@@ -91,6 +91,7 @@ class MasterOptions:
     stop_timeout: float = 10.0
     graceful_timeout: float = 30.0
     reload_timeout: float = 30.0
+    log_level: int = logging.INFO
 
 
 class Reporter(Protocol):
@@ -173,7 +174,7 @@ class Master:
         self._sink = LogSink(
             self.paths.log_file, echo=sys.stderr if self.options.foreground else None
         )
-        configure_master_logging(self._sink)
+        configure_master_logging(self._sink, self.options.log_level)
         self._log_pipe = LogPipe(self._sink)
         self._status_r, self._status_w = os.pipe()
         self._wake_r, self._wake_w = os.pipe()
@@ -393,6 +394,7 @@ class Master:
             status_fd=self._status_w,
             run_dir=self.paths.run_dir,
             master_pid=os.getpid(),
+            log_level=self.options.log_level,
         )
         assert self._log_pipe is not None
         log_fd, closes = self._log_pipe.write_fd, self._child_closes(slot)
@@ -524,6 +526,7 @@ class Master:
                 "apps_dir": self.plan.apps_dir,
                 "app": self.options.app,
                 "apps": self.plan.apps,
+                "start_files": self.plan.start_files,
                 "log_file": self.paths.log_file,
                 "foreground": self.options.foreground,
             },

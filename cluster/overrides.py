@@ -59,8 +59,8 @@ from typing import Any
 
 import click
 
-from cluster.apps import ROLES, AppsPlan, Declaration
-from register.config import ConfigError, normalize_addresses, parse_address
+from pygatewayworker.cluster.apps import ROLES, AppsPlan, Declaration
+from pygatewayworker.register.config import ConfigError, normalize_addresses, parse_address
 
 __all__ = [
     "OverrideError",

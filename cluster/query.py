@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.protocol import Cmd, Decoder, ProtocolError, encode
-from register.config import parse_address
+from pygatewayworker.gateway.protocol import Cmd, Decoder, ProtocolError, encode
+from pygatewayworker.register.config import parse_address
 
 __all__ = ["GatewayTarget", "QueryError", "query_gateway", "query_all"]
 

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cluster.slots import Child, Slot
+from pygatewayworker.cluster.slots import Child, Slot
 
 __all__ = ["Reloader", "ChildControl", "ReloadJob", "REPLACEMENT_ENV", "RETIRE_MARGIN"]
 

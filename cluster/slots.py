@@ -15,8 +15,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.apps import Declaration
-from cluster.spec import ChildSpec, ExitCode
+from pygatewayworker.cluster.apps import Declaration
+from pygatewayworker.cluster.spec import ChildSpec, ExitCode
 
 __all__ = [
     "Child",

@@ -15,8 +15,8 @@ import errno
 import os
 import socket
 
-from cluster.apps import Declaration
-from register.config import parse_address
+from pygatewayworker.cluster.apps import Declaration
+from pygatewayworker.register.config import parse_address
 
 __all__ = ["BindError", "bind_listener", "bind_slot_sockets", "probe_free", "holder_of_port"]
 

@@ -22,9 +22,9 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
-from cluster.logs import configure_child_logging
-from cluster.slots import Slot
-from cluster.spec import ChildSpec, ExitCode
+from pygatewayworker.cluster.logs import configure_child_logging
+from pygatewayworker.cluster.slots import Slot
+from pygatewayworker.cluster.spec import ChildSpec, ExitCode
 
 __all__ = ["run_child", "import_runtime"]
 
@@ -89,7 +89,7 @@ def _prepare(spec: ChildSpec, log_fd: int, closes: Iterable[Any]) -> None:
                 item.close()
             else:
                 os.close(item)
-    configure_child_logging(spec.name)
+    configure_child_logging(spec.name, level=spec.log_level)
     _set_title(f"gatewayworker {spec.name}")
 
 

@@ -59,6 +59,7 @@ class ChildSpec:
     status_fd: int | None = None
     run_dir: str = ""
     master_pid: int = 0
+    log_level: int = 20  # logging.INFO
 
     @property
     def name(self) -> str:

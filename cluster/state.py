@@ -1,6 +1,7 @@
 """Files in the run directory, shared by the master and the command line.
 
-``run/`` (default: beside ``start.py``; ``--run-dir`` or ``GW_RUN_DIR`` elsewhere)::
+``run/`` (default: ``./run`` in the current directory, the project's; ``--run-dir`` or
+``GW_RUN_DIR`` elsewhere; a checkout's ``start.py`` makes it ``run/`` beside itself)::
 
     gatewayworker.pid    the master's pid (cluster.pidfile)
     gatewayworker.log    the log file, rotated by the master (cluster.logs)
@@ -21,11 +22,9 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "PROJECT_ROOT",
     "RunPaths",
     "default_run_dir",
     "default_apps_dir",
@@ -35,20 +34,18 @@ __all__ = [
     "rss_bytes",
 ]
 
-PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
-"""The directory that holds ``start.py`` and the packages."""
-
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def default_run_dir() -> str:
-    """``run/`` under the project root."""
-    return os.path.join(PROJECT_ROOT, "run")
+    """``./run``: the run directory of the project in the current directory (never a
+    folder of the installed package)."""
+    return os.path.abspath("run")
 
 
 def default_apps_dir() -> str:
-    """``apps/`` under the project root."""
-    return os.path.join(PROJECT_ROOT, "apps")
+    """``./apps``: the apps directory of the project in the current directory."""
+    return os.path.abspath("apps")
 
 
 @dataclass(slots=True, frozen=True)

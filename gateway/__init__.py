@@ -1,6 +1,6 @@
 """Gateway: holds client WebSocket connections and all per-client state. Importing
 this package imports only the declaration; the runtime is ``gateway.server``."""
 
-from gateway.config import Gateway
+from pygatewayworker.gateway.config import Gateway
 
 __all__ = ["Gateway"]

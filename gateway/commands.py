@@ -22,15 +22,15 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from gateway import wsproto
-from gateway.client_id import MAX_CONN_ID, encode_client_id
-from gateway.config import Gateway
-from gateway.connection import S_OPEN, ClientConnection
-from gateway.directory import Directory
-from gateway.protocol import Cmd
+from pygatewayworker.gateway import wsproto
+from pygatewayworker.gateway.client_id import MAX_CONN_ID, encode_client_id
+from pygatewayworker.gateway.config import Gateway
+from pygatewayworker.gateway.connection import S_OPEN, ClientConnection
+from pygatewayworker.gateway.directory import Directory
+from pygatewayworker.gateway.protocol import Cmd
 
 if TYPE_CHECKING:
-    from gateway.links import InternalLink
+    from pygatewayworker.gateway.links import InternalLink
 
 __all__ = ["Commands", "Frames", "coalesce", "data_frame"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from register.config import (
+from pygatewayworker.register.config import (
     ConfigError,
     check_ipv4,
     check_link_timing,

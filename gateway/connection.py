@@ -28,12 +28,12 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, cast
 
-from gateway import wsproto
-from gateway.directory import Entry
+from pygatewayworker.gateway import wsproto
+from pygatewayworker.gateway.directory import Entry
 
 if TYPE_CHECKING:
-    from gateway.links import InternalLink
-    from gateway.server import GatewayServer
+    from pygatewayworker.gateway.links import InternalLink
+    from pygatewayworker.gateway.server import GatewayServer
 
 __all__ = [
     "S_HTTP",

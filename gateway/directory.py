@@ -31,7 +31,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from gateway.protocol import MAX_KEY_LENGTH, ProtocolError, pack_session, unpack_session
+from pygatewayworker.gateway.protocol import (
+    MAX_KEY_LENGTH,
+    ProtocolError,
+    pack_session,
+    unpack_session,
+)
 
 __all__ = ["Entry", "Directory", "WHATS", "merge_session"]
 

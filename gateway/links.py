@@ -42,11 +42,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from gateway.commands import coalesce
-from gateway.config import Gateway
-from gateway.connection import ClientConnection
-from gateway.directory import Directory
-from gateway.protocol import (
+from pygatewayworker.gateway.commands import coalesce
+from pygatewayworker.gateway.config import Gateway
+from pygatewayworker.gateway.connection import ClientConnection
+from pygatewayworker.gateway.directory import Directory
+from pygatewayworker.gateway.protocol import (
     DEFAULT_MAX_PACKET,
     ROUTES_CHANGES,
     ROUTES_STATE,
@@ -56,10 +56,10 @@ from gateway.protocol import (
     ProtocolError,
     encode,
 )
-from register.config import parse_address
+from pygatewayworker.register.config import parse_address
 
 if TYPE_CHECKING:
-    from gateway.server import GatewayServer
+    from pygatewayworker.gateway.server import GatewayServer
 
 __all__ = ["InternalLink", "LinkHandling", "ROUTES_CHUNK", "ROUTES_CHUNK_BYTES", "route_packets"]
 

@@ -38,12 +38,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from cluster.spec import ChildSpec
-from gateway import wsproto
-from gateway.client_id import MAX_CONN_ID
-from gateway.commands import Commands, data_frame
-from gateway.config import Gateway
-from gateway.connection import (
+from pygatewayworker.cluster.spec import ChildSpec
+from pygatewayworker.gateway import wsproto
+from pygatewayworker.gateway.client_id import MAX_CONN_ID
+from pygatewayworker.gateway.commands import Commands, data_frame
+from pygatewayworker.gateway.config import Gateway
+from pygatewayworker.gateway.connection import (
     S_CLOSED,
     S_CLOSING,
     S_DRAINING,
@@ -53,12 +53,12 @@ from gateway.connection import (
     RateLimitedLog,
     static_response,
 )
-from gateway.directory import Directory
-from gateway.links import InternalLink, LinkHandling
-from gateway.protocol import Cmd
-from gateway.sweeps import HEARTBEAT_SLICES, Sweeps
-from register.config import is_loopback, parse_address
-from register.discovery import GatewayAnnouncer
+from pygatewayworker.gateway.directory import Directory
+from pygatewayworker.gateway.links import InternalLink, LinkHandling
+from pygatewayworker.gateway.protocol import Cmd
+from pygatewayworker.gateway.sweeps import HEARTBEAT_SLICES, Sweeps
+from pygatewayworker.register.config import is_loopback, parse_address
+from pygatewayworker.register.discovery import GatewayAnnouncer
 
 __all__ = [
     "GatewayServer",
@@ -412,7 +412,7 @@ class GatewayServer(LinkHandling, Commands, Sweeps):
 
 def serve(spec: ChildSpec) -> int:
     """Entry point of a gateway child process (see ``cluster.spec``)."""
-    from cluster.child import run_service
+    from pygatewayworker.cluster.child import run_service
 
     server = GatewayServer(
         spec.config, spec.index, spec.sockets.get("public"), spec.sockets.get("internal")

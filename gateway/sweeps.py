@@ -29,9 +29,9 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from gateway.config import Gateway
-from gateway.connection import S_OPEN, ClientConnection
-from gateway.directory import Directory
+from pygatewayworker.gateway.config import Gateway
+from pygatewayworker.gateway.connection import S_OPEN, ClientConnection
+from pygatewayworker.gateway.directory import Directory
 
 __all__ = ["HEARTBEAT_SLICES", "Sweeps"]
 

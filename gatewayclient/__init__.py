@@ -10,10 +10,10 @@
   :class:`InvalidClientId` (a ``ValueError``).
 """
 
-from gateway.client_id import InvalidClientId
-from gatewayclient.api import GatewayAPI
-from gatewayclient.client import AsyncGatewayClient
-from gatewayclient.errors import (
+from pygatewayworker.gateway.client_id import InvalidClientId
+from pygatewayworker.gatewayclient.api import GatewayAPI
+from pygatewayworker.gatewayclient.client import AsyncGatewayClient
+from pygatewayworker.gatewayclient.errors import (
     GatewayError,
     GatewayUnavailable,
     LinkClosed,
@@ -22,8 +22,8 @@ from gatewayclient.errors import (
     QueryTimeout,
     RemoteError,
 )
-from gatewayclient.link import GatewayLink
-from gatewayclient.sync import GatewayClient
+from pygatewayworker.gatewayclient.link import GatewayLink
+from pygatewayworker.gatewayclient.sync import GatewayClient
 
 __all__ = [
     "AsyncGatewayClient",

@@ -41,11 +41,22 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from gateway.client_id import decode_client_id
-from gateway.protocol import MAX_KEY_LENGTH, Cmd, encode, pack_session, unpack_session
-from gatewayclient import merge
-from gatewayclient.errors import GatewayUnavailable, LinkClosed, QueryTimeout, RemoteError
-from gatewayclient.link import GatewayLink
+from pygatewayworker.gateway.client_id import decode_client_id
+from pygatewayworker.gateway.protocol import (
+    MAX_KEY_LENGTH,
+    Cmd,
+    encode,
+    pack_session,
+    unpack_session,
+)
+from pygatewayworker.gatewayclient import merge
+from pygatewayworker.gatewayclient.errors import (
+    GatewayUnavailable,
+    LinkClosed,
+    QueryTimeout,
+    RemoteError,
+)
+from pygatewayworker.gatewayclient.link import GatewayLink
 
 __all__ = ["GatewayAPI", "Message", "Key"]
 

@@ -25,10 +25,10 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from gatewayclient.api import GatewayAPI, Key, Message
-from gatewayclient.errors import GatewayError, GatewayUnavailable
-from gatewayclient.pool import LinkPool
-from register.config import check_link_timing, normalize_addresses
+from pygatewayworker.gatewayclient.api import GatewayAPI, Key, Message
+from pygatewayworker.gatewayclient.errors import GatewayError, GatewayUnavailable
+from pygatewayworker.gatewayclient.pool import LinkPool
+from pygatewayworker.register.config import check_link_timing, normalize_addresses
 
 __all__ = ["AsyncGatewayClient"]
 

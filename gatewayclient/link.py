@@ -43,8 +43,8 @@ import os
 from collections.abc import Callable
 from typing import Any, cast
 
-from gateway.client_id import MAX_CONN_ID, encode_client_id
-from gateway.protocol import (
+from pygatewayworker.gateway.client_id import MAX_CONN_ID, encode_client_id
+from pygatewayworker.gateway.protocol import (
     DEFAULT_MAX_PACKET,
     ROUTES_CHANGES,
     ROUTES_STATE,
@@ -55,8 +55,8 @@ from gateway.protocol import (
     encode,
     encode_body,
 )
-from gatewayclient.errors import LinkClosed, LinkError, QueryTimeout, RemoteError
-from register.config import parse_address
+from pygatewayworker.gatewayclient.errors import LinkClosed, LinkError, QueryTimeout, RemoteError
+from pygatewayworker.register.config import parse_address
 
 __all__ = ["GatewayLink", "FLUSH_BYTES", "EVENT_COMMANDS"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from gateway.protocol import unpack_session
+from pygatewayworker.gateway.protocol import unpack_session
 
 __all__ = [
     "Origin",

@@ -27,9 +27,9 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from gatewayclient.errors import LinkError, NoRegister
-from gatewayclient.link import EventCallback, GatewayLink, LinkCallback
-from register.config import ConfigError
+from pygatewayworker.gatewayclient.errors import LinkError, NoRegister
+from pygatewayworker.gatewayclient.link import EventCallback, GatewayLink, LinkCallback
+from pygatewayworker.register.config import ConfigError
 
 __all__ = ["LinkPool", "DirectoryWatcher", "WatcherFactory"]
 
@@ -67,7 +67,7 @@ def default_watcher(
     keepalive: float = 10.0,
 ) -> DirectoryWatcher:
     """The real register client (imported here so a fixed gateway list needs none)."""
-    from register.discovery import GatewayDirectoryWatcher
+    from pygatewayworker.register.discovery import GatewayDirectoryWatcher
 
     watcher: DirectoryWatcher = GatewayDirectoryWatcher(
         registers, secret, on_change=on_change, keepalive=keepalive

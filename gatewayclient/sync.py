@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from gatewayclient.api import Key, Message
-from gatewayclient.client import AsyncGatewayClient
-from gatewayclient.errors import GatewayError
+from pygatewayworker.gatewayclient.api import Key, Message
+from pygatewayworker.gatewayclient.client import AsyncGatewayClient
+from pygatewayworker.gatewayclient.errors import GatewayError
 
 __all__ = ["GatewayClient"]
 

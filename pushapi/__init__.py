@@ -2,7 +2,7 @@
 
 Declare it in a start file (the master runs it like the other roles)::
 
-    from pushapi import PushAPI
+    from pygatewayworker.pushapi import PushAPI
 
     push_api = PushAPI(listen="127.0.0.1:7373", register="127.0.0.1:1238", token="s3cret")
 
@@ -12,6 +12,6 @@ required; requests from web pages (with an ``Origin`` header) and bodies that ar
 ``application/json`` are refused. The runtime is :mod:`pushapi.server`.
 """
 
-from pushapi.config import PushAPI
+from pygatewayworker.pushapi.config import PushAPI
 
 __all__ = ["PushAPI"]

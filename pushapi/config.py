@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from register.config import ConfigError, normalize_addresses, parse_address
+from pygatewayworker.register.config import ConfigError, normalize_addresses, parse_address
 
 __all__ = ["PushAPI"]
 

@@ -45,13 +45,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.client_id import InvalidClientId
-from gatewayclient.client import AsyncGatewayClient
-from gatewayclient.errors import GatewayError, QueryTimeout, RemoteError
-from pushapi.config import PushAPI
-from pushapi.http import HttpError, Request, encode_response, json_response, parse_head
-from pushapi.verbs import BadRequest, parse_call
-from register.config import parse_address
+from pygatewayworker.gateway.client_id import InvalidClientId
+from pygatewayworker.gatewayclient.client import AsyncGatewayClient
+from pygatewayworker.gatewayclient.errors import GatewayError, QueryTimeout, RemoteError
+from pygatewayworker.pushapi.config import PushAPI
+from pygatewayworker.pushapi.http import (
+    HttpError,
+    Request,
+    encode_response,
+    json_response,
+    parse_head,
+)
+from pygatewayworker.pushapi.verbs import BadRequest, parse_call
+from pygatewayworker.register.config import parse_address
 
 __all__ = ["PushAPIServer", "serve", "status_of"]
 
@@ -125,7 +131,7 @@ class PushAPIServer:
         log.info("push API listening on http://%s:%s", *self.address)
 
     def _bind(self) -> socket.socket:
-        from cluster.sockets import bind_listener  # the cluster package imports us
+        from pygatewayworker.cluster.sockets import bind_listener  # the cluster package imports us
 
         host, port = parse_address(self.config.listen)
         what = f"app {self.config.app or '?'} push API {self.config.name!r}"
@@ -284,6 +290,6 @@ class PushAPIServer:
 
 def serve(spec: Any) -> int:
     """Child entry point (``cluster``): run one push API process until told to stop."""
-    from cluster.child import run_service
+    from pygatewayworker.cluster.child import run_service
 
     return int(run_service(spec, PushAPIServer(spec.config, spec.sockets.get("listen"))))

@@ -1,6 +1,6 @@
 """Register: where gateways announce their internal address and workers and push
 clients learn the list. Importing this package imports only the declaration."""
 
-from register.config import ConfigError, Register
+from pygatewayworker.register.config import ConfigError, Register
 
 __all__ = ["Register", "ConfigError"]

@@ -34,8 +34,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from register import lines
-from register.config import parse_address
+from pygatewayworker.register import lines
+from pygatewayworker.register.config import parse_address
 
 __all__ = ["GatewayAnnouncer", "GatewayDirectoryWatcher"]
 

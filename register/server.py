@@ -30,13 +30,13 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, cast
 
-from register import lines
-from register.config import Register, is_loopback, parse_address
+from pygatewayworker.register import lines
+from pygatewayworker.register.config import Register, is_loopback, parse_address
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from cluster.spec import ChildSpec
+    from pygatewayworker.cluster.spec import ChildSpec
 
 __all__ = ["RegisterServer", "serve"]
 
@@ -353,7 +353,7 @@ class RegisterServer:
 
 def serve(spec: ChildSpec) -> int:
     """Child entry point: run one register process until it is told to stop."""
-    from cluster.child import run_service
+    from pygatewayworker.cluster.child import run_service
 
     server = RegisterServer(spec.config, spec.sockets.get("listen"))
     return int(run_service(spec, server))

@@ -106,18 +106,18 @@ def make_app(
     )
     static = f"static_dir={str(dest / 'web')!r}," if (dest / "web").is_dir() else ""
     (dest / "start_register.py").write_text(
-        "from register import Register\n"
+        "from pygatewayworker import Register\n"
         f"register = Register(listen='127.0.0.1:{spec.register_port}', secret={secret!r})\n"
     )
     (dest / "start_gateway.py").write_text(
-        "from gateway import Gateway\n"
+        "from pygatewayworker import Gateway\n"
         f"gateway = Gateway(listen='127.0.0.1:{spec.public_port}', count={gateways}, "
         f"lan_ip='127.0.0.1', start_port={spec.start_port}, "
         f"register='127.0.0.1:{spec.register_port}', secret={secret!r}, {static} "
         f"{gateway_options})\n"
     )
     (dest / "start_businessworker.py").write_text(
-        "from businessworker import BusinessWorker\n"
+        "from pygatewayworker import BusinessWorker\n"
         f"worker = BusinessWorker(events='apps.{source}.Events:Events', count={workers}, "
         f"register='127.0.0.1:{spec.register_port}', secret={secret!r}, {worker_options})\n"
     )

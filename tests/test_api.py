@@ -10,18 +10,18 @@ from typing import Any
 
 import pytest
 
-from gateway.client_id import InvalidClientId, encode_client_id
-from gateway.protocol import Cmd, encode, pack_session, unpack_session
-from gatewayclient import merge
-from gatewayclient.api import GatewayAPI
-from gatewayclient.errors import (
+from pygatewayworker.gateway.client_id import InvalidClientId, encode_client_id
+from pygatewayworker.gateway.protocol import Cmd, encode, pack_session, unpack_session
+from pygatewayworker.gatewayclient import merge
+from pygatewayworker.gatewayclient.api import GatewayAPI
+from pygatewayworker.gatewayclient.errors import (
     GatewayUnavailable,
     LinkClosed,
     LinkError,
     QueryTimeout,
     RemoteError,
 )
-from gatewayclient.link import FLUSH_BYTES, GatewayLink
+from pygatewayworker.gatewayclient.link import FLUSH_BYTES, GatewayLink
 from tests.test_gatewayclient_fakes import UNIT, FakeGateway, free_port, wait_until
 
 

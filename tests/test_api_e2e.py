@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gateway.protocol import Cmd, Decoder, encode
+from pygatewayworker.gateway.protocol import Cmd, Decoder, encode
 from tests.cluster import AppSpec, ForegroundCluster, make_app, wait_ready
 from tests.rc import RC, RemoteError, b
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from businessworker import BusinessWorker
-from cluster.apps import DEFAULT_RUNTIMES, AppError, discover
-from gateway import Gateway
-from register import Register
+from pygatewayworker.businessworker import BusinessWorker
+from pygatewayworker.cluster.apps import DEFAULT_RUNTIMES, AppError, discover
+from pygatewayworker.gateway import Gateway
+from pygatewayworker.register import Register
 
 
 @pytest.fixture(autouse=True)
@@ -30,16 +30,16 @@ def write_app(apps: Path, name: str, files: dict[str, str]) -> Path:
 
 
 CHAT = {
-    "start_register.py": "from register import Register\nr = Register(listen='127.0.0.1:1238')\n",
+    "start_register.py": "from pygatewayworker import Register\nr = Register(listen='127.0.0.1:1238')\n",
     "start_gateway.py": (
-        "from gateway import Gateway\n"
+        "from pygatewayworker import Gateway\n"
         "gw = Gateway(listen='0.0.0.0:7272', count=3)\n"
         "same = gw  # one object, one declaration\n"
         "if __name__ == '__main__':\n"
         "    raise SystemExit('a start file main block must not run')\n"
     ),
     "start_businessworker.py": (
-        "from businessworker import BusinessWorker\n"
+        "from pygatewayworker import BusinessWorker\n"
         "w = BusinessWorker(events='apps.chat.Events:Events', count=2)\n"
     ),
     "Events.py": "raise RuntimeError('the master must never import Events')\n",
@@ -68,7 +68,7 @@ def test_discovers_every_declaration_in_boot_order(tmp_path: Path) -> None:
 def test_only_one_app_and_unknown_app(tmp_path: Path) -> None:
     apps = tmp_path / "apps"
     write_app(apps, "chat", CHAT)
-    write_app(apps, "other", {"start.py": "from register import Register\nr = Register()\n"})
+    write_app(apps, "other", {"start.py": "from pygatewayworker import Register\nr = Register()\n"})
     assert discover(str(apps)).apps == ["chat", "other"]
     assert discover(str(apps), only="other").apps == ["other"]
     with pytest.raises(AppError, match="no app named 'nope'.*chat, other"):
@@ -82,7 +82,7 @@ def test_custom_runtime_from_a_subclass(tmp_path: Path) -> None:
         "x",
         {
             "start.py": (
-                "from register import Register\n"
+                "from pygatewayworker import Register\n"
                 "class Mine(Register):\n"
                 "    runtime = 'my.module:serve'\n"
                 "r = Mine()\n"
@@ -98,7 +98,9 @@ def test_errors_name_the_start_file_and_line(tmp_path: Path) -> None:
     write_app(
         apps,
         "bad",
-        {"start_gateway.py": "from gateway import Gateway\n\ngw = Gateway(lan_ip='0.0.0.0')\n"},
+        {
+            "start_gateway.py": "from pygatewayworker import Gateway\n\ngw = Gateway(lan_ip='0.0.0.0')\n"
+        },
     )
     with pytest.raises(AppError) as info:
         discover(str(apps))
@@ -123,8 +125,8 @@ def test_syntax_error_and_exit_in_a_start_file(tmp_path: Path) -> None:
         ({"start.py": "x = 1\n"}, "declare no Register, Gateway or BusinessWorker"),
         (
             {
-                "start_a.py": "from register import Register\nr = Register()\n",
-                "start_b.py": "from register import Register\nr = Register(listen='127.0.0.1:2')\n",
+                "start_a.py": "from pygatewayworker import Register\nr = Register()\n",
+                "start_b.py": "from pygatewayworker import Register\nr = Register(listen='127.0.0.1:2')\n",
             },
             "two declarations are named 'register'",
         ),

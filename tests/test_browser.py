@@ -141,15 +141,15 @@ def make_pushdemo(tmp_path: Path) -> AppSpec:
     spec = AppSpec(tmp_path, "pushdemo", block, block + 1, block + 2, 2, 1, "", tmp_path / "run")
     register = f"127.0.0.1:{spec.register_port}"
     (dest / "start_register.py").write_text(
-        f"from register import Register\nregister = Register(listen={register!r})\n"
+        f"from pygatewayworker import Register\nregister = Register(listen={register!r})\n"
     )
     (dest / "start_gateway.py").write_text(
-        "from gateway import Gateway\n"
+        "from pygatewayworker import Gateway\n"
         f"gateway = Gateway(listen='127.0.0.1:{spec.public_port}', count=2, "
         f"start_port={spec.start_port}, register={register!r}, ping_interval=0)\n"
     )
     (dest / "start_businessworker.py").write_text(
-        "from businessworker import BusinessWorker\n"
+        "from pygatewayworker import BusinessWorker\n"
         "worker = BusinessWorker(events='apps.pushdemo.Events:Events', count=1, "
         f"register={register!r})\n"
     )

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from cluster.spec import ExitCode
+from pygatewayworker.cluster.spec import ExitCode
 from tests.cluster import PYTHON, ROOT
 
 SCRIPT = textwrap.dedent(
     """
     import asyncio, json, os, sys
-    from cluster.child import run_service
-    from cluster.spec import ChildSpec
-    from register.config import Register
+    from pygatewayworker.cluster.child import run_service
+    from pygatewayworker.cluster.spec import ChildSpec
+    from pygatewayworker.register.config import Register
 
     class Service:
         def __init__(self):

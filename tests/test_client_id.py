@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.client_id import (
+from pygatewayworker.gateway.client_id import (
     ClientAddress,
     InvalidClientId,
     decode_client_id,

@@ -7,8 +7,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from gateway.directory import Directory, Entry, merge_session
-from gateway.protocol import ProtocolError, pack_session, unpack_session
+from pygatewayworker.gateway.directory import Directory, Entry, merge_session
+from pygatewayworker.gateway.protocol import ProtocolError, pack_session, unpack_session
 
 
 def make(*conn_ids: int) -> Directory[Entry]:

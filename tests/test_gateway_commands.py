@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gateway import wsproto
-from gateway.commands import Frames, coalesce, data_frame
-from gateway.protocol import Cmd
+from pygatewayworker.gateway import wsproto
+from pygatewayworker.gateway.commands import Frames, coalesce, data_frame
+from pygatewayworker.gateway.protocol import Cmd
 
 
 def test_a_run_to_the_same_group_becomes_one_write_of_every_frame_in_order() -> None:

@@ -18,10 +18,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from gateway.client_id import decode_client_id
-from gateway.config import Gateway
-from gateway.protocol import Cmd, Decoder, encode, pack_session, unpack_session
-from gateway.server import GatewayServer
+from pygatewayworker.gateway.client_id import decode_client_id
+from pygatewayworker.gateway.config import Gateway
+from pygatewayworker.gateway.protocol import Cmd, Decoder, encode, pack_session, unpack_session
+from pygatewayworker.gateway.server import GatewayServer
 from tests.test_wsproto import KEY, client_frame, request, upgrade_lines
 
 SECRET = "s3cret"

@@ -10,13 +10,13 @@ import time
 
 import pytest
 
-from gateway import server as server_mod
-from gateway.client_id import MAX_CONN_ID
-from gateway.protocol import Cmd
-from gateway.server import GatewayServer, first_conn_id
-from register.config import Register
-from register.discovery import GatewayAnnouncer
-from register.server import RegisterServer
+from pygatewayworker.gateway import server as server_mod
+from pygatewayworker.gateway.client_id import MAX_CONN_ID
+from pygatewayworker.gateway.protocol import Cmd
+from pygatewayworker.gateway.server import GatewayServer, first_conn_id
+from pygatewayworker.register.config import Register
+from pygatewayworker.register.discovery import GatewayAnnouncer
+from pygatewayworker.register.server import RegisterServer
 from tests.test_gateway_server import (
     SECRET,
     TIMEOUT,

@@ -17,8 +17,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.client_id import encode_client_id
-from gateway.protocol import Cmd, Decoder, ProtocolError, encode, pack_session, unpack_session
+from pygatewayworker.gateway.client_id import encode_client_id
+from pygatewayworker.gateway.protocol import (
+    Cmd,
+    Decoder,
+    ProtocolError,
+    encode,
+    pack_session,
+    unpack_session,
+)
 
 UNIT = 5.0  # generous bound for every wait in these tests
 
@@ -45,9 +52,9 @@ def free_port() -> int:
 async def announced_register(addresses: list[str], secret: str) -> AsyncIterator[str]:
     """A real register (port 0) listing ``addresses``, announced by the real
     ``GatewayAnnouncer``; yields the register's address."""
-    from register.config import Register
-    from register.discovery import GatewayAnnouncer
-    from register.server import RegisterServer
+    from pygatewayworker.register.config import Register
+    from pygatewayworker.register.discovery import GatewayAnnouncer
+    from pygatewayworker.register.server import RegisterServer
 
     register = RegisterServer(Register(listen="127.0.0.1:0", secret=secret))
     await register.start()

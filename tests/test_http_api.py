@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from gatewayclient import AsyncGatewayClient, GatewayClient
-from pushapi import PushAPI
-from pushapi.http import HttpError, parse_head
-from pushapi.server import PushAPIServer
-from pushapi.verbs import VERBS, BadRequest, parse_call
-from register.config import ConfigError
+from pygatewayworker.gatewayclient import AsyncGatewayClient, GatewayClient
+from pygatewayworker.pushapi import PushAPI
+from pygatewayworker.pushapi.http import HttpError, parse_head
+from pygatewayworker.pushapi.server import PushAPIServer
+from pygatewayworker.pushapi.verbs import VERBS, BadRequest, parse_call
+from pygatewayworker.register.config import ConfigError
 from tests.cluster import AppSpec, ForegroundCluster, free_port_block, make_app, wait_ready
 from tests.rc import RC
 from tests.test_gatewayclient_fakes import FakeGateway, free_port
@@ -216,7 +216,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AppSpec,
     )
     api_port = free_port_block(1)
     (spec.apps_dir / "rc" / "start_pushapi.py").write_text(
-        "from pushapi import PushAPI\n"
+        "from pygatewayworker import PushAPI\n"
         f"push_api = PushAPI(listen='127.0.0.1:{api_port}', "
         f"register='127.0.0.1:{spec.register_port}', secret={SECRET!r}, token={TOKEN!r}, "
         "max_body=65536)\n"

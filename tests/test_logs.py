@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.logs import LogPipe, LogSink, SinkHandler, formatter_for
+from pygatewayworker.cluster.logs import LogPipe, LogSink, SinkHandler, formatter_for
 
 ROOT = Path(__file__).resolve().parent.parent
 LINE = re.compile(
@@ -101,7 +101,7 @@ def test_a_child_writes_through_the_pipe_into_the_rotating_file(
     child_code = textwrap.dedent(
         f"""
         import logging
-        from cluster.logs import configure_child_logging
+        from pygatewayworker.cluster.logs import configure_child_logging
         configure_child_logging("chat.gateway.1", fd={pipe.write_fd})
         log = logging.getLogger("gateway")
         for i in range(40):
@@ -135,5 +135,50 @@ def test_a_child_writes_through_the_pipe_into_the_rotating_file(
     assert all(m["level"] == "INFO" for m in lines[:-1])
     numbers = [int(m["message"].split()[1]) for m in lines[:-1]]
     assert numbers == list(range(numbers[0], 40))
+    for match in lines:
+        check_time(match, since, until)
+
+
+def test_a_childs_print_and_stderr_lines_become_log_lines(tmp_path: Path, sink: LogSink) -> None:
+    """``print()`` in user code (and writes to ``sys.stderr``) reach the log with the
+    time, pid and process name; the level filter applies to them like to any record."""
+    pipe = LogPipe(sink)
+    child_code = textwrap.dedent(
+        f"""
+        import logging, os, sys
+        os.dup2({pipe.write_fd}, 1)
+        os.dup2({pipe.write_fd}, 2)
+        from pygatewayworker.cluster.logs import configure_child_logging
+        configure_child_logging("chat.businessworker.0", level=logging.INFO)
+        print("hello from print", 42)
+        print("two", "lines", sep="\\n")
+        sys.stdout.write("no newline yet")
+        sys.stdout.flush()
+        print("oops on stderr", file=sys.stderr)
+        logging.getLogger("stdout").setLevel(logging.WARNING)
+        print("filtered out")
+        """
+    )
+    since = time.time()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", child_code], cwd=ROOT, pass_fds=(pipe.write_fd,)
+        )
+        assert child.wait(timeout=60) == 0
+        pipe.drain()
+    finally:
+        pipe.close()
+    until = time.time()
+    lines = parsed_lines(log_files(tmp_path))
+    got = [(m["role"], m["level"], m["logger"], m["message"]) for m in lines]
+    role = "chat.businessworker.0"
+    assert got == [
+        (role, "INFO", "stdout", "hello from print 42"),
+        (role, "INFO", "stdout", "two"),
+        (role, "INFO", "stdout", "lines"),
+        (role, "INFO", "stdout", "no newline yet"),
+        (role, "WARNING", "stderr", "oops on stderr"),
+    ]
+    assert {m["pid"] for m in lines} == {str(child.pid)}
     for match in lines:
         check_time(match, since, until)

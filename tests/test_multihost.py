@@ -55,8 +55,8 @@ from typing import Any, TypeVar
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from gateway.client_id import decode_client_id
-from gatewayclient import AsyncGatewayClient
+from pygatewayworker.gateway.client_id import decode_client_id
+from pygatewayworker.gatewayclient import AsyncGatewayClient
 from tests.cluster import PYTHON, ROOT, AppSpec, make_app
 
 T = TypeVar("T")

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from cluster.pidfile import pid_alive
+from pygatewayworker.cluster.pidfile import pid_alive
 from tests.cluster import PYTHON, ROOT, AppSpec, cli, make_app, port_is_free, wait_ports_free
 from tests.rc import RC, RemoteError
 
@@ -397,10 +397,14 @@ async def test_start_status_connections_restart_stop(
     assert [c.ws.close_code for c in fresh] == [1001] * 3
     assert_nothing_left(spec, pids)
 
-    # nothing runs: every command but start says so and fails
-    for command in (["stop"], ["status"], ["status", "--json"], ["reload"], ["connections"]):
+    # nothing runs: every command says so, naming the run directory; stop succeeds
+    # (idempotent for scripts), the others fail
+    looked = f"not running (looked in {spec.run_dir})"
+    for command in (["status"], ["status", "--json"], ["reload"], ["connections"]):
         result = await acli(spec, *command)
-        assert result.returncode != 0 and "not running" in result.stderr, command
+        assert result.returncode == 1 and looked in result.stderr, command
+    result = await acli(spec, "stop")
+    assert result.returncode == 0 and looked in result.stdout
 
     # start after stop works; plain stop
     started = await acli(spec, "start", "-d")

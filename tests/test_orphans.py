@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from businessworker.orphans import GatewayMemory
-from gateway.protocol import Cmd
+from pygatewayworker.businessworker.orphans import GatewayMemory
+from pygatewayworker.gateway.protocol import Cmd
 
 
 class FakeLink:

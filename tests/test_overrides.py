@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from businessworker import BusinessWorker
-from cluster.apps import AppsPlan, Declaration, discover
-from cluster.cli import main
-from cluster.overrides import (
+from pygatewayworker.businessworker import BusinessWorker
+from pygatewayworker.cluster.apps import AppsPlan, Declaration, discover
+from pygatewayworker.cluster.cli import main
+from pygatewayworker.cluster.overrides import (
     OverrideError,
     Overrides,
     apply_overrides,
@@ -21,9 +21,9 @@ from cluster.overrides import (
     from_saved,
     from_values,
 )
-from gateway import Gateway
-from pushapi import PushAPI
-from register import Register
+from pygatewayworker.gateway import Gateway
+from pygatewayworker.pushapi import PushAPI
+from pygatewayworker.register import Register
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.pidfile import AlreadyRunning, PidFile, pid_alive, process_start_time
+from pygatewayworker.cluster.pidfile import AlreadyRunning, PidFile, pid_alive, process_start_time
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.protocol import (
+from pygatewayworker.gateway.protocol import (
     Cmd,
     Decoder,
     ProtocolError,

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.client_id import InvalidClientId
-from gateway.protocol import Cmd
-from gatewayclient import (
+from pygatewayworker.gateway.client_id import InvalidClientId
+from pygatewayworker.gateway.protocol import Cmd
+from pygatewayworker.gatewayclient import (
     AsyncGatewayClient,
     GatewayClient,
     GatewayError,
@@ -213,9 +213,9 @@ async def test_link_timings_reach_every_link_and_bad_ones_are_refused() -> None:
 
 
 def test_gateway_and_worker_refuse_a_link_timeout_within_two_keepalives() -> None:
-    from businessworker import BusinessWorker
-    from gateway import Gateway
-    from register.config import ConfigError
+    from pygatewayworker.businessworker import BusinessWorker
+    from pygatewayworker.gateway import Gateway
+    from pygatewayworker.register.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"Gateway link_timeout \(15 s\) must be at least twice"):
         Gateway(keepalive_interval=10, link_timeout=15)

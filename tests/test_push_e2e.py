@@ -17,8 +17,13 @@ from typing import Any
 
 import pytest
 
-from gateway.client_id import InvalidClientId
-from gatewayclient import AsyncGatewayClient, GatewayClient, GatewayUnavailable, NoRegister
+from pygatewayworker.gateway.client_id import InvalidClientId
+from pygatewayworker.gatewayclient import (
+    AsyncGatewayClient,
+    GatewayClient,
+    GatewayUnavailable,
+    NoRegister,
+)
 from tests.cluster import AppSpec, ForegroundCluster, make_app, wait_ready
 from tests.rc import RC
 from tests.test_gatewayclient_fakes import free_port

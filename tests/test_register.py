@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from cluster.spec import ChildSpec
-from register import lines
-from register.config import Register
-from register.discovery import GatewayAnnouncer, GatewayDirectoryWatcher
-from register.server import RegisterServer, serve
+from pygatewayworker.cluster.spec import ChildSpec
+from pygatewayworker.register import lines
+from pygatewayworker.register.config import Register
+from pygatewayworker.register.discovery import GatewayAnnouncer, GatewayDirectoryWatcher
+from pygatewayworker.register.server import RegisterServer, serve
 
 SECRET = 'top"secret\\key\n{}'
 TIMEOUT = 5.0
@@ -375,9 +375,9 @@ def test_serve_hands_the_server_to_run_service(monkeypatch):
         seen["spec"], seen["service"] = spec, service
         return 0
 
-    fake = types.ModuleType("cluster.child")
+    fake = types.ModuleType("pygatewayworker.cluster.child")
     fake.run_service = run_service  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "cluster.child", fake)
+    monkeypatch.setitem(sys.modules, "pygatewayworker.cluster.child", fake)
     sock = socket.socket()
     try:
         spec = ChildSpec(role="register", config=Register(), sockets={"listen": sock})

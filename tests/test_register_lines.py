@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from register import lines
-from register.lines import LineDecoder, LineError
+from pygatewayworker.register import lines
+from pygatewayworker.register.lines import LineDecoder, LineError
 
 
 def feed_in_pieces(data: bytes, rng: random.Random) -> list[dict]:

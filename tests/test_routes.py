@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from gateway import links as links_module
-from gateway.directory import Directory, Entry
-from gateway.protocol import (
+from pygatewayworker.gateway import links as links_module
+from pygatewayworker.gateway.directory import Directory, Entry
+from pygatewayworker.gateway.protocol import (
     ROUTES_CHANGES,
     ROUTES_STATE,
     ROUTES_STATE_END,
@@ -20,9 +20,9 @@ from gateway.protocol import (
     Decoder,
     encode,
 )
-from gateway.server import GatewayServer
-from gatewayclient import AsyncGatewayClient
-from gatewayclient.link import GatewayLink
+from pygatewayworker.gateway.server import GatewayServer
+from pygatewayworker.gatewayclient import AsyncGatewayClient
+from pygatewayworker.gatewayclient.link import GatewayLink
 from tests.test_gateway_server import SECRET, FakeLink, open_client, recv, running, ws
 from tests.test_gatewayclient_fakes import UNIT, FakeGateway, wait_until
 
@@ -92,8 +92,8 @@ def test_route_packets_stay_small_whatever_the_key_lengths() -> None:
 
 
 def test_uid_and_group_names_have_a_length_limit() -> None:
-    from gateway.protocol import MAX_KEY_LENGTH
-    from gatewayclient.api import check_key
+    from pygatewayworker.gateway.protocol import MAX_KEY_LENGTH
+    from pygatewayworker.gatewayclient.api import check_key
 
     assert check_key("x" * MAX_KEY_LENGTH, "group") == "x" * MAX_KEY_LENGTH
     with pytest.raises(ValueError, match=f"at most {MAX_KEY_LENGTH}"):

@@ -9,10 +9,10 @@ import os
 
 import pytest
 
-from gateway.protocol import Cmd
-from gateway.server import GatewayServer
-from register.config import Register, is_loopback
-from register.server import RegisterServer
+from pygatewayworker.gateway.protocol import Cmd
+from pygatewayworker.gateway.server import GatewayServer
+from pygatewayworker.register.config import Register, is_loopback
+from pygatewayworker.register.server import RegisterServer
 from tests.test_gateway_server import FakeLink, make_config
 
 

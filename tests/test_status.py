@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from cluster.logs import LineBuffer, formatter_for
-from cluster.slots import describe_exit, respawn_delay
-from cluster.status import (
+from pygatewayworker.cluster.logs import LineBuffer, formatter_for
+from pygatewayworker.cluster.slots import describe_exit, respawn_delay
+from pygatewayworker.cluster.status import (
     human_bytes,
     human_duration,
     process_rows,

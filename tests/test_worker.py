@@ -12,11 +12,11 @@ from typing import Any, ClassVar
 
 import pytest
 
-import businessworker.worker as worker_module
-from businessworker import BusinessWorker, api, context
-from businessworker.worker import WorkerBootError, WorkerProcess
-from gateway.protocol import Cmd, pack_session
-from gatewayclient.errors import NoRegister
+import pygatewayworker.businessworker.worker as worker_module
+from pygatewayworker.businessworker import BusinessWorker, api, context
+from pygatewayworker.businessworker.worker import WorkerBootError, WorkerProcess
+from pygatewayworker.gateway.protocol import Cmd, pack_session
+from pygatewayworker.gatewayclient.errors import NoRegister
 from tests.test_gatewayclient_fakes import (
     UNIT,
     FakeGateway,

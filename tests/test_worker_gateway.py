@@ -11,13 +11,13 @@ from typing import Any, ClassVar
 
 import pytest
 
-from businessworker import BusinessWorker, api, context
-from businessworker.worker import WorkerProcess
-from gatewayclient import AsyncGatewayClient
+from pygatewayworker.businessworker import BusinessWorker, api, context
+from pygatewayworker.businessworker.worker import WorkerProcess
+from pygatewayworker.gatewayclient import AsyncGatewayClient
 from tests.test_gatewayclient_fakes import UNIT, wait_until
 
-server_mod = pytest.importorskip("gateway.server")
-register_mod = pytest.importorskip("register.server")
+server_mod = pytest.importorskip("pygatewayworker.gateway.server")
+register_mod = pytest.importorskip("pygatewayworker.register.server")
 websockets_client = pytest.importorskip("websockets.asyncio.client")
 
 SECRET = 'a "quoted" secret'
@@ -61,8 +61,8 @@ class Cluster:
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[Cluster]:
-    from gateway.config import Gateway
-    from register.config import Register
+    from pygatewayworker.gateway.config import Gateway
+    from pygatewayworker.register.config import Register
 
     EchoEvents.seen.clear()
     register = register_mod.RegisterServer(Register(listen="127.0.0.1:0", secret=SECRET))

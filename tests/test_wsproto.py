@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import wsproto
-from gateway.wsproto import (
+from pygatewayworker.gateway import wsproto
+from pygatewayworker.gateway.wsproto import (
     OP_BINARY,
     OP_CLOSE,
     OP_PING,

@@ -22,9 +22,7 @@ import logging
 import time
 from typing import Any
 
-from businessworker import api, context
-from gatewayclient import QueryTimeout
-from gatewayclient.errors import GatewayUnavailable
+from pygatewayworker import GatewayUnavailable, QueryTimeout, api, context
 
 log = logging.getLogger("apps.chat")
 

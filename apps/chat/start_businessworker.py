@@ -1,7 +1,7 @@
 """Business workers of the chat app. Events is named by import string so that it
 is imported only inside worker processes (and ``reload`` picks up new code)."""
 
-from businessworker import BusinessWorker
+from pygatewayworker import BusinessWorker
 
 worker = BusinessWorker(
     events="apps.chat.Events:Events",

@@ -6,7 +6,7 @@ running cluster serves its own client: open http://127.0.0.1:7272/?room_id=1.
 
 from pathlib import Path
 
-from gateway import Gateway
+from pygatewayworker import Gateway
 
 gateway = Gateway(
     listen="0.0.0.0:7272",

@@ -1,5 +1,5 @@
 """Register of the chat app: discovery only, never on the message path."""
 
-from register import Register
+from pygatewayworker import Register
 
 register = Register(listen="127.0.0.1:1238", name="ChatRegister")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from businessworker import api, context
+from pygatewayworker import api, context
 
 
 class Events:

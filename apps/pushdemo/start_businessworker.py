@@ -1,6 +1,6 @@
 """Business workers of the push-only demo: they only greet and say goodbye."""
 
-from businessworker import BusinessWorker
+from pygatewayworker import BusinessWorker
 
 worker = BusinessWorker(
     events="apps.pushdemo.Events:Events",

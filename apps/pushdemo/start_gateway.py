@@ -1,6 +1,6 @@
 """Gateways of the push-only demo: the page's WebSocket connects to port 7273."""
 
-from gateway import Gateway
+from pygatewayworker import Gateway
 
 gateway = Gateway(
     listen="127.0.0.1:7273",

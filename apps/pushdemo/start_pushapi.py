@@ -8,7 +8,7 @@ The token is required (set PUSHDEMO_API_TOKEN to change it).
 
 import os
 
-from pushapi import PushAPI
+from pygatewayworker import PushAPI
 
 push_api = PushAPI(
     listen="127.0.0.1:7374",

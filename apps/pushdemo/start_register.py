@@ -1,5 +1,5 @@
 """Register of the push-only demo (its own port, so it runs beside the chat)."""
 
-from register import Register
+from pygatewayworker import Register
 
 register = Register(listen="127.0.0.1:1239", name="PushDemoRegister")

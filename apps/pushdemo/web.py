@@ -44,8 +44,7 @@ from urllib.parse import parse_qs
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from gateway.client_id import InvalidClientId
-from gatewayclient import AsyncGatewayClient, GatewayError
+from pygatewayworker import AsyncGatewayClient, GatewayError, InvalidClientId
 
 __all__ = ["Settings", "create_app", "main"]
 

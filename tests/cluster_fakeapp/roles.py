@@ -24,9 +24,9 @@ import os
 import time
 from typing import Any
 
-from cluster.child import run_service
-from cluster.spec import ChildSpec
-from gateway.protocol import Cmd, Decoder, ProtocolError, encode
+from pygatewayworker.cluster.child import run_service
+from pygatewayworker.cluster.spec import ChildSpec
+from pygatewayworker.gateway.protocol import Cmd, Decoder, ProtocolError, encode
 
 
 async def _close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

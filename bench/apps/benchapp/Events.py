@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from businessworker import api
+from pygatewayworker import api
 
 
 class Events:
