@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.metrics import FULL, QUICK, Bench
 from bench.report import write_outputs
+from bench.yardstick import StealMeter, measure_yardstick
 
 GROUPS: list[tuple[tuple[str, ...], str]] = [
     (("M1", "M2", "M3"), "measure_connections"),
@@ -34,6 +35,10 @@ async def run(quick: bool, only: set[str], out: Path, command: str) -> int:
     bench = Bench(QUICK if quick else FULL, _log)
     results: dict[str, Any] = {}
     errors: list[str] = []
+    steal = StealMeter()
+    steal.start()
+    stick = await asyncio.to_thread(measure_yardstick, quick)
+    _log(f"yardstick: {stick}")
     for metrics, method in GROUPS:
         if only and not only.intersection(metrics):
             continue
@@ -51,7 +56,9 @@ async def run(quick: bool, only: set[str], out: Path, command: str) -> int:
             results.update(found)
     if "M3_storm" in results:  # measured on the M1 cluster, reported under M3
         results.setdefault("M3", {})["reconnect_storm"] = results.pop("M3_storm")
-    paths = write_outputs(results, bench.configs, quick, out, command, errors)
+    host = {"yardstick": stick, "cpu_steal": steal.stop()}
+    _log(f"cpu steal during the run: {host['cpu_steal']}")
+    paths = write_outputs(results, bench.configs, quick, out, command, errors, host)
     for kind, path in paths.items():
         _log(f"{kind}: {path}")
     return 1 if errors else 0

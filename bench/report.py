@@ -12,6 +12,8 @@ from typing import Any
 
 import psutil
 
+from bench.yardstick import ratios
+
 __all__ = ["machine", "summary", "write_outputs", "TARGETS"]
 
 TARGETS: dict[str, str] = {
@@ -165,14 +167,19 @@ def _markdown(doc: dict[str, Any]) -> str:
         f"Date: {doc['date']}  ",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Linux {m['kernel']}, "
         f"Python {m['python']}, uvloop {'yes' if m['uvloop'] else 'no'}  ",
-        f"Command: `{doc['command']}`",
+        f"Command: `{doc['command']}`  ",
+        f"Yardstick: {_yardstick_text(m)}",
         "",
-        "| metric | target | PHP original | result | met |",
-        "|---|---|---|---|---|",
+        "| metric | target | PHP original | result | per yardstick | met |",
+        "|---|---|---|---|---|---|",
     ]
     for metric, row in doc["summary"].items():
         met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
-        lines.append(f"| {metric} | {row['target']} | {row['php']} | {row['result']} | {met} |")
+        scaled = row.get("per_yardstick")
+        lines.append(
+            f"| {metric} | {row['target']} | {row['php']} | {row['result']} | "
+            f"{scaled if scaled is not None else '-'} | {met} |"
+        )
     m6 = _get(doc["results"], "M6", "series") or {}
     if m6:
         lines += ["", "Round trip (M6), open loop:", ""]
@@ -219,6 +226,19 @@ def _markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _yardstick_text(m: dict[str, Any]) -> str:
+    stick, steal = m.get("yardstick") or {}, m.get("cpu_steal") or {}
+    if not stick:
+        return "not measured"
+    return (
+        f"loopback send {stick['loopback_send_us']} us (100 B, 256 sockets), bare asyncio "
+        f"echo round trip p50 {stick['echo_rtt_us']} us, bare TCP connects "
+        f"{stick['connects_per_s']:,}/s; CPU steal during the run {steal.get('steal_pct')} %. "
+        "Per yardstick: M3 / bare connects/s, M4 and M7 / bare sends/s, "
+        "M6 p50 / bare echo p50"
+    )
+
+
 def _chart(doc: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -250,16 +270,28 @@ def write_outputs(
     out_dir: Path,
     command: str,
     errors: list[str],
+    host: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write ``bench.json``, ``bench.md`` and ``latency.png`` to ``out_dir``."""
+    """Write ``bench.json``, ``bench.md`` and ``latency.png`` to ``out_dir``.
+
+    ``host`` holds the run's ``yardstick`` and ``cpu_steal`` (:mod:`bench.yardstick`);
+    each summary row then also carries ``per_yardstick``, its figure divided by the
+    yardstick, the form in which runs on different machines may be compared."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    host = host or {}
+    rows = summary(results, quick)
+    stick = host.get("yardstick") or {}
+    if stick:
+        scaled = ratios({metric: row["value"] for metric, row in rows.items()}, stick)
+        for metric, row in rows.items():
+            row["per_yardstick"] = scaled.get(metric)
     doc = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "quick": quick,
         "command": command,
-        "machine": machine(),
+        "machine": {**machine(), **host},
         "config": config,
-        "summary": summary(results, quick),
+        "summary": rows,
         "results": results,
         "errors": errors,
     }

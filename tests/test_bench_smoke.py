@@ -41,6 +41,12 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
     doc = json.loads((out / "bench.json").read_text())
     assert doc["errors"] == []
     assert {"cpu", "cores", "kernel", "python", "uvloop"} <= set(doc["machine"])
+    stick = doc["machine"]["yardstick"]
+    assert stick["loopback_send_us"] > 0 and stick["echo_rtt_us"] > 0
+    assert stick["connects_per_s"] > 0
+    assert 0 <= doc["machine"]["cpu_steal"]["steal_pct"] <= 100
+    for metric in ("M3", "M4", "M6", "M7"):
+        assert doc["summary"][metric]["per_yardstick"] > 0, metric
     assert set(doc["summary"]) == {f"M{i}" for i in range(1, 8)}
     for metric, row in doc["summary"].items():
         assert row["value"] is not None, f"{metric} has no figure"
@@ -58,5 +64,6 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
     markdown = (out / "bench.md").read_text()
     for metric in doc["summary"]:
         assert f"| {metric} |" in markdown
+    assert "Yardstick: loopback send" in markdown
     png = (out / "latency.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
