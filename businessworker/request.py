@@ -7,6 +7,7 @@ that Events code reads attributes and a parsed query. Pure: no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -27,9 +28,10 @@ class ConnectRequest:
     - ``remote_ip`` / ``remote_port``: the peer as the gateway saw it (behind a proxy,
       read ``headers["x-forwarded-for"]`` if you trust the proxy).
 
-    ``request["path"]`` and ``request.get("query")`` also work, for code written
-    against the dict this used to be (they return the same values as the attributes,
-    except that ``request["query"]`` is the raw string, as it was).
+    ``request["path"]``, ``request.get("query")``, ``"path" in request`` and
+    ``dict(request)`` also work, for code written against the dict this used to be
+    (the keys are those of the dict; values are the attributes', except that
+    ``request["query"]`` is the raw string, as it was).
     """
 
     path: str = "/"
@@ -57,7 +59,7 @@ class ConnectRequest:
             headers=dict(headers) if isinstance(headers, dict) else {},
             cookies=dict(cookies) if isinstance(cookies, dict) else {},
             remote_ip=str(info.get("remote_ip") or ""),
-            remote_port=int(info.get("remote_port") or 0),
+            remote_port=_port(info.get("remote_port")),
             query_lists=lists,
             query={name: values[0] for name, values in lists.items()},
         )
@@ -65,9 +67,19 @@ class ConnectRequest:
     def __getitem__(self, key: str) -> Any:
         if key == "query":
             return self.query_string
-        if key in _FIELDS:
+        if key in _KEYS:
             return getattr(self, key)
         raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in _KEYS
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_KEYS)
+
+    def keys(self) -> tuple[str, ...]:
+        """The keys of the dict this used to be."""
+        return _KEYS
 
     def get(self, key: str, default: Any = None) -> Any:
         """Dict-style read (see the class docstring)."""
@@ -77,4 +89,12 @@ class ConnectRequest:
             return default
 
 
-_FIELDS = frozenset({"path", "headers", "cookies", "remote_ip", "remote_port"})
+_KEYS = ("path", "query", "headers", "cookies", "remote_ip", "remote_port")
+"""The keys of the dict the gateway sends (and ``on_websocket_connect`` used to get)."""
+
+
+def _port(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0

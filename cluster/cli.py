@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
+from click.core import ParameterSource
 
 from pygatewayworker.cluster.apps import AppError, discover, list_start_files
 from pygatewayworker.cluster.daemon import ConsoleReporter, start_daemon
@@ -462,7 +464,12 @@ def new(app: str, apps_dir: str | None, listen: str, register_port: int, start_p
     except (ValueError, OSError) as exc:
         _fail(f"cannot create app: {exc}")
     click.echo(f"created {folder}/: Events.py and the start files of its roles")
-    click.echo(f"next: gatewayworker start   (then connect to ws://{_local(listen)}/)")
+    # Name a folder given on the command line, or the hint would start ./apps.
+    given = click.get_current_context().get_parameter_source("apps_dir")
+    where = ""
+    if given is ParameterSource.COMMANDLINE and apps_dir is not None:
+        where = f" --apps-dir {shlex.quote(apps_dir)}"
+    click.echo(f"next: gatewayworker start{where}   (then connect to ws://{_local(listen)}/)")
 
 
 def _local(listen: str) -> str:

@@ -298,7 +298,7 @@ def apply_overrides(plan: AppsPlan, overrides: Overrides) -> AppsPlan:
             f"{', '.join(roles or ())} in {plan.apps_dir} (found: {', '.join(found) or 'none'})"
         )
     _check_unique_targets(kept, overrides)
-    return AppsPlan(plan.apps_dir, [_apply_one(d, overrides) for d in kept])
+    return AppsPlan(plan.apps_dir, [_apply_one(d, overrides) for d in kept], list(plan.start_files))
 
 
 def _check_unique_targets(declarations: list[Declaration], overrides: Overrides) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from pygatewayworker.register.config import parse_address
+
 __all__ = ["AppTemplate", "create_app", "render_app"]
 
 EVENTS = '''"""Events of the {app} app: every client event of the gateways reaches these
@@ -69,7 +71,7 @@ from pygatewayworker import Gateway
 gateway = Gateway(
     listen="{listen}",       # the public WebSocket port (all processes share it)
     name="{cls}Gateway",
-    count=2,                 # processes; about one per 10k connections
+    count={gateways},                 # processes; about one per 10k connections
     lan_ip="127.0.0.1",      # this host's address as other hosts reach it (never 0.0.0.0)
     start_port={start_port},         # internal ports: start_port .. start_port+count-1
     register="127.0.0.1:{register_port}",
@@ -98,6 +100,10 @@ worker = BusinessWorker(
 '''
 
 
+GATEWAYS = 2
+"""Gateway processes of a new app (internal ports start_port .. start_port+1)."""
+
+
 @dataclass(slots=True, frozen=True)
 class AppTemplate:
     """The settings written into a new app's start files."""
@@ -113,6 +119,14 @@ class AppTemplate:
                 f"app name {self.app!r} must be a Python identifier (letters, digits, _) "
                 "not starting with _"
             )
+        # Checked here so that `new` refuses what `start` would refuse later.
+        parse_address(self.listen, "--listen")
+        for option, port, last in (
+            ("--register-port", self.register_port, 65535),
+            ("--start-port", self.start_port, 65535 - (GATEWAYS - 1)),
+        ):
+            if not 1 <= port <= last:
+                raise ValueError(f"{option} must be 1..{last}, got {port}")
 
 
 def render_app(template: AppTemplate) -> dict[str, str]:
@@ -123,6 +137,7 @@ def render_app(template: AppTemplate) -> dict[str, str]:
         "listen": template.listen,
         "register_port": template.register_port,
         "start_port": template.start_port,
+        "gateways": GATEWAYS,
     }
     return {
         "Events.py": EVENTS.format(**values),

@@ -124,8 +124,11 @@ def make_app(
     return spec
 
 
-def cli(spec: AppSpec, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``start.py <args>`` against the temporary app and wait for it."""
+def cli(
+    spec: AppSpec, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``start.py <args>`` against the temporary app and wait for it (``env``
+    adds to the environment)."""
     return subprocess.run(
         [
             PYTHON,
@@ -141,6 +144,7 @@ def cli(spec: AppSpec, *args: str, timeout: float = 60) -> subprocess.CompletedP
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
 
 

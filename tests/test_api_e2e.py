@@ -184,6 +184,38 @@ async def test_sessions(clients: list[RC]) -> None:
     assert (await other.call("session"))["new"] == "v"
 
 
+async def test_on_websocket_connect_gets_the_request_as_an_object(cluster: AppSpec) -> None:
+    """The rc app stores what ``on_websocket_connect`` read, by attribute and
+    dict-style, in the session; the first event after it returns that session."""
+    query = "token=abc&room=1&room=2&empty=&name=J%C3%B6rg+M"
+    client = await RC.open(
+        f"{cluster.ws_url}ws/room?{query}",
+        additional_headers={"Cookie": "token=t1; theme=dark", "X-Trace": "a"},
+        user_agent_header="rc-test/1",
+    )
+    try:
+        session = await client.call("session")
+        local_port = client.ws.local_address[1]
+    finally:
+        await client.close()
+    request = session["request"]
+    assert request["type"] == "ConnectRequest"
+    assert request["path"] == "/ws/room"
+    assert request["query_string"] == query
+    assert request["query"] == {"token": "abc", "room": "1", "empty": "", "name": "Jörg M"}
+    assert request["query_lists"]["room"] == ["1", "2"]
+    assert request["headers"]["user-agent"] == "rc-test/1"
+    assert request["headers"]["x-trace"] == "a"
+    assert request["headers"]["host"] == f"127.0.0.1:{cluster.public_port}"
+    assert request["cookies"] == {"token": "t1", "theme": "dark"}
+    assert (request["remote_ip"], request["remote_port"]) == ("127.0.0.1", local_port)
+    assert request["keys"] == sorted(
+        ["path", "query", "headers", "cookies", "remote_ip", "remote_port"]
+    )
+    # dict-style reads still give what the dict gave: the raw query among them
+    assert session["ws"] == {"path": "/ws/room", "query": query, "cookie": "t1", "ua": "rc-test/1"}
+
+
 async def test_cluster_wide_queries_and_context(cluster: AppSpec, clients: list[RC]) -> None:
     a = clients[0]
     total = await a.call("get_all_client_count")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pygatewayworker.businessworker import BusinessWorker
-from pygatewayworker.cluster.apps import DEFAULT_RUNTIMES, AppError, discover
+from pygatewayworker.cluster.apps import DEFAULT_RUNTIMES, AppError, discover, list_start_files
 from pygatewayworker.gateway import Gateway
 from pygatewayworker.register import Register
 
@@ -137,6 +137,55 @@ def test_unusable_apps(tmp_path: Path, files: dict[str, str], message: str) -> N
     write_app(apps, "a", files)
     with pytest.raises(AppError, match=message):
         discover(str(apps))
+
+
+def worker_file(events: str) -> dict[str, str]:
+    return {
+        "start_businessworker.py": (
+            f"from pygatewayworker import BusinessWorker\nw = BusinessWorker(events={events!r})\n"
+        )
+    }
+
+
+def test_relative_events_strings_name_the_apps_folder_and_the_app(tmp_path: Path) -> None:
+    apps = tmp_path / "my_services"
+    write_app(apps, "shop", worker_file(".handlers.events:Events"))
+    write_app(apps, "chat", worker_file("elsewhere.Events:Events"))  # absolute: kept
+    plan = discover(str(apps))
+    events = {d.app: d.config.events for d in plan.declarations}
+    assert events == {
+        "shop": "my_services.shop.handlers.events:Events",
+        "chat": "elsewhere.Events:Events",
+    }
+    assert sorted(plan.start_files) == sorted(
+        str(apps / app / "start_businessworker.py") for app in ("chat", "shop")
+    )
+    assert sys.path[0] == str(tmp_path)  # "my_services" is importable from the workers
+
+
+def test_relative_events_in_a_folder_that_is_no_package_name(tmp_path: Path) -> None:
+    apps = tmp_path / "my-apps"
+    write_app(apps, "shop", worker_file(".Events:Events"))
+    with pytest.raises(AppError) as info:
+        discover(str(apps))
+    message = str(info.value)
+    assert str(apps / "shop" / "start_businessworker.py") in message
+    assert "'my-apps' is not a valid package name" in message and "rename the folder" in message
+
+
+def test_list_start_files(tmp_path: Path) -> None:
+    apps = tmp_path / "apps"
+    write_app(apps, "a", {"start_x.py": "", "start_y.py": "", "Events.py": "", "notes.txt": ""})
+    write_app(apps, "b", {"start.py": ""})
+    write_app(apps, "_private", {"start.py": ""})
+    write_app(apps, "no_start", {"Events.py": ""})
+    assert list_start_files(str(apps)) == [
+        str(apps / "a" / "start_x.py"),
+        str(apps / "a" / "start_y.py"),
+        str(apps / "b" / "start.py"),
+    ]
+    assert list_start_files(str(apps), "b") == [str(apps / "b" / "start.py")]
+    assert list_start_files(str(tmp_path / "nowhere")) == []
 
 
 def test_missing_or_empty_apps_dir(tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
 """The log file (cluster.logs): size-based rotation with a tiny limit, and the line
 format ``time pid role level logger: message`` of the master's own records and of a
-real child process writing through the log pipe."""
+real child process writing through the log pipe; through a real cluster, the log
+level (``--log-level`` / ``GW_LOG_LEVEL``) and an Events' ``print()``."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -18,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from pygatewayworker.cluster.logs import LogPipe, LogSink, SinkHandler, formatter_for
+from tests.cluster import cli, make_app
+from tests.rc import RC
 
 ROOT = Path(__file__).resolve().parent.parent
 LINE = re.compile(
@@ -182,3 +186,48 @@ def test_a_childs_print_and_stderr_lines_become_log_lines(tmp_path: Path, sink: 
     assert {m["pid"] for m in lines} == {str(child.pid)}
     for match in lines:
         check_time(match, since, until)
+
+
+# ---- through a real cluster -------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["default", "--log-level", "GW_LOG_LEVEL"])
+async def test_log_level_and_an_events_print_through_a_real_cluster(
+    tmp_path: Path, how: str
+) -> None:
+    """``start -d`` of the rc app; its Events prints to stdout and stderr. At the
+    default level both reach the log file as records of the worker process (time, pid,
+    name); at ``warning`` (option or env) no INFO line is written at all."""
+    spec = make_app(tmp_path, "rc", gateways=1, workers=1, gateway_options="ping_interval=0")
+    args = ["--log-level", "warning"] if how == "--log-level" else []
+    env = {"GW_LOG_LEVEL": "WARNING"} if how == "GW_LOG_LEVEL" else {}
+    since = time.time()
+    started = cli(spec, "start", "-d", *args, env=env)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        worker_pid = next(
+            p["pid"]
+            for p in json.loads((spec.run_dir / "state.json").read_text())["processes"]
+            if p["role"] == "businessworker"
+        )
+        client = await RC.open(spec.ws_url)
+        assert await client.call("print", "printed to stdout", "printed to stderr") is None
+        await client.close()
+    finally:
+        stopped = cli(spec, "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    until = time.time()
+
+    lines = parsed_lines([spec.run_dir / "gatewayworker.log"])
+    for match in lines:
+        check_time(match, since, until)
+    got = {(m["pid"], m["role"], m["level"], m["logger"], m["message"]) for m in lines}
+    worker = (str(worker_pid), "rc.businessworker.0")
+    assert (*worker, "WARNING", "stderr", "printed to stderr") in got
+    levels = {m["level"] for m in lines}
+    if how == "default":
+        assert (*worker, "INFO", "stdout", "printed to stdout") in got
+        assert "INFO" in levels and {m["role"] for m in lines} >= {"master", "rc.gateway.0"}
+        assert any(m["message"] == "master stopped" for m in lines)
+    else:
+        assert "INFO" not in levels and "DEBUG" not in levels, sorted(got)

@@ -365,3 +365,62 @@ def test_unknown_app_is_refused(fake_app: FakeApp) -> None:
     assert result.returncode != 0
     assert "no app named 'nope'" in result.stderr and "fake" in result.stderr
     assert fake_app.processes() == []
+
+
+def test_reload_names_start_files_added_or_removed_since_start(fake_app: FakeApp) -> None:
+    """A reload replaces the business workers only; start files that appeared or
+    vanished since ``start`` are named, with the advice to ``restart``."""
+    app_dir = fake_app.apps_dir / "fake"
+    (app_dir / "start_extra.py").write_text("# declares nothing yet\n")
+    assert fake_app.cli("start", "-d").returncode == 0
+    before = fake_app.pids()
+    (app_dir / "start_extra.py").unlink()
+    (app_dir / "start_more.py").write_text("# new since start\n")
+    (fake_app.apps_dir / "other").mkdir()
+    (fake_app.apps_dir / "other" / "start.py").write_text("# a whole new app\n")
+
+    reloaded = fake_app.cli("reload")
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert "reloaded" in reloaded.stdout
+    added = f"{app_dir}/start_more.py, {fake_app.apps_dir}/other/start.py"
+    assert f"start files added since start: {added}; " in reloaded.stderr
+    assert f"start files removed since start: {app_dir}/start_extra.py; " in reloaded.stderr
+    assert "run `restart` for them to take effect" in reloaded.stderr
+    after = fake_app.pids()
+    assert set(after) == set(before)  # no new process for the new files
+    for name, pid in after.items():
+        assert (pid != before[name]) == ("businessworker" in name), name
+
+    # nothing changed since start: nothing said
+    (app_dir / "start_more.py").unlink()
+    shutil.rmtree(fake_app.apps_dir / "other")
+    (app_dir / "start_extra.py").write_text("# back\n")
+    quiet = fake_app.cli("reload")
+    assert quiet.returncode == 0 and "start files" not in quiet.stderr, quiet.stderr
+
+
+def test_checkout_start_py_defaults_to_the_checkouts_folders(tmp_path: Path) -> None:
+    """``python start.py`` from anywhere reads the checkout's apps/ and run/ (the
+    ``gatewayworker`` command reads the current directory's)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GW_")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PYTHON, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    refused = run(str(ROOT / "start.py"), "start", "-d", "--app", "no_such_app")
+    assert refused.returncode == 1
+    assert f"no app named 'no_such_app' in {ROOT / 'apps'}; apps: chat" in refused.stderr
+    if not (ROOT / "run" / "gatewayworker.pid").exists():
+        status = run(str(ROOT / "start.py"), "status")
+        assert status.returncode == 1
+        assert f"not running (looked in {ROOT / 'run'})" in status.stderr
+
+    here = run("-m", "pygatewayworker", "start", "-d")
+    assert here.returncode == 1
+    assert f"cannot start: apps directory {tmp_path / 'apps'} does not exist" in here.stderr
+    status = run("-m", "pygatewayworker", "status")
+    assert status.returncode == 1
+    assert status.stderr.strip() == f"not running (looked in {tmp_path / 'run'})"
+    assert sorted(os.listdir(tmp_path)) == []  # nothing written where nothing runs

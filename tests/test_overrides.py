@@ -47,7 +47,7 @@ def plan(*extra: Declaration) -> AppsPlan:
         push_decl(),
         *extra,
     ]
-    return AppsPlan("/apps", decls)
+    return AppsPlan("/apps", decls, ["/apps/chat/start_a.py", "/apps/chat/start_b.py"])
 
 
 def configs(p: AppsPlan) -> dict[str, object]:
@@ -58,6 +58,7 @@ def test_no_overrides_keeps_the_plan() -> None:
     base = plan()
     out = apply_overrides(base, Overrides())
     assert [d.config for d in out.declarations] == [d.config for d in base.declarations]
+    assert out.start_files == base.start_files  # reload compares them with the files now
 
 
 def test_env_overrides_every_role() -> None:
@@ -100,6 +101,7 @@ def test_roles_select_declarations() -> None:
     assert [d.role for d in out.declarations] == ["gateway", "businessworker"]  # file order
     only = apply_overrides(plan(), from_env({"GW_ROLES": "register"}))
     assert [d.role for d in only.declarations] == ["register"]
+    assert only.start_files == plan().start_files  # every file read, whatever runs
 
 
 def test_roles_absent_from_the_apps_is_an_error() -> None:
