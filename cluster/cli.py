@@ -122,9 +122,9 @@ log_level_option = click.option(
     "--log-level",
     envvar="GW_LOG_LEVEL",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="info",
-    show_default=True,
-    help="Level of the master's and every child's log [env GW_LOG_LEVEL].",
+    default=None,
+    help="Level of the master's and every child's log [env GW_LOG_LEVEL; default: info, "
+    "for restart the running cluster's].",
 )
 
 
@@ -151,7 +151,7 @@ def main() -> None:
 def start(
     daemon: bool,
     app_name: str | None,
-    log_level: str,
+    log_level: str | None,
     apps_dir: str | None,
     run_dir: str | None,
     cli_overrides: Overrides,
@@ -169,7 +169,7 @@ def _start(
     daemon: bool,
     app_name: str | None,
     apps_dir: str | None,
-    log_level: str = "info",
+    log_level: str | None = None,
     cli_overrides: Overrides | None = None,
     saved_overrides: Overrides | None = None,
 ) -> int:
@@ -192,7 +192,7 @@ def _start(
         apps_dir=plan.apps_dir,
         app=app_name,
         foreground=not daemon,
-        log_level=logging.getLevelName(log_level.upper()),
+        log_level=logging.getLevelName((log_level or "info").upper()),
     )
     if not daemon:
         return Master(plan, options, ConsoleReporter()).run()
@@ -255,7 +255,7 @@ def restart(
     daemon: bool,
     graceful: bool,
     app_name: str | None,
-    log_level: str,
+    log_level: str | None,
     apps_dir: str | None,
     run_dir: str | None,
     cli_overrides: Overrides,
@@ -269,6 +269,7 @@ def restart(
         master = _state(paths).get("master", {})
         apps_dir = apps_dir or master.get("apps_dir")
         app_name = app_name or master.get("app")
+        log_level = log_level or master.get("log_level")
         saved = _saved_overrides(paths)
         _stop(paths, pid, graceful, None)
     else:

@@ -529,6 +529,7 @@ class Master:
                 "start_files": self.plan.start_files,
                 "log_file": self.paths.log_file,
                 "foreground": self.options.foreground,
+                "log_level": logging.getLevelName(self.options.log_level).lower(),
             },
             "reload": self.reloader.status,
             "processes": [slot.snapshot() for slot in self.slots],

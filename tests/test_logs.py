@@ -231,3 +231,24 @@ async def test_log_level_and_an_events_print_through_a_real_cluster(
         assert any(m["message"] == "master stopped" for m in lines)
     else:
         assert "INFO" not in levels and "DEBUG" not in levels, sorted(got)
+
+
+def test_restart_keeps_the_running_clusters_log_level(tmp_path: Path) -> None:
+    """``restart`` without ``--log-level`` keeps the level the cluster was started with;
+    an explicit option replaces it."""
+    spec = make_app(tmp_path, "rc", gateways=1, workers=1, gateway_options="ping_interval=0")
+    try:
+        assert cli(spec, "start", "-d", "--log-level", "warning").returncode == 0
+
+        def level() -> str:
+            return json.loads((spec.run_dir / "state.json").read_text())["master"]["log_level"]
+
+        assert level() == "warning"
+        restarted = cli(spec, "restart", "-d")
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert level() == "warning"
+        restarted = cli(spec, "restart", "-d", "--log-level", "debug")
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert level() == "debug"
+    finally:
+        assert cli(spec, "stop").returncode == 0
