@@ -36,7 +36,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, cast
 
-from pygatewayworker.gateway.commands import Frames
+from pygatewayworker.gateway.commands import Frames, coalesce
 from pygatewayworker.gateway.connection import RateLimitedLog
 from pygatewayworker.gateway.gatewayprotocol import (
     LINK_PHP,
@@ -156,7 +156,17 @@ class LinkSniffer(asyncio.Protocol):
 class PhpLink(asyncio.Protocol):
     """One connection from PHP's GatewayClient."""
 
-    __slots__ = ("php", "transport", "decoder", "peer", "authorized", "refused", "closed", "stall")
+    __slots__ = (
+        "php",
+        "transport",
+        "decoder",
+        "peer",
+        "authorized",
+        "refused",
+        "closed",
+        "stall",
+        "run",
+    )
 
     def __init__(self, php: PhpLinks, peer: str) -> None:
         self.php = php
@@ -167,6 +177,8 @@ class PhpLink(asyncio.Protocol):
         self.refused = ""  # why this link is refused (it closes after this read)
         self.closed = False
         self.stall: asyncio.TimerHandle | None = None
+        self.run: list[tuple[str, list[Any]]] = []
+        """Internal commands read but not yet executed: (GatewayClient command, packet)."""
 
     def __repr__(self) -> str:
         return f"<PHP GatewayClient link from {self.peer}>"
@@ -188,11 +200,12 @@ class PhpLink(asyncio.Protocol):
         for packet in packets:
             self.on_packet(packet)
             if self.closed:
-                return
+                break
+        self.flush()
         if self.refused:
             self.close()
-            return
-        self._watch_stall()
+        elif not self.closed:
+            self._watch_stall()
 
     def connection_lost(self, exc: Exception | None) -> None:
         closed_by_us, self.closed = self.closed, True
@@ -255,20 +268,32 @@ class PhpLink(asyncio.Protocol):
                 self.reply_error(packet, str(exc))
             return
         if isinstance(action, Execute):
-            self.execute(packet, action)
-        elif isinstance(action, Answer):
+            for internal in action.packets:
+                if action.raw:
+                    internal = [_frames(f) if type(f) is RawFrames else f for f in internal]
+                self.run.append((packet.name, internal))
+            return
+        self.flush()  # what came before a query is done before it is answered
+        if isinstance(action, Answer):
             self.answer(packet, action)
         elif isinstance(action, Authenticate):
             self.authenticate(action.secret)
 
-    def execute(self, packet: PhpPacket, action: Execute) -> None:
-        for internal in action.packets:
-            if action.raw:
-                internal = [_frames(f) if type(f) is RawFrames else f for f in internal]
+    def flush(self) -> None:
+        """Execute the internal commands read so far, in order. Consecutive
+        broadcasts to the same recipients are merged as on our own links
+        (``gateway.commands.coalesce``): one write per recipient for the run."""
+        run, self.run = self.run, []
+        if not run:
+            return
+        names = {id(internal): name for name, internal in run}
+        internals = [internal for _, internal in run]
+        for internal in coalesce(internals) if len(internals) > 1 else internals:
             try:
                 self.php.execute(self, internal)
             except _FAILURES as exc:
-                self.php.log(logging.WARNING, "%r: %s failed: %s", self, packet.name, exc)
+                name = names.get(id(internal)) or f"merged {internal[0].name}"
+                self.php.log(logging.WARNING, "%r: %s failed: %s", self, name, exc)
 
     def answer(self, packet: PhpPacket, action: Answer) -> None:
         try:

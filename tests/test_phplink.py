@@ -110,6 +110,29 @@ async def test_php_and_msgpack_links_share_the_internal_port() -> None:
         await worker.close()
 
 
+async def test_a_burst_keeps_its_order_and_merges_broadcasts() -> None:
+    async with running() as server:
+        worker = await FakeLink.linked(server)
+        a, id_a = await open_client(server, worker)
+        b, id_b = await open_client(server, worker)
+        link = await PhpLinkClient.open(server)
+        group = ext_json({"group": ["g"], "exclude": None})
+        burst = packet(php.JOIN_GROUP, id_a, "g")
+        burst += b"".join(packet(php.SEND_TO_GROUP, 0, group, f"m{i}") for i in range(3))
+        burst += packet(php.JOIN_GROUP, id_b, "g")
+        burst += packet(php.SEND_TO_GROUP, 0, group, "m3")
+        burst += packet(php.GET_CLIENT_COUNT_BY_GROUP, 0, "g")
+        burst += packet(php.SEND_TO_GROUP, 0, group, b"\x81\x02m4", flag=php.RAW)
+        link.send(burst)
+        assert loads(await link.reply()) == 2
+        assert [await recv(a) for _ in range(5)] == ["m0", "m1", "m2", "m3", "m4"]
+        assert [await recv(b) for _ in range(2)] == ["m3", "m4"]
+        link.close()
+        await a.close()
+        await b.close()
+        await worker.close()
+
+
 async def test_sessions_cross_between_php_and_msgpack() -> None:
     async with running() as server:
         worker = await FakeLink.linked(server)
