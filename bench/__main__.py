@@ -22,6 +22,7 @@ GROUPS: list[tuple[tuple[str, ...], str]] = [
     (("M4", "M5"), "measure_fanout"),
     (("M6",), "measure_round_trip"),
     (("M7",), "measure_push"),
+    (("M8",), "measure_php_push"),
 ]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -50,7 +51,7 @@ async def run(quick: bool, only: set[str], out: Path, command: str) -> int:
             traceback.print_exc()
             errors.append(f"{'/'.join(metrics)}: {exc.__class__.__name__}: {exc}")
             continue
-        if metrics == ("M6",) or metrics == ("M7",):
+        if metrics in (("M6",), ("M7",), ("M8",)):
             results[metrics[0]] = found
         else:
             results.update(found)

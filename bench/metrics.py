@@ -1,4 +1,4 @@
-"""The measurements M1..M7 (see the README's Benchmarks section).
+"""The measurements M1..M8 (see the README's Benchmarks section).
 
 Each ``measure_*`` coroutine starts (or reuses) a cluster of the shape it needs, drives
 the load generators, and returns a dict of figures. Every wait is bounded in time,
@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 
 from bench.cluster import BenchCluster, ClusterConfig
+from bench.phppush import PhpPusher, php_cli_burst
 from bench.pool import GenPool, latencies, split
 from pygatewayworker.gatewayclient import AsyncGatewayClient, GatewayClient
 
@@ -76,6 +77,9 @@ class Sizes:
     pushes: int = 60_000
     sync_pushes: int = 20_000
     push_receivers: int = 100
+    m8_members: int = 100  # M8: send_to_group from PHP's protocol vs the msgpack client
+    m8_calls: int = 20_000
+    m8_per_call_calls: int = 2_000  # one connection per call (GatewayClient's default)
 
 
 FULL = Sizes()
@@ -101,6 +105,9 @@ QUICK = Sizes(
     pushes=500,
     sync_pushes=200,
     push_receivers=10,
+    m8_members=10,
+    m8_calls=300,
+    m8_per_call_calls=50,
 )
 
 
@@ -475,14 +482,25 @@ class Bench:
         """Send ``count`` ~100-byte messages as fast as the API takes them; time until
         every member has every message (a one-off burst: the gateway merges the
         broadcasts that arrive in one read into one write per member)."""
+        pad = _payload()
+
+        async def sends() -> None:
+            for _ in range(count):
+                await send(f"B{time.monotonic_ns():019d}{pad}")
+
+        return await self._delivered(sends, members, count)
+
+    async def _delivered(
+        self, sends: Callable[[], Awaitable[Any]], members: int, count: int
+    ) -> dict[str, Any]:
+        """Run ``sends`` (``count`` broadcasts to ``members``) and time until every
+        member has every message."""
         assert self.pool is not None
         await self.pool.call({"op": "recv_reset", "track": False})
-        pad = _payload()
         expected = members * count
         with self.cpu() as meter:
             started_ns = time.monotonic_ns()
-            for _ in range(count):
-                await send(f"B{time.monotonic_ns():019d}{pad}")
+            await sends()
             sent_s = (time.monotonic_ns() - started_ns) / 1e9
             received, last_ns = await self._wait_received(expected, 10 + expected / 50_000)
         seconds = max(1e-9, (last_ns - started_ns) / 1e9)
@@ -700,6 +718,62 @@ class Bench:
             "e2e_p99_ms": _ms(percentile(lat, 99)),
             "cpu": meter.result,
         }
+
+    # ---- M8 ------------------------------------------------------------------------
+    async def measure_php_push(self) -> dict[str, Any]:
+        """M8 ``send_to_group`` from PHP's GatewayClient (GatewayWorker's protocol on
+        the gateway's internal port) next to the msgpack push client, same cluster and
+        group: calls/s as the sender made them and deliveries/s at the members. PHP
+        side: one persistent link (``$persistentConnection``), one connection per call
+        (GatewayClient's default), and php-cli itself when installed."""
+        s = self.sizes
+        with self.setup("M8", ClusterConfig(1, 1, s.ping_interval, 2), 1):
+            assert self.cluster is not None
+            register = f"127.0.0.1:{self.cluster.register_port}"
+            address = f"127.0.0.1:{self.cluster.start_port}"
+            members = (await self.connect(s.m8_members, {"g": "m8"}))["ready"]
+            client = AsyncGatewayClient(register, timeout=10)
+            await client.connect()
+            try:
+                result = {"msgpack": await self._calls(client.send_to_group, members, s.m8_calls)}
+            finally:
+                await client.close()
+            php = PhpPusher(address)
+            await php.open()
+            try:
+                result["php_persistent"] = await self._calls(php.send_to_group, members, s.m8_calls)
+            finally:
+                await php.close()
+            result["php_per_call"] = await self._calls(
+                php.send_to_group_once, members, s.m8_per_call_calls
+            )
+            php_cli = shutil.which("php")
+            if php_cli:
+                result["php_cli"] = await self._php_cli(php_cli, address, members, s.m8_calls)
+            await self.close_all()
+        self.log(f"M8: {result}")
+        return result
+
+    async def _calls(
+        self, send: Callable[[str, str], Any], members: int, count: int
+    ) -> dict[str, Any]:
+        """A :meth:`_burst` of ``send("m8", message)`` calls, with calls/s."""
+        burst = await self._burst(lambda message: send("m8", message), members, count)
+        burst["calls_per_s"] = round(count / max(1e-9, burst["send_seconds"]))
+        return burst
+
+    async def _php_cli(self, php: str, address: str, members: int, count: int) -> dict[str, Any]:
+        """``count`` sendToGroup calls made by php-cli (bench/phppush.php); calls/s
+        from the time PHP itself measured (without starting php)."""
+        timing: list[float] = []
+
+        async def sends() -> None:
+            timing.append(await php_cli_burst(php, address, "m8", count))
+
+        result = await self._delivered(sends, members, count)
+        result["php_seconds"] = round(timing[0], 3)
+        result["calls_per_s"] = round(count / max(1e-9, timing[0]))
+        return result
 
 
 async def _watch_exits(

@@ -24,6 +24,7 @@ TARGETS: dict[str, str] = {
     "M5": "p99 < 100 ms for one message to reach all 10k members",
     "M6": "p50 < 0.4 ms at low load; >= 20,000 round trips/s with p99 < 10 ms (100 clients)",
     "M7": ">= 30,000 pushes/s from one asyncio push client",
+    "M8": "PHP GatewayClient's send_to_group next to the msgpack push client's (no target)",
 }
 PHP = {
     "M1": "(not published)",
@@ -33,6 +34,7 @@ PHP = {
     "M5": "-",
     "M6": "p50 0.4-0.6 ms, p99 1-2 ms at 3,000/s",
     "M7": "-",
+    "M8": "-",
 }
 
 
@@ -144,7 +146,25 @@ def summary(results: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]]:
         f"async {_n(pushes)}/s delivered ({_n(calls)} calls/s), sync {_n(sync)}/s" if pushes else ""
     )
     row("M7", pushes, text, (pushes or 0) >= 30_000)
+    row("M8", _get(results, "M8", "php_persistent", "calls_per_s"), _m8_text(results), None)
     return rows
+
+
+def _m8_text(results: dict[str, Any]) -> str:
+    def figures(kind: str) -> str:
+        calls = _get(results, "M8", kind, "calls_per_s")
+        delivered = _get(results, "M8", kind, "deliveries_per_s")
+        return f"{_n(calls)} calls/s ({_n(delivered)}/s delivered)"
+
+    members = _get(results, "M8", "msgpack", "members")
+    text = (
+        f"to {_n(members)} members: PHP protocol, persistent link {figures('php_persistent')}; "
+        f"msgpack push client {figures('msgpack')}; PHP, a connection per call "
+        f"{figures('php_per_call')}"
+    )
+    if _get(results, "M8", "php_cli"):
+        text += f"; php-cli {figures('php_cli')}"
+    return text
 
 
 def _storm_text(results: dict[str, Any]) -> str:

@@ -12,7 +12,9 @@ One :class:`GatewayServer` per gateway process listens on two sockets:
   parsed and each message becomes one ``EV_MESSAGE`` packet to the client's worker.
 - the **internal** port, where every business worker and push client is an
   :class:`~gateway.links.InternalLink` (handshake, dispatch and event routing in
-  ``gateway.links``; the commands themselves in ``gateway.commands``).
+  ``gateway.links``; the commands themselves in ``gateway.commands``). PHP apps'
+  GatewayClient connects there too: ``gateway.phplink`` tells its links from ours
+  by their first bytes and carries their commands out through the same handlers.
 
 There are no per-connection tasks or timers: one heartbeat task pings silent clients
 and drops dead ones, and one housekeeping tick (about a second) handles handshake and
@@ -55,6 +57,7 @@ from pygatewayworker.gateway.connection import (
 )
 from pygatewayworker.gateway.directory import Directory
 from pygatewayworker.gateway.links import InternalLink, LinkHandling
+from pygatewayworker.gateway.phplink import PhpLinks
 from pygatewayworker.gateway.protocol import Cmd
 from pygatewayworker.gateway.sweeps import HEARTBEAT_SLICES, Sweeps
 from pygatewayworker.register.config import is_loopback, parse_address
@@ -178,6 +181,10 @@ class GatewayServer(LinkHandling, Commands, Sweeps):
                 self._queries[cmd] = getattr(self, "query_" + name[2:])
             elif hasattr(self, "cmd_" + name):
                 self._commands[cmd] = getattr(self, "cmd_" + name)
+        # PHP GatewayClient links share the internal port (gateway.phplink).
+        self.php_links = PhpLinks(
+            config.secret, self._commands, self._queries, lambda: InternalLink(self)
+        )
 
     # ---- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
@@ -229,7 +236,7 @@ class GatewayServer(LinkHandling, Commands, Sweeps):
             host, port = cfg.internal_bind_address(self.index)
             self._internal_sock = bind_socket(host, port if cfg.start_port else 0, False)
         self._internal_server = await self.loop.create_server(
-            lambda: InternalLink(self), sock=self._internal_sock
+            self.php_links.accept, sock=self._internal_sock
         )
         self._public_server = await self.loop.create_server(
             lambda: ClientConnection(self), sock=self._public_sock, backlog=ACCEPT_BACKLOG
@@ -263,6 +270,7 @@ class GatewayServer(LinkHandling, Commands, Sweeps):
                 await task
         self._tasks.clear()
         await self._close_links()
+        self.php_links.close_all()
         await self._withdraw()
         log.info(
             "gateway %s.%d stopped (%s)",

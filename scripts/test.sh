@@ -11,11 +11,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
 
-# System packages used by the browser and multi-host tests: Debian's Chromium (driven
-# by playwright with executable_path) and iproute2 (network namespaces).
+# System packages used by the browser, multi-host and PHP tests: Debian's Chromium
+# (driven by playwright with executable_path), iproute2 (network namespaces) and
+# php-cli (a PHP script pushing through GatewayWorker's protocol, tests/test_php_e2e.py).
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v php >/dev/null 2>&1 || need+=(php-cli)
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
         echo "installing ${need[*]} with apt-get" >&2

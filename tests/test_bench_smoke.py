@@ -47,7 +47,7 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
     assert 0 <= doc["machine"]["cpu_steal"]["steal_pct"] <= 100
     for metric in ("M3", "M4", "M6", "M7"):
         assert doc["summary"][metric]["per_yardstick"] > 0, metric
-    assert set(doc["summary"]) == {f"M{i}" for i in range(1, 8)}
+    assert set(doc["summary"]) == {f"M{i}" for i in range(1, 9)}
     for metric, row in doc["summary"].items():
         assert row["value"] is not None, f"{metric} has no figure"
     results = doc["results"]
@@ -61,6 +61,8 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
     assert results["M6"]["series"]
     assert results["M7"]["async"]["received"] == results["M7"]["async"]["calls"]
     assert results["M7"]["sync"]["received"] == results["M7"]["sync"]["calls"]
+    for kind in ("msgpack", "php_persistent", "php_per_call"):
+        assert results["M8"][kind]["deliveries"] == results["M8"][kind]["expected"], kind
     markdown = (out / "bench.md").read_text()
     for metric in doc["summary"]:
         assert f"| {metric} |" in markdown
