@@ -82,6 +82,36 @@ class Channels:
         self.hooks = hooks
         self.webhooks = webhooks
         self.limiter = RateLimiter()
+        self.fresh: dict[str, dict[str, Any]] = {}
+        """client_id -> the Pusher state this worker wrote last (see :meth:`refresh`)."""
+
+    # ---- the connection's state -----------------------------------------------------
+
+    def store(self, client_id: str, session: dict[str, Any], state: PusherState) -> None:
+        """Write the session to the gateway now (others read it there) and remember
+        the state as this worker's newest."""
+        state.doc["v"] = int(state.doc.get("v", 0)) + 1
+        self.fresh[client_id] = state.doc
+        api.set_session(client_id, session)
+
+    def refresh(self, client_id: str, session: dict[str, Any]) -> PusherState | None:
+        """The connection's current state, put into ``session``.
+
+        An event carries the session its gateway had when it forwarded the event,
+        which predates what this worker wrote while running the client's earlier
+        events (they were already queued here). The client's events all run on this
+        worker, so the state it wrote last is the newest unless another worker
+        wrote a later version (the client moved here and back): the version number
+        ``v`` decides.
+        """
+        mine = self.fresh.get(client_id)
+        state = PusherState.of(session)
+        if mine is not None and (state is None or mine.get("v", 0) >= state.doc.get("v", 0)):
+            session["pusher"] = mine
+            return PusherState(mine)
+        if state is not None:
+            self.fresh[client_id] = state.doc
+        return state
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -105,6 +135,22 @@ class Channels:
     async def _count(self, group: str) -> int:
         count: int = await self._read(f"count of {group}", api.get_client_count_by_group(group), 0)
         return count
+
+    async def _barrier(self, client_id: str) -> None:
+        """Wait until the client's gateway has applied what we sent it so far.
+
+        The gateway answers this query after the commands queued before it on the
+        same link. Two things follow: a leave is applied before we read the group
+        (presence), and a join has been applied, and the gateway has told every
+        other worker and push client that it now holds the group (its route update
+        goes out in its next loop turn, before it reads our next command), before we
+        answer ``subscription_succeeded``: an event sent right after that answer
+        reaches the new subscriber.
+        """
+        try:
+            await api.is_online(client_id)
+        except GatewayError as exc:
+            log.debug("pusher: %s: no answer from its gateway: %s", client_id, exc)
 
     # ---- subscribe ------------------------------------------------------------------
 
@@ -170,9 +216,10 @@ class Channels:
         if user_id is not None and state.user_id is None:
             state.user_id = user_id
             api.bind_uid(client_id, f"{app.id}:{user_id}")
-        api.set_session(client_id, session)
+        self.store(client_id, session, state)
         api.join_group(client_id, group)
         if user_id is None:
+            await self._barrier(client_id)
             api.send_to_client(
                 client_id, p.message("pusher_internal:subscription_succeeded", {}, channel)
             )
@@ -200,7 +247,7 @@ class Channels:
             sessions, client_id, channel, user_id
         ):
             state.remove(channel)
-            api.set_session(client_id, session)
+            self.store(client_id, session, state)
             api.leave_group(client_id, group)
             text = f"presence channel {channel} is full ({app.max_presence_members} members)"
             api.send_to_client(client_id, p.subscription_error(channel, text, 403, "LimitReached"))
@@ -216,7 +263,7 @@ class Channels:
             )
             self.webhooks.emit(app, "member_added", channel=channel, user_id=user_id)
         state.mark_joined(channel)
-        api.set_session(client_id, session)
+        self.store(client_id, session, state)
         if len(sessions) <= 1 and self.webhooks.wants(app, "channel_occupied"):
             self.webhooks.emit(app, "channel_occupied", channel=channel)
 
@@ -238,18 +285,16 @@ class Channels:
         if state is None or not isinstance(channel, str) or channel not in state.channels:
             return  # Pusher ignores unsubscribing from a channel one is not in
         record = state.remove(channel)
-        api.set_session(client_id, session)
+        self.store(client_id, session, state)
         api.leave_group(client_id, p.group_of(app.id, channel))
-        try:  # answered by our gateway after it applied the leave (same link, in order)
-            await api.is_online(client_id)
-        except GatewayError as exc:
-            log.debug("pusher: %s: no answer after leave: %s", client_id, exc)
+        await self._barrier(client_id)
         await self._left(app, client_id, state, channel, record, "unsubscribe")
 
     async def close(self, app: PusherApp, client_id: str, session: dict[str, Any]) -> None:
         """The connection is gone: the leave side of every channel it was in."""
         self.limiter.forget(client_id)
-        state = PusherState.of(session)
+        state = self.refresh(client_id, session)
+        self.fresh.pop(client_id, None)
         if state is None:
             return
         for channel, record in list(state.channels.items()):

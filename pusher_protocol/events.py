@@ -128,7 +128,7 @@ class PusherEvents:
             return
         session = context.session
         assert session is not None
-        PusherState.new(session, app.id)
+        self.channels.fresh[client_id] = PusherState.new(session, app.id).doc
         established = {
             "socket_id": p.socket_id_of(client_id),
             "activity_timeout": app.activity_timeout,
@@ -144,7 +144,7 @@ class PusherEvents:
     async def on_message(self, client_id: str, message: str | bytes) -> None:
         """One client frame: parse it and run its handler."""
         session = context.session
-        state = PusherState.of(session)
+        state = None if session is None else self.channels.refresh(client_id, session)
         if state is None or session is None:
             return  # no completed handshake (refused, and being closed)
         app = self._by_id.get(state.app_id)
@@ -168,12 +168,13 @@ class PusherEvents:
 
     async def on_close(self, client_id: str) -> None:
         """The connection ended (also when its gateway died): leave its channels."""
-        state = PusherState.of(context.session)
-        if state is None or context.session is None:
+        session = context.session
+        state = None if session is None else self.channels.refresh(client_id, session)
+        app = None if state is None else self._by_id.get(state.app_id)
+        if app is None or session is None:
+            self.channels.fresh.pop(client_id, None)
             return
-        app = self._by_id.get(state.app_id)
-        if app is not None:
-            await self.channels.close(app, client_id, context.session)
+        await self.channels.close(app, client_id, session)
 
     async def on_worker_stop(self, worker: Any) -> None:
         """Give queued webhooks a moment, then stop sending."""

@@ -171,8 +171,8 @@ class PusherClient:
         self.socket_id = socket_id
 
     @classmethod
-    async def open(cls, url: str) -> PusherClient:
-        ws = await connect(url, open_timeout=5)
+    async def open(cls, url: str, origin: str | None = None) -> PusherClient:
+        ws = await connect(url, open_timeout=5, origin=origin)  # type: ignore[arg-type]
         established = await recv_event(ws)
         assert established["event"] == "pusher:connection_established", established
         return cls(ws, established["data"]["socket_id"])
