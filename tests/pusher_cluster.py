@@ -81,23 +81,30 @@ def running_pusher(tmp_path: Path, webhook: str = "", gateways: int = 2) -> Iter
     block ends."""
     spec, api_port = make_pusher_app(tmp_path, gateways=gateways)
     hooks_log = tmp_path / "hooks.jsonl"
-    saved = {k: os.environ.get(k) for k in ("PUSHER_TEST_LOG", "PUSHER_TEST_WEBHOOK")}
-    os.environ["PUSHER_TEST_LOG"] = str(hooks_log)
-    os.environ["PUSHER_TEST_WEBHOOK"] = webhook
-    proc = ForegroundCluster(spec).start()
-    try:
+    with cluster_env(spec, PUSHER_TEST_LOG=str(hooks_log), PUSHER_TEST_WEBHOOK=webhook):
         cluster = PusherCluster(spec, api_port, hooks_log)
         asyncio.run(wait_pusher_ready(cluster))
         yield cluster
+    wait_ports_free([api_port])
+
+
+@contextlib.contextmanager
+def cluster_env(spec: AppSpec, **env: str) -> Iterator[None]:
+    """``start.py start`` of ``spec`` with ``env`` set (the workers inherit it) until the
+    block ends; then Ctrl-C, which must exit 0."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    proc = ForegroundCluster(spec).start()
+    try:
+        yield
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        code = proc.interrupt()
-        assert code == 0, proc.output()
-        wait_ports_free(spec.all_ports() + [api_port])
+        assert proc.interrupt() == 0, proc.output()
+        wait_ports_free(spec.all_ports())
 
 
 def gateway_of(socket_id: str) -> str:
