@@ -47,13 +47,25 @@ def require_node() -> str:
 class AuthBackend:
     """``POST /auth`` (form: socket_id, channel_name, user): signs private channels,
     and presence channels as ``user`` with info ``{"name": user}``; refuses channels
-    containing ``denied`` with 403."""
+    containing ``denied`` with 403. ``files`` (``{path: (content type, body)}``) are
+    served to GETs (the browser test's page)."""
 
-    def __init__(self, key: str, secret: str) -> None:
+    def __init__(
+        self, key: str, secret: str, files: dict[str, tuple[str, bytes]] | None = None
+    ) -> None:
         self.requests = 0
         owner = self
+        static = files or {}
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                content_type, body = static.get(self.path.partition("?")[0], ("", b""))
+                self.send_response(200 if content_type else 404)
+                self.send_header("Content-Type", content_type or "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 owner.requests += 1
                 length = int(self.headers.get("Content-Length", 0))
