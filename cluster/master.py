@@ -65,8 +65,8 @@ __all__ = ["Master", "MasterOptions", "Reporter", "StartFailed", "BOOT_ORDER", "
 
 log = logging.getLogger("cluster")
 
-BOOT_ORDER = ("register", "gateway", "businessworker", "pushapi")
-STOP_ORDER = ("pushapi", "gateway", "businessworker", "register")
+BOOT_ORDER = ("register", "gateway", "businessworker", "pushapi", "pusherapi")
+STOP_ORDER = ("pushapi", "pusherapi", "gateway", "businessworker", "register")
 SIGNAL_NAMES = {
     signal.SIGTERM: "term",
     signal.SIGINT: "int",

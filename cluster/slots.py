@@ -127,7 +127,7 @@ class Slot:
                 out["page"] = f"http://{page_host}:{port}/"
         elif self.role == "businessworker":
             out["events"] = config.events
-        elif self.role == "pushapi":
+        elif self.role in ("pushapi", "pusherapi"):
             out.setdefault("listen", config.listen.split("://", 1)[-1])
             out["url"] = f"http://{out['listen']}/"
         return out
