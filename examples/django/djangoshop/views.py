@@ -49,8 +49,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from djangoshop import push
-from pygatewayworker import GatewayError, InvalidClientId
-from pygatewayworker.gateway.client_id import decode_client_id
+from pygatewayworker import GatewayError, InvalidClientId, decode_client_id
 
 MAX_NAME = 32
 AMOUNT = "9.90"

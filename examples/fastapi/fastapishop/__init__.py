@@ -52,8 +52,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
-from pygatewayworker import AsyncGatewayClient, GatewayError, InvalidClientId
-from pygatewayworker.gateway.client_id import decode_client_id
+from pygatewayworker import AsyncGatewayClient, GatewayError, InvalidClientId, decode_client_id
 
 __all__ = ["Settings", "app", "create_app", "lifespan"]
 

@@ -27,8 +27,7 @@ from flask import Blueprint, current_app, redirect, render_template, request, se
 from werkzeug.wrappers import Response
 
 from flaskshop.csrf import CSRF_HEADER, csrf_token
-from pygatewayworker import GatewayClient
-from pygatewayworker.gateway.client_id import decode_client_id
+from pygatewayworker import GatewayClient, decode_client_id
 
 __all__ = ["CSRF_EXEMPT", "Refused", "push", "shop"]
 
