@@ -48,7 +48,6 @@ from pygatewayworker.cluster.state import (
     default_apps_dir,
     read_json,
     read_stats,
-    rss_bytes,
     write_json_atomic,
 )
 from pygatewayworker.cluster.status import (
@@ -59,6 +58,7 @@ from pygatewayworker.cluster.status import (
     totals,
 )
 from pygatewayworker.gateway.protocol import Cmd
+from pygatewayworker.runtime.service import rss_bytes
 
 __all__ = ["main"]
 

@@ -35,7 +35,7 @@ How this works
 
 The master imports no user code: declarations come from :mod:`cluster.apps`, and a
 role's runtime is imported only in the forked child. Children cannot become orphans:
-see the watchdog in :mod:`cluster.child`.
+see the watchdog in :mod:`runtime.service`.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ from pygatewayworker.cluster.reload import Reloader
 from pygatewayworker.cluster.slots import STABLE_AFTER, Child, Slot, describe_exit, respawn_delay
 from pygatewayworker.cluster.sockets import BindError, bind_slot_sockets
 from pygatewayworker.cluster.spawn import run_child
-from pygatewayworker.cluster.spec import ChildSpec
 from pygatewayworker.cluster.state import RunPaths, write_json_atomic
+from pygatewayworker.runtime.spec import ChildSpec
 
 __all__ = ["Master", "MasterOptions", "Reporter", "StartFailed", "BOOT_ORDER", "STOP_ORDER"]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pygatewayworker.cluster.apps import Declaration
-from pygatewayworker.cluster.spec import ChildSpec, ExitCode
+from pygatewayworker.runtime.spec import ChildSpec, ExitCode
 
 __all__ = [
     "Child",

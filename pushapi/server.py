@@ -58,6 +58,8 @@ from pygatewayworker.pushapi.http import (
 )
 from pygatewayworker.pushapi.verbs import BadRequest, parse_call
 from pygatewayworker.register.config import parse_address
+from pygatewayworker.runtime.service import run_service
+from pygatewayworker.runtime.sockets import bind_listener
 
 __all__ = ["PushAPIServer", "serve", "status_of"]
 
@@ -131,8 +133,6 @@ class PushAPIServer:
         log.info("push API listening on http://%s:%s", *self.address)
 
     def _bind(self) -> socket.socket:
-        from pygatewayworker.cluster.sockets import bind_listener  # the cluster package imports us
-
         host, port = parse_address(self.config.listen)
         what = f"app {self.config.app or '?'} push API {self.config.name!r}"
         return bind_listener(host, port, what, reuse_port=self.config.count > 1)
@@ -290,6 +290,4 @@ class PushAPIServer:
 
 def serve(spec: Any) -> int:
     """Child entry point (``cluster``): run one push API process until told to stop."""
-    from pygatewayworker.cluster.child import run_service
-
     return int(run_service(spec, PushAPIServer(spec.config, spec.sockets.get("listen"))))

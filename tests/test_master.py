@@ -2,7 +2,7 @@
 
 Each test builds a temporary ``apps/fake/`` whose declarations name the fake role
 runtimes of tests/cluster_fakeapp/roles.py, so these tests exercise the master, the
-CLI and ``cluster.child`` for real without depending on the real roles.
+CLI and ``runtime.service`` for real without depending on the real roles.
 """
 
 from __future__ import annotations

@@ -6,18 +6,17 @@ import asyncio
 import json
 import logging
 import socket
-import sys
-import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from pygatewayworker.cluster.spec import ChildSpec
 from pygatewayworker.register import lines
+from pygatewayworker.register import server as register_server
 from pygatewayworker.register.config import Register
 from pygatewayworker.register.discovery import GatewayAnnouncer, GatewayDirectoryWatcher
 from pygatewayworker.register.server import RegisterServer, serve
+from pygatewayworker.runtime.spec import ChildSpec
 
 SECRET = 'top"secret\\key\n{}'
 TIMEOUT = 5.0
@@ -375,9 +374,7 @@ def test_serve_hands_the_server_to_run_service(monkeypatch):
         seen["spec"], seen["service"] = spec, service
         return 0
 
-    fake = types.ModuleType("pygatewayworker.cluster.child")
-    fake.run_service = run_service  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "pygatewayworker.cluster.child", fake)
+    monkeypatch.setattr(register_server, "run_service", run_service)
     sock = socket.socket()
     try:
         spec = ChildSpec(role="register", config=Register(), sockets={"listen": sock})
