@@ -23,16 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import async_playwright
 
 from tests.cluster import (
     ROOT,
     AppSpec,
     ForegroundCluster,
-    free_port_block,
     make_app,
     wait_ports_free,
     wait_ready,
 )
+from tests.ports import reserve_ports
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -48,11 +49,8 @@ TIMEOUT_MS = 10_000
 
 
 def _missing() -> str | None:
-    """Why the browser tests cannot run here, or None."""
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed (pip install -e '.[test]')"
+    """Why the browser tests cannot run here, or None. (The playwright package is a
+    test dependency, imported above: without it this module fails, it does not skip.)"""
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         return f"{CHROMIUM} not found (apt-get install chromium, or run scripts/test.sh)"
     return None
@@ -65,8 +63,6 @@ async def browser() -> AsyncIterator[Any]:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"browser tests cannot run under CI: {reason}")
         pytest.skip(reason)
-    from playwright.async_api import async_playwright
-
     async with async_playwright() as playwright:
         chromium = await playwright.chromium.launch(
             executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
@@ -137,7 +133,7 @@ def make_pushdemo(tmp_path: Path) -> AppSpec:
     shutil.copytree(
         ROOT / "apps" / "pushdemo", dest, ignore=shutil.ignore_patterns("start_*.py", "__pycache__")
     )
-    block = free_port_block(4)
+    block = reserve_ports(4)
     spec = AppSpec(tmp_path, "pushdemo", block, block + 1, block + 2, 2, 1, "", tmp_path / "run")
     register = f"127.0.0.1:{spec.register_port}"
     (dest / "start_register.py").write_text(
@@ -170,7 +166,7 @@ def _http(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
 def pushdemo(tmp_path: Path) -> Iterator[tuple[AppSpec, str]]:
     """The demo's cluster and its web backend (``python -m apps.pushdemo.web``)."""
     with running(make_pushdemo(tmp_path)) as spec:
-        web_port = free_port_block(1)
+        web_port = reserve_ports(1)
         log = open(tmp_path / "web.log", "wb")  # noqa: SIM115 - closed below
         web = subprocess.Popen(
             [sys.executable, "-m", "apps.pushdemo.web", "--port", str(web_port)]

@@ -25,9 +25,10 @@ from pygatewayworker.pushapi.http import HttpConnection, HttpError, PeerClosed, 
 from pygatewayworker.pushapi.server import SWEEP_INTERVAL, PushAPIServer
 from pygatewayworker.pushapi.verbs import VERBS, BadRequest, parse_call
 from pygatewayworker.register.config import ConfigError
-from tests.cluster import AppSpec, ForegroundCluster, free_port_block, make_app, wait_ready
+from tests.cluster import AppSpec, ForegroundCluster, make_app, wait_ready
+from tests.fakegateway import UNIT, FakeGateway, wait_until
+from tests.ports import refused_port, reserve_ports
 from tests.rc import RC
-from tests.test_gatewayclient_fakes import UNIT, FakeGateway, free_port, wait_until
 
 SECRET = "cluster-secret"
 TOKEN = "push-token"
@@ -321,7 +322,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AppSpec,
     spec = make_app(
         root, "rc", gateways=2, workers=2, secret=SECRET, gateway_options="ping_interval=0"
     )
-    api_port = free_port_block(1)
+    api_port = reserve_ports(1)
     (spec.apps_dir / "rc" / "start_pushapi.py").write_text(
         "from pygatewayworker import PushAPI\n"
         f"push_api = PushAPI(listen='127.0.0.1:{api_port}', "
@@ -574,7 +575,7 @@ async def test_garbage_gets_an_error_and_the_server_keeps_serving(
 
 async def test_no_register_gives_503() -> None:
     config = PushAPI(
-        listen="127.0.0.1:0", register=f"127.0.0.1:{free_port()}", timeout=0.5, token=TOKEN
+        listen="127.0.0.1:0", register=f"127.0.0.1:{refused_port()}", timeout=0.5, token=TOKEN
     )
     server = PushAPIServer(config)
     await server.start()
