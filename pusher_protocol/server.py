@@ -27,6 +27,8 @@ from pygatewayworker.gatewayclient.client import AsyncGatewayClient
 from pygatewayworker.pusher.config import PusherAPI, PusherApp, check_apps
 from pygatewayworker.pusher.httpapi import HTTPAPI, TEXT
 from pygatewayworker.register.config import parse_address
+from pygatewayworker.runtime.service import run_service
+from pygatewayworker.runtime.sockets import bind_listener
 
 __all__ = ["PusherAPIServer", "load_apps", "serve"]
 
@@ -79,8 +81,6 @@ class PusherAPIServer:
         log.info("Pusher HTTP API listening on http://%s:%s", *self.address)
 
     def _bind(self) -> socket.socket:
-        from pygatewayworker.cluster.sockets import bind_listener  # the cluster imports us
-
         host, port = parse_address(self.config.listen)
         what = f"app {self.config.app or '?'} Pusher API {self.config.name!r}"
         return bind_listener(host, port, what, reuse_port=self.config.count > 1)
@@ -209,6 +209,4 @@ class PusherAPIServer:
 
 def serve(spec: Any) -> int:
     """Child entry point (``cluster``): run one Pusher HTTP API process."""
-    from pygatewayworker.cluster.child import run_service
-
     return int(run_service(spec, PusherAPIServer(spec.config, spec.sockets.get("listen"))))

@@ -10,7 +10,7 @@ What a child process needs to serve, and nothing of the supervisor itself:
 - :mod:`.logs`: a child's logging into the master's log pipe.
 
 Dependencies point one way: protocol modules <- this layer <- role runtimes
-(``gateway``, ``register``, ``businessworker``, ``pushapi``) <- the supervisor and
-command line (``cluster``). Nothing here imports a role or ``cluster``
-(``tests/test_layering.py`` checks it).
+(``gateway``, ``register``, ``businessworker``, ``pushapi``, ``pusher``) <- the
+supervisor and command line (``cluster``). Nothing here imports a role or
+``cluster`` (``tests/test_layering.py`` checks it).
 """

@@ -20,7 +20,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from pygatewayworker.pusher.protocol import PING_DATA, channel_signature, client_id_of
-from tests.cluster import AppSpec, ForegroundCluster, free_port_block, make_app, wait_ports_free
+from tests.cluster import AppSpec, ForegroundCluster, make_app, wait_ports_free
+from tests.ports import reserve_ports
 
 APP_ID, KEY, SECRET = "1001", "key-one", "secret-one-123"
 APP2_ID, KEY2, SECRET2 = "1002", "key-two", "secret-two-456"
@@ -66,7 +67,7 @@ def make_pusher_app(tmp_path: Path, gateways: int = 2, workers: int = 2) -> tupl
         gateway_options=f"ping_interval=30, ping_data={PING_DATA!r},",
         worker_options="gateway_lost_timeout=2, query_timeout=3,",
     )
-    api_port = free_port_block(1)
+    api_port = reserve_ports(1)
     (spec.apps_dir / "pusherapp" / "start_pusherapi.py").write_text(
         "from pygatewayworker.pusher import PusherAPI\n"
         f"api = PusherAPI(events='.Events:Events', listen='127.0.0.1:{api_port}', "

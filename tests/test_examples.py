@@ -36,8 +36,9 @@ from websockets.sync.client import ClientConnection, connect
 
 from examples.provider import DEFAULT_SECRET, post_callback, signature
 from pygatewayworker import GatewayClient
-from tests.cluster import ROOT, AppSpec, free_port_block, wait_ports_free, wait_ready
-from tests.test_browser import TIMEOUT_MS, browser  # noqa: F401 - browser is a fixture
+from tests.chromium import TIMEOUT_MS, browser  # noqa: F401 - browser is a fixture
+from tests.cluster import ROOT, AppSpec, wait_ports_free, wait_ready
+from tests.ports import reserve_ports
 
 EXAMPLES = ROOT / "examples"
 PYTHON = sys.executable
@@ -66,7 +67,7 @@ class ExampleCluster:
 def example_cluster(folder: Path, tmp: Path) -> Iterator[ExampleCluster]:
     """``python -m pygatewayworker start`` in ``folder`` (its ``./apps``), ports
     overridden on the command line, until the block ends; then Ctrl-C."""
-    block = free_port_block(4)
+    block = reserve_ports(4)
     spec = AppSpec(tmp, "shop", block, block + 1, block + 2, 2, 1, run_dir=tmp / "run")
     command = [PYTHON, "-m", "pygatewayworker", "start", "--run-dir", str(spec.run_dir)]
     command += ["--register-listen", f"127.0.0.1:{spec.register_port}"]
@@ -306,7 +307,7 @@ def check_refusals(new_shop: Any, ws: ClientConnection) -> None:
 def web_server(command: list[str], cluster: ExampleCluster, tmp: Path) -> Iterator[str]:
     """Run the example's web server as its README says (``{port}`` in ``command`` is
     replaced by a free port), pointed at ``cluster``; yield its base URL."""
-    port = free_port_block(1)
+    port = reserve_ports(1)
     environment = {**os.environ, "GW_REGISTER": cluster.register, "GATEWAY_WS_URL": cluster.ws_url}
     log_path = tmp / "web.log"
     with open(log_path, "wb") as log:

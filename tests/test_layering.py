@@ -3,8 +3,8 @@
 The graph comes from ``tests/importgraph.py`` (every module parsed with ``ast``;
 module-level, function-level and ``TYPE_CHECKING`` imports all count). The layers,
 lowest first: pure modules <- ``runtime`` <- role runtimes (``gateway``, ``register``,
-``businessworker``, ``gatewayclient``, ``pushapi``) <- ``cluster`` (the supervisor and
-the command line).
+``businessworker``, ``gatewayclient``, ``pushapi``, ``pusher``) <- ``cluster`` (the
+supervisor and the command line).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import ast
 
 from tests.importgraph import ROOT_PACKAGE, cycles, graph, imported_names, modules, names_in
 
-ROLES = ("gateway", "register", "businessworker", "gatewayclient", "pushapi")
+ROLES = ("gateway", "register", "businessworker", "gatewayclient", "pushapi", "pusher")
 SUPERVISOR = f"{ROOT_PACKAGE}.cluster"
 RUNTIME = f"{ROOT_PACKAGE}.runtime"
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from pygatewayworker.pusher.protocol import PING_DATA
-from tests.cluster import ROOT, AppSpec, free_port_block
+from tests.cluster import ROOT, AppSpec
+from tests.ports import reserve_ports
 from tests.pusher_cluster import PusherClient, cluster_env, gateway_of
 
 EXAMPLE = ROOT / "examples" / "order_lock" / "apps" / "orders"
@@ -32,7 +33,7 @@ def orders_cluster(tmp_path: Path) -> Iterator[tuple[AppSpec, Path]]:
     shutil.copytree(
         EXAMPLE, apps / "orders", ignore=shutil.ignore_patterns("start_*.py", "__pycache__")
     )
-    block = free_port_block(4)
+    block = reserve_ports(4)
     spec = AppSpec(tmp_path, "orders", block, block + 1, block + 2, 2, 2, "", tmp_path / "run")
     register = f"127.0.0.1:{spec.register_port}"
     start = apps / "orders"

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from tests.chromium import TIMEOUT_MS, browser  # noqa: F401 - the fixture
 from tests.pusher_cluster import KEY, SECRET, PusherCluster, running_pusher
 from tests.pusher_js import JS_DIR, AuthBackend, require_node
-from tests.test_browser import TIMEOUT_MS, browser  # noqa: F401 - the fixture
 
 PAGE = b"""<!doctype html>
 <html><head><script src="/pusher.js"></script><script src="/echo.js"></script></head>
