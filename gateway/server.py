@@ -105,7 +105,7 @@ class GatewayServer:
         self.config = config
         self.index = index
         self.core = GatewayCore(config, index)
-        self.clients = ClientPort(self.core.clients)
+        self.client_port = ClientPort(self.core.clients)
         self._public_sock = public_sock
         self._internal_sock = internal_sock
         self._public_server: asyncio.Server | None = None
@@ -145,7 +145,7 @@ class GatewayServer:
         self.core.defer = loop.call_soon
         self.core.started = _monotonic()
         if cfg.static_dir:
-            self.clients.static_root = root = os.path.realpath(cfg.static_dir)
+            self.client_port.static_root = root = os.path.realpath(cfg.static_dir)
             if not os.path.isdir(root):
                 log.warning("static_dir %s is not a directory: every GET gets 404", cfg.static_dir)
         try:
@@ -186,12 +186,12 @@ class GatewayServer:
         if self._internal_sock is None:
             host, port = cfg.internal_bind_address(self.index)
             self._internal_sock = bind_socket(host, port if cfg.start_port else 0, False)
-        core, clients = self.core, self.clients
+        core, client_port = self.core, self.client_port
         self._internal_server = await loop.create_server(
             self.php_links.accept, sock=self._internal_sock
         )
         self._public_server = await loop.create_server(
-            lambda: ClientConnection(clients), sock=self._public_sock, backlog=ACCEPT_BACKLOG
+            lambda: ClientConnection(client_port), sock=self._public_sock, backlog=ACCEPT_BACKLOG
         )
         core.public_port = self._public_sock.getsockname()[1]
         core.internal_port = self._internal_sock.getsockname()[1]
@@ -203,15 +203,15 @@ class GatewayServer:
         if self._stopping or self._loop is None:
             return
         self._stopping = True
-        self.clients.accepting = self.core.accepting = False
+        self.client_port.accepting = self.core.accepting = False
         for server in (self._public_server, self._internal_server):
             if server is not None:
                 server.close()
-        for conn in list(self.clients.handshaking):
+        for conn in list(self.client_port.handshaking):
             conn.abort()
         if graceful:
             await self._close_clients_gracefully()
-        self.clients.abort_all()
+        self.client_port.abort_all()
         for _ in range(3):  # let connection_lost run: it queues EV_CLOSE to workers
             await asyncio.sleep(0)
         for task in self._tasks:
@@ -299,7 +299,7 @@ class GatewayServer:
 
     def sweep_housekeeping(self, now: float) -> None:
         """Deadlines of handshakes and closes, held events, link upkeep."""
-        self.clients.sweep(now)
+        self.client_port.sweep(now)
         self.core.tick(now)
 
 

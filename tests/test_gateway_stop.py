@@ -21,7 +21,7 @@ from pygatewayworker.gateway.websocket import ServerConnection, State
 from pygatewayworker.register.config import Register
 from pygatewayworker.register.discovery import GatewayAnnouncer
 from pygatewayworker.register.server import RegisterServer
-from tests.test_gateway_server import (
+from tests.gateway_harness import (
     SECRET,
     TIMEOUT,
     FakeLink,

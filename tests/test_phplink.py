@@ -1,6 +1,6 @@
 """gateway/phplink.py: PHP GatewayClient links on a GatewayServer's internal port, in
 the test's event loop, next to msgpack links (fake workers from
-test_gateway_server) and real WebSocket clients."""
+tests.gateway_harness) and real WebSocket clients."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from pygatewayworker.gateway.phpserialize import loads
 from pygatewayworker.gateway.protocol import Cmd, pack_session, unpack_session
 from pygatewayworker.gateway.server import GatewayServer
 from tests import phpclient as php
-from tests.phpclient import ext_json, packet
-from tests.test_gateway_server import (
+from tests.gateway_harness import (
     SECRET,
     FakeLink,
     close_code,
@@ -25,6 +24,7 @@ from tests.test_gateway_server import (
     running,
     wait_until,
 )
+from tests.phpclient import ext_json, packet
 
 AUTH = packet(php.GATEWAY_CLIENT_CONNECT, body=ext_json({"secret_key": SECRET}))
 

@@ -23,7 +23,7 @@ from pygatewayworker.gateway.protocol import (
 from pygatewayworker.gateway.server import GatewayServer
 from pygatewayworker.gatewayclient import AsyncGatewayClient
 from pygatewayworker.gatewayclient.link import GatewayLink
-from tests.test_gateway_server import SECRET, FakeLink, open_client, recv, running, ws
+from tests.gateway_harness import SECRET, FakeLink, open_client, recv, running, ws
 from tests.test_gatewayclient_fakes import UNIT, FakeGateway, wait_until
 
 
