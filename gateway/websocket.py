@@ -48,10 +48,10 @@ invalid UTF-8 in a text message or close reason; 1009 a message over
 a ``(FAILED, (code, reason))`` event, and ``CLOSED`` with ``half_close`` set. Events
 completed before the error in the same call are returned before it.
 
-Server frames are never masked, so a frame is a function of ``(opcode, payload)``:
-:func:`encode_frame` and its shorthands. A broadcast encodes once and writes the same
-bytes to every recipient, around this object (which only has to agree that the
-connection is ``OPEN``).
+Data frames are not sent through this object: a server frame is a pure function of
+``(opcode, payload)`` (``gateway.frames``), so a broadcast encodes once and writes the
+same bytes to every recipient whose connection is ``OPEN``. The head is parsed by
+``gateway.http11``.
 
 Errors split as in h11: a peer that sends garbage never raises here (it gets its
 answer, and a ``FAILED`` event); calling a method in a state where it makes no sense
@@ -138,11 +138,10 @@ class _Fail(Exception):
     """Internal: the peer broke the protocol; fail with ``code`` (an HTTP status
     during the handshake, a close code after it)."""
 
-    def __init__(self, code: int, reason: str, headers: tuple[tuple[str, str], ...] = ()):
+    def __init__(self, code: int, reason: str) -> None:
         super().__init__(f"{code} {reason}")
         self.code = code
         self.reason = reason
-        self.headers = headers
 
 
 class ServerConnection:
@@ -189,16 +188,16 @@ class ServerConnection:
 
     def _receive_head(self, data: bytes) -> list[Event]:
         buf = self._buf
-        if not self._head_limit or buf is None:
+        limit = self._head_limit
+        if not limit or buf is None:
             raise InvalidState("answer the REQUEST (accept or respond) before more data")
         start = max(0, len(buf) - 3)  # "\r\n\r\n" may straddle two chunks
         buf += data
         end = buf.find(b"\r\n\r\n", start)
-        limit = self._head_limit
-        if (end < 0 and len(buf) > limit) or end + 4 > limit:
+        if end < 0:  # refuse an endless head without waiting for its end
+            return [self._refuse(431, "request head too large")] if len(buf) > limit else []
+        if end + 4 > limit:
             return [self._refuse(431, "request head too large")]
-        if end < 0:
-            return []
         head = bytes(buf[:end])
         # what follows the head waits for the frame parser; no buffer is kept for
         # the (many) clients that send nothing after their handshake
@@ -235,7 +234,7 @@ class ServerConnection:
         try:
             pos = self._parse(view, events)
         except _Fail as exc:
-            events.append(self._fail(exc.code, exc.reason))
+            events.append(self.fail(exc.code, exc.reason))
             pos = -1
         if closing:  # we said goodbye: data is still checked, but dropped
             events = [event for event in events if event[0] > OP_BINARY]
@@ -384,9 +383,6 @@ class ServerConnection:
         """Fail the connection (RFC 6455 7.1.7): queue a close frame with ``code``
         unless ours is already out, and end with ``half_close``. Returns the
         ``FAILED`` event (the parser calls this for a peer's protocol error)."""
-        return self._fail(code, reason)
-
-    def _fail(self, code: int, reason: str) -> Event:
         if self.state is OPEN:
             self._out += close_frame(code, reason)
             self.half_close = True

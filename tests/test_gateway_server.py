@@ -568,6 +568,7 @@ def _name(scenario: Any) -> str:
 
 @pytest.mark.parametrize("scenario", UVLOOP_SCENARIOS, ids=_name)
 def test_on_uvloop(scenario) -> None:
-    uvloop = pytest.importorskip("uvloop")
+    import uvloop  # a dependency wherever gateways run: an import error must fail
+
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(asyncio.wait_for(scenario(), 30))
