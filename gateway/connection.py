@@ -59,6 +59,27 @@ def _not_connected(data: bytes) -> None:
     raise RuntimeError("write() before the connection was made")
 
 
+class _Gone:
+    """The writer of a client whose connection is gone. Its record may outlive it
+    (events held for a leaving worker refer to it); pointing it here instead of at
+    the connection breaks the connection <-> record cycle, so both are freed at once
+    instead of by the cycle collector (which would run often in a reconnect storm)."""
+
+    __slots__ = ()
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self, code: int, reason: str = "") -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+_GONE = _Gone()
+
+
 class ClientPort:
     """What the client connections of one gateway process share (see the module
     docstring)."""
@@ -246,6 +267,7 @@ class ClientConnection(asyncio.Protocol):
         port.handshaking.pop(self, None)
         port.closing.pop(self, None)
         port.clients.closed(self.client)
+        self.client.writer = _GONE
 
     def pause_writing(self) -> None:
         self.port.clients.slow(self.client)

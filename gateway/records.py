@@ -28,10 +28,11 @@ __all__ = ["ClientWriter", "LinkWriter", "Client", "Link", "Counters", "HeldEven
 class ClientWriter(Protocol):
     """How the core acts on a client connection."""
 
-    write: Callable[[bytes], object]
-    """Write encoded frames as they are. Called once per recipient of every
-    broadcast, so it is an attribute: the asyncio shell binds it straight to its
-    transport's ``write`` (no Python frame in between)."""
+    @property
+    def write(self) -> Callable[[bytes], object]:
+        """Write encoded frames as they are. Called once per recipient of every
+        broadcast, so the asyncio shell makes it an attribute bound straight to its
+        transport's ``write`` (no Python frame in between); a method does too."""
 
     def close(self, code: int, reason: str = "") -> None:
         """Start the WebSocket closing handshake (a close frame, then a bounded wait

@@ -185,6 +185,8 @@ def test_pings_are_answered_and_the_peers_close_is_echoed_then_tcp_closed() -> N
     conn.connection_lost(None)
     assert g.events()[-1] == (Cmd.EV_CLOSE, None) and len(g.core.directory) == 0
     assert conn not in g.port.closing
+    # no cycle between the connection and its record: both go by reference counting
+    assert conn.client.writer is not conn
 
 
 def test_our_close_waits_for_the_client_within_close_timeout() -> None:
