@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pygatewayworker.gateway.protocol import DEFAULT_MAX_PACKET, MAX_CLIENT_MESSAGE
 from pygatewayworker.register.config import (
     ConfigError,
     check_ipv4,
@@ -32,7 +33,9 @@ class Gateway:
     and ``on_close`` runs). Any client message counts as activity, and so does a
     WebSocket ping or pong when ``pong_is_activity`` is true.
 
-    ``max_message_size``: larger client messages close the client with 1009.
+    ``max_message_size``: larger client messages close the client with 1009; at most
+    ``protocol.MAX_CLIENT_MESSAGE`` (about 5.9 MiB), so that a message and its session
+    always fit in one internal packet (a larger value is refused here).
     ``send_buffer_limit``: a client whose unsent data exceeds it is closed with 1008
     ("slow consumer") and counted as a send failure.
     ``static_dir``: plain HTTP GET requests (not WebSocket upgrades) are answered with
@@ -85,6 +88,13 @@ class Gateway:
             raise ConfigError("Gateway ping_interval and ping_not_response_limit must be >= 0")
         if self.max_message_size < 1 or self.send_buffer_limit < 1:
             raise ConfigError("Gateway max_message_size and send_buffer_limit must be >= 1")
+        if self.max_message_size > MAX_CLIENT_MESSAGE:
+            raise ConfigError(
+                f"Gateway max_message_size {self.max_message_size} is over "
+                f"{MAX_CLIENT_MESSAGE} bytes: a client message and its session must fit in "
+                f"one internal packet ({DEFAULT_MAX_PACKET} bytes); lower it (larger "
+                f"uploads belong on HTTP)"
+            )
         check_link_timing(self.keepalive_interval, self.link_timeout, "Gateway")
 
     @property

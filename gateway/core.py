@@ -55,6 +55,7 @@ from pygatewayworker.gateway.protocol import (
     ROUTES_STATE,
     ROUTES_STATE_END,
     Cmd,
+    PacketTooLarge,
     ProtocolError,
     encode,
 )
@@ -199,6 +200,9 @@ class GatewayCore:
             query = self.queries.get(cmd)
             if query is None:
                 raise ValueError(f"unexpected command {cmd.name}")
+        except PacketTooLarge as exc:  # valid, but the data would not fit: not a violation
+            self.refuse(link, 0, f"{cmd.name} ignored: {exc}")
+            return
         except (ValueError, TypeError, KeyError, ProtocolError) as exc:
             self.reject(link, 0, f"bad {cmd.name} packet: {exc}")
             return
@@ -214,7 +218,19 @@ class GatewayCore:
         except (ValueError, TypeError, KeyError) as exc:
             self.reject(link, req, f"bad {packet[0].name} packet: {exc}")
             return
-        link.writer.send(encode(Cmd.REPLY, req, result))
+        try:
+            reply = encode(Cmd.REPLY, req, result)
+        except PacketTooLarge as exc:
+            self.refuse(link, req, f"{packet[0].name}: the answer is too large: {exc}")
+            return
+        link.writer.send(reply)
+
+    def refuse(self, link: Link, req: int, reason: str) -> None:
+        """Answer ``ERROR`` and keep the link: the request was valid but cannot be
+        served (its data would exceed the packet limit); one caller's data never
+        costs the link."""
+        log.warning("%r: %s", link, reason)
+        link.writer.send(encode(Cmd.ERROR, req, reason[:500]))
 
     def link_garbage(self, link: Link, reason: str) -> None:
         """``link`` sent bytes that are not packets (the decoder said ``reason``)."""

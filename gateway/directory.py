@@ -33,7 +33,10 @@ from typing import Any, Generic, TypeVar
 
 from pygatewayworker.gateway.protocol import (
     MAX_KEY_LENGTH,
+    MAX_SESSION,
+    Cmd,
     ProtocolError,
+    check_packet_size,
     pack_session,
     unpack_session,
 )
@@ -252,6 +255,8 @@ class Directory(Generic[E]):
         if session is not None:
             if type(session) is not bytes:
                 raise TypeError(f"session must be packed bytes, got {type(session).__name__}")
+            if len(session) > MAX_SESSION:
+                check_packet_size(len(session), Cmd.SET_SESSION, MAX_SESSION)
             unpack_session(session)  # validate now, not when a worker reads it
         entry = self._conns.get(conn_id)
         if entry is None:

@@ -39,12 +39,16 @@ import msgpack
 __all__ = [
     "Cmd",
     "ProtocolError",
+    "PacketTooLarge",
     "Decoder",
     "encode",
     "pack_session",
     "unpack_session",
     "HEADER",
     "DEFAULT_MAX_PACKET",
+    "MAX_SESSION",
+    "MAX_CLIENT_MESSAGE",
+    "check_packet_size",
     "MAX_KEY_LENGTH",
     "ROUTES_CHANGES",
     "ROUTES_STATE",
@@ -53,10 +57,35 @@ __all__ = [
 
 HEADER = struct.Struct("!I")
 DEFAULT_MAX_PACKET = 10 * 1024 * 1024  # internal links: 10 MiB per packet
+MAX_SESSION = 4 * 1024 * 1024
+"""Largest packed session (bytes). A session travels with every event of its client,
+so session and message together must fit in one packet: see :data:`MAX_CLIENT_MESSAGE`."""
+MAX_CLIENT_MESSAGE = DEFAULT_MAX_PACKET - MAX_SESSION - 64 * 1024
+"""Largest ``max_message_size`` a gateway accepts (about 5.9 MiB): a client message
+of that size, the largest session and the event's other fields (64 KiB of room: the
+handshake head is at most 16 KiB) always fit in one packet, so a client message can
+never make an oversized internal packet."""
 
 
 class ProtocolError(Exception):
     """The peer sent bytes that are not a valid packet. Close the link."""
+
+
+class PacketTooLarge(ValueError):
+    """Our caller's data would make a packet (or session) over the internal link
+    limit. Raised where the data is made, before anything is sent: the link stays up,
+    and only that call fails."""
+
+
+def check_packet_size(size: int, cmd: Cmd | int, limit: int = DEFAULT_MAX_PACKET) -> None:
+    """Raise :class:`PacketTooLarge` when a ``cmd`` body of ``size`` bytes exceeds
+    ``limit``."""
+    if size > limit:
+        name = Cmd(cmd).name if _MIN_CMD <= cmd <= _MAX_CMD else str(cmd)
+        raise PacketTooLarge(
+            f"{name} of {size} bytes exceeds the internal link limit of {limit} bytes; "
+            f"nothing was sent (send large data another way, e.g. a URL to fetch)"
+        )
 
 
 class Cmd(IntEnum):
@@ -205,15 +234,20 @@ def encode(cmd: Cmd, *fields: Any) -> bytes:
     """Return the wire bytes of one packet ``[cmd, *fields]``.
 
     Raises ``TypeError`` when a field is not msgpack-serialisable (our bug, not the
-    peer's).
+    peer's) and :class:`PacketTooLarge` when the packet would exceed the link limit
+    (the peer would have to close the whole link for it).
     """
     body = _packb([int(cmd), *fields])
+    if len(body) > DEFAULT_MAX_PACKET:
+        check_packet_size(len(body), cmd)
     return _pack_len(len(body)) + body
 
 
 def encode_body(cmd: Cmd, fields: tuple[Any, ...]) -> bytes:
     """Like :func:`encode` with the fields given as one tuple (saves a splat)."""
     body = _packb((int(cmd), *fields))
+    if len(body) > DEFAULT_MAX_PACKET:
+        check_packet_size(len(body), cmd)
     return _pack_len(len(body)) + body
 
 
@@ -290,8 +324,15 @@ def _unpack_packet(body: bytes) -> list[Any]:
 
 
 def pack_session(session: dict[str, Any]) -> bytes:
-    """Pack a session dict for the wire and for storage in the gateway."""
-    return _packb(session)
+    """Pack a session dict for the wire and for storage in the gateway. Raises
+    :class:`PacketTooLarge` when it packs to more than :data:`MAX_SESSION` bytes."""
+    packed: bytes = _packb(session)
+    if len(packed) > MAX_SESSION:
+        raise PacketTooLarge(
+            f"session of {len(packed)} bytes exceeds the limit of {MAX_SESSION} bytes "
+            f"(it travels with every event of its client); not stored"
+        )
+    return packed
 
 
 def unpack_session(blob: bytes | None) -> dict[str, Any]:

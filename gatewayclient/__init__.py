@@ -7,10 +7,12 @@
 - :class:`GatewayAPI` is that API over a set of :class:`GatewayLink` (used by the
   business worker and the push clients).
 - Errors: :class:`GatewayError` and its subclasses; invalid client_ids raise
-  :class:`InvalidClientId` (a ``ValueError``).
+  :class:`InvalidClientId` (a ``ValueError``); a message, session or batch over the
+  internal link limit raises :class:`PacketTooLarge` (a ``ValueError``).
 """
 
 from pygatewayworker.gateway.client_id import InvalidClientId
+from pygatewayworker.gateway.protocol import PacketTooLarge
 from pygatewayworker.gatewayclient.api import GatewayAPI
 from pygatewayworker.gatewayclient.client import AsyncGatewayClient
 from pygatewayworker.gatewayclient.errors import (
@@ -36,6 +38,7 @@ __all__ = [
     "LinkClosed",
     "LinkError",
     "NoRegister",
+    "PacketTooLarge",
     "QueryTimeout",
     "RemoteError",
 ]

@@ -33,7 +33,10 @@ queued on the link (no awaiting: safe inside any callback). Queries are coroutin
 Arguments are checked before anything is sent: a malformed client_id raises
 ``gateway.client_id.InvalidClientId``; a uid or group that is not a non-empty ``str``
 or an ``int`` raises ``ValueError``; a message that is not ``str`` (text frame) or
-``bytes`` (binary frame) raises ``TypeError`` (encode JSON yourself).
+``bytes`` (binary frame) raises ``TypeError`` (encode JSON yourself); a message,
+session (over ``protocol.MAX_SESSION``, 4 MiB packed) or batch whose packet would
+exceed the internal link limit (10 MiB) raises ``PacketTooLarge`` (a ``ValueError``)
+and nothing is sent: the gateway would have to close the whole link for it.
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ from typing import Any, TypeVar
 from pygatewayworker.gateway.client_id import decode_client_id
 from pygatewayworker.gateway.protocol import (
     MAX_KEY_LENGTH,
+    MAX_SESSION,
     Cmd,
+    check_packet_size,
     encode,
     pack_session,
     unpack_session,
@@ -362,7 +367,12 @@ class GatewayAPI:
 
     def update_session(self, client_id: str, partial: dict[str, Any]) -> None:
         """Merge ``partial`` into the session (recursively, in the gateway)."""
-        self._to_client(Cmd.UPDATE_SESSION, client_id, _check_dict(partial, "session update"))
+        link, conn_id = self._link_of(client_id)
+        data = encode(Cmd.UPDATE_SESSION, conn_id, _check_dict(partial, "session update"))
+        if len(data) > MAX_SESSION:  # the merged session could never be stored
+            check_packet_size(len(data), Cmd.UPDATE_SESSION, MAX_SESSION)
+        link.send(data)
+        self.sent += 1
 
     # ---- T-class queries -----------------------------------------------------------
 

@@ -8,6 +8,7 @@ import logging
 import os
 from typing import Any
 
+import msgpack
 import pytest
 
 from pygatewayworker.gateway.client_id import decode_client_id
@@ -16,6 +17,7 @@ from pygatewayworker.gateway.core import GatewayCore
 from pygatewayworker.gateway.frames import binary_frame, text_frame
 from pygatewayworker.gateway.http11 import parse_request_head
 from pygatewayworker.gateway.protocol import (
+    MAX_SESSION,
     ROUTES_CHANGES,
     ROUTES_STATE_END,
     Cmd,
@@ -215,6 +217,25 @@ def test_queries_are_answered_with_their_request_id() -> None:
     h.feed(push, [Cmd.Q_GROUPS, 9, ["g"], "everything"])
     (error,) = writer(push).take()
     assert error[:2] == [Cmd.ERROR, 9] and writer(push).rejected
+
+
+def test_data_too_large_for_a_packet_is_refused_and_the_link_kept() -> None:
+    h = Harness()
+    push = h.link(role="client")
+    clients = [h.client(port=40000 + i) for i in range(3)]
+    h.feed(push, [Cmd.SET_SESSION, clients[0].conn_id, msgpack.packb({"x": "y" * MAX_SESSION})])
+    (error,) = writer(push).take()
+    assert error[:2] == [Cmd.ERROR, 0] and "SET_SESSION ignored" in error[2]
+    assert clients[0].session is None and not writer(push).rejected
+    almost = pack_session({"x": "y" * (MAX_SESSION - 100)})
+    for client in clients:  # each fits; the three in one answer do not
+        h.feed(push, [Cmd.SET_SESSION, client.conn_id, almost])
+    h.feed(push, [Cmd.UPDATE_SESSION, clients[0].conn_id, {"more": "z" * 200}])
+    h.feed(push, [Cmd.Q_GROUPS, 5, None, "sessions"])
+    errors = writer(push).take(Cmd.ROUTES)
+    assert [e[:2] for e in errors] == [[Cmd.ERROR, 0], [Cmd.ERROR, 5]]
+    assert "UPDATE_SESSION ignored" in errors[0][2] and "too large" in errors[1][2]
+    assert clients[0].session == almost and not writer(push).rejected
 
 
 def test_link_upkeep_hello_deadline_keepalive_and_timeouts() -> None:

@@ -222,19 +222,35 @@ class Cluster:
     def remember_pids(self) -> None:
         self.seen_pids.update(all_pids(self.spec))
 
+    def tear_down(self) -> None:
+        """Stop it, then kill whatever is left of it (stopped processes included)."""
+        self.remember_pids()
+        for pid in self.seen_pids:  # a test may leave a process stopped (SIGSTOP)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        if state(self.spec):
+            cli(self.spec, "stop", "--timeout", "10")
+        for pid in list(self.seen_pids) + processes_of(self.spec):
+            with contextlib.suppress(ProcessLookupError):
+                if pid_alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+
 
 @pytest.fixture
 def start_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
-    """``start_cluster(gateways=2, workers=2, worker_options="")`` runs ``start -d``."""
+    """``start_cluster(gateways=2, workers=2, worker_options="", gateway_options="")``
+    runs ``start -d`` (``gateway_options`` add to :data:`GATEWAY_OPTIONS`)."""
     started: list[Cluster] = []
 
-    def start(gateways: int = 2, workers: int = 2, worker_options: str = "") -> Cluster:
+    def start(
+        gateways: int = 2, workers: int = 2, worker_options: str = "", gateway_options: str = ""
+    ) -> Cluster:
         spec = make_app(
             tmp_path / f"c{len(started)}",
             "rc",
             gateways=gateways,
             workers=workers,
-            gateway_options=GATEWAY_OPTIONS,
+            gateway_options=f"{GATEWAY_OPTIONS}, {gateway_options}",
             worker_options=worker_options,
         )
         result = cli(spec, "start", "-d")
@@ -246,13 +262,7 @@ def start_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
 
     yield start
     for cluster in started:
-        cluster.remember_pids()
-        if state(cluster.spec):
-            cli(cluster.spec, "stop", "--timeout", "10")
-        for pid in list(cluster.seen_pids) + processes_of(cluster.spec):
-            with contextlib.suppress(ProcessLookupError):
-                if pid_alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+        cluster.tear_down()
 
 
 @pytest.fixture

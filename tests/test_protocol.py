@@ -12,8 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pygatewayworker.gateway.protocol import (
+    DEFAULT_MAX_PACKET,
+    MAX_SESSION,
     Cmd,
     Decoder,
+    PacketTooLarge,
     ProtocolError,
     encode,
     pack_session,
@@ -126,3 +129,13 @@ def test_session_helpers() -> None:
         unpack_session(msgpack.packb([1, 2]))
     with pytest.raises(ProtocolError):
         unpack_session(b"\xc1")
+
+
+def test_data_over_the_link_limit_raises_where_it_is_made() -> None:
+    with pytest.raises(PacketTooLarge, match="SEND_TO_CLIENT of 1048.* exceeds the internal"):
+        encode(Cmd.SEND_TO_CLIENT, 7, "x" * DEFAULT_MAX_PACKET)
+    with pytest.raises(PacketTooLarge, match="session of .* exceeds the limit"):
+        pack_session({"big": "x" * MAX_SESSION})
+    assert isinstance(PacketTooLarge("x"), ValueError)  # a misuse by our caller
+    size = len(encode(Cmd.SEND_TO_CLIENT, 7, "x" * (DEFAULT_MAX_PACKET - 20)))
+    assert size <= DEFAULT_MAX_PACKET + 4
