@@ -20,7 +20,11 @@ is that help; the dispatcher feeds it every event the worker receives:
   same happens; a gateway still listed is alive but unreachable from here (a
   partition), and its clients may be served by other workers, so nothing runs;
 - when a link comes back to the *same* instance (a network blip), the gateway has
-  moved those clients to other workers: they are alive, so they are only forgotten.
+  moved those clients to other workers: they are alive, so they are only forgotten;
+- but when the timeout path ran ``on_close`` and the link comes back to the same
+  instance (the gateway hung: SIGSTOP, a VM pause, past both timeouts), the worker
+  tells it ``DECLARED_CLOSED`` with those conn_ids and the gateway closes them
+  without ``EV_CLOSE``: their on_close was true, and none runs twice.
 
 Limits (documented in the README): a worker remembers only clients it received an
 event from; a client whose worker was replaced (reload, crash) is remembered again
@@ -33,7 +37,7 @@ import logging
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from pygatewayworker.gateway.protocol import Cmd
+from pygatewayworker.gateway.protocol import Cmd, encode
 from pygatewayworker.gatewayclient.link import GatewayLink
 
 __all__ = ["GatewayMemory", "OrphanCallback"]
@@ -74,6 +78,9 @@ class GatewayMemory:
         self._on_orphans = on_orphans
         self._gateways: dict[str, _Gateway] = {}
         self._by_link: dict[GatewayLink, Clients] = {}
+        self._declared: dict[str, tuple[tuple[Any, Any], list[int]]] = {}
+        """Per address: the instance declared lost (timeout path) and the conn_ids
+        whose on_close ran, until a link to that address opens again."""
         self.orphan_closes = 0
 
     @property
@@ -107,6 +114,8 @@ class GatewayMemory:
     ) -> None:
         """Compare what is remembered with the open ``links`` (about once a second);
         ``listed``: the gateway addresses the registers list now."""
+        if self._declared:
+            self._tell_declared(links)
         for gateway in list(self._gateways.values()):
             link = links.get(gateway.address)
             if link is not None and link.is_open:
@@ -123,8 +132,31 @@ class GatewayMemory:
                 and now - gateway.lost_since >= self.lost_timeout
                 and gateway.address not in listed
             ):
+                ids = list(gateway.clients)
                 self._orphan(gateway, f"unreachable for {self.lost_timeout:g} s")
+                self._declared[gateway.address] = (gateway.instance, ids)
                 self._forget(gateway)
+
+    def _tell_declared(self, links: Mapping[str, GatewayLink]) -> None:
+        """A gateway declared lost is linked again: if it is the same process (it
+        hung), it closes the clients whose on_close ran (``DECLARED_CLOSED``)."""
+        for address, (instance, ids) in list(self._declared.items()):
+            link = links.get(address)
+            if link is None or not link.is_open:
+                continue
+            del self._declared[address]
+            if instance_of(link) != instance:
+                continue  # it did die: its clients are gone
+            logger.warning(
+                "gateway %s is back after being declared lost: asking it to close the "
+                "%d client(s) whose on_close ran",
+                address,
+                len(ids),
+            )
+            known = self._by_link.get(link, {})
+            for conn_id in ids:
+                known.pop(conn_id, None)  # events they sent since are not remembered
+            link.send(encode(Cmd.DECLARED_CLOSED, ids))
 
     # ---- internals -----------------------------------------------------------------
 

@@ -148,6 +148,7 @@ class Clients:
         client.silent = -1
         link = client.worker
         if link is not None and not link.leaving:  # only a leaving worker holds events
+            link.unanswered += 1
             link.writer.send(
                 encode(
                     _EV_MESSAGE,
@@ -187,6 +188,23 @@ class Clients:
         if client.conn_id and self.directory.get(client.conn_id) is client:
             self.workers.send(client, Cmd.EV_CLOSE, None)
             self.directory.remove(client.conn_id)
+
+    def declared_closed(self, conn_ids: list[int]) -> int:
+        """Close the clients ``conn_ids`` (1001) without ``EV_CLOSE``: a worker ran
+        their ``on_close`` while this process was unreachable (``DECLARED_CLOSED``).
+        Returns how many were still here."""
+        closed = 0
+        for conn_id in conn_ids:
+            client = self.directory.get(conn_id)
+            if client is None:
+                continue
+            self.directory.remove(conn_id)  # so that closed() sends no EV_CLOSE
+            if client.worker is not None:
+                client.worker.clients -= 1
+                client.worker = None
+            client.writer.close(1001, "gateway was unreachable; reconnect")
+            closed += 1
+        return closed
 
     # ---- decisions --------------------------------------------------------------------
     def close_all(self, code: int, reason: str = "") -> None:

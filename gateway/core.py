@@ -178,6 +178,9 @@ class GatewayCore:
     def link_received(self, link: Link, packets: list[list[Any]]) -> None:
         """Packets decoded from ``link``, in order. Consecutive broadcasts to the same
         recipients are merged first (write coalescing, ``commands.coalesce``)."""
+        link.unanswered = 0
+        if link.stalled:
+            self._resume(link)
         if len(packets) > 1:
             packets = coalesce(packets)
         handle = self.link_packet
@@ -332,6 +335,21 @@ class GatewayCore:
         else:
             self.workers.release_ids(link, conn_ids)
 
+    def cmd_declared_closed(self, link: Link, packet: list[Any]) -> None:
+        """A worker ran ``on_close`` for these clients while we were unreachable (see
+        ``Cmd.DECLARED_CLOSED``): close them without a second ``EV_CLOSE``."""
+        _, conn_ids = packet
+        if type(conn_ids) is not list or not all(type(c) is int for c in conn_ids):
+            raise TypeError("conn_ids must be a list of ints")
+        closed = self.clients.declared_closed(conn_ids)
+        log.warning(
+            "%r ran on_close for %d of our clients while we were unreachable; closing "
+            "the %d still here (1001), without a second on_close",
+            link,
+            len(conn_ids),
+            closed,
+        )
+
     # ---- operator queries ---------------------------------------------------------
     def query_connections(self) -> Any:
         return self.clients.rows(self.config.lan_ip, self.internal_port)
@@ -349,6 +367,7 @@ class GatewayCore:
             "bytes_in": counters.bytes_in,
             "bytes_out": counters.bytes_out,
             "send_failures": counters.send_failures,
+            "events_lost": counters.events_lost,
             "workers": sum(1 for link in self.links if link.role == "worker"),
             "clients": sum(1 for link in self.links if link.role == "client"),
             "pending_events": len(self.workers.pending),
@@ -387,11 +406,55 @@ class GatewayCore:
             elif not link.role:
                 if now - link.opened > self.hello_timeout:
                     self.reject(link, 0, f"no HELLO within {self.hello_timeout:g} s")
-            elif now - link.last_recv > cfg.link_timeout:
-                log.warning("%r silent for %.1f s; dropping it", link, now - link.last_recv)
-                link.writer.abort()
+            elif now - link.last_recv > cfg.link_timeout and not self._silent(link, now):
+                continue
             elif now - link.last_send >= cfg.keepalive_interval:
                 link.writer.send(ping)
+
+    def _silent(self, link: Link, now: float) -> bool:
+        """``link`` has been silent for more than ``link_timeout``. A worker is first
+        *stalled* (its clients' next events held, the link kept: a blocked loop or a
+        stopped process that comes back loses nothing); after a second
+        ``link_timeout`` its link is dropped, and the events it was sent since it last
+        spoke are counted and logged as lost. Returns whether the link is kept."""
+        silent = now - link.last_recv
+        if link.role == "worker" and silent <= 2 * self.config.link_timeout:
+            if not link.stalled and not link.leaving:
+                link.stalled = now
+                self.workers.leave(link)
+                log.warning(
+                    "%r silent for %.1f s; holding the events of its %d clients until it "
+                    "answers (dropped after %.1f s of silence)",
+                    link,
+                    silent,
+                    max(link.clients, 0),
+                    2 * self.config.link_timeout,
+                )
+            return True
+        lost = link.unanswered if link.role == "worker" else 0
+        link.unanswered = 0
+        self.counters.events_lost += lost
+        log.warning(
+            "%r silent for %.1f s; dropping it: %d client events sent to it since it last "
+            "spoke may be lost (its %d clients move to other workers, with %d held events)",
+            link,
+            silent,
+            lost,
+            max(link.clients, 0),
+            link.held_events,
+        )
+        link.writer.abort()
+        return False
+
+    def _resume(self, link: Link) -> None:
+        log.warning(
+            "%r answers again after %.1f s held; %d held events go to it",
+            link,
+            self.clock() - link.stalled,
+            link.held_events,
+        )
+        link.stalled = 0.0
+        self.workers.resume(link)
 
 
 def _now(fn: Callable[[], None]) -> None:

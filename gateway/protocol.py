@@ -183,6 +183,13 @@ class Cmd(IntEnum):
     UPDATE_SESSION = 32
     """``[UPDATE_SESSION, conn_id, partial]``: recursive merge of dict ``partial``."""
 
+    DECLARED_CLOSED = 33
+    """worker -> gateway: ``[DECLARED_CLOSED, conn_ids]``. This worker ran
+    ``on_close`` for these clients while this gateway process was unreachable past
+    ``gateway_lost_timeout`` and no register listed it (a long hang: SIGSTOP, a VM
+    pause). The gateway closes them (1001) *without* ``EV_CLOSE``: their on_close
+    was true, and runs once."""
+
     # ---- queries: [Q_*, req, *args] -> [REPLY, req, result] or [ERROR, req, msg] ----
     REPLY = 40
     """gateway -> asker: ``[REPLY, req, result]``."""

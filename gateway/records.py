@@ -128,6 +128,8 @@ class Link:
         "closed",
         "held",
         "held_events",
+        "stalled",
+        "unanswered",
     )
 
     def __init__(self, writer: LinkWriter, peer: str = "", now: float = 0.0) -> None:
@@ -149,6 +151,12 @@ class Link:
         """Set when this worker leaves: events of its clients held until it releases
         them (``RELEASE``) or its link ends; ``None``: not holding."""
         self.held_events = 0
+        self.stalled = 0.0
+        """When this worker was found silent for ``link_timeout`` (its clients' events
+        are held, as for a leaving worker, until it speaks again); 0: not stalled."""
+        self.unanswered = 0
+        """Client events sent to it since it last sent us anything: what may be lost
+        if it never speaks again."""
 
     def __repr__(self) -> str:
         return f"<link {self.role or 'unauthenticated'} {self.name!r} from {self.peer}>"
@@ -163,3 +171,6 @@ class Counters:
     bytes_in: int = 0
     bytes_out: int = 0
     send_failures: int = 0
+    events_lost: int = 0
+    """Client events sent to a worker whose link was dropped for silence after they
+    were sent (at most that many were lost; logged with the count)."""

@@ -15,6 +15,12 @@ client's events), or its link ends, or more than ``pending_event_limit`` are hel
 A released client's held events then go, in order, to the worker it gets now,
 encoded at that moment (with the session the leaving worker wrote back).
 
+A worker silent for ``link_timeout`` (its loop blocked, its process stopped) is
+held the same way (:meth:`Workers.leave`), but with its link kept: when it speaks
+again it is *resumed* (:meth:`Workers.resume`: the held events go to it, in order);
+only after a second ``link_timeout`` of silence is its link dropped, its held events
+go to other workers and what it was sent but never answered is counted as lost.
+
 With no worker linked at all, events wait in one queue (bounded in number and age)
 and go, in order, to the first worker that links (:meth:`Workers.add`).
 
@@ -80,6 +86,7 @@ class Workers:
             self._hold(client, cmd, packet)
             return
         link.writer.send(packet)
+        link.unanswered += 1
         if cmd == Cmd.EV_CLOSE:
             link.clients -= 1
             client.worker = None
@@ -106,6 +113,18 @@ class Workers:
             self.linked.remove(link)
         if link.held is None:
             link.held = {}
+
+    def resume(self, link: Link) -> None:
+        """``link``'s worker, held for silence (a stall, not a leave), speaks again:
+        it takes new clients, and the events held for its clients go to it, in order
+        per client (its own queue runs them after what it already has)."""
+        held = link.held or {}
+        link.held, link.held_events, link.leaving = None, 0, False
+        if link not in self.linked:
+            self.linked.append(link)
+        for client, events in held.items():
+            for cmd, payload in events:
+                self.forward(client, cmd, event_packet(client, cmd, payload))
 
     def hold_for(self, link: Link, client: Client, cmd: Cmd, payload: Any) -> None:
         """Hold an event of a client of the leaving worker ``link``. It is encoded

@@ -17,6 +17,9 @@ Times are multiples of one unit (:data:`UNIT`), with generous bounds.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +33,10 @@ from tests.test_ops_e2e import (
     Traffic,
     await_for,
     call,
+    clients_on_both_gateways,
+    close_events,
+    drain,
+    gateway_name_of,
     is_connected,
     open_clients,
     opened,
@@ -95,3 +102,82 @@ async def test_max_message_size_over_the_link_limit_is_refused(tmp_path: Path) -
 async def _unused() -> None:  # keeps imports used until the other scenarios land
     await await_for(lambda: True)
     processes, time  # noqa: B018
+
+
+# ---- 2. a stalled worker loses nothing ------------------------------------------------
+
+LINK_TIMING = f"keepalive_interval={UNIT / 2}, link_timeout={2 * UNIT}"
+
+
+async def test_a_worker_blocked_past_link_timeout_loses_nothing(
+    start_cluster: Callable[..., Cluster], opened: list[RC]
+) -> None:
+    cluster = start_cluster(
+        gateways=1, workers=1, gateway_options=LINK_TIMING, worker_options=LINK_TIMING
+    )
+    chatters = await open_clients(cluster.spec, 20)
+    blocker = await RC.open(cluster.spec.ws_url)
+    opened.extend([*chatters, blocker])
+
+    traffic = Traffic(chatters, window=2, timeout=15 * UNIT).start()
+    await asyncio.sleep(UNIT)
+    blocked_at = time.monotonic()
+    # past link_timeout (the gateway holds its clients' events), short of twice it
+    assert await call(blocker, "block", 3 * UNIT, timeout=15 * UNIT) is None
+    await asyncio.sleep(UNIT)
+    await traffic.stop()
+
+    assert traffic.errors == [] and traffic.lost == 0
+    assert all(n > 0 for n in traffic.served_since(blocked_at + 3 * UNIT))
+    assert all(is_connected(c) for c in opened)
+    log = log_of(cluster)
+    assert "holding the events of its" in log and "answers again after" in log
+    assert "dropping it" not in log
+
+
+# ---- 3. a gateway that hangs past the lost timeout: on_close once, and true ----------
+
+
+async def test_a_gateway_hung_past_the_lost_timeout_closes_the_clients_declared_closed(
+    start_cluster: Callable[..., Cluster], opened: list[RC]
+) -> None:
+    cluster = start_cluster(
+        gateways=2,
+        workers=1,
+        gateway_options=LINK_TIMING,
+        worker_options=f"{LINK_TIMING}, gateway_lost_timeout={1.5 * UNIT}",
+    )
+    spec = cluster.spec
+    survivors, victims = await clients_on_both_gateways(spec, 3)
+    opened.extend(survivors + victims)
+    monitor = survivors[0]
+    await call(monitor, "bind_uid", monitor.client_id, "monitor")
+    for client in victims:  # the worker remembers clients it handled events of
+        assert await call(client, "echo", 1) == [1]
+    await drain(monitor)
+    hung = processes(spec)[gateway_name_of(spec, victims[0])]["pid"]
+
+    os.kill(hung, signal.SIGSTOP)  # past link_timeout + gateway_lost_timeout
+    try:
+        reports = await close_events(monitor, {c.client_id for c in victims}, 20 * UNIT)
+    finally:
+        os.kill(hung, signal.SIGCONT)
+    assert sorted(r["client_id"] for r in reports) == sorted(c.client_id for c in victims)
+    # the gateway learns it was declared lost and closes them: on_close was true
+    await await_for(lambda: all(not is_connected(c) for c in victims), 20 * UNIT, "closed")
+    assert {c.ws.close_code for c in victims} == {1001}
+    assert processes(spec)[gateway_name_of(spec, victims[0])]["pid"] == hung  # not restarted
+    await asyncio.sleep(2 * UNIT)  # nothing is reported twice
+    extra = [json.loads(m) for m in _inbox(monitor)]
+    assert [m for m in extra if m.get("event") == "close"] == []
+    assert all(is_connected(c) for c in survivors)
+    assert await call(survivors[1], "echo", 2) == [2]
+    log = log_of(cluster)
+    assert "is back after being declared lost" in log and "without a second on_close" in log
+
+
+def _inbox(rc: RC) -> list[str | bytes]:
+    out = []
+    while not rc.inbox.empty():
+        out.append(rc.inbox.get_nowait())
+    return out

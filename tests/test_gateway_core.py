@@ -257,6 +257,52 @@ def test_link_upkeep_hello_deadline_keepalive_and_timeouts() -> None:
     assert writer(worker).aborted  # silent for more than link_timeout
 
 
+def test_a_silent_worker_is_held_then_resumed_then_dropped_with_its_losses_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness(keepalive_interval=1.0, link_timeout=3.0)
+    worker = h.link()
+    client = h.client()
+    h.core.clients.message(client, "a")
+    assert [e[0] for e in events(worker)] == [Cmd.EV_CONNECT, Cmd.EV_WS_CONNECT, Cmd.EV_MESSAGE]
+    h.clock.now += 3.5
+    h.core.tick(h.clock())  # stalled: the link stays, its client's events are held
+    assert not writer(worker).aborted and "holding the events of its 1 clients" in caplog.text
+    h.core.clients.message(client, "b")
+    h.core.clients.message(client, "c")
+    assert events(worker) == []
+    h.feed(worker, [Cmd.PONG])  # it speaks again: the held events go to it, in order
+    assert events(worker, client.conn_id) == [(Cmd.EV_MESSAGE, "b"), (Cmd.EV_MESSAGE, "c")]
+    h.core.clients.message(client, "d")
+    assert events(worker) == [(Cmd.EV_MESSAGE, "d")]
+
+    worker.last_recv = h.clock()
+    h.clock.now += 3.5
+    h.core.tick(h.clock())
+    h.core.clients.message(client, "e")  # held
+    h.clock.now += 3.0
+    h.core.tick(h.clock())  # silent for two link_timeouts: dropped
+    assert writer(worker).aborted
+    assert "3 client events sent to it since it last spoke may be lost" in caplog.text
+    assert h.core.stats()["events_lost"] == 3  # "b", "c", "d"; "e" was held, not lost
+    other = h.link(name="other")
+    h.core.link_closed(worker)
+    assert events(other, client.conn_id) == [(Cmd.EV_MESSAGE, "e")]
+
+
+def test_clients_declared_closed_by_a_worker_are_closed_without_a_second_close() -> None:
+    h = Harness()
+    worker = h.link()
+    a, b = h.client(port=40001), h.client(port=40002)
+    events(worker)
+    h.feed(worker, [Cmd.DECLARED_CLOSED, [a.conn_id, 999]])
+    assert writer(a).closed == [(1001, "gateway was unreachable; reconnect")]
+    h.core.clients.closed(a)  # the shell reports the end of the connection
+    h.core.clients.closed(b)
+    assert events(worker) == [(Cmd.EV_CLOSE, None)]  # b's only
+    assert len(h.core.directory) == 0 and worker.clients == 0
+
+
 def test_a_link_that_is_stopping_is_dropped_at_once() -> None:
     h = Harness()
     h.core.accepting = False

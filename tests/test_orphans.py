@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from pygatewayworker.businessworker.orphans import GatewayMemory
-from pygatewayworker.gateway.protocol import Cmd
+from pygatewayworker.gateway.protocol import Cmd, Decoder
 
 
 class FakeLink:
@@ -16,6 +16,10 @@ class FakeLink:
         self.gateway_address = address
         self.info = {"pid": pid}
         self.is_open = True
+        self.sent: list[list[Any]] = []
+
+    def send(self, data: bytes) -> None:
+        self.sent.extend(Decoder().feed(data))
 
 
 def event(cmd: Cmd, conn_id: int, session: bytes | None = None) -> list[Any]:
@@ -102,6 +106,34 @@ def test_a_gateway_unreachable_past_the_timeout_closes_its_clients() -> None:
     memory.sweep(links, now=15.6)  # type: ignore[arg-type]
     assert [p[1] for p in sink.calls[0][1]] == [1, 2]
     assert memory.remembered == 1  # the other gateway's client stays
+
+
+def test_a_gateway_declared_lost_that_comes_back_is_told_which_clients_closed() -> None:
+    sink = Sink()
+    memory = GatewayMemory(5.0, sink)
+    hung = FakeLink(pid=100)
+    feed(memory, hung)
+    hung.is_open = False
+    memory.sweep({}, now=10.0)
+    memory.sweep({}, now=15.5)  # unreachable past the timeout, not listed
+    assert [p[1] for p in sink.calls[0][1]] == [1, 2]
+    back = FakeLink(pid=100)  # the same process: it only hung
+    memory.note(back, event(Cmd.EV_MESSAGE, 2))  # type: ignore[arg-type]
+    memory.sweep({back.gateway_address: back}, now=16.0)  # type: ignore[dict-item]
+    assert back.sent == [[Cmd.DECLARED_CLOSED, [1, 2]]]
+    assert memory.remembered == 0  # never a second on_close for them
+    memory.sweep({back.gateway_address: back}, now=17.0)  # type: ignore[dict-item]
+    assert len(back.sent) == 1 and len(sink.calls) == 1
+    # a gateway that did die (another pid) is told nothing
+    other = GatewayMemory(5.0, Sink())
+    dead = FakeLink(pid=100)
+    feed(other, dead)
+    dead.is_open = False
+    other.sweep({}, now=10.0)
+    other.sweep({}, now=15.5)
+    new = FakeLink(pid=200)
+    other.sweep({new.gateway_address: new}, now=16.0)  # type: ignore[dict-item]
+    assert new.sent == []
 
 
 def test_timeout_zero_never_closes_and_idle_gateways_are_dropped() -> None:
