@@ -108,14 +108,20 @@ def test_a_gateway_unreachable_past_the_timeout_closes_its_clients() -> None:
     assert memory.remembered == 1  # the other gateway's client stays
 
 
+def declared_lost(sink: Sink) -> GatewayMemory:
+    """A memory whose gateway (pid 100) was declared lost by the timeout path."""
+    memory = GatewayMemory(5.0, sink)
+    link = FakeLink(pid=100)
+    feed(memory, link)
+    link.is_open = False
+    for now in (10.0, 15.5):  # unreachable past the timeout, not listed
+        memory.sweep({}, now=now)
+    return memory
+
+
 def test_a_gateway_declared_lost_that_comes_back_is_told_which_clients_closed() -> None:
     sink = Sink()
-    memory = GatewayMemory(5.0, sink)
-    hung = FakeLink(pid=100)
-    feed(memory, hung)
-    hung.is_open = False
-    memory.sweep({}, now=10.0)
-    memory.sweep({}, now=15.5)  # unreachable past the timeout, not listed
+    memory = declared_lost(sink)
     assert [p[1] for p in sink.calls[0][1]] == [1, 2]
     back = FakeLink(pid=100)  # the same process: it only hung
     memory.note(back, event(Cmd.EV_MESSAGE, 2))  # type: ignore[arg-type]
@@ -125,12 +131,7 @@ def test_a_gateway_declared_lost_that_comes_back_is_told_which_clients_closed() 
     memory.sweep({back.gateway_address: back}, now=17.0)  # type: ignore[dict-item]
     assert len(back.sent) == 1 and len(sink.calls) == 1
     # a gateway that did die (another pid) is told nothing
-    other = GatewayMemory(5.0, Sink())
-    dead = FakeLink(pid=100)
-    feed(other, dead)
-    dead.is_open = False
-    other.sweep({}, now=10.0)
-    other.sweep({}, now=15.5)
+    other = declared_lost(Sink())
     new = FakeLink(pid=200)
     other.sweep({new.gateway_address: new}, now=16.0)  # type: ignore[dict-item]
     assert new.sent == []
