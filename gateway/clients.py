@@ -167,18 +167,18 @@ class Clients:
         if self.config.pong_is_activity:
             client.silent = -1
 
-    def slow(self, client: Client) -> None:
-        """``client``'s send buffer passed ``send_buffer_limit``: close it (1008) and
-        count a send failure."""
+    def slow(self, client: Client, why: str = "") -> None:
+        """``client``'s unsent output passed ``send_buffer_limit`` or did not drain
+        for ``send_timeout`` (``why``): close it (1008) and count a send failure."""
         if client.ws.state is not _OPEN:
             return
         self.counters.send_failures += 1
         self.log(
             logging.WARNING,
-            "client %s (%s): send buffer over %d bytes, closing (slow consumer)",
+            "client %s (%s): %s, closing (slow consumer)",
             client.conn_id,
             client.remote_ip,
-            self.config.send_buffer_limit,
+            why or f"send buffer over {self.config.send_buffer_limit} bytes",
         )
         client.writer.close(1008, "slow consumer")
 

@@ -13,7 +13,12 @@ from pygatewayworker.register.config import (
     parse_address,
 )
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "BACKLOG_MARK"]
+
+BACKLOG_MARK = 64 * 1024
+"""Unsent bytes from which a client counts as backlogged: ``send_timeout`` runs from
+then until its output drains below half of it (or ``send_buffer_limit``, if
+smaller)."""
 
 
 @dataclass(slots=True)
@@ -37,7 +42,12 @@ class Gateway:
     ``protocol.MAX_CLIENT_MESSAGE`` (about 5.9 MiB), so that a message and its session
     always fit in one internal packet (a larger value is refused here).
     ``send_buffer_limit``: a client whose unsent data exceeds it is closed with 1008
-    ("slow consumer") and counted as a send failure.
+    ("slow consumer") and counted as a send failure; so is one whose unsent data
+    (more than :data:`BACKLOG_MARK` bytes) has not drained for ``send_timeout``
+    seconds (0: no time limit). ``send_socket_buffer``: the kernel send buffer of
+    each client socket (``SO_SNDBUF``; 0: the kernel's default, which grows to
+    megabytes): small, so that a client's backlog is held by the gateway, where the
+    two limits see it, not hidden in the kernel.
     ``static_dir``: plain HTTP GET requests (not WebSocket upgrades) are answered with
     files from this directory (the chat page), or 404 when it is empty.
     ``pending_event_limit`` / ``pending_event_seconds``: events that arrive while no
@@ -59,6 +69,8 @@ class Gateway:
     pong_is_activity: bool = True
     max_message_size: int = 1024 * 1024
     send_buffer_limit: int = 1024 * 1024
+    send_timeout: float = 10.0
+    send_socket_buffer: int = 64 * 1024
     static_dir: str = ""
     pending_event_limit: int = 10000
     pending_event_seconds: float = 10.0
@@ -88,6 +100,8 @@ class Gateway:
             raise ConfigError("Gateway ping_interval and ping_not_response_limit must be >= 0")
         if self.max_message_size < 1 or self.send_buffer_limit < 1:
             raise ConfigError("Gateway max_message_size and send_buffer_limit must be >= 1")
+        if self.send_timeout < 0 or self.send_socket_buffer < 0:
+            raise ConfigError("Gateway send_timeout and send_socket_buffer must be >= 0")
         if self.max_message_size > MAX_CLIENT_MESSAGE:
             raise ConfigError(
                 f"Gateway max_message_size {self.max_message_size} is over "

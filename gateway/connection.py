@@ -20,18 +20,25 @@ the server's housekeeping (:meth:`ClientPort.sweep`): a new connection has
 ``handshake_timeout`` to send its request head; a closing one has ``close_timeout``
 to finish (after which it is closed, or dropped if its data is not flushed). The
 connection never owns a timer or a task. Slow consumers are detected by the
-transport's high-water mark (``pause_writing``), which costs nothing per write.
+transport's high-water mark (``pause_writing``, at :data:`~gateway.config.BACKLOG_MARK`
+unsent bytes), which costs nothing per write: a backlogged connection enters a third
+table, which the sweep checks against ``send_buffer_limit`` (bytes) and
+``send_timeout`` (time), and leaves it when its output drains (``resume_writing``).
+Each client socket gets a small kernel send buffer (``send_socket_buffer``), so the
+backlog is in the transport, where these limits see it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import cast
 
 from pygatewayworker.gateway.clients import Clients
+from pygatewayworker.gateway.config import BACKLOG_MARK
 from pygatewayworker.gateway.frames import OP_BINARY, OP_CLOSE
 from pygatewayworker.gateway.http11 import Request
 from pygatewayworker.gateway.records import Client
@@ -98,6 +105,8 @@ class ClientPort:
         self.accepting = True
         self.handshaking: dict[ClientConnection, float] = {}  # accept order
         self.closing: dict[ClientConnection, float] = {}  # close order
+        self.backlogged: dict[ClientConnection, float] = {}
+        """Connections with unsent output over the backlog mark, and since when."""
         self.counters = clients.counters
         self.on_message = clients.message  # looked up once, used per message
 
@@ -118,6 +127,23 @@ class ClientPort:
             for conn in expired:
                 del table[conn]
                 expire(conn)
+        if self.backlogged:
+            self._sweep_backlogged(now)
+
+    def _sweep_backlogged(self, now: float) -> None:
+        """Close (1008) the backlogged clients over ``send_buffer_limit`` bytes or not
+        drained for ``send_timeout`` seconds."""
+        limit, timeout = self.config.send_buffer_limit, self.config.send_timeout
+        for conn, since in list(self.backlogged.items()):
+            size = conn.transport.get_write_buffer_size()
+            if size > limit:
+                why = f"send buffer over {limit} bytes"
+            elif timeout and now - since > timeout:
+                why = f"{size} bytes not drained for {now - since:.1f} s"
+            else:
+                continue
+            del self.backlogged[conn]
+            self.clients.slow(conn.client, why)
 
     def abort_all(self) -> None:
         """Drop every connection at once (stop)."""
@@ -164,7 +190,13 @@ class ClientConnection(asyncio.Protocol):
         client.remote_ip, client.remote_port = _peer(transport)
         client.since = _monotonic()
         port = self.port
-        transport.set_write_buffer_limits(high=port.config.send_buffer_limit)
+        config = port.config
+        mark = min(BACKLOG_MARK, config.send_buffer_limit)
+        transport.set_write_buffer_limits(high=mark, low=mark // 2)
+        if config.send_socket_buffer:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.send_socket_buffer)
         if not port.accepting:
             transport.abort()
             return
@@ -266,14 +298,19 @@ class ClientConnection(asyncio.Protocol):
         port = self.port
         port.handshaking.pop(self, None)
         port.closing.pop(self, None)
+        port.backlogged.pop(self, None)
         port.clients.closed(self.client)
         self.client.writer = _GONE
 
     def pause_writing(self) -> None:
-        self.port.clients.slow(self.client)
+        port = self.port
+        port.backlogged.setdefault(self, _monotonic())
+        if self.transport.get_write_buffer_size() > port.config.send_buffer_limit:
+            port.backlogged.pop(self, None)
+            port.clients.slow(self.client, f"send buffer over {port.config.send_buffer_limit}")
 
     def resume_writing(self) -> None:
-        pass
+        self.port.backlogged.pop(self, None)
 
     # ---- ClientWriter (the core's calls) ------------------------------------------
     def close(self, code: int, reason: str = "") -> None:

@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -181,3 +182,48 @@ def _inbox(rc: RC) -> list[str | bytes]:
     while not rc.inbox.empty():
         out.append(rc.inbox.get_nowait())
     return out
+
+
+# ---- 4. a client that stops reading is closed within send_timeout -------------------
+
+
+async def _non_reader(url_port: int) -> tuple[asyncio.StreamWriter, str]:
+    """A WebSocket client that reads its ``init`` message, then nothing more (with
+    a small receive buffer, so that its backlog builds up at the gateway)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", url_port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    writer.write(
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    seen = b""
+    while b'"client_id": "' not in seen or len(seen.split(b'"client_id": "')[1]) < 20:
+        seen += await asyncio.wait_for(reader.read(1024), 10 * UNIT)
+    return writer, seen.split(b'"client_id": "')[1][:20].decode()
+
+
+async def test_a_client_that_stops_reading_is_closed_within_send_timeout(
+    start_cluster: Callable[..., Cluster], opened: list[RC]
+) -> None:
+    cluster = start_cluster(
+        gateways=1, workers=1, gateway_options=f"send_timeout={2 * UNIT}, send_socket_buffer=8192"
+    )
+    pusher = await RC.open(cluster.spec.ws_url)
+    opened.append(pusher)
+    writer, client_id = await _non_reader(cluster.spec.public_port)
+    try:
+        chunk = "x" * 16 * 1024
+        for _ in range(24):  # ~400 KB: over the backlog mark, under send_buffer_limit
+            await call(pusher, "send_to_client", client_id, chunk)
+        stuck_at = time.monotonic()
+        await await_for(
+            lambda: "not drained for" in log_of(cluster), 2 * UNIT + 4 * UNIT, "1008 for slow"
+        )
+        assert time.monotonic() - stuck_at <= 2 * UNIT + 4 * UNIT
+    finally:
+        writer.transport.abort()
+    assert f"client {int(client_id[12:], 16)} " in log_of(cluster)
+    assert await call(pusher, "echo", 1) == [1]

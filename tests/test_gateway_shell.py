@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pygatewayworker.gateway.config import Gateway
+from pygatewayworker.gateway.config import BACKLOG_MARK, Gateway
 from pygatewayworker.gateway.connection import ClientConnection, ClientPort
 from pygatewayworker.gateway.core import GatewayCore
 from pygatewayworker.gateway.frames import OP_PING, OP_TEXT, close_frame, pong_frame
@@ -62,7 +62,7 @@ class Transport:
     def get_extra_info(self, name: str) -> Any:
         return self.peer if name == "peername" else None
 
-    def set_write_buffer_limits(self, high: int) -> None:
+    def set_write_buffer_limits(self, high: int, low: int | None = None) -> None:
         self.high = high
 
 
@@ -131,7 +131,7 @@ class Gateway1:
 def test_handshake_enters_the_client_and_binds_its_writer_to_the_transport() -> None:
     g = Gateway1()
     conn, transport = g.connect()
-    assert conn in g.port.handshaking and transport.high == g.core.config.send_buffer_limit
+    assert conn in g.port.handshaking and transport.high == BACKLOG_MARK
     conn.data_received(request(upgrade_lines()) + client_frame(OP_TEXT, b"eager"))
     assert transport.take().startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
     assert conn not in g.port.handshaking
@@ -218,12 +218,29 @@ def test_a_silent_new_connection_is_dropped_after_handshake_timeout() -> None:
     assert transport.aborted and conn not in g.port.handshaking
 
 
-def test_a_slow_client_is_closed_with_1008() -> None:
+def test_a_slow_client_is_closed_with_1008_over_the_byte_limit_at_once() -> None:
     g = Gateway1()
     conn, transport = g.upgraded()
+    transport.buffered = g.core.config.send_buffer_limit + 1
     conn.pause_writing()
     assert transport.take() == close_frame(1008, "slow consumer")
-    assert g.core.stats()["send_failures"] == 1
+    assert g.core.stats()["send_failures"] == 1 and conn not in g.port.backlogged
+
+
+def test_a_backlog_not_drained_within_send_timeout_is_closed_with_1008() -> None:
+    g = Gateway1()
+    conn, transport = g.upgraded()
+    transport.buffered = BACKLOG_MARK
+    conn.pause_writing()  # over the backlog mark: timed from now
+    since = g.port.backlogged[conn]
+    g.port.sweep(since + g.core.config.send_timeout - 0.1)
+    assert transport.take() == b"" and conn in g.port.backlogged
+    conn.resume_writing()  # drained: the clock starts again next time
+    assert conn not in g.port.backlogged
+    conn.pause_writing()
+    g.port.sweep(g.port.backlogged[conn] + g.core.config.send_timeout + 0.1)
+    assert transport.take() == close_frame(1008, "slow consumer")
+    assert g.core.stats()["send_failures"] == 1 and conn not in g.port.backlogged
 
 
 def test_no_connection_is_accepted_while_stopping() -> None:
