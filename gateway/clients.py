@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,8 +41,9 @@ from pygatewayworker.gateway.protocol import Cmd, encode
 from pygatewayworker.gateway.records import Client, Counters
 from pygatewayworker.gateway.websocket import State
 from pygatewayworker.gateway.workers import Workers
+from pygatewayworker.runtime.ratelog import RateLimitedLog
 
-__all__ = ["Clients", "RateLimitedLog", "first_conn_id", "FIRST_CONN_ID_LIMIT"]
+__all__ = ["Clients", "first_conn_id", "FIRST_CONN_ID_LIMIT"]
 
 log = logging.getLogger("gateway")
 
@@ -59,35 +59,6 @@ def first_conn_id() -> int:
     gateway process (same ip and port) do not repeat those of its previous life,
     whose holders may still address them."""
     return secrets.randbelow(FIRST_CONN_ID_LIMIT - 1) + 1
-
-
-class RateLimitedLog:
-    """Log at most ``burst`` lines per ``window`` seconds; report what was skipped.
-    Protects the log from a flood of misbehaving clients."""
-
-    __slots__ = ("_burst", "_window", "_clock", "_start", "_count", "_skipped")
-
-    def __init__(
-        self, burst: int = 20, window: float = 10.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._burst = burst
-        self._window = window
-        self._clock = clock
-        self._start = -window
-        self._count = 0
-        self._skipped = 0
-
-    def __call__(self, level: int, msg: str, *args: object) -> None:
-        now = self._clock()
-        if now - self._start >= self._window:
-            if self._skipped:
-                log.warning("%d similar log lines were skipped", self._skipped)
-            self._start, self._count, self._skipped = now, 0, 0
-        if self._count < self._burst:
-            self._count += 1
-            log.log(level, msg, *args)
-        else:
-            self._skipped += 1
 
 
 class Clients:

@@ -36,7 +36,6 @@ import logging
 from collections.abc import Callable
 from typing import Any, cast
 
-from pygatewayworker.gateway.clients import RateLimitedLog
 from pygatewayworker.gateway.commands import Frames, coalesce
 from pygatewayworker.gateway.gatewayprotocol import (
     LINK_PHP,
@@ -60,6 +59,7 @@ from pygatewayworker.gateway.phpcommands import (
 )
 from pygatewayworker.gateway.protocol import DEFAULT_MAX_PACKET, Cmd, ProtocolError
 from pygatewayworker.gateway.records import Link
+from pygatewayworker.runtime.ratelog import RateLimitedLog
 
 __all__ = ["LinkSniffer", "PhpLink", "PhpLinks", "STALL_TIMEOUT"]
 

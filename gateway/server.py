@@ -40,6 +40,7 @@ from pygatewayworker.gateway.config import Gateway
 from pygatewayworker.gateway.connection import ClientConnection, ClientPort
 from pygatewayworker.gateway.core import GatewayCore
 from pygatewayworker.gateway.directory import Directory
+from pygatewayworker.gateway.fdwatch import FdWatch
 from pygatewayworker.gateway.links import InternalLink
 from pygatewayworker.gateway.phplink import PhpLinks
 from pygatewayworker.gateway.records import Client
@@ -106,6 +107,7 @@ class GatewayServer:
         self.index = index
         self.core = GatewayCore(config, index)
         self.client_port = ClientPort(self.core.clients)
+        self.fd_watch = FdWatch()
         self._public_sock = public_sock
         self._internal_sock = internal_sock
         self._public_server: asyncio.Server | None = None
@@ -142,6 +144,7 @@ class GatewayServer:
         this gateway to the registers. Raises ``OSError`` when a port is taken."""
         cfg = self.config
         self._loop = loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self.fd_watch.exception_handler)
         self.core.defer = loop.call_soon
         self.core.started = _monotonic()
         if cfg.static_dir:
@@ -301,6 +304,7 @@ class GatewayServer:
         """Deadlines of handshakes and closes, held events, link upkeep."""
         self.client_port.sweep(now)
         self.core.tick(now)
+        self.fd_watch.check(now)
 
 
 def serve(spec: ChildSpec) -> int:

@@ -270,6 +270,8 @@ class ServerConnection:
                         break
                     (length,) = _Q.unpack_from(buf, head)
                     head += 8
+                    if length >> 63:  # RFC 6455 5.2: the most significant bit must be 0
+                        raise _Fail(1002, "64-bit frame length with the top bit set")
             plain = b0 in (0x81, 0x82) and b1 & 0x80 and not self._frag  # FIN + text/binary
             if not plain or length > self._max:
                 self._check_header(b0, b1, length)

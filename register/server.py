@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pygatewayworker.register import lines
 from pygatewayworker.register.config import Register, is_loopback, parse_address
+from pygatewayworker.runtime.ratelog import RateLimitedLog
 from pygatewayworker.runtime.service import run_service
 from pygatewayworker.runtime.spec import ChildSpec
 
@@ -157,6 +158,8 @@ class RegisterServer:
         self._subscribers: set[_Connection] = set()
         self._list_line = lines.broadcast_addresses([])
         self._rejected = 0
+        self._reject_log = RateLimitedLog(logger=logger)
+        """Refused peers: a flood of them makes a count per window, not a line each."""
         self._started = time.monotonic()
         self.port = 0
         self._handlers: dict[str, Callable[[_Connection, dict[str, Any]], None]] = {
@@ -250,7 +253,9 @@ class RegisterServer:
         if conn.closing:
             return
         self._rejected += 1
-        logger.warning("register %s: closing %s: %s", self.config.name, conn.peer, reason)
+        self._reject_log(
+            logging.WARNING, "register %s: closing %s: %s", self.config.name, conn.peer, reason
+        )
         if notify:
             conn.send(lines.error(reason))
             conn.linger_close()
@@ -342,6 +347,7 @@ class RegisterServer:
     def sweep(self, now: float) -> None:
         """Close connections without a handshake in time, or silent for too long."""
         handshake_deadline = now - self.config.handshake_timeout
+        self._reject_log.flush()
         for conn in list(self._conns):
             if conn.closing:
                 continue

@@ -314,6 +314,20 @@ async def test_silence_before_the_first_line_closes_after_handshake_timeout(make
     good.close()
 
 
+async def test_a_flood_of_idle_peers_logs_a_count_not_a_line_each(make_register, caplog):
+    reg = await make_register(handshake_timeout=0.3)
+    with caplog.at_level(logging.WARNING, logger="register"):
+        peers = [await Peer.connect(reg.port) for _ in range(60)]
+        await until(lambda: reg.stats()["connections"] == 0)
+        refused = [r for r in caplog.records if "no handshake within" in r.message]
+        assert len(refused) == 20  # the burst of one window; the rest are counted
+        reg._reject_log._start -= 10.0  # the window ends: its sweep reports the count
+        reg.sweep(asyncio.get_running_loop().time())
+    assert "40 similar log lines were skipped in the last 10 s" in caplog.text
+    for peer in peers:
+        peer.close()
+
+
 async def test_connections_silent_after_the_handshake_are_dropped(make_register):
     reg = await make_register(idle_timeout=0.5)
     sub = await Peer.connect(reg.port)

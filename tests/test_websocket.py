@@ -304,6 +304,12 @@ def test_oversized_message_is_rejected_from_its_header_alone() -> None:
     assert failure(ws.receive_data(header))[0] == 1009  # no payload sent at all
 
 
+def test_a_64_bit_length_with_the_top_bit_set_is_a_protocol_error() -> None:
+    header = bytes([0x82, 0x80 | 127]) + struct.pack("!Q", 1 << 63 | 5) + b"mask"
+    ws = opened(1 << 20)
+    assert failure(ws.receive_data(header)) == (1002, "64-bit frame length with the top bit set")
+
+
 def test_events_before_an_error_are_returned_before_it() -> None:
     stream = client_frame(OP_TEXT, b"ok") + client_frame(OP_TEXT, b"x", mask=False)
     events = opened(100).receive_data(stream)
