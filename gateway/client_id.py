@@ -19,7 +19,9 @@ from typing import NamedTuple
 __all__ = ["ClientAddress", "InvalidClientId", "encode_client_id", "decode_client_id"]
 
 _PACK = struct.Struct("!4sHI")
-_HEX = frozenset("0123456789abcdef")
+HEX_DIGITS = frozenset("0123456789abcdef")
+"""The characters of a client_id."""
+_HEX = HEX_DIGITS
 MAX_CONN_ID = 0xFFFFFFFF
 
 

@@ -417,3 +417,15 @@ def test_merge_functions() -> None:
     assert merge.tagged([(a, {"n": 1})]) == {"1.1.1.1:1": {"n": 1}}
     assert merge.tagged_rows([(b, [{"c": 1}])]) == [{"c": 1, "gateway": "2.2.2.2:2"}]
     assert unpack_session(pack_session({"k": [1]})) == {"k": [1]}
+
+
+def test_routes_are_validated_and_their_cache_is_bounded() -> None:
+    from pygatewayworker.gateway.client_id import InvalidClientId, encode_client_id
+    from pygatewayworker.gatewayclient.api import ROUTE_CACHE_SIZE, _route_of, route
+
+    good = encode_client_id("10.0.0.1", 2300, 77)
+    assert route(good) == ("10.0.0.1:2300", 77) == route(good)  # decoded, then known
+    for bad in (good.upper(), good[:12] + "00000000", good[:12] + "0000_001", good + "0"):
+        with pytest.raises(InvalidClientId):
+            route(bad)
+    assert _route_of.cache_info().maxsize == ROUTE_CACHE_SIZE
