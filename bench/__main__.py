@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.metrics import FULL, QUICK, Bench
 from bench.report import write_outputs
+from bench.soak import measure_soak
 from bench.yardstick import StealMeter, measure_yardstick
 
 GROUPS: list[tuple[tuple[str, ...], str]] = [
@@ -57,6 +58,12 @@ async def run(quick: bool, only: set[str], out: Path, command: str) -> int:
             results.update(found)
     if "M3_storm" in results:  # measured on the M1 cluster, reported under M3
         results.setdefault("M3", {})["reconnect_storm"] = results.pop("M3_storm")
+    if "SOAK" in only:  # only on request: minutes long
+        try:
+            results.update(await measure_soak(quick, _log))
+        except Exception as exc:
+            traceback.print_exc()
+            errors.append(f"SOAK: {exc.__class__.__name__}: {exc}")
     host = {"yardstick": stick, "cpu_steal": steal.stop()}
     _log(f"cpu steal during the run: {host['cpu_steal']}")
     paths = write_outputs(results, bench.configs, quick, out, command, errors, host)
@@ -70,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("run", help="run the benchmark suite")
     cmd.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
-    cmd.add_argument("--only", default="", help="comma-separated metrics, e.g. M4,M6")
+    cmd.add_argument(
+        "--only", default="", help="comma-separated metrics, e.g. M4,M6; soak: the churn soak"
+    )
     cmd.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
     args = parser.parse_args(argv)
     only = {m.strip().upper() for m in args.only.split(",") if m.strip()}

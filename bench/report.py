@@ -238,12 +238,36 @@ def _markdown(doc: dict[str, Any]) -> str:
                     f"| {call} | {size} | {r['messages']} | {r['deliveries_per_s']:,} | "
                     f"{r['cpu']['generator_cpu_pct']} | {r['cpu']['cluster_cpu_pct']} |"
                 )
+    soak = doc["results"].get("SOAK")
+    if soak:
+        lines += ["", *soak_lines(soak)]
     lines += ["", "Configurations:", ""]
     for name, cfg in doc["config"].items():
         lines.append(f"- {name}: " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
     if doc.get("errors"):
         lines += ["", "Errors:", ""] + [f"- {e}" for e in doc["errors"]]
     return "\n".join(lines) + "\n"
+
+
+def soak_lines(soak: dict[str, Any]) -> list[str]:
+    """The soak's section: totals, then the drift of every process."""
+    lines = [
+        f"Soak: {soak['minutes']:g} min, {soak['clients']} churning clients: "
+        f"{soak['cycles']:,} connect/close cycles, {soak['messages_echoed']:,} of "
+        f"{soak['messages_sent']:,} messages echoed, {soak['errors']} errors",
+        "",
+        "| process | RSS start MB | RSS end MB | peak MB | drift MB | fds start | fds end |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in soak["processes"]:
+        if r.get("gone"):
+            lines.append(f"| {r['process']} | gone | | | | | |")
+            continue
+        lines.append(
+            f"| {r['process']} | {r['rss_mb_start']} | {r['rss_mb_end']} | {r['rss_mb_peak']} "
+            f"| {r['rss_mb_drift']:+} | {r['fds_start']} | {r['fds_end']} |"
+        )
+    return lines
 
 
 def _yardstick_text(m: dict[str, Any]) -> str:

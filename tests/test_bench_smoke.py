@@ -17,6 +17,19 @@ from bench.pool import split
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def run_quick(out: Path, *args: str, timeout: float) -> None:
+    """``python -m bench run --quick *args --out out``; it must succeed."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--quick", *args, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 def test_split_and_percentile() -> None:
     assert split(10, 3) == [4, 3, 3]
     assert sum(split(100_001, 6)) == 100_001
@@ -29,15 +42,7 @@ def test_split_and_percentile() -> None:
 @pytest.mark.timeout(180)
 def test_quick_run_writes_every_report(tmp_path: Path) -> None:
     out = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=170,
-        stdin=subprocess.DEVNULL,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_quick(out, timeout=170)
     doc = json.loads((out / "bench.json").read_text())
     assert doc["errors"] == []
     assert {"cpu", "cores", "kernel", "python", "uvloop"} <= set(doc["machine"])
@@ -69,3 +74,15 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
     assert "Yardstick: loopback send" in markdown
     png = (out / "latency.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(120)
+def test_quick_soak_reports_the_drift_of_every_process(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    run_quick(out, "--only", "soak", timeout=110)
+    soak = json.loads((out / "bench.json").read_text())["results"]["SOAK"]
+    assert soak["cycles"] > 0 and soak["messages_echoed"] == soak["messages_sent"] > 0
+    names = [r["process"].split(" (")[0] for r in soak["processes"]]
+    assert "master" in names and sum("gateway" in n for n in names) == 2
+    assert all("rss_mb_drift" in r and "fds_drift" in r for r in soak["processes"])
+    assert "| process | RSS start MB" in (out / "bench.md").read_text()
