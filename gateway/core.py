@@ -412,13 +412,20 @@ class GatewayCore:
                 link.writer.send(ping)
 
     def _silent(self, link: Link, now: float) -> bool:
-        """``link`` has been silent for more than ``link_timeout``. A worker is first
-        *stalled* (its clients' next events held, the link kept: a blocked loop or a
-        stopped process that comes back loses nothing); after a second
-        ``link_timeout`` its link is dropped, and the events it was sent since it last
-        spoke are counted and logged as lost. Returns whether the link is kept."""
+        """``link`` has been silent for more than ``link_timeout``. A worker whose
+        host still acknowledges our data (TCP, ``peer_acked``) is *stalled* (its
+        clients' next events held, the link kept: a blocked loop or a stopped process
+        that comes back loses nothing); after a second ``link_timeout`` its link is
+        dropped. A worker whose host is silent too (it vanished) is dropped at once.
+        Either way the events it was sent since it last spoke are counted and logged
+        as lost. Returns whether the link is kept."""
         silent = now - link.last_recv
-        if link.role == "worker" and silent <= 2 * self.config.link_timeout:
+        timeout = self.config.link_timeout
+        if (
+            link.role == "worker"
+            and silent <= 2 * timeout
+            and (link.stalled or link.writer.peer_acked(timeout))
+        ):
             if not link.stalled and not link.leaving:
                 link.stalled = now
                 self.workers.leave(link)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 import time
 from typing import cast
 
@@ -29,6 +31,9 @@ __all__ = ["InternalLink"]
 log = logging.getLogger("gateway")
 
 _monotonic = time.monotonic
+_TCP_INFO_SIZE = 104
+_LAST_ACK_RECV = struct.Struct("=I")
+"""``tcpi_last_ack_recv`` (ms), at offset 56 of Linux's ``struct tcp_info``."""
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:
@@ -121,3 +126,20 @@ class InternalLink(asyncio.Protocol):
     def abort(self) -> None:
         """Drop the link now."""
         self.transport.abort()
+
+    def peer_acked(self, within: float) -> bool:
+        """From ``TCP_INFO`` (Linux): the time since the last ACK from the peer's
+        kernel, which answers our keep-alive pings even while the process is stopped
+        or its loop blocked, and not when its host vanished."""
+        sock = self.transport.get_extra_info("socket")
+        option = getattr(socket, "TCP_INFO", None)
+        if sock is None or option is None:
+            return False
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, option, _TCP_INFO_SIZE)
+        except (OSError, AttributeError):
+            return False
+        if len(info) < _TCP_INFO_SIZE:
+            return False
+        (last_ack_recv_ms,) = _LAST_ACK_RECV.unpack_from(info, 56)
+        return bool(last_ack_recv_ms <= within * 1000)

@@ -60,6 +60,11 @@ class LinkWriter(Protocol):
     def abort(self) -> None:
         """Drop the link now."""
 
+    def peer_acked(self, within: float) -> bool:
+        """Whether the peer's *kernel* acknowledged our data within ``within``
+        seconds: its host is up even if the process is silent (stopped, its loop
+        blocked). ``False`` when unknown."""
+
 
 class Client(Entry):
     """One client connection: its directory entry (``conn_id``, ``uid``, ``groups``,

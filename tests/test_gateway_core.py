@@ -69,6 +69,7 @@ class LinkWriter:
         self.decoder = Decoder()
         self.packets: list[list[Any]] = []
         self.closed = self.rejected = self.aborted = False
+        self.host_up = True  # peer_acked: its kernel acknowledges our data
 
     def send(self, packet: bytes) -> None:
         self.packets.extend(self.decoder.feed(packet))
@@ -81,6 +82,9 @@ class LinkWriter:
 
     def abort(self) -> None:
         self.aborted = True
+
+    def peer_acked(self, within: float) -> bool:
+        return self.host_up
 
     def take(self, *skip: Cmd) -> list[list[Any]]:
         """Every packet since the last call, except those of the ``skip`` kinds."""
@@ -255,6 +259,15 @@ def test_link_upkeep_hello_deadline_keepalive_and_timeouts() -> None:
     h.core.tick(h.clock())
     assert writer(mute).aborted  # it never closed its side
     assert writer(worker).aborted  # silent for more than link_timeout
+
+
+def test_a_silent_worker_whose_host_is_silent_too_is_dropped_at_once() -> None:
+    h = Harness(keepalive_interval=1.0, link_timeout=3.0)
+    worker = h.link()
+    writer(worker).host_up = False  # no TCP acknowledgement either: the host vanished
+    h.clock.now += 3.5
+    h.core.tick(h.clock())
+    assert writer(worker).aborted and not worker.stalled
 
 
 def test_a_silent_worker_is_held_then_resumed_then_dropped_with_its_losses_counted(
