@@ -225,13 +225,16 @@ class Cluster:
 
 @pytest.fixture
 def start_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
-    """``start_cluster(gateways=2, workers=2, worker_options="")`` runs ``start -d``."""
+    """``start_cluster(gateways=2, workers=2, worker_options="", source="rc")`` runs
+    ``start -d`` on a copy of the fixture app ``source``."""
     started: list[Cluster] = []
 
-    def start(gateways: int = 2, workers: int = 2, worker_options: str = "") -> Cluster:
+    def start(
+        gateways: int = 2, workers: int = 2, worker_options: str = "", source: str = "rc"
+    ) -> Cluster:
         spec = make_app(
             tmp_path / f"c{len(started)}",
-            "rc",
+            source,
             gateways=gateways,
             workers=workers,
             gateway_options=GATEWAY_OPTIONS,

@@ -1,6 +1,7 @@
 """WorkerProcess against fake gateways: event dispatch in order per client with the
 context set, session write-back, errors in callbacks, the api handle, WORKER_LEAVE /
-LEAVE_ACK drain, boot errors, discovery changes and re-linking."""
+LEAVE_ACK drain, boot errors, discovery changes and re-linking; each in both
+callback modes (thread-mode specifics are in test_threads.py)."""
 
 from __future__ import annotations
 
@@ -92,12 +93,18 @@ class FailingStartEvents:
 
 
 class Env:
-    def __init__(self, gw1: FakeGateway, gw2: FakeGateway, watcher: FakeWatcher) -> None:
+    def __init__(
+        self, gw1: FakeGateway, gw2: FakeGateway, watcher: FakeWatcher, callbacks: str = "thread"
+    ) -> None:
         self.gw1, self.gw2, self.watcher = gw1, gw2, watcher
+        self.callbacks = callbacks
         self.worker: WorkerProcess | None = None
 
-    async def start_worker(self, events: str = EVENTS) -> WorkerProcess:
-        config = BusinessWorker(events=events, register="127.0.0.1:1", secret="s", app="t")
+    async def start_worker(self, events: str = EVENTS, **options: Any) -> WorkerProcess:
+        options.setdefault("callbacks", self.callbacks)
+        config = BusinessWorker(
+            events=events, register="127.0.0.1:1", secret="s", app="t", **options
+        )
         self.worker = WorkerProcess(config, 3, watcher_factory=self.watcher.factory)
         await self.worker.start()
         return self.worker
@@ -106,13 +113,14 @@ class Env:
         return [entry[2] for entry in RecordingEvents.log if entry[:2] == ("message", client_id)]
 
 
-@pytest.fixture
-async def env() -> AsyncIterator[Env]:
+@pytest.fixture(params=["thread", "inline"])
+async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
+    """Fake gateways; the worker runs plain callbacks in each mode in turn."""
     RecordingEvents.log.clear()
     RecordingEvents.contexts.clear()
     gw1 = await FakeGateway(secret="s", public_port=7272).start()
     gw2 = await FakeGateway(secret="s", public_port=7273).start()
-    result = Env(gw1, gw2, FakeWatcher([gw1.address, gw2.address]))
+    result = Env(gw1, gw2, FakeWatcher([gw1.address, gw2.address]), request.param)
     try:
         yield result
     finally:
@@ -315,7 +323,8 @@ def test_context_outside_an_event() -> None:
 
 
 class PlainEvents:
-    """Only plain functions: they run inline in the link reader (no task per event).
+    """Only plain functions: in inline mode they run in the link reader (no task per
+    event).
     ``later`` returns a coroutine from a plain function, which must still be awaited
     before the client's next event."""
 
@@ -362,7 +371,7 @@ async def test_plain_callbacks_run_inline_in_order_with_context_and_write_back(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
     PlainEvents.log.clear()
-    worker = await env.start_worker("tests.test_worker:PlainEvents")
+    worker = await env.start_worker("tests.test_worker:PlainEvents", callbacks="inline")
     gw1 = env.gw1
     cid, other = gw1.client_id(1), gw1.client_id(2)
     gw1.emit(Cmd.EV_CONNECT, 1)
@@ -407,7 +416,7 @@ async def test_plain_callbacks_cancel_and_context_variables(
     events carry on. A context variable a callback sets stays with its event."""
     PlainEvents.log.clear()
     PlainEvents.seen_var.clear()
-    worker = await env.start_worker("tests.test_worker:PlainEvents")
+    worker = await env.start_worker("tests.test_worker:PlainEvents", callbacks="inline")
     gw1 = env.gw1
     cid = gw1.client_id(7)
     gw1.emit(Cmd.EV_MESSAGE, 7, "cancel inline")
