@@ -134,7 +134,7 @@ class CallbackThreads:
         the watchdog."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         job = functools.partial(
-            contextvars.copy_context().run, self._run_event, callback, args, event, on_error
+            contextvars.copy_context().run, self._run_event, future, callback, args, event, on_error
         )
         self.submit(job, functools.partial(resolve, future), what, event.client_id)
         return await future
@@ -185,11 +185,14 @@ class CallbackThreads:
 
     def _run_event(
         self,
+        waiter: asyncio.Future[Any],
         callback: Callable[..., Any],
         args: tuple[Any, ...],
         event: EventContext,
         on_error: Callable[[], None],
     ) -> Any:
+        if waiter.cancelled():  # dropped while queued (a stop past its drain bound)
+            return FAILED
         enter_event(event)
         use_api(cast(WorkerAPI, self.api))
         try:

@@ -101,8 +101,9 @@ class ThreadEvents:
             api.send_to_client("not-a-client-id", "x")
             api.send_to_current_client("after bad-send")
         elif verb == "own-thread":
-            helper = threading.Thread(target=api.send_to_client, args=(client_id, "from mine"))
-            helper.start()  # no context copied: api must still be the thread-safe one
+            # a thread of the app's own: no context copied, so api is looked up there
+            helper = threading.Thread(target=lambda: api.send_to_client(client_id, "from mine"))
+            helper.start()
             helper.join()
         self.log.append(
             ("message", client_id, message, threading.get_ident(), on_a_loop(), context.client_id)
