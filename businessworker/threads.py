@@ -100,6 +100,7 @@ class CallbackThreads:
         return sum(job is not None for job in self.running)
 
     def start(self) -> None:
+        """Start the threads; they wait for jobs."""
         for thread in self._threads:
             thread.start()
 
