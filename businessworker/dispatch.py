@@ -34,6 +34,15 @@ dict differs from the bytes that came with the event). An exception in a callbac
 is logged with the client_id and traceback and counted; the worker keeps serving,
 and the session of a failed callback is not written back.
 
+A session written back is in flight until the gateway has handled it, and an
+event the gateway sent before that carries the older session: the client's events
+already queued here, and those that arrive before the gateway answers a ``PING``
+written behind the ``SET_SESSION`` (``GatewayLink.mark``). Those events get the
+session we wrote instead of the one they carry (``SET_SESSION`` replaces the whole
+session, so that is what the gateway holds next). Without this, a session set in
+``on_websocket_connect`` could be missing from the next ``on_message`` when the
+client is quick, and a write-back made from the stale copy would undo it.
+
 The dispatcher starts *held*: events are queued but not run until :meth:`open`
 (the worker opens it after ``on_worker_start`` returned).
 
@@ -121,6 +130,9 @@ class Dispatcher:
         (in thread mode: only the missing callbacks, a no-op)."""
         self._queues: dict[str, Queue] = {}
         self._owners: dict[str, tuple[GatewayLink, int]] = {}  # busy client -> link, conn_id
+        self._unacked: dict[str, tuple[GatewayLink, bytes, int]] = {}
+        """client -> (link, session bytes, mark) of a write-back the gateway may not
+        have handled yet (see the module docstring)."""
         self.on_idle: Callable[[GatewayLink, int], None] | None = None
         """Called with (link, conn_id) when a client's last queued event finished."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -139,8 +151,32 @@ class Dispatcher:
         """The link reader's callback: count, then run the event inline (a plain
         function with nothing queued for its client) or enqueue it."""
         self.events_in[KINDS[packet[0]]] += 1
+        if self._unacked:
+            self._catch_up_session(link, packet)
         self.memory.note(link, packet)
         self._enqueue(link, packet)
+
+    def forget_handled_sessions(self) -> None:
+        """Drop the write-backs the gateways have handled (or whose link is gone);
+        the worker calls it now and then, for clients that sent nothing since."""
+        for client_id, (link, _, mark) in list(self._unacked.items()):
+            if link.pongs_seen >= mark or not link.is_open:
+                del self._unacked[client_id]
+
+    def _catch_up_session(self, link: GatewayLink, packet: list[Any]) -> None:
+        """Give ``packet`` the session we last wrote back for its client when the
+        gateway sent it before handling that write-back."""
+        client_id = link.client_id(packet[1])
+        unacked = self._unacked.get(client_id)
+        if unacked is None:
+            return
+        written_on, packed, mark = unacked
+        if written_on is not link or link.pongs_seen >= mark:
+            del self._unacked[client_id]  # handled: the session it carries is current
+            return
+        packet[2] = packed
+        if packet[0] is Cmd.EV_CLOSE:
+            del self._unacked[client_id]
 
     def _enqueue(self, link: GatewayLink, packet: list[Any]) -> None:
         client_id = link.client_id(packet[1])
@@ -421,6 +457,10 @@ class Dispatcher:
         link.send(encode(Cmd.SET_SESSION, conn_id, packed))
         self._api.sent += 1
         self.memory.note_session(link, conn_id, packed)
+        self._unacked[client_id] = (link, packed, link.mark())
+        for queued_on, queued in self._queues.get(client_id, ()):
+            if queued_on is link:  # sent before the gateway could have our session
+                queued[2] = packed
 
 
 def _log_failure(cmd: int, client_id: str) -> None:

@@ -289,6 +289,7 @@ class WorkerProcess:
             await asyncio.sleep(GATEWAY_SWEEP_INTERVAL)
             try:
                 dispatcher.memory.sweep(pool.links, loop.time(), pool.listed)
+                dispatcher.forget_handled_sessions()
             except Exception:
                 logger.exception("%s: gateway sweep failed", self.name)
 

@@ -210,6 +210,45 @@ async def test_session_written_back_only_when_changed(env: Env) -> None:
     assert env.gw2.packets(Cmd.SET_SESSION) == []
 
 
+async def test_events_sent_before_the_gateway_had_our_write_back_get_our_session(
+    env: Env,
+) -> None:
+    """The gateway ships the session it holds with every event; one sent before our
+    SET_SESSION reached it carries the old one. Such events (queued here, or arriving
+    before the gateway answers the PING behind our SET_SESSION) start from the session
+    we wrote; later ones from the session they carry (another process may have set it)."""
+    worker = await env.start_worker()
+    gw1, gw2 = env.gw1, env.gw2
+
+    def written(conn_id: int, gw: FakeGateway = gw1) -> list[Any]:
+        return [p[2] for p in gw.packets(Cmd.SET_SESSION) if p[1] == conn_id]
+
+    # back to back: the second was sent before our first write-back existed
+    gw1.emit(Cmd.EV_MESSAGE, 2, "set", session={"count": 1})
+    gw1.emit(Cmd.EV_MESSAGE, 2, "set", session={"count": 1})
+    await wait_until(lambda: len(written(2)) == 2)
+    assert written(2) == [pack_session({"count": 2}), pack_session({"count": 3})]
+
+    # later, but the gateway has not answered the PING behind our write-back yet
+    gw2.answer_pings = False
+    gw2.emit(Cmd.EV_MESSAGE, 3, "set", session={"count": 1})
+    await wait_until(lambda: len(written(3, gw2)) == 1)
+    await asyncio.sleep(0.1)
+    gw2.emit(Cmd.EV_MESSAGE, 3, "set", session={"count": 1})
+    await wait_until(lambda: len(written(3, gw2)) == 2)
+    assert written(3, gw2)[1] == pack_session({"count": 3})
+
+    # once the gateway has handled it, the session an event carries counts
+    link = worker._pool.links[gw1.address] if worker._pool else None
+    assert link is not None
+    seen = link.pongs_seen
+    gw1.emit(Cmd.EV_MESSAGE, 4, "set", session={"count": 1})
+    await wait_until(lambda: len(written(4)) == 1 and link.pongs_seen > seen)
+    gw1.emit(Cmd.EV_MESSAGE, 4, "set", session={"count": 10, "by": "push client"})
+    await wait_until(lambda: len(written(4)) == 2)
+    assert written(4)[1] == pack_session({"count": 11, "by": "push client"})
+
+
 async def test_callback_exception_is_logged_and_worker_keeps_serving(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -386,7 +425,8 @@ async def test_plain_callbacks_run_inline_in_order_with_context_and_write_back(
     assert mine == [
         ("connect", cid, cid),
         ("message", cid, "later", {"n": 0, "later": True}),
-        ("message", cid, "after later", {}),
+        # queued before "later" wrote its session back: starts from that session
+        ("message", cid, "after later", {"n": 0, "later": True}),
         ("close", cid),
     ]
     # the other client was not held up by the awaitable of the first
