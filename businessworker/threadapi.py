@@ -35,7 +35,6 @@ import concurrent.futures
 import contextlib
 import contextvars
 import functools
-import inspect
 import logging
 import sys
 import threading
@@ -45,6 +44,7 @@ from typing import Any
 from pygatewayworker.businessworker.context import current_event
 from pygatewayworker.businessworker.handle import WorkerAPI
 from pygatewayworker.gatewayclient.errors import GatewayError
+from pygatewayworker.gatewayclient.spec import BY_NAME, Kind
 
 __all__ = ["QUERY_MARGIN", "AnyThreadAPI", "Outbox", "ThreadAPI"]
 
@@ -95,8 +95,8 @@ class Outbox:
 
 class ThreadAPI:
     """The Gateway API for threads other than the loop's (see the module
-    docstring): every attribute of the worker's API, with sends queued to the loop
-    and queries blocking."""
+    docstring): every call of the worker's API, sends queued to the loop and queries
+    blocking, as ``gatewayclient.spec`` classes them; other attributes as they are."""
 
     __slots__ = ("_api", "outbox", "_wait", "_methods", "_tasks")
 
@@ -112,9 +112,10 @@ class ThreadAPI:
         if method is not None:
             return method
         target = getattr(self._api, name)
-        if name.startswith("_") or not callable(target):
-            return target
-        if inspect.iscoroutinefunction(target):
+        call = BY_NAME.get(name)  # the Gateway API's table says what each call is
+        if call is None:
+            return target  # not a call of the API (query_timeout, sent...)
+        if call.kind is Kind.QUERY:
             method = functools.partial(self._query, name)
         else:
             method = functools.partial(self._call, name)

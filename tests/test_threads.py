@@ -16,10 +16,12 @@ from typing import Any, ClassVar
 import pytest
 
 from pygatewayworker.businessworker import BusinessWorker, api, context
+from pygatewayworker.businessworker.handle import WorkerAPI
 from pygatewayworker.businessworker.threadapi import Outbox, ThreadAPI
 from pygatewayworker.businessworker.worker import WorkerProcess
 from pygatewayworker.gateway.protocol import Cmd, pack_session
-from tests.test_gatewayclient_fakes import UNIT, FakeGateway, FakeWatcher, wait_until
+from pygatewayworker.gatewayclient.spec import Kind, calls_of
+from tests.fakegateway import UNIT, FakeGateway, FakeWatcher, wait_until
 
 EVENTS = "tests.test_threads:ThreadEvents"
 
@@ -289,6 +291,15 @@ async def test_api_from_a_thread_the_app_starts_itself(env: Env) -> None:
     # and from a thread of the test, outside any event: a blocking query
     count = await asyncio.to_thread(lambda: api.get_all_client_count())
     assert count == 0
+
+
+async def test_the_thread_api_has_every_call_of_the_table_in_its_form() -> None:
+    """Sends queued, queries blocking, as gatewayclient.spec classes each call."""
+    threaded = ThreadAPI(WorkerAPI({}), Outbox(asyncio.get_running_loop()), UNIT)
+    for call in calls_of(worker=True):
+        form = ThreadAPI._query if call.kind is Kind.QUERY else ThreadAPI._call
+        assert getattr(threaded, call.name).func.__func__ is form, call.name
+    assert threaded.query_timeout == 5.0  # not a call: as it is
 
 
 async def test_a_blocking_query_on_the_loops_thread_raises(env: Env) -> None:
