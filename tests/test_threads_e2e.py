@@ -18,13 +18,17 @@ from typing import Any
 import pytest
 
 from pygatewayworker.cluster.pidfile import pid_alive
-from tests import test_ops_e2e as ops
+from tests import opsharness as ops
 from tests.cluster import PYTHON, ROOT, AppSpec
 from tests.rc import RC, RemoteError
 
 start_cluster = ops.start_cluster  # the fixtures, shared with the operations tests
 opened = ops.opened
 call = ops.call
+
+SLOW = 5.0
+"""Seconds a callback blocks its thread across a reload (above the 3 s a
+non-graceful stop would give it)."""
 
 WORKER_OPTIONS = "callbacks='thread', threads=4, slow_callback=1.0"
 
@@ -53,7 +57,6 @@ async def test_django_orm_in_plain_callbacks(
 ) -> None:
     """Thread mode: an Events class writes and reads Django models on connect and on
     message; each reply carries what the database holds."""
-    pytest.importorskip("django")
     database = tmp_path / "notes.sqlite3"
     monkeypatch.setenv("NOTES_DB", str(database))
     created = subprocess.run(
@@ -180,13 +183,13 @@ async def test_reload_lets_the_old_worker_finish_a_blocking_thread_callback(
         order.append(tag)
         return result
 
-    slow = asyncio.create_task(tagged("slow", call(clients[0], "sleep", ops.SLOW, timeout=60)))
+    slow = asyncio.create_task(tagged("slow", call(clients[0], "sleep", SLOW, timeout=60)))
     await ops.await_for(lambda: ops.stats_of(spec, name).get("threads_busy", 0) >= 1, 10)
     asked = time.monotonic()
     reloading = asyncio.create_task(ops.acli(spec, "reload"))
     await ops.await_for(
         lambda: "leaves the gateways and finishes its events" in log_of(spec),
-        ops.SLOW * 4,
+        SLOW * 4,
         "the old worker to leave the gateways",
     )
     follow = asyncio.create_task(tagged("follow", call(clients[0], "where", timeout=60)))
@@ -199,7 +202,7 @@ async def test_reload_lets_the_old_worker_finish_a_blocking_thread_callback(
     cluster.remember_pids()
 
     assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
-    assert took >= ops.SLOW / 2  # the reload waited for the event
+    assert took >= SLOW / 2  # the reload waited for the event
     assert new != old and not pid_alive(old)
     assert all(ops.is_connected(c) for c in clients)
     log = log_of(spec)
