@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from pygatewayworker.businessworker import BusinessWorker, api, context
+from pygatewayworker import BusinessWorker, api, context
 from pygatewayworker.businessworker.handle import WorkerAPI
 from pygatewayworker.businessworker.threadapi import Outbox, ThreadAPI
 from pygatewayworker.businessworker.worker import WorkerProcess
