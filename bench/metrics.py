@@ -29,6 +29,7 @@ import psutil
 from bench.cluster import BenchCluster, ClusterConfig
 from bench.phppush import PhpPusher, php_cli_burst
 from bench.pool import GenPool, latencies, split
+from bench.stalls import StallSampler
 from pygatewayworker.gatewayclient import AsyncGatewayClient, GatewayClient
 
 __all__ = ["Sizes", "FULL", "QUICK", "Bench", "percentile"]
@@ -138,8 +139,11 @@ class CpuMeter:
     runner0: float = 0.0
     cluster0: float = 0.0
     result: dict[str, Any] = field(default_factory=dict)
+    stalls: StallSampler | None = None
 
     def __enter__(self) -> CpuMeter:
+        cluster = self.bench.cluster
+        self.stalls = StallSampler(cluster.run_dir if cluster else None).__enter__()
         self.wall = time.monotonic()
         self.gens0 = self.bench.pool.cpu_seconds() if self.bench.pool else []
         times = psutil.Process().cpu_times()
@@ -163,6 +167,12 @@ class CpuMeter:
             if cluster >= self.cluster0
             else None,
         }
+        if self.stalls is not None:
+            self.stalls.__exit__()
+            stalls = self.stalls.result()
+            if stalls:
+                self.result["loop_stall_max_ms"] = stalls["max_ms"]
+                self.result["loop_stall_by_process_ms"] = stalls["by_process"]
 
 
 class Bench:

@@ -210,30 +210,31 @@ def _markdown(doc: dict[str, Any]) -> str:
         lines += ["", "Round trip (M6), open loop, plain `on_message` inline and in threads:", ""]
         lines += [
             "| callbacks | clients | offered/s | achieved/s | p50 ms | p99 ms "
-            "| generator CPU % | cluster CPU % |"
+            "| generator CPU % | cluster CPU % | longest loop stall ms |"
         ]
-        lines += ["|---|---|---|---|---|---|---|---|"]
+        lines += ["|---|---|---|---|---|---|---|---|---|"]
         for mode, clients, points in m6:
             for p in points:
                 lines.append(
                     f"| {mode} | {clients} | {p['offered_per_s']:,} | {p['achieved_per_s']:,} | "
                     f"{p['p50_ms']} | {p['p99_ms']} | {p['cpu']['generator_cpu_pct']} | "
-                    f"{p['cpu']['cluster_cpu_pct']} |"
+                    f"{p['cpu']['cluster_cpu_pct']} | {_stall(p)} |"
                 )
     m4 = _get(doc["results"], "M4") or {}
     if m4.get("sustained"):
         lines += ["", "Fan-out (M4), sustained: send_to_group, one message per call, paced:", ""]
         lines += [
             "| members | messages/s | offered deliveries/s | delivered/s | ratio "
-            "| generator CPU % | cluster CPU % |"
+            "| generator CPU % | cluster CPU % | longest loop stall ms |"
         ]
-        lines += ["|---|---|---|---|---|---|---|"]
+        lines += ["|---|---|---|---|---|---|---|---|"]
         for size, r in m4["sustained"].items():
             for p in r["points"]:
                 lines.append(
                     f"| {size} | {p['messages_per_s']:g} | {p['offered_deliveries_per_s']:,} | "
                     f"{p['deliveries_per_s']:,} | {p['delivered_ratio']} | "
-                    f"{p['cpu']['generator_cpu_pct']} | {p['cpu']['cluster_cpu_pct']} |"
+                    f"{p['cpu']['generator_cpu_pct']} | {p['cpu']['cluster_cpu_pct']} | "
+                    f"{_stall(p)} |"
                 )
     if m4:
         lines += ["", "Fan-out (M4), one-off burst (write coalescing merges the burst):", ""]
@@ -253,6 +254,15 @@ def _markdown(doc: dict[str, Any]) -> str:
     if doc.get("errors"):
         lines += ["", "Errors:", ""] + [f"- {e}" for e in doc["errors"]]
     return "\n".join(lines) + "\n"
+
+
+def _stall(point: dict[str, Any]) -> str:
+    """The longest loop stall of any cluster process during a point, and whose."""
+    by = point.get("cpu", {}).get("loop_stall_by_process_ms") or {}
+    if not by:
+        return "-"
+    name = max(by, key=lambda n: by[n])
+    return f"{by[name]} ({name.split('.', 1)[-1]})"
 
 
 def _yardstick_text(m: dict[str, Any]) -> str:
