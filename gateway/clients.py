@@ -6,12 +6,16 @@ How this works
 The asyncio shell (``gateway.connection``) creates a :class:`~gateway.records.Client`
 per TCP connection and reports what happens to it here:
 
-- :meth:`Clients.opened`: the WebSocket handshake is done. The client gets a
+- :meth:`Clients.opened`: the WebSocket handshake is done (admitted by
+  :attr:`Clients.admission`, ``gateway.admission``). The client gets a
   connection id (counting up from a random start, so that a restarted gateway does
   not reuse the client_ids of its previous life), a directory entry, and its worker
-  gets ``EV_CONNECT`` and ``EV_WS_CONNECT``.
+  gets ``EV_CONNECT`` and ``EV_WS_CONNECT``; a connect token's uid, groups and
+  session are bound first, so the worker's events and every later command see them.
 - :meth:`Clients.message`: one ``EV_MESSAGE`` packet to the client's worker, written
-  out flat for the common case: this is the path of every client message.
+  out flat for the common case: this is the path of every client message. A packet
+  over the internal limit (a large message with a large session) closes the client
+  with 1009 instead of costing the worker its link.
 - :meth:`Clients.control` (a ping or pong: activity, per ``pong_is_activity``),
   :meth:`Clients.slow` (send buffer over ``send_buffer_limit``: close 1008),
   :meth:`Clients.closed` (``EV_CLOSE`` with the last session; the entry goes).
@@ -33,13 +37,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pygatewayworker.gateway.admission import Admission
 from pygatewayworker.gateway.client_id import MAX_CONN_ID, encode_client_id
 from pygatewayworker.gateway.commands import data_frame
 from pygatewayworker.gateway.config import Gateway
 from pygatewayworker.gateway.directory import Directory
 from pygatewayworker.gateway.http11 import Request, parse_cookies
-from pygatewayworker.gateway.protocol import Cmd, encode
+from pygatewayworker.gateway.protocol import DEFAULT_MAX_PACKET, Cmd, encode, pack_session
 from pygatewayworker.gateway.records import Client, Counters
+from pygatewayworker.gateway.tokens import Grant
 from pygatewayworker.gateway.websocket import State
 from pygatewayworker.gateway.workers import Workers
 
@@ -52,6 +58,7 @@ FIRST_CONN_ID_LIMIT = 2**31
 
 _OPEN = State.OPEN
 _EV_MESSAGE = Cmd.EV_MESSAGE
+_MAX_PACKET = DEFAULT_MAX_PACKET + 4  # the length prefix is not counted
 
 
 def first_conn_id() -> int:
@@ -108,15 +115,26 @@ class Clients:
         self.clock = clock
         self.log = RateLimitedLog(clock=clock)
         """Rate-limited log for what clients do wrong (a flood must not flood us)."""
+        self.admission = Admission(config, clock())
+        """The handshake checks and per-client limits (``gateway.admission``)."""
         self._next_conn_id = first_conn_id() - 1
         self._ping_frame = data_frame(config.ping_data) if config.ping_data else b""
 
     # ---- events from the shell ------------------------------------------------------
-    def opened(self, client: Client, request: Request) -> None:
+    def opened(self, client: Client, request: Request, grant: Grant | None = None) -> None:
         """``client`` completed its WebSocket handshake: it gets a conn_id and a
-        directory entry, and its worker gets ``EV_CONNECT`` and ``EV_WS_CONNECT``."""
-        client.conn_id = self.new_conn_id()
-        self.directory.add(client)
+        directory entry, is bound to what its token ``grant`` carries, and its worker
+        gets ``EV_CONNECT`` and ``EV_WS_CONNECT``."""
+        conn_id = client.conn_id = self.new_conn_id()
+        directory = self.directory
+        directory.add(client)
+        if grant is not None:
+            if grant.session:
+                client.session = pack_session(grant.session)
+            if grant.uid:
+                directory.bind_uid(conn_id, grant.uid)
+            for group in grant.groups:
+                directory.join_group(conn_id, group)
         send = self.workers.send
         send(client, Cmd.EV_CONNECT, None)
         info = {
@@ -148,18 +166,33 @@ class Clients:
         client.silent = -1
         link = client.worker
         if link is not None and not link.leaving:  # only a leaving worker holds events
-            link.writer.send(
-                encode(
-                    _EV_MESSAGE,
-                    client.conn_id,
-                    client.session,
-                    client.remote_ip,
-                    client.remote_port,
-                    data,
-                )
+            packet = encode(
+                _EV_MESSAGE,
+                client.conn_id,
+                client.session,
+                client.remote_ip,
+                client.remote_port,
+                data,
             )
+            if len(packet) > _MAX_PACKET:
+                self.too_big(client, len(packet))
+                return
+            link.writer.send(packet)
             return
         self.workers.send(client, _EV_MESSAGE, data)
+
+    def too_big(self, client: Client, size: int) -> None:
+        """A message that would make an internal packet of ``size`` bytes, over the
+        limit the worker accepts: close the client (1009), keep the link."""
+        self.log(
+            logging.WARNING,
+            "client %s (%s): message and session make a %d-byte packet, over %d; closing",
+            client.conn_id,
+            client.remote_ip,
+            size,
+            DEFAULT_MAX_PACKET,
+        )
+        client.writer.close(1009, "message too big")
 
     def control(self, client: Client) -> None:
         """A ping or pong frame from ``client``: activity, if ``pong_is_activity``."""

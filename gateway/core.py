@@ -336,6 +336,7 @@ class GatewayCore:
             "workers": sum(1 for link in self.links if link.role == "worker"),
             "clients": sum(1 for link in self.links if link.role == "client"),
             "pending_events": len(self.workers.pending),
+            **self.clients.admission.stats(),
             "uptime": round(self.clock() - self.started, 3) if self.started else 0.0,
             "public_port": self.public_port,
             "internal_address": self.internal_address,

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import inspect
 import logging
 import socket
 import time
@@ -126,6 +127,7 @@ class PushAPIServer:
             secret=config.secret,
             timeout=config.timeout,
             name=f"{config.app or 'app'}.{config.name}",
+            token_key=config.token_key,
         )
         self._token = config.token.encode()
         self._server: asyncio.Server | None = None
@@ -320,7 +322,9 @@ class PushAPIServer:
         """Run ``verb``; ``(status, document)``."""
         try:
             args = parse_call(verb, body)
-            result = await getattr(self.client, verb)(*args)
+            result = getattr(self.client, verb)(*args)
+            if inspect.isawaitable(result):
+                result = await result
         except QueryTimeout as exc:
             return 504, {"ok": False, "error": str(exc), "missing": list(exc.missing)}
         except Exception as exc:
