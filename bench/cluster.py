@@ -23,6 +23,9 @@ __all__ = ["ClusterConfig", "BenchCluster", "ROOT"]
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = Path(__file__).resolve().parent / "apps" / "benchapp"
+APPS: dict[str, Path] = {"benchapp": APP, "chat": ROOT / "apps" / "chat"}
+"""The apps a benchmark cluster can run: the bench app, and the shipped chat app
+(its ``Events`` as users get it; the start files are the bench's own)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,8 @@ class ClusterConfig:
     callbacks: str = "inline"
     """``BusinessWorker(callbacks=...)``: the bench app's plain callbacks never
     block, so every metric runs them inline except M6's thread-mode series."""
+    app: str = "benchapp"
+    """A key of :data:`APPS`: whose ``Events`` the workers run."""
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -44,6 +49,7 @@ class ClusterConfig:
             "ping_interval": self.ping_interval,
             "ping_not_response_limit": self.ping_limit,
             "callbacks": self.callbacks,
+            "app": self.app,
         }
 
 
@@ -85,8 +91,10 @@ class BenchCluster:
         cfg = self.config
         self.apps_dir.mkdir(parents=True)
         (self.apps_dir / "__init__.py").write_text("")
-        dest = self.apps_dir / "benchapp"
-        shutil.copytree(APP, dest, ignore=shutil.ignore_patterns("__pycache__"))
+        dest = self.apps_dir / cfg.app
+        shutil.copytree(
+            APPS[cfg.app], dest, ignore=shutil.ignore_patterns("__pycache__", "web", "start_*.py")
+        )
         reg = f"127.0.0.1:{self.register_port}"
         (dest / "start_register.py").write_text(
             f"from pygatewayworker import Register\nregister = Register(listen={reg!r})\n"
@@ -100,7 +108,7 @@ class BenchCluster:
         )
         (dest / "start_businessworker.py").write_text(
             "from pygatewayworker import BusinessWorker\n"
-            f"worker = BusinessWorker(events='apps.benchapp.Events:Events', "
+            f"worker = BusinessWorker(events='apps.{cfg.app}.Events:Events', "
             f"count={cfg.workers}, register={reg!r}, callbacks={cfg.callbacks!r})\n"
         )
 

@@ -110,7 +110,9 @@ def summary(results: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]]:
     kib = _get(results, "M2", "kib_per_connection")
     row("M2", kib, f"{kib} KiB/connection", kib is not None and kib <= 6)
     rate = _get(results, "M3", "per_s")
-    row("M3", rate, f"{_n(rate)}/s; {_storm_text(results)}" if rate else "", (rate or 0) >= 5000)
+    per_conn = _get(results, "M3", "cluster_cpu_us_per_connection")
+    parts = [f"{_n(rate)}/s ({_n(per_conn)} us cluster CPU per connection)", _storm_text(results)]
+    row("M3", rate, "; ".join(p for p in parts if p) if rate else "", (rate or 0) >= 5000)
     sustained = _get(results, "M4", "sustained")
     if sustained:
         size = "10000" if "10000" in sustained else max(sustained, key=int)
@@ -144,6 +146,7 @@ def summary(results: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]]:
             f"{_n(thread_best)}/s with p99 < 10 ms"
         )
     row("M6", low, text, low is not None and low < 0.4 and (best100 or 0) >= 20_000)
+    _m6_chat(rows["M6"], results)
     pushes = _get(results, "M7", "async", "delivered_per_s")
     calls = _get(results, "M7", "async", "calls_per_s")
     sync = _get(results, "M7", "sync", "calls_per_s")
@@ -153,6 +156,40 @@ def summary(results: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]]:
     row("M7", pushes, text, (pushes or 0) >= 30_000)
     row("M8", _get(results, "M8", "php_persistent", "calls_per_s"), _m8_text(results), None)
     return rows
+
+
+def _m6_chat(row: dict[str, Any], results: dict[str, Any]) -> None:
+    """Add the chat app's M6 figures (``results["M6"]["chat"]``) to the M6 row: its
+    text, and ``row["chat"]`` for the README's headline to quote."""
+    chat = _get(results, "M6", "chat") or {}
+    series = chat.get("series") or {}
+    if not series:
+        return
+    clients = next(iter(series))
+    points = series[clients]
+    low = points[0]
+    best = (chat.get("best_rate_p99_under_10ms") or {}).get(clients)
+    cpu = {str(p["offered_per_s"]): p.get("cluster_cpu_us_per_msg") for p in points}
+    row["chat"] = {
+        "clients": int(clients),
+        "low_load_offered_per_s": low["offered_per_s"],
+        "low_load_p50_ms": low["p50_ms"],
+        "low_load_p99_ms": low["p99_ms"],
+        "best_rate_p99_under_10ms": best,
+        "cluster_cpu_us_per_msg": cpu,
+        "connect_login_cluster_cpu_us_per_connection": _get(
+            chat, "connect", "cluster_cpu_us_per_connection"
+        ),
+    }
+    text = (
+        f"chat app (login, say to one's own room, {clients} clients): p50 {low['p50_ms']} ms "
+        f"at {_n(low['offered_per_s'])}/s, {_n(best)}/s with p99 < 10 ms, "
+        f"{_n(low.get('cluster_cpu_us_per_msg'))} us cluster CPU per round trip"
+    )
+    inline_cpu = _get(results, "M6", "low_load", "cluster_cpu_us_per_msg")
+    if inline_cpu is not None:
+        text += f" (bench app inline: {_n(inline_cpu)} us)"
+    row["result"] = f"{row['result']}; {text}" if row["value"] is not None else text
 
 
 def _m8_text(results: dict[str, Any]) -> str:
@@ -207,18 +244,25 @@ def _markdown(doc: dict[str, Any]) -> str:
         )
     m6 = _m6_series(doc["results"])
     if m6:
-        lines += ["", "Round trip (M6), open loop, plain `on_message` inline and in threads:", ""]
         lines += [
-            "| callbacks | clients | offered/s | achieved/s | p50 ms | p99 ms "
-            "| generator CPU % | cluster CPU % | longest loop stall ms |"
+            "",
+            "Round trip (M6), open loop: the bench app's plain `on_message` inline and in "
+            "threads, and the shipped chat app (`chat`: async `on_message`, login, `say` "
+            "to one's own room):",
+            "",
         ]
-        lines += ["|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| callbacks | clients | offered/s | achieved/s | p50 ms | p90 ms | p99 ms "
+            "| generator CPU % | cluster CPU % | cluster CPU us/msg | longest loop stall ms |"
+        ]
+        lines += ["|---|---|---|---|---|---|---|---|---|---|---|"]
         for mode, clients, points in m6:
             for p in points:
                 lines.append(
                     f"| {mode} | {clients} | {p['offered_per_s']:,} | {p['achieved_per_s']:,} | "
-                    f"{p['p50_ms']} | {p['p99_ms']} | {p['cpu']['generator_cpu_pct']} | "
-                    f"{p['cpu']['cluster_cpu_pct']} | {_stall(p)} |"
+                    f"{p['p50_ms']} | {p.get('p90_ms', '-')} | {p['p99_ms']} | "
+                    f"{p['cpu']['generator_cpu_pct']} | {p['cpu']['cluster_cpu_pct']} | "
+                    f"{_n(p.get('cluster_cpu_us_per_msg'))} | {_stall(p)} |"
                 )
     m4 = _get(doc["results"], "M4") or {}
     if m4.get("sustained"):
@@ -279,9 +323,11 @@ def _yardstick_text(m: dict[str, Any]) -> str:
 
 
 def _m6_series(results: dict[str, Any]) -> list[tuple[str, str, list[dict[str, Any]]]]:
-    """M6's series as (callbacks mode, clients, points): inline, then thread mode."""
+    """M6's series as (callbacks mode, clients, points): inline, thread mode, then
+    the chat app (mode ``chat``)."""
     found = []
-    for mode, where in (("inline", ("M6",)), ("thread", ("M6", "thread"))):
+    modes = (("inline", ("M6",)), ("thread", ("M6", "thread")), ("chat", ("M6", "chat")))
+    for mode, where in modes:
         for clients, points in (_get(results, *where, "series") or {}).items():
             found.append((mode, clients, points))
     return found
@@ -296,7 +342,7 @@ def _chart(doc: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for mode, clients, points in _m6_series(doc["results"]):
         rates = [p["offered_per_s"] for p in points]
-        style = "-" if mode == "inline" else ":"
+        style = {"inline": "-", "chat": "--"}.get(mode, ":")
         for q, marker in (("p50", "o"), ("p99", "x")):
             ax.plot(
                 rates,
