@@ -80,6 +80,8 @@ STOP_MARGIN = 15.0
 links); ``stop_limit`` tells ``cluster.child`` the total."""
 PENDING_SHOWN = 20
 """Clients named in the log line of a stop that drops events."""
+SLOW_CALLBACK = 1.0
+"""Callbacks that take longer (seconds) are counted as ``slow_callbacks`` (metrics)."""
 
 _LEAVE = encode(Cmd.WORKER_LEAVE)
 
@@ -236,6 +238,14 @@ class WorkerProcess:
             "clients": dispatcher.clients if dispatcher else 0,
             "orphan_closes": dispatcher.memory.orphan_closes if dispatcher else 0,
             "uptime": round(uptime, 1),
+            # metrics (docs/observability.md)
+            "callback_seconds": dispatcher.callback_seconds.snapshot() if dispatcher else {},
+            "slow_callbacks": (
+                dispatcher.callback_seconds.count_above(SLOW_CALLBACK) if dispatcher else 0
+            ),
+            "queued_events": dispatcher.queued if dispatcher else 0,
+            "rejected_connects": self.api.rejected_connects if self.api else 0,
+            "gateway_links": _link_states(pool) if pool else {},
         }
 
     # ---- internals -----------------------------------------------------------------
@@ -344,6 +354,17 @@ class WorkerProcess:
         ack = self._acks.get(link)
         if ack is not None and ack.done() and link.is_open:
             link.send(encode(Cmd.RELEASE, [conn_id], False))
+
+
+def _link_states(pool: LinkPool) -> dict[str, int]:
+    """Listed gateways by the state of our link to each (metrics): ``linked``,
+    ``paused`` (its write buffer is over the high-water mark), ``unlinked``."""
+    paused = sum(1 for link in pool.links.values() if link in pool.paused)
+    return {
+        "linked": len(pool.links) - paused,
+        "paused": paused,
+        "unlinked": len(pool.unlinked()),
+    }
 
 
 def _link_error(address: str, error: str | None) -> str:

@@ -138,6 +138,7 @@ class Commands:
     internal_port: int
     messages_out: int
     bytes_out: int
+    broadcast_deliveries: int
 
     def stats(self) -> dict[str, Any]:  # provided by GatewayServer
         raise NotImplementedError
@@ -156,6 +157,7 @@ class Commands:
                 sent += 1
         self.messages_out += sent * count
         self.bytes_out += sent * size
+        self.broadcast_deliveries += sent * count  # metrics
 
     def cmd_send_to_client(self, link: InternalLink, packet: list[Any]) -> None:
         _, conn_id, data = packet
@@ -195,12 +197,14 @@ class Commands:
         if conn is not None:
             if frame is not None:
                 conn.send_frame(frame)
+            conn.close_reason = conn.close_reason or "app_close"  # metrics
             conn.close_ws(1000)
 
     def cmd_destroy_client(self, link: InternalLink, packet: list[Any]) -> None:
         _, conn_id = packet
         conn = self.directory.get(_conn_id(conn_id))
         if conn is not None:
+            conn.close_reason = conn.close_reason or "app_close"  # metrics
             conn.abort()
 
     # ---- state commands -----------------------------------------------------------

@@ -106,6 +106,7 @@ class ClientConnection(Entry, asyncio.Protocol):
         "since",
         "bytes_in",
         "bytes_out",
+        "close_reason",
     )
 
     def __init__(self, server: GatewayServer) -> None:
@@ -121,6 +122,7 @@ class ClientConnection(Entry, asyncio.Protocol):
         self.since = _monotonic()
         self.bytes_in = 0
         self.bytes_out = 0
+        self.close_reason = ""  # metrics: why it closed (the first reason wins)
 
     # ---- asyncio callbacks -----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -185,6 +187,7 @@ class ClientConnection(Entry, asyncio.Protocol):
                 if server.config.pong_is_activity:
                     self.silent = -1
             else:  # OP_CLOSE started by the client: answer, then close TCP first
+                self.close_reason = self.close_reason or "client_close"  # metrics
                 self.end(wsproto.close_frame(value[0]))
                 return
 
@@ -216,6 +219,8 @@ class ClientConnection(Entry, asyncio.Protocol):
             code,
             reason,
         )
+        if not self.close_reason:  # metrics
+            self.close_reason = "size_limit" if code == 1009 else "protocol_error"
         if self.state == S_OPEN:
             self.transport.write(wsproto.close_frame(code, reason))
             if self.transport.can_write_eof():

@@ -396,7 +396,12 @@ class LinkHandling:
             self._workers.remove(link)
         self._release_all(link)
         if link.role:
-            log.info("%r is gone (%d clients to re-assign)", link, max(link.clients, 0))
+            log.info(
+                "%r is gone (%d clients to re-assign)",
+                link,
+                max(link.clients, 0),
+                extra={"worker": link.name} if link.role == "worker" else None,  # JSON logs
+            )
 
     def reject_link(self, link: InternalLink, req: int, reason: str) -> None:
         """Answer ``ERROR`` and close the link (it sent garbage or a bad command)."""
@@ -459,7 +464,12 @@ class LinkHandling:
         uids, groups = self.directory.route_keys()
         for routes in route_packets(True, uids, [], groups, []):
             link.send(routes)
-        log.info("%r linked (pid %d)", link, pid)
+        log.info(
+            "%r linked (pid %d)",
+            link,
+            pid,
+            extra={"worker": name} if role == "worker" else None,  # JSON logs
+        )
         if role == "worker":
             self._workers.append(link)
             self._flush_pending()

@@ -89,6 +89,18 @@ the backlog are dropped and retried by the client's TCP with backoff (1, 3, 7, 1
 s...), which makes the storm last seconds longer."""
 FIRST_CONN_ID_LIMIT = 2**31
 """Connection ids of a new gateway process start at a random id below this."""
+CLOSE_REASONS = (
+    "client_close",
+    "client_gone",
+    "heartbeat_timeout",
+    "send_buffer_limit",
+    "size_limit",
+    "protocol_error",
+    "app_close",
+    "shutdown",
+)
+"""Why WebSocket clients closed (metrics, ``closed_by_reason``); see
+docs/observability.md."""
 
 
 def first_conn_id() -> int:
@@ -173,6 +185,10 @@ class GatewayServer(LinkHandling, Commands, Sweeps):
         self.messages_in = self.messages_out = 0
         self.bytes_in = self.bytes_out = 0
         self.send_failures = 0
+        # metrics (docs/observability.md)
+        self.connections_opened = self.broadcast_deliveries = 0
+        self.closed_by_reason = dict.fromkeys(CLOSE_REASONS, 0)
+        self.handshake_failures: dict[str, int] = {}  # HTTP status -> count
         self._commands: dict[Cmd, Callable[[InternalLink, list[Any]], None]] = {}
         self._queries: dict[Cmd, Callable[..., Any]] = {}
         for cmd in Cmd:
@@ -314,7 +330,22 @@ class GatewayServer(LinkHandling, Commands, Sweeps):
             "public_port": self.public_port,
             "internal_address": self.internal_address,
             "pid": os.getpid(),
+            # metrics (docs/observability.md)
+            "connections_opened": self.connections_opened,
+            "closed_by_reason": self.closed_by_reason,
+            "handshake_failures": self.handshake_failures,
+            "broadcast_deliveries": self.broadcast_deliveries,
+            **self._send_buffers(),
         }
+
+    def _send_buffers(self) -> dict[str, int]:
+        """Bytes queued for clients in our transports, summed and the largest."""
+        total = largest = 0
+        for conn in self.directory.entries():
+            size = conn.transport.get_write_buffer_size()
+            total += size
+            largest = max(largest, size)
+        return {"send_buffer_bytes": total, "send_buffer_max_bytes": largest}
 
     def count_out(self, messages: int, size: int) -> None:
         """Account ``messages`` frames of ``size`` bytes each written to clients."""
@@ -344,6 +375,8 @@ class GatewayServer(LinkHandling, Commands, Sweeps):
             key = wsproto.check_upgrade(request)
         except wsproto.HandshakeError as exc:
             self._handshaking.pop(conn, None)
+            status = str(exc.status)  # metrics
+            self.handshake_failures[status] = self.handshake_failures.get(status, 0) + 1
             self.log_client(logging.INFO, "rejected request from %s: %s", conn.remote_ip, exc)
             conn.end(exc.response)
             return
@@ -357,6 +390,7 @@ class GatewayServer(LinkHandling, Commands, Sweeps):
         conn.state = S_OPEN
         conn.parser = wsproto.FrameParser(self.config.max_message_size)
         self.directory.add(conn)
+        self.connections_opened += 1  # metrics
         self.emit(conn, Cmd.EV_CONNECT, None)
         info = {
             "path": request.path,
@@ -396,6 +430,9 @@ class GatewayServer(LinkHandling, Commands, Sweeps):
         self._handshaking.pop(conn, None)
         self._closing.pop(conn, None)
         if conn.conn_id and self.directory.get(conn.conn_id) is conn:
+            # metrics: a client that went without a reason of ours or a close frame
+            reason = conn.close_reason or ("shutdown" if self._stopping else "client_gone")
+            self.closed_by_reason[reason] = self.closed_by_reason.get(reason, 0) + 1
             self.emit(conn, Cmd.EV_CLOSE, None)
             self.directory.remove(conn.conn_id)
 
@@ -404,6 +441,7 @@ class GatewayServer(LinkHandling, Commands, Sweeps):
         if conn.state != S_OPEN:
             return
         self.send_failures += 1
+        conn.close_reason = conn.close_reason or "send_buffer_limit"  # metrics
         self.log_client(
             logging.WARNING,
             "client %s (%s): send buffer over %d bytes, closing (slow consumer)",

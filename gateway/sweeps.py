@@ -103,6 +103,7 @@ class Sweeps:
                 pinged += 1
         self.count_out(pinged, size)
         for conn in dead:
+            conn.close_reason = conn.close_reason or "heartbeat_timeout"  # metrics
             conn.abort()
         if dead:
             log.info("closed %d clients silent for more than %d ping intervals", len(dead), limit)

@@ -48,6 +48,7 @@ from typing import Any
 from pygatewayworker.gateway.client_id import InvalidClientId
 from pygatewayworker.gatewayclient.client import AsyncGatewayClient
 from pygatewayworker.gatewayclient.errors import GatewayError, QueryTimeout, RemoteError
+from pygatewayworker.metrics.histogram import Histogram
 from pygatewayworker.pushapi.config import PushAPI
 from pygatewayworker.pushapi.http import (
     HttpError,
@@ -56,7 +57,7 @@ from pygatewayworker.pushapi.http import (
     json_response,
     parse_head,
 )
-from pygatewayworker.pushapi.verbs import BadRequest, parse_call
+from pygatewayworker.pushapi.verbs import VERBS, BadRequest, parse_call
 from pygatewayworker.register.config import parse_address
 
 __all__ = ["PushAPIServer", "serve", "status_of"]
@@ -119,6 +120,8 @@ class PushAPIServer:
         self._tasks: list[asyncio.Task[Any]] = []
         self.requests = 0
         self.errors = 0
+        self.requests_by: dict[str, dict[str, int]] = {}  # metrics: verb -> status -> n
+        self.request_seconds = Histogram()  # metrics: head read -> answer written
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -171,7 +174,17 @@ class PushAPIServer:
             "messages_in": self.requests,
             "send_failures": self.errors,
             "gateways": len(self.client.gateways),
+            "requests_by": self.requests_by,  # metrics (docs/observability.md)
+            "request_seconds": self.request_seconds.snapshot(),
         }
+
+    def _count(self, path: str, status: int, started: float) -> None:
+        """metrics: one answered request (an unknown verb counts as ``other``, so a
+        caller cannot grow the label set)."""
+        verb = path.strip("/")
+        by_status = self.requests_by.setdefault(verb if verb in VERBS else "other", {})
+        by_status[str(status)] = by_status.get(str(status), 0) + 1
+        self.request_seconds.observe(time.monotonic() - started)
 
     async def _sweep(self) -> None:
         limit = self.config.idle_timeout
@@ -206,12 +219,16 @@ class PushAPIServer:
             head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
             self._refuse(writer, HttpError(431, f"request head over {MAX_HEAD} bytes"))
+            self._count("", 431, time.monotonic())
             return False
+        started = time.monotonic()  # metrics: request latency
+        request: Request | None = None
         try:
             request = parse_head(head)
             body = await self._read_body(reader, writer, request)
         except HttpError as exc:
             self._refuse(writer, exc)
+            self._count(request.path if request else "", exc.status, started)
             return False
         conn.waiting_since = None
         self.requests += 1
@@ -226,7 +243,9 @@ class PushAPIServer:
             log.warning("push API %s: cannot encode the result as JSON: %s", request.path, exc)
             error = {"ok": False, "error": f"the result cannot be encoded as JSON: {exc}"}
             answer = json_response(500, error, keep_alive=request.keep_alive)
+            status = 500
         writer.write(answer)
+        self._count(request.path, status, started)
         return request.keep_alive
 
     def _refuse(self, writer: asyncio.StreamWriter, exc: HttpError) -> None:
