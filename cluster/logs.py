@@ -1,7 +1,14 @@
 """Logging for the master and its children.
 
 Every line has the form ``time pid role level logger: message`` where ``role`` is
-``master`` or the child's name (``chat.gateway.1``).
+``master`` or the child's name (``chat.gateway.1``). With ``--log-format json``
+(``GW_LOG_FORMAT``) every line is one JSON object instead (:class:`JsonFormatter`):
+``time`` (ISO 8601, UTC), ``level``, ``process`` (``master`` or the child's name),
+``pid``, ``logger``, ``message``, the structured fields ``client_id``, ``gateway`` and
+``worker`` when the log call passes them (``log.info(..., extra={"client_id": cid})``)
+and ``exception`` (the traceback) when there is one. A line that reaches the log
+pipe without going through ``logging`` (a C library writing to fd 2) is wrapped in
+such an object too (logger ``raw``), so every line of the file parses as JSON.
 
 Who writes the log file
 -----------------------
@@ -26,14 +33,19 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
+import json
 import logging
 import logging.handlers
 import os
 import sys
+import time
+from datetime import UTC, datetime
 from typing import TextIO
 
 __all__ = [
     "LOG_FORMAT",
+    "LOG_FORMATS",
+    "JsonFormatter",
     "LogSink",
     "SinkHandler",
     "FdHandler",
@@ -46,15 +58,64 @@ __all__ = [
 ]
 
 LOG_FORMAT = "%(asctime)s %(process)d {role} %(levelname)s %(name)s: %(message)s"
+LOG_FORMATS = ("text", "json")
+STRUCTURED_FIELDS = ("client_id", "gateway", "worker")
+"""Record attributes (``extra=``) a JSON line carries when a log call sets them."""
 MAX_BYTES = 10 * 1024 * 1024
 BACKUP_COUNT = 5
 MAX_LINE = 64 * 1024
 PIPE_SIZE = 1024 * 1024
 
 
-def formatter_for(role: str) -> logging.Formatter:
-    """The formatter of every log line written by ``role``."""
+def formatter_for(role: str, fmt: str = "text") -> logging.Formatter:
+    """The formatter of every log line written by ``role`` (``fmt``: text or json)."""
+    if fmt == "json":
+        return JsonFormatter(role)
     return logging.Formatter(LOG_FORMAT.format(role=role.replace("%", "%%")))
+
+
+def _iso_time(created: float) -> str:
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line (see the module docstring)."""
+
+    def __init__(self, process: str) -> None:
+        super().__init__()
+        self.process = process
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "time": _iso_time(record.created),
+            "level": record.levelname,
+            "process": self.process,
+            "pid": record.process,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in STRUCTURED_FIELDS:
+            value = record.__dict__.get(key)
+            if value is not None:
+                doc[key] = value if isinstance(value, str | int | float | bool) else str(value)
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            doc["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(doc, ensure_ascii=False, default=str)
+
+
+def raw_line_json(line: str) -> str:
+    """A line that bypassed ``logging`` (written straight to a child's fd 2), as JSON."""
+    doc = {
+        "time": _iso_time(time.time()),
+        "level": "WARNING",
+        "process": "?",
+        "pid": None,
+        "logger": "raw",
+        "message": line,
+    }
+    return json.dumps(doc, ensure_ascii=False)
 
 
 class LogSink:
@@ -167,9 +228,9 @@ class LineBuffer:
 class LogPipe:
     """The pipe children write their output to, drained by the master."""
 
-    __slots__ = ("read_fd", "write_fd", "_lines", "_sink")
+    __slots__ = ("read_fd", "write_fd", "_lines", "_sink", "_json")
 
-    def __init__(self, sink: LogSink) -> None:
+    def __init__(self, sink: LogSink, fmt: str = "text") -> None:
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         if hasattr(fcntl, "F_SETPIPE_SZ"):
@@ -179,11 +240,15 @@ class LogPipe:
                 fcntl.fcntl(self.write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         self._lines = LineBuffer()
         self._sink = sink
+        self._json = fmt == "json"
 
     def drain(self) -> None:
-        """Copy what the children wrote so far to the sink."""
+        """Copy what the children wrote so far to the sink (in JSON mode, a line that
+        is not a JSON object is wrapped in one)."""
         for line in self._lines.read_from(self.read_fd):
             if line:
+                if self._json and not (line.startswith("{") and line.endswith("}")):
+                    line = raw_line_json(line)
                 self._sink.write_line(line)
 
     def close(self) -> None:
@@ -242,10 +307,10 @@ class LogStream(io.TextIOBase):
             self._logger.log(self._level, "%s", line)
 
 
-def configure_master_logging(sink: LogSink, level: int = logging.INFO) -> None:
-    """Route every logger of the master process to ``sink``."""
+def configure_master_logging(sink: LogSink, level: int = logging.INFO, fmt: str = "text") -> None:
+    """Route every logger of the master process to ``sink`` (``fmt``: text or json)."""
     handler = SinkHandler(sink)
-    handler.setFormatter(formatter_for("master"))
+    handler.setFormatter(formatter_for("master", fmt))
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
@@ -253,7 +318,9 @@ def configure_master_logging(sink: LogSink, level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
-def configure_child_logging(role: str, fd: int = 2, level: int = logging.INFO) -> None:
+def configure_child_logging(
+    role: str, fd: int = 2, level: int = logging.INFO, fmt: str = "text"
+) -> None:
     """Route every logger of a child to ``fd`` (inherited stderr, the master's log pipe).
 
     Handlers inherited from the master through the fork are removed and closed
@@ -267,7 +334,7 @@ def configure_child_logging(role: str, fd: int = 2, level: int = logging.INFO) -
         elif not isinstance(old, FdHandler):
             old.close()
     handler = FdHandler(fd)
-    handler.setFormatter(formatter_for(role))
+    handler.setFormatter(formatter_for(role, fmt))
     root.addHandler(handler)
     root.setLevel(level)
     logging.raiseExceptions = False  # never print logging errors into a dead pipe
