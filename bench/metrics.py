@@ -20,7 +20,7 @@ import time
 from array import array
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,9 +168,13 @@ class CpuMeter:
 class Bench:
     """One benchmark run: the current cluster and generators, and the results."""
 
-    def __init__(self, sizes: Sizes, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, sizes: Sizes, log: Callable[[str], None] = print, metrics: bool = False
+    ) -> None:
         self.sizes = sizes
         self.log = log
+        self.metrics = metrics
+        """Run every cluster with the metrics listener, scraped every second."""
         self.cluster: BenchCluster | None = None
         self.pool: GenPool | None = None
         self.configs: dict[str, dict[str, Any]] = {}
@@ -179,6 +183,7 @@ class Bench:
     @contextmanager
     def setup(self, metric: str, config: ClusterConfig, gens: int) -> Iterator[None]:
         """Run ``config`` with ``gens`` generator processes for the body."""
+        config = replace(config, metrics=self.metrics)
         self.log(f"{metric}: starting {config.gateways} gateway(s), {config.workers} worker(s)")
         self.cluster = BenchCluster(config)
         self.configs[metric] = {**config.describe(), "generator_processes": gens}
