@@ -352,3 +352,35 @@ def test_page_is_off_without_a_token(tmp_path: Any) -> None:
     s = server(tmp_path, token="")
     answer = s.respond(Request("GET", "/ops", {"token": ""}))
     assert answer.status == 404 and b"--metrics-token" in answer.body
+
+
+# ---- the Grafana dashboard -------------------------------------------------------------------
+
+
+def test_grafana_dashboard_uses_only_metrics_we_export() -> None:
+    from pathlib import Path
+
+    from pygatewayworker.metrics.collector import COUNTER, PREFIX, SPECS
+
+    doc = json.loads((Path(__file__).parent.parent / "docs" / "grafana-dashboard.json").read_text())
+    assert doc["title"] and doc["uid"] and doc["schemaVersion"] >= 30
+    panels = doc["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    known = {"gatewayworker_up", "gatewayworker_process_resident_memory_bytes"}
+    known |= {"gatewayworker_process_restarts_total", "gatewayworker_reloads_total"}
+    for spec in SPECS:
+        name = PREFIX + spec.name
+        known.add(name + "_total" if spec.kind == COUNTER else name)
+        known.add(name + "_bucket")
+    used = set()
+    for panel in panels:
+        assert {"h", "w", "x", "y"} <= set(panel["gridPos"])
+        if panel["type"] == "row":
+            continue
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            used |= set(re.findall(r"gatewayworker_[a-z_]+", target["expr"]))
+    assert used <= known, used - known
+    titles = " ".join(p["title"] for p in panels).lower()
+    for word in ("connections", "messages", "duration", "restarts"):
+        assert word in titles

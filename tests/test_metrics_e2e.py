@@ -38,6 +38,7 @@ from pygatewayworker.cluster.pidfile import pid_alive
 from tests.cluster import AppSpec, cli, free_port_block, make_app
 from tests.rc import RC
 from tests.test_browser import browser  # noqa: F401 - the fixture
+from tests.test_ops_e2e import wait_for
 
 TOKEN = "ops-t0ken"
 PUSH_TOKEN = "push-t0ken"
@@ -104,17 +105,6 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     want = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture
