@@ -55,7 +55,7 @@ from pygatewayworker.gateway.protocol import (
     unpack_session,
 )
 from pygatewayworker.gatewayclient.link import GatewayLink
-from pygatewayworker.metrics.histogram import Histogram
+from pygatewayworker.runtime.histogram import Histogram
 
 __all__ = ["Dispatcher", "KINDS"]
 

@@ -70,15 +70,15 @@ class WorkerAPI(GatewayAPI):
             self.rejected_connects += 1
 
     def send_to_current_client(self, message: Message) -> None:
-        """T: send to the client whose event is being handled."""
+        """Send to the client whose event is being handled."""
         self.send_to_client(_current_client_id("send_to_current_client"), message)
 
     def close_current_client(self, message: Message | None = None) -> None:
-        """T: optional last message, then close the current client."""
+        """Optional last message, then close the current client."""
         self.close_client(_current_client_id("close_current_client"), message)
 
     def destroy_current_client(self) -> None:
-        """T: drop the current client at once."""
+        """Drop the current client at once."""
         self.destroy_client(_current_client_id("destroy_current_client"))
 
 

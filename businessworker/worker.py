@@ -12,7 +12,7 @@ How this works
    gateway is linked (or :data:`START_TIMEOUT` has passed; a register that never
    answers fails the start), after ``on_worker_start(worker)`` has run. Events that
    arrive before that are held, then handled. A worker started by a ``reload``
-   (``cluster.reload.REPLACEMENT_ENV`` set) must be linked to *every* listed gateway
+   (``runtime.spec.REPLACEMENT_ENV`` set) must be linked to *every* listed gateway
    by then, or its start fails: the reload then keeps the old worker, which is
    linked where the new one is not.
 2. Client events are run by ``businessworker.dispatch.Dispatcher``: in order per
@@ -56,11 +56,11 @@ from pygatewayworker.businessworker.handle import (
     unbind_process_api,
     use_api,
 )
-from pygatewayworker.cluster.reload import REPLACEMENT_ENV
-from pygatewayworker.cluster.spec import ChildSpec
 from pygatewayworker.gateway.protocol import Cmd, encode
 from pygatewayworker.gatewayclient.link import GatewayLink
 from pygatewayworker.gatewayclient.pool import LinkPool, WatcherFactory
+from pygatewayworker.runtime.service import run_service
+from pygatewayworker.runtime.spec import REPLACEMENT_ENV, ChildSpec
 
 __all__ = ["WorkerProcess", "WorkerInfo", "WorkerBootError", "load_events", "serve"]
 
@@ -77,7 +77,7 @@ FAST_LEAVE_TIMEOUT = 3.0
 it already received (a graceful one waits ``config.drain_timeout``)."""
 STOP_MARGIN = 15.0
 """Seconds a stop may take beyond its drain bound (``on_worker_stop``, closing the
-links); ``stop_limit`` tells ``cluster.child`` the total."""
+links); ``stop_limit`` tells ``runtime.service`` the total."""
 PENDING_SHOWN = 20
 """Clients named in the log line of a stop that drops events."""
 SLOW_CALLBACK = 1.0
@@ -125,7 +125,7 @@ class WorkerInfo:
 
 
 class WorkerProcess:
-    """One business worker (the Service run by ``cluster.child.run_service``).
+    """One business worker (the Service run by ``runtime.service.run_service``).
 
     ``watcher_factory`` replaces the register client (tests, embedding); by default
     gateways are discovered through ``config.registers``.
@@ -155,7 +155,7 @@ class WorkerProcess:
         self._stopping = False
         self._sweeper: asyncio.Task[None] | None = None
         self.stop_limit = config.drain_timeout + STOP_MARGIN
-        """Upper bound of :meth:`stop` (seconds), read by ``cluster.child``."""
+        """Upper bound of :meth:`stop` (seconds), read by ``runtime.service``."""
 
     # ---- Service protocol ----------------------------------------------------------
 
@@ -396,6 +396,4 @@ def _settle(future: asyncio.Future[None], _: object) -> None:
 
 def serve(spec: ChildSpec) -> int:
     """Entry point of a business worker child process."""
-    from pygatewayworker.cluster.child import run_service
-
     return run_service(spec, WorkerProcess(spec.config, spec.index))

@@ -45,6 +45,7 @@ from typing import Any
 from pygatewayworker.businessworker.config import BusinessWorker
 from pygatewayworker.gateway.config import Gateway
 from pygatewayworker.pushapi.config import PushAPI
+from pygatewayworker.pusher.config import PusherAPI
 from pygatewayworker.register.config import Register
 
 __all__ = [
@@ -63,6 +64,7 @@ ROLES: tuple[tuple[str, type], ...] = (
     ("gateway", Gateway),
     ("businessworker", BusinessWorker),
     ("pushapi", PushAPI),
+    ("pusherapi", PusherAPI),
 )
 """Every role, in boot order, with its declaration class."""
 
@@ -71,6 +73,7 @@ DEFAULT_RUNTIMES = {
     "gateway": "pygatewayworker.gateway.server:serve",
     "businessworker": "pygatewayworker.businessworker.worker:serve",
     "pushapi": "pygatewayworker.pushapi.server:serve",
+    "pusherapi": "pygatewayworker.pusher.server:serve",
 }
 
 START_RUN_NAME = "__gatewayworker_start__"
@@ -216,7 +219,7 @@ def _read_start_file(app: str, path: str) -> list[Declaration]:
             continue
         seen.add(id(value))
         value.app = app
-        if role == "businessworker" and value.events.startswith("."):
+        if role in ("businessworker", "pusherapi") and value.events.startswith("."):
             value = _resolve_relative_events(value, app, path)
         runtime = getattr(type(value), "runtime", None) or DEFAULT_RUNTIMES[role]
         out.append(Declaration(app, role, value, path, str(runtime)))

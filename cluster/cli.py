@@ -31,8 +31,8 @@ from click.core import ParameterSource
 
 from pygatewayworker.cluster.apps import AppError, discover, list_start_files
 from pygatewayworker.cluster.daemon import ConsoleReporter, start_daemon
-from pygatewayworker.cluster.logs import LOG_FORMATS
 from pygatewayworker.cluster.master import Master, MasterOptions, Reporter
+from pygatewayworker.cluster.observe import Metrics
 from pygatewayworker.cluster.overrides import (
     OverrideError,
     Overrides,
@@ -49,7 +49,6 @@ from pygatewayworker.cluster.state import (
     default_apps_dir,
     read_json,
     read_stats,
-    rss_bytes,
     write_json_atomic,
 )
 from pygatewayworker.cluster.status import (
@@ -60,8 +59,9 @@ from pygatewayworker.cluster.status import (
     totals,
 )
 from pygatewayworker.gateway.protocol import Cmd
-from pygatewayworker.metrics.config import Metrics
 from pygatewayworker.register.config import ConfigError
+from pygatewayworker.runtime.logs import LOG_FORMATS
+from pygatewayworker.runtime.service import rss_bytes
 
 __all__ = ["main"]
 

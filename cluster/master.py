@@ -35,7 +35,7 @@ How this works
 
 The master imports no user code: declarations come from :mod:`cluster.apps`, and a
 role's runtime is imported only in the forked child. Children cannot become orphans:
-see the watchdog in :mod:`cluster.child`.
+see the watchdog in :mod:`runtime.service`.
 """
 
 from __future__ import annotations
@@ -53,22 +53,22 @@ from typing import Any, Protocol
 
 from pygatewayworker.cluster.apps import AppsPlan, Declaration
 from pygatewayworker.cluster.logs import LineBuffer, LogPipe, LogSink, configure_master_logging
+from pygatewayworker.cluster.observe import RUNTIME as METRICS_RUNTIME
+from pygatewayworker.cluster.observe import Metrics
 from pygatewayworker.cluster.pidfile import AlreadyRunning, PidFile
 from pygatewayworker.cluster.reload import Reloader
 from pygatewayworker.cluster.slots import STABLE_AFTER, Child, Slot, describe_exit, respawn_delay
 from pygatewayworker.cluster.sockets import BindError, bind_slot_sockets
 from pygatewayworker.cluster.spawn import run_child
-from pygatewayworker.cluster.spec import ChildSpec
 from pygatewayworker.cluster.state import RunPaths, write_json_atomic
-from pygatewayworker.metrics.config import RUNTIME as METRICS_RUNTIME
-from pygatewayworker.metrics.config import Metrics
+from pygatewayworker.runtime.spec import ChildSpec
 
 __all__ = ["Master", "MasterOptions", "Reporter", "StartFailed", "BOOT_ORDER", "STOP_ORDER"]
 
 log = logging.getLogger("cluster")
 
-BOOT_ORDER = ("register", "gateway", "businessworker", "pushapi", "metrics")
-STOP_ORDER = ("metrics", "pushapi", "gateway", "businessworker", "register")
+BOOT_ORDER = ("register", "gateway", "businessworker", "pushapi", "pusherapi", "metrics")
+STOP_ORDER = ("metrics", "pushapi", "pusherapi", "gateway", "businessworker", "register")
 """The metrics listener (``--metrics-listen``) starts last and stops first: its
 ``/healthz`` answers only while the whole cluster is up."""
 SIGNAL_NAMES = {
@@ -216,6 +216,8 @@ class Master:
         self.phase = "booting"
         for role in BOOT_ORDER:
             group = [s for s in self.slots if s.role == role]
+            if not group:
+                continue  # a role not run here costs no wait
             for slot in group:
                 slot.current = self._spawn(slot)
             self._wait_ready(group)

@@ -165,13 +165,14 @@ class Setting:
 
 
 GW, BW, REG, PUSH = "gateway", "businessworker", "register", "pushapi"
+PUSHER = "pusherapi"
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("roles", _roles, (), "Roles to start here, e.g. gateway,businessworker."),
     Setting(
         "register",
         _addresses,
-        ((GW, "register"), (BW, "register"), (PUSH, "register")),
+        ((GW, "register"), (BW, "register"), (PUSH, "register"), (PUSHER, "register")),
         "Register address(es) gateways, workers and push APIs use: ip:port[,ip:port...].",
     ),
     Setting("register_listen", _address, ((REG, "listen"),), "Register listen ip:port.", True),
@@ -184,7 +185,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "secret",
         _secret,
-        ((REG, "secret"), (GW, "secret"), (BW, "secret"), (PUSH, "secret")),
+        ((REG, "secret"), (GW, "secret"), (BW, "secret"), (PUSH, "secret"), (PUSHER, "secret")),
         "Secret of internal links (prefer GW_SECRET: options show in ps).",
         sensitive=True,
     ),

@@ -32,14 +32,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pygatewayworker.cluster.slots import Child, Slot
+from pygatewayworker.runtime.spec import REPLACEMENT_ENV
 
-__all__ = ["Reloader", "ChildControl", "ReloadJob", "REPLACEMENT_ENV", "RETIRE_MARGIN"]
+__all__ = ["Reloader", "ChildControl", "ReloadJob", "RETIRE_MARGIN"]
 
 log = logging.getLogger("cluster")
 
-REPLACEMENT_ENV = "GW_RELOAD_REPLACEMENT"
-"""Set to ``"1"`` in the environment of a worker forked by a reload (and only
-there): it must link to every gateway before it reports ready."""
 RETIRE_MARGIN = 20.0
 """Seconds an old worker may take beyond its ``drain_timeout`` (leaving the
 gateways, ``on_worker_stop``, closing) before it is killed."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pygatewayworker.cluster.apps import Declaration
-from pygatewayworker.cluster.spec import ChildSpec, ExitCode
+from pygatewayworker.runtime.spec import ChildSpec, ExitCode
 
 __all__ = [
     "Child",
@@ -129,7 +129,7 @@ class Slot:
             out["events"] = config.events
         elif self.role == "metrics":
             out["url"] = f"http://{out.get('listen', config.listen)}/metrics"
-        elif self.role == "pushapi":
+        elif self.role in ("pushapi", "pusherapi"):
             out.setdefault("listen", config.listen.split("://", 1)[-1])
             out["url"] = f"http://{out['listen']}/"
         return out

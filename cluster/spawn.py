@@ -22,9 +22,9 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
-from pygatewayworker.cluster.logs import configure_child_logging
 from pygatewayworker.cluster.slots import Slot
-from pygatewayworker.cluster.spec import ChildSpec, ExitCode
+from pygatewayworker.runtime.logs import configure_child_logging
+from pygatewayworker.runtime.spec import ChildSpec, ExitCode
 
 __all__ = ["run_child", "import_runtime"]
 

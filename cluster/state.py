@@ -9,7 +9,7 @@
                          addresses, and the last reload's outcome; rewritten
                          atomically whenever something changes
     stats/<name>.json    one snapshot per child, written by the child itself every
-                         second and on SIGUSR2 (cluster.child)
+                         second and on SIGUSR2 (runtime.service)
 
 ``status``, ``stop``, ``reload`` and ``connections`` read these files; the master
 never answers a socket for them, so a busy master cannot block an operator.
@@ -31,10 +31,7 @@ __all__ = [
     "write_json_atomic",
     "read_json",
     "read_stats",
-    "rss_bytes",
 ]
-
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def default_run_dir() -> str:
@@ -113,12 +110,3 @@ def read_stats(stats_dir: str) -> dict[str, dict[str, Any]]:
             if isinstance(data, dict):
                 out[file_name[: -len(".json")]] = data
     return out
-
-
-def rss_bytes(pid: int | str = "self") -> int:
-    """Resident memory of ``pid`` in bytes (0 if unknown)."""
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as fh:
-            return int(fh.read().split()[1]) * _PAGE_SIZE
-    except (OSError, ValueError, IndexError):
-        return 0

@@ -178,6 +178,8 @@ def _where(proc: dict[str, Any]) -> str:
         return f"public {addresses.get('url', '?')}  internal {addresses.get('internal', '?')}"
     if role == "pushapi":
         return f"http push api {addresses.get('url', '?')}"
+    if role == "pusherapi":
+        return f"pusher http api {addresses.get('url', '?')}"
     if role == "metrics":
         return f"metrics {addresses.get('url', '?')}"
     return f"events {addresses.get('events', '?')}"

@@ -40,7 +40,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from pygatewayworker.cluster.spec import ChildSpec
 from pygatewayworker.gateway import wsproto
 from pygatewayworker.gateway.client_id import MAX_CONN_ID
 from pygatewayworker.gateway.commands import Commands, data_frame
@@ -62,6 +61,7 @@ from pygatewayworker.gateway.protocol import Cmd
 from pygatewayworker.gateway.sweeps import HEARTBEAT_SLICES, Sweeps
 from pygatewayworker.register.config import is_loopback, parse_address
 from pygatewayworker.register.discovery import GatewayAnnouncer
+from pygatewayworker.runtime.spec import ChildSpec
 
 __all__ = [
     "GatewayServer",
@@ -457,8 +457,8 @@ class GatewayServer(LinkHandling, Commands, Sweeps):
 
 
 def serve(spec: ChildSpec) -> int:
-    """Entry point of a gateway child process (see ``cluster.spec``)."""
-    from pygatewayworker.cluster.child import run_service
+    """Entry point of a gateway child process (see ``runtime.spec``)."""
+    from pygatewayworker.runtime.service import run_service
 
     server = GatewayServer(
         spec.config, spec.index, spec.sockets.get("public"), spec.sockets.get("internal")

@@ -4,7 +4,9 @@ How this works
 --------------
 :class:`GatewayAPI` works over a mapping ``"ip:port" -> GatewayLink`` that its owner
 (a business worker or a push client) keeps up to date; the API never connects by
-itself. Three cost classes decide where a call goes:
+itself. Its methods are the calls of the table in ``gatewayclient.spec`` (names,
+arguments, kind, cost class; a test holds them to it). Three cost classes decide
+where a call goes:
 
 - **T** (one gateway): the client_id names its gateway (``gateway.client_id``), so
   the packet goes only there. When that gateway is not linked the call raises
@@ -57,11 +59,10 @@ from pygatewayworker.gatewayclient.errors import (
     RemoteError,
 )
 from pygatewayworker.gatewayclient.link import GatewayLink
+from pygatewayworker.gatewayclient.spec import Key, Message
 
 __all__ = ["GatewayAPI", "Message", "Key"]
 
-Message = str | bytes
-Key = str | int
 T = TypeVar("T")
 
 _ALL = ""
@@ -250,7 +251,7 @@ class GatewayAPI:
     # ---- sends (return None) -------------------------------------------------------
 
     def send_to_client(self, client_id: str, message: Message) -> None:
-        """T: send ``message`` to one connection."""
+        """Send ``message`` to one connection."""
         check_message(message)
         self._to_client(Cmd.SEND_TO_CLIENT, client_id, message)
 
@@ -260,7 +261,7 @@ class GatewayAPI:
         client_ids: Iterable[str] | None = None,
         exclude: Iterable[str] | str | None = None,
     ) -> None:
-        """B: send to every client, or only to ``client_ids`` (an empty list sends
+        """Send to every client, or only to ``client_ids`` (an empty list sends
         nothing), minus ``exclude``. Listed ids go only to the gateways holding them;
         ids on a gateway that is not linked are skipped (those clients are gone)."""
         check_message(message)
@@ -288,7 +289,7 @@ class GatewayAPI:
             self.sent += 1
 
     def send_to_uid(self, uid: Key | Iterable[Key], message: Message) -> None:
-        """B: send to every connection bound to the uid (or to any of the uids); only
+        """Send to every connection bound to the uid (or to any of the uids); only
         gateways holding one of them get the packet."""
         uids = check_keys(uid, "uid")
         check_message(message)
@@ -301,7 +302,7 @@ class GatewayAPI:
         message: Message,
         exclude: Iterable[str] | str | None = None,
     ) -> None:
-        """B: send to every member of the group(s) minus ``exclude`` (client_ids);
+        """Send to every member of the group(s) minus ``exclude`` (client_ids);
         only gateways with members get the packet."""
         groups = check_keys(group, "group")
         check_message(message)
@@ -316,17 +317,17 @@ class GatewayAPI:
             )
 
     def close_client(self, client_id: str, message: Message | None = None) -> None:
-        """T: optionally send a last message, then close after flushing (code 1000)."""
+        """Optionally send a last message, then close after flushing (code 1000)."""
         if message is not None:
             check_message(message)
         self._to_client(Cmd.CLOSE_CLIENT, client_id, message)
 
     def destroy_client(self, client_id: str) -> None:
-        """T: drop the connection at once."""
+        """Drop the connection at once."""
         self._to_client(Cmd.DESTROY_CLIENT, client_id)
 
     def bind_uid(self, client_id: str, uid: Key) -> None:
-        """T: bind the connection to ``uid`` (rebinding replaces the previous uid)."""
+        """Bind the connection to ``uid`` (rebinding replaces the previous uid)."""
         key = check_key(uid, "uid")
         link, conn_id = self._link_of(client_id)
         link.send(encode(Cmd.BIND_UID, conn_id, key))
@@ -334,11 +335,11 @@ class GatewayAPI:
         link.note_uid(key)
 
     def unbind_uid(self, client_id: str, uid: Key) -> None:
-        """T: unbind the connection from ``uid`` (only if bound to that uid)."""
+        """Unbind the connection from ``uid`` (only if bound to that uid)."""
         self._to_client(Cmd.UNBIND_UID, client_id, check_key(uid, "uid"))
 
     def join_group(self, client_id: str, group: Key) -> None:
-        """T: add the connection to ``group``."""
+        """Add the connection to ``group``."""
         key = check_key(group, "group")
         link, conn_id = self._link_of(client_id)
         link.send(encode(Cmd.JOIN_GROUP, conn_id, key))
@@ -346,60 +347,60 @@ class GatewayAPI:
         link.note_group(key)
 
     def leave_group(self, client_id: str, group: Key) -> None:
-        """T: remove the connection from ``group`` (an empty group vanishes)."""
+        """Remove the connection from ``group`` (an empty group vanishes)."""
         self._to_client(Cmd.LEAVE_GROUP, client_id, check_key(group, "group"))
 
     def ungroup(self, group: Key) -> None:
-        """B: dissolve ``group`` on every gateway (not only those we know hold it: a
+        """Dissolve ``group`` on every gateway (not only those we know hold it: a
         join another process made a moment ago must not survive the dissolution)."""
         self._broadcast(encode(Cmd.UNGROUP, check_key(group, "group")))
 
     def set_session(self, client_id: str, session: dict[str, Any]) -> None:
-        """T: replace the connection's session."""
+        """Replace the connection's session."""
         packed = pack_session(_check_dict(session, "session"))
         self._to_client(Cmd.SET_SESSION, client_id, packed)
 
     def update_session(self, client_id: str, partial: dict[str, Any]) -> None:
-        """T: merge ``partial`` into the session (recursively, in the gateway)."""
+        """Merge ``partial`` into the session (recursively, in the gateway)."""
         self._to_client(Cmd.UPDATE_SESSION, client_id, _check_dict(partial, "session update"))
 
     # ---- T-class queries -----------------------------------------------------------
 
     async def is_online(self, client_id: str) -> bool:
-        """T: whether the connection exists."""
+        """Whether the connection exists."""
         return await self._ask_one(client_id, Cmd.Q_CLIENT_INFO) is not None
 
     async def get_session(self, client_id: str) -> dict[str, Any] | None:
-        """T: the connection's session (``{}`` if never set), ``None`` when offline."""
+        """The connection's session (``{}`` if never set), ``None`` when offline."""
         info = await self._ask_one(client_id, Cmd.Q_CLIENT_INFO)
         return None if info is None else unpack_session(info.get("session"))
 
     async def get_uid_by_client_id(self, client_id: str) -> str | None:
-        """T: the uid the connection is bound to, ``None`` if unbound or offline."""
+        """The uid the connection is bound to, ``None`` if unbound or offline."""
         info = await self._ask_one(client_id, Cmd.Q_CLIENT_INFO)
         return None if info is None else info.get("uid")
 
     # ---- S-class queries -----------------------------------------------------------
 
     async def is_uid_online(self, uid: Key) -> bool:
-        """S: whether any connection is bound to ``uid``."""
+        """Whether any connection is bound to ``uid``."""
         key = check_key(uid, "uid")
         return await self._ask_all(Cmd.Q_UIDS, ([key],), lambda a: merge.uids_online(a, [key])[key])
 
     async def get_client_id_by_uid(self, uid: Key) -> list[str]:
-        """S: the client_ids bound to ``uid``."""
+        """The client_ids bound to ``uid``."""
         key = check_key(uid, "uid")
         return await self._ask_all(
             Cmd.Q_UIDS, ([key],), lambda a: merge.client_ids_by_uid(a, [key])[key]
         )
 
     async def is_uids_online(self, uids: Iterable[Key]) -> dict[str, bool]:
-        """S: ``{uid: online}`` for many uids in one round trip."""
+        """``{uid: online}`` for many uids in one round trip."""
         keys = check_keys(uids, "uid")
         return await self._ask_all(Cmd.Q_UIDS, (keys,), lambda a: merge.uids_online(a, keys))
 
     async def batch_get_client_id_by_uid(self, uids: Iterable[Key]) -> dict[str, list[str]]:
-        """S: ``{uid: [client_id, ...]}`` for many uids in one round trip."""
+        """``{uid: [client_id, ...]}`` for many uids in one round trip."""
         keys = check_keys(uids, "uid")
         return await self._ask_all(Cmd.Q_UIDS, (keys,), lambda a: merge.client_ids_by_uid(a, keys))
 
@@ -410,81 +411,81 @@ class GatewayAPI:
         return await self._ask_all(Cmd.Q_GROUPS, (groups, what), lambda a: combine(a, [key])[key])
 
     async def get_client_count_by_group(self, group: Key = _ALL) -> int:
-        """S: members of ``group`` (``""``: every client)."""
+        """Members of ``group`` (``""``: every client)."""
         count: int = await self._group_query(group, "count", merge.group_counts)
         return count
 
     async def get_client_sessions_by_group(self, group: Key) -> dict[str, dict[str, Any]]:
-        """S: ``{client_id: session}`` of the members of ``group`` (``""``: all)."""
+        """``{client_id: session}`` of the members of ``group`` (``""``: all)."""
         sessions: dict[str, dict[str, Any]] = await self._group_query(
             group, "sessions", merge.group_sessions
         )
         return sessions
 
     async def get_client_id_list_by_group(self, group: Key) -> list[str]:
-        """S: the client_ids in ``group`` (``""``: all)."""
+        """The client_ids in ``group`` (``""``: all)."""
         ids: list[str] = await self._group_query(group, "ids", merge.group_client_ids)
         return ids
 
     async def get_uid_list_by_group(self, group: Key) -> list[str]:
-        """S: the distinct uids bound to members of ``group`` (``""``: all)."""
+        """The distinct uids bound to members of ``group`` (``""``: all)."""
         uids: list[str] = await self._group_query(group, "uids", merge.group_uids)
         return uids
 
     async def get_uid_count_by_group(self, group: Key) -> int:
-        """S: how many distinct uids are bound to members of ``group``."""
+        """How many distinct uids are bound to members of ``group``."""
         return len(await self.get_uid_list_by_group(group))
 
     async def batch_get_client_count_by_group(self, groups: Iterable[Key]) -> dict[str, int]:
-        """S: ``{group: members}`` for many groups in one round trip."""
+        """``{group: members}`` for many groups in one round trip."""
         keys = check_keys(groups, "group")
         return await self._ask_all(
             Cmd.Q_GROUPS, (keys, "count"), lambda a: merge.group_counts(a, keys)
         )
 
     async def get_all_client_count(self) -> int:
-        """S: every connection of the cluster."""
+        """Every connection of the cluster."""
         return await self.get_client_count_by_group(_ALL)
 
     async def get_all_client_sessions(self) -> dict[str, dict[str, Any]]:
-        """S: ``{client_id: session}`` of every connection."""
+        """``{client_id: session}`` of every connection."""
         return await self.get_client_sessions_by_group(_ALL)
 
     async def get_all_client_id_list(self) -> list[str]:
-        """S: every client_id."""
+        """Every client_id."""
         return await self.get_client_id_list_by_group(_ALL)
 
     async def get_all_uid_list(self) -> list[str]:
-        """S: every bound uid, once."""
+        """Every bound uid, once."""
         return await self._ask_all(Cmd.Q_ALL_UIDS, (), merge.all_uids)
 
     async def get_all_uid_count(self) -> int:
-        """S: how many distinct uids are bound."""
+        """How many distinct uids are bound."""
         return len(await self.get_all_uid_list())
 
     async def get_all_group_id_list(self) -> list[str]:
-        """S: every non-empty group."""
+        """Every non-empty group."""
         return list(await self._ask_all(Cmd.Q_ALL_GROUPS, ("count",), merge.group_counts))
 
     async def get_all_group_count(self) -> int:
-        """S: how many non-empty groups exist."""
+        """How many non-empty groups exist."""
         return len(await self.get_all_group_id_list())
 
     async def get_all_group_uid_list(self) -> dict[str, list[str]]:
-        """S: ``{group: [uid, ...]}`` for every non-empty group."""
+        """``{group: [uid, ...]}`` for every non-empty group."""
         return await self._ask_all(Cmd.Q_ALL_GROUPS, ("uids",), merge.group_uids)
 
     async def get_all_group_client_id_list(self) -> dict[str, list[str]]:
-        """S: ``{group: [client_id, ...]}`` for every non-empty group."""
+        """``{group: [client_id, ...]}`` for every non-empty group."""
         return await self._ask_all(Cmd.Q_ALL_GROUPS, ("ids",), merge.group_client_ids)
 
     # ---- operator queries ----------------------------------------------------------
 
     async def get_connections(self) -> list[dict[str, Any]]:
-        """S: one dict per connection of the cluster (``Q_CONNECTIONS``), each with a
+        """One dict per connection of the cluster (``Q_CONNECTIONS``), each with a
         ``"gateway"`` key naming its gateway."""
         return await self._ask_all(Cmd.Q_CONNECTIONS, (), merge.tagged_rows)
 
     async def get_gateway_stats(self) -> dict[str, dict[str, Any]]:
-        """S: ``{gateway address: counters}`` (``Q_STATS``)."""
+        """``{gateway address: counters}`` (``Q_STATS``)."""
         return await self._ask_all(Cmd.Q_STATS, (), merge.tagged)

@@ -134,7 +134,7 @@ class AsyncGatewayClient:
     # ---- sends ---------------------------------------------------------------------
 
     async def send_to_client(self, client_id: str, message: Message) -> None:
-        """T: send to one connection."""
+        """Send to one connection."""
         (await self._ready()).send_to_client(client_id, message)
         await self._sent()
 
@@ -144,12 +144,12 @@ class AsyncGatewayClient:
         client_ids: Iterable[str] | None = None,
         exclude: Iterable[str] | str | None = None,
     ) -> None:
-        """B: send to everyone, or only ``client_ids`` (``[]`` sends nothing)."""
+        """Send to everyone, or only ``client_ids`` (``[]`` sends nothing)."""
         (await self._ready()).send_to_all(message, client_ids, exclude)
         await self._sent()
 
     async def send_to_uid(self, uid: Key | Iterable[Key], message: Message) -> None:
-        """B: send to every connection bound to the uid(s)."""
+        """Send to every connection bound to the uid(s)."""
         (await self._ready()).send_to_uid(uid, message)
         await self._sent()
 
@@ -159,141 +159,141 @@ class AsyncGatewayClient:
         message: Message,
         exclude: Iterable[str] | str | None = None,
     ) -> None:
-        """B: send to every member of the group(s) minus ``exclude``."""
+        """Send to every member of the group(s) minus ``exclude``."""
         (await self._ready()).send_to_group(group, message, exclude)
         await self._sent()
 
     async def close_client(self, client_id: str, message: Message | None = None) -> None:
-        """T: optional last message, then close after flushing."""
+        """Optional last message, then close after flushing."""
         (await self._ready()).close_client(client_id, message)
         await self._sent()
 
     async def destroy_client(self, client_id: str) -> None:
-        """T: close the connection at once."""
+        """Close the connection at once."""
         (await self._ready()).destroy_client(client_id)
 
     async def bind_uid(self, client_id: str, uid: Key) -> None:
-        """T: bind the connection to ``uid``."""
+        """Bind the connection to ``uid``."""
         (await self._ready()).bind_uid(client_id, uid)
 
     async def unbind_uid(self, client_id: str, uid: Key) -> None:
-        """T: unbind the connection from ``uid``."""
+        """Unbind the connection from ``uid``."""
         (await self._ready()).unbind_uid(client_id, uid)
 
     async def join_group(self, client_id: str, group: Key) -> None:
-        """T: add the connection to ``group``."""
+        """Add the connection to ``group``."""
         (await self._ready()).join_group(client_id, group)
 
     async def leave_group(self, client_id: str, group: Key) -> None:
-        """T: remove the connection from ``group``."""
+        """Remove the connection from ``group``."""
         (await self._ready()).leave_group(client_id, group)
 
     async def ungroup(self, group: Key) -> None:
-        """B: dissolve ``group``."""
+        """Dissolve ``group``."""
         (await self._ready()).ungroup(group)
 
     async def set_session(self, client_id: str, session: dict[str, Any]) -> None:
-        """T: replace the connection's session."""
+        """Replace the connection's session."""
         (await self._ready()).set_session(client_id, session)
 
     async def update_session(self, client_id: str, partial: dict[str, Any]) -> None:
-        """T: merge ``partial`` into the connection's session."""
+        """Merge ``partial`` into the connection's session."""
         (await self._ready()).update_session(client_id, partial)
 
     # ---- queries -------------------------------------------------------------------
 
     async def is_online(self, client_id: str) -> bool:
-        """T: whether the connection exists."""
+        """Whether the connection exists."""
         return await (await self._ready()).is_online(client_id)
 
     async def get_session(self, client_id: str) -> dict[str, Any] | None:
-        """T: the session, ``None`` when offline."""
+        """The session, ``None`` when offline."""
         return await (await self._ready()).get_session(client_id)
 
     async def get_uid_by_client_id(self, client_id: str) -> str | None:
-        """T: the bound uid or ``None``."""
+        """The bound uid or ``None``."""
         return await (await self._ready()).get_uid_by_client_id(client_id)
 
     async def is_uid_online(self, uid: Key) -> bool:
-        """S: whether a connection is bound to ``uid``."""
+        """Whether a connection is bound to ``uid``."""
         return await (await self._ready()).is_uid_online(uid)
 
     async def get_client_id_by_uid(self, uid: Key) -> list[str]:
-        """S: the client_ids bound to ``uid``."""
+        """The client_ids bound to ``uid``."""
         return await (await self._ready()).get_client_id_by_uid(uid)
 
     async def get_client_count_by_group(self, group: Key = "") -> int:
-        """S: members of ``group`` (``""``: all clients)."""
+        """Members of ``group`` (``""``: all clients)."""
         return await (await self._ready()).get_client_count_by_group(group)
 
     async def get_client_sessions_by_group(self, group: Key) -> dict[str, dict[str, Any]]:
-        """S: ``{client_id: session}`` of ``group``."""
+        """``{client_id: session}`` of ``group``."""
         return await (await self._ready()).get_client_sessions_by_group(group)
 
     async def get_client_id_list_by_group(self, group: Key) -> list[str]:
-        """S: the client_ids of ``group``."""
+        """The client_ids of ``group``."""
         return await (await self._ready()).get_client_id_list_by_group(group)
 
     async def get_uid_list_by_group(self, group: Key) -> list[str]:
-        """S: the distinct uids of ``group``."""
+        """The distinct uids of ``group``."""
         return await (await self._ready()).get_uid_list_by_group(group)
 
     async def get_uid_count_by_group(self, group: Key) -> int:
-        """S: how many distinct uids ``group`` has."""
+        """How many distinct uids ``group`` has."""
         return await (await self._ready()).get_uid_count_by_group(group)
 
     async def get_all_client_count(self) -> int:
-        """S: every connection."""
+        """Every connection."""
         return await (await self._ready()).get_all_client_count()
 
     async def get_all_client_sessions(self) -> dict[str, dict[str, Any]]:
-        """S: every session by client_id."""
+        """Every session by client_id."""
         return await (await self._ready()).get_all_client_sessions()
 
     async def get_all_client_id_list(self) -> list[str]:
-        """S: every client_id."""
+        """Every client_id."""
         return await (await self._ready()).get_all_client_id_list()
 
     async def get_all_uid_list(self) -> list[str]:
-        """S: every bound uid."""
+        """Every bound uid."""
         return await (await self._ready()).get_all_uid_list()
 
     async def get_all_uid_count(self) -> int:
-        """S: how many uids are bound."""
+        """How many uids are bound."""
         return await (await self._ready()).get_all_uid_count()
 
     async def get_all_group_id_list(self) -> list[str]:
-        """S: every non-empty group."""
+        """Every non-empty group."""
         return await (await self._ready()).get_all_group_id_list()
 
     async def get_all_group_count(self) -> int:
-        """S: how many non-empty groups exist."""
+        """How many non-empty groups exist."""
         return await (await self._ready()).get_all_group_count()
 
     async def get_all_group_uid_list(self) -> dict[str, list[str]]:
-        """S: ``{group: [uid, ...]}``."""
+        """``{group: [uid, ...]}``."""
         return await (await self._ready()).get_all_group_uid_list()
 
     async def get_all_group_client_id_list(self) -> dict[str, list[str]]:
-        """S: ``{group: [client_id, ...]}``."""
+        """``{group: [client_id, ...]}``."""
         return await (await self._ready()).get_all_group_client_id_list()
 
     async def is_uids_online(self, uids: Iterable[Key]) -> dict[str, bool]:
-        """S: ``{uid: online}``."""
+        """``{uid: online}``."""
         return await (await self._ready()).is_uids_online(uids)
 
     async def batch_get_client_id_by_uid(self, uids: Iterable[Key]) -> dict[str, list[str]]:
-        """S: ``{uid: [client_id, ...]}``."""
+        """``{uid: [client_id, ...]}``."""
         return await (await self._ready()).batch_get_client_id_by_uid(uids)
 
     async def batch_get_client_count_by_group(self, groups: Iterable[Key]) -> dict[str, int]:
-        """S: ``{group: members}``."""
+        """``{group: members}``."""
         return await (await self._ready()).batch_get_client_count_by_group(groups)
 
     async def get_connections(self) -> list[dict[str, Any]]:
-        """S: every connection, one dict each (operators)."""
+        """Every connection, one dict each (operators)."""
         return await (await self._ready()).get_connections()
 
     async def get_gateway_stats(self) -> dict[str, dict[str, Any]]:
-        """S: ``{gateway: counters}`` (operators)."""
+        """``{gateway: counters}`` (operators)."""
         return await (await self._ready()).get_gateway_stats()

@@ -179,13 +179,6 @@ class GatewayLink(asyncio.Protocol):
         """True while the transport's buffer is above its high-water mark."""
         return self._paused
 
-    @property
-    def write_buffer_size(self) -> int:
-        """Bytes written but not yet handed to the kernel (ours plus the transport's)."""
-        transport = self._transport
-        size = transport.get_write_buffer_size() if transport is not None else 0
-        return size + self._out_bytes
-
     def client_id(self, conn_id: int) -> str:
         """The client_id of connection ``conn_id`` on this gateway (after ``WELCOME``).
 

@@ -165,7 +165,7 @@ class GatewayClient:
     # ---- sends ---------------------------------------------------------------------
 
     def send_to_client(self, client_id: str, message: Message) -> None:
-        """T: send to one connection."""
+        """Send to one connection."""
         self._call(AsyncGatewayClient.send_to_client, client_id, message)
 
     def send_to_all(
@@ -174,11 +174,11 @@ class GatewayClient:
         client_ids: Iterable[str] | None = None,
         exclude: Iterable[str] | str | None = None,
     ) -> None:
-        """B: send to everyone, or only ``client_ids`` (``[]`` sends nothing)."""
+        """Send to everyone, or only ``client_ids`` (``[]`` sends nothing)."""
         self._call(AsyncGatewayClient.send_to_all, message, client_ids, exclude)
 
     def send_to_uid(self, uid: Key | Iterable[Key], message: Message) -> None:
-        """B: send to every connection bound to the uid(s)."""
+        """Send to every connection bound to the uid(s)."""
         self._call(AsyncGatewayClient.send_to_uid, uid, message)
 
     def send_to_group(
@@ -187,139 +187,139 @@ class GatewayClient:
         message: Message,
         exclude: Iterable[str] | str | None = None,
     ) -> None:
-        """B: send to every member of the group(s) minus ``exclude``."""
+        """Send to every member of the group(s) minus ``exclude``."""
         self._call(AsyncGatewayClient.send_to_group, group, message, exclude)
 
     def close_client(self, client_id: str, message: Message | None = None) -> None:
-        """T: optional last message, then close after flushing."""
+        """Optional last message, then close after flushing."""
         self._call(AsyncGatewayClient.close_client, client_id, message)
 
     def destroy_client(self, client_id: str) -> None:
-        """T: close the connection at once."""
+        """Close the connection at once."""
         self._call(AsyncGatewayClient.destroy_client, client_id)
 
     def bind_uid(self, client_id: str, uid: Key) -> None:
-        """T: bind the connection to ``uid``."""
+        """Bind the connection to ``uid``."""
         self._call(AsyncGatewayClient.bind_uid, client_id, uid)
 
     def unbind_uid(self, client_id: str, uid: Key) -> None:
-        """T: unbind the connection from ``uid``."""
+        """Unbind the connection from ``uid``."""
         self._call(AsyncGatewayClient.unbind_uid, client_id, uid)
 
     def join_group(self, client_id: str, group: Key) -> None:
-        """T: add the connection to ``group``."""
+        """Add the connection to ``group``."""
         self._call(AsyncGatewayClient.join_group, client_id, group)
 
     def leave_group(self, client_id: str, group: Key) -> None:
-        """T: remove the connection from ``group``."""
+        """Remove the connection from ``group``."""
         self._call(AsyncGatewayClient.leave_group, client_id, group)
 
     def ungroup(self, group: Key) -> None:
-        """B: dissolve ``group``."""
+        """Dissolve ``group``."""
         self._call(AsyncGatewayClient.ungroup, group)
 
     def set_session(self, client_id: str, session: dict[str, Any]) -> None:
-        """T: replace the connection's session."""
+        """Replace the connection's session."""
         self._call(AsyncGatewayClient.set_session, client_id, session)
 
     def update_session(self, client_id: str, partial: dict[str, Any]) -> None:
-        """T: merge ``partial`` into the connection's session."""
+        """Merge ``partial`` into the connection's session."""
         self._call(AsyncGatewayClient.update_session, client_id, partial)
 
     # ---- queries -------------------------------------------------------------------
 
     def is_online(self, client_id: str) -> bool:
-        """T: whether the connection exists."""
+        """Whether the connection exists."""
         return self._call(AsyncGatewayClient.is_online, client_id)
 
     def get_session(self, client_id: str) -> dict[str, Any] | None:
-        """T: the session, ``None`` when offline."""
+        """The session, ``None`` when offline."""
         return self._call(AsyncGatewayClient.get_session, client_id)
 
     def get_uid_by_client_id(self, client_id: str) -> str | None:
-        """T: the bound uid or ``None``."""
+        """The bound uid or ``None``."""
         return self._call(AsyncGatewayClient.get_uid_by_client_id, client_id)
 
     def is_uid_online(self, uid: Key) -> bool:
-        """S: whether a connection is bound to ``uid``."""
+        """Whether a connection is bound to ``uid``."""
         return self._call(AsyncGatewayClient.is_uid_online, uid)
 
     def get_client_id_by_uid(self, uid: Key) -> list[str]:
-        """S: the client_ids bound to ``uid``."""
+        """The client_ids bound to ``uid``."""
         return self._call(AsyncGatewayClient.get_client_id_by_uid, uid)
 
     def get_client_count_by_group(self, group: Key = "") -> int:
-        """S: members of ``group`` (``""``: all clients)."""
+        """Members of ``group`` (``""``: all clients)."""
         return self._call(AsyncGatewayClient.get_client_count_by_group, group)
 
     def get_client_sessions_by_group(self, group: Key) -> dict[str, dict[str, Any]]:
-        """S: ``{client_id: session}`` of ``group``."""
+        """``{client_id: session}`` of ``group``."""
         return self._call(AsyncGatewayClient.get_client_sessions_by_group, group)
 
     def get_client_id_list_by_group(self, group: Key) -> list[str]:
-        """S: the client_ids of ``group``."""
+        """The client_ids of ``group``."""
         return self._call(AsyncGatewayClient.get_client_id_list_by_group, group)
 
     def get_uid_list_by_group(self, group: Key) -> list[str]:
-        """S: the distinct uids of ``group``."""
+        """The distinct uids of ``group``."""
         return self._call(AsyncGatewayClient.get_uid_list_by_group, group)
 
     def get_uid_count_by_group(self, group: Key) -> int:
-        """S: how many distinct uids ``group`` has."""
+        """How many distinct uids ``group`` has."""
         return self._call(AsyncGatewayClient.get_uid_count_by_group, group)
 
     def get_all_client_count(self) -> int:
-        """S: every connection."""
+        """Every connection."""
         return self._call(AsyncGatewayClient.get_all_client_count)
 
     def get_all_client_sessions(self) -> dict[str, dict[str, Any]]:
-        """S: every session by client_id."""
+        """Every session by client_id."""
         return self._call(AsyncGatewayClient.get_all_client_sessions)
 
     def get_all_client_id_list(self) -> list[str]:
-        """S: every client_id."""
+        """Every client_id."""
         return self._call(AsyncGatewayClient.get_all_client_id_list)
 
     def get_all_uid_list(self) -> list[str]:
-        """S: every bound uid."""
+        """Every bound uid."""
         return self._call(AsyncGatewayClient.get_all_uid_list)
 
     def get_all_uid_count(self) -> int:
-        """S: how many uids are bound."""
+        """How many uids are bound."""
         return self._call(AsyncGatewayClient.get_all_uid_count)
 
     def get_all_group_id_list(self) -> list[str]:
-        """S: every non-empty group."""
+        """Every non-empty group."""
         return self._call(AsyncGatewayClient.get_all_group_id_list)
 
     def get_all_group_count(self) -> int:
-        """S: how many non-empty groups exist."""
+        """How many non-empty groups exist."""
         return self._call(AsyncGatewayClient.get_all_group_count)
 
     def get_all_group_uid_list(self) -> dict[str, list[str]]:
-        """S: ``{group: [uid, ...]}``."""
+        """``{group: [uid, ...]}``."""
         return self._call(AsyncGatewayClient.get_all_group_uid_list)
 
     def get_all_group_client_id_list(self) -> dict[str, list[str]]:
-        """S: ``{group: [client_id, ...]}``."""
+        """``{group: [client_id, ...]}``."""
         return self._call(AsyncGatewayClient.get_all_group_client_id_list)
 
     def is_uids_online(self, uids: Iterable[Key]) -> dict[str, bool]:
-        """S: ``{uid: online}``."""
+        """``{uid: online}``."""
         return self._call(AsyncGatewayClient.is_uids_online, uids)
 
     def batch_get_client_id_by_uid(self, uids: Iterable[Key]) -> dict[str, list[str]]:
-        """S: ``{uid: [client_id, ...]}``."""
+        """``{uid: [client_id, ...]}``."""
         return self._call(AsyncGatewayClient.batch_get_client_id_by_uid, uids)
 
     def batch_get_client_count_by_group(self, groups: Iterable[Key]) -> dict[str, int]:
-        """S: ``{group: members}``."""
+        """``{group: members}``."""
         return self._call(AsyncGatewayClient.batch_get_client_count_by_group, groups)
 
     def get_connections(self) -> list[dict[str, Any]]:
-        """S: every connection, one dict each (operators)."""
+        """Every connection, one dict each (operators)."""
         return self._call(AsyncGatewayClient.get_connections)
 
     def get_gateway_stats(self) -> dict[str, dict[str, Any]]:
-        """S: ``{gateway: counters}`` (operators)."""
+        """``{gateway: counters}`` (operators)."""
         return self._call(AsyncGatewayClient.get_gateway_stats)

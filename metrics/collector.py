@@ -52,7 +52,7 @@ class Spec:
 
     ``label``: the key holds a dict ``{value: number}`` and ``label`` names its keys;
     ``nested``: a dict of dicts (``{verb: {status: n}}``), labels ``label`` and
-    ``nested``; ``histogram``: a :mod:`metrics.histogram` snapshot."""
+    ``nested``; ``histogram``: a :mod:`runtime.histogram` snapshot."""
 
     role: str
     key: str

@@ -45,13 +45,14 @@ import h11
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from pygatewayworker.cluster.observe import Metrics
 from pygatewayworker.cluster.state import RunPaths
 from pygatewayworker.metrics.collector import ClusterCollector
-from pygatewayworker.metrics.config import Metrics
 from pygatewayworker.metrics.health import healthy, ready
 from pygatewayworker.metrics.ops import History, ops_data, page_html
 from pygatewayworker.metrics.view import ClusterView
 from pygatewayworker.register.config import parse_address
+from pygatewayworker.runtime.service import run_service
 
 __all__ = ["MetricsServer", "Request", "Response", "serve", "COOKIE"]
 
@@ -347,7 +348,5 @@ def _encode(conn: h11.Connection, method: str, response: Response) -> bytes:
 
 def serve(spec: Any) -> int:
     """Child entry point (``cluster``): run the metrics listener until told to stop."""
-    from pygatewayworker.cluster.child import run_service
-
     server = MetricsServer(spec.config, spec.run_dir, spec.master_pid, spec.sockets.get("listen"))
     return int(run_service(spec, server))

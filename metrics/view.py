@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pygatewayworker.cluster.state import RunPaths, read_json, read_stats, rss_bytes
+from pygatewayworker.cluster.state import RunPaths, read_json, read_stats
+from pygatewayworker.runtime.service import rss_bytes
 
 __all__ = ["ClusterView", "process_labels", "MASTER_LABELS"]
 

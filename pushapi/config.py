@@ -23,7 +23,7 @@ class PushAPI:
     (``SO_REUSEPORT``). ``timeout``: seconds for discovery, links and each query.
     ``max_body``: larger request bodies are refused with 413. ``idle_timeout``: a
     connection that does not complete its next request within this many seconds is
-    closed.
+    closed (answered 408 when part of a request had come).
     """
 
     listen: str = "127.0.0.1:7373"

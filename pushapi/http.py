@@ -1,24 +1,57 @@
-"""A small, strict HTTP/1.1 request parser and response encoder (pure: no I/O).
+"""HTTP/1.1 for the push API, on h11 (pure: bytes in, bytes out, no I/O).
 
 How this works
 --------------
-The push API needs only a sliver of HTTP: one request line, headers, a body of
-``Content-Length`` bytes, keep-alive, ``Expect: 100-continue`` (curl sends it for
-bodies over 1 KiB) and JSON answers. :func:`parse_head` turns the bytes of a request
-head (up to and including the blank line) into a :class:`Request` or raises
-:class:`HttpError` carrying the status to answer (the peer sent garbage);
-:func:`encode_response` builds the bytes of an answer. Chunked request bodies are
-refused with 501 (every usual client sends ``Content-Length`` for a JSON string).
+h11 parses and frames HTTP/1.1: request line and headers, ``Content-Length`` bodies,
+keep-alive, pipelined requests, ``Expect: 100-continue``, and the refusal of
+malformed input. :class:`HttpConnection` wraps one h11 server connection with what
+the push API adds on top. Its caller (``pushapi.server``) does the I/O:
+
+1. :meth:`~HttpConnection.receive_data` takes the bytes read from the socket
+   (``b""`` at end of file);
+2. :meth:`~HttpConnection.next_request` returns the next request head once it is
+   complete (``None``: more bytes are needed) as a :class:`Request`, after the checks
+   no route can pass: HTTP/1.0 or 1.1 only (505), a target starting with ``/``, one
+   ``Authorization`` header, a head of at most ``max_head`` bytes (431), no chunked
+   body (501: every usual client sends ``Content-Length`` for a JSON object);
+3. the caller checks the head (method, origin, token, content type, size) before it
+   waits for a byte of the body, then sends what :meth:`~HttpConnection.accept`
+   returns (``100 Continue`` when the client waits for it) and collects the body
+   with :meth:`~HttpConnection.next_body` (``None`` until all of it is there);
+4. :meth:`~HttpConnection.respond_json` encodes the answer and readies the next
+   request, which may already be buffered (pipelining); :attr:`~HttpConnection.
+   must_close` says when the connection ends instead (``Connection: close``,
+   HTTP/1.0).
+
+Two kinds of error, as in h11: :class:`HttpError` means the peer sent something we
+refuse; it carries the status to answer (:meth:`~HttpConnection.refuse` encodes that
+answer, after which the connection closes). :class:`PeerClosed` means the peer
+closed the connection, between requests or in the middle of one. A misuse of this
+class (answering twice) raises h11's ``LocalProtocolError``: a bug, not the peer's
+doing.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["HttpError", "Request", "parse_head", "encode_response", "json_response", "REASONS"]
+import h11
+
+__all__ = [
+    "HttpConnection",
+    "HttpError",
+    "MAX_HEAD",
+    "PeerClosed",
+    "REASONS",
+    "Request",
+    "encode_json",
+]
+
+MAX_HEAD = 16 * 1024
+"""Bytes a request head may take (request line and headers)."""
 
 REASONS = {
     100: "Continue",
@@ -28,6 +61,7 @@ REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     411: "Length Required",
     413: "Content Too Large",
     415: "Unsupported Media Type",
@@ -40,42 +74,43 @@ REASONS = {
     505: "HTTP Version Not Supported",
 }
 
-_TOKEN_CHARS = frozenset(
-    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
+Headers = tuple[tuple[str, str], ...]
 
 
 class HttpError(Exception):
     """The request cannot be served; answer ``status`` with ``message`` and close."""
 
-    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()):
+    def __init__(self, status: int, message: str, headers: Headers = ()) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers
 
 
+class PeerClosed(Exception):
+    """The peer closed its side; ``partial``: in the middle of a request."""
+
+    def __init__(self, partial: bool) -> None:
+        super().__init__("closed in the middle of a request" if partial else "closed")
+        self.partial = partial
+
+
 @dataclass(slots=True)
 class Request:
-    """A parsed request head; header names are lower-case."""
+    """A request head. Header names are lower-case; the values of a repeated header
+    are joined with ``", "``."""
 
     method: str
     target: str
     version: str
-    headers: dict[str, str] = field(default_factory=dict)
+    """``"HTTP/1.1"`` or ``"HTTP/1.0"``."""
+    headers: dict[str, str]
+    content_length: int
 
     @property
     def path(self) -> str:
         """The target without its query string."""
         return self.target.partition("?")[0]
-
-    @property
-    def keep_alive(self) -> bool:
-        """HTTP/1.1 keeps the connection unless told otherwise; 1.0 only if asked."""
-        tokens = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
-        if self.version == "HTTP/1.1":
-            return "close" not in tokens
-        return "keep-alive" in tokens
 
     @property
     def media_type(self) -> str:
@@ -84,76 +119,164 @@ class Request:
 
     @property
     def expects_continue(self) -> bool:
-        """The client waits for ``100 Continue`` before sending its body."""
+        """The client waits for ``100 Continue`` before it sends its body."""
         return self.headers.get("expect", "").lower() == "100-continue"
 
-    def content_length(self) -> int:
-        """The body's length (0 when absent); :class:`HttpError` when unusable."""
-        if "transfer-encoding" in self.headers:
+
+class HttpConnection:
+    """One server-side HTTP/1.1 connection (see the module docstring)."""
+
+    __slots__ = ("_h11", "_max_head", "_body", "_eof", "_starved")
+
+    def __init__(self, max_head: int = MAX_HEAD) -> None:
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
+        self._max_head = max_head
+        self._body = bytearray()
+        self._eof = False
+        self._starved = False
+        """h11 asked for more bytes and has not been given any since."""
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the peer; ``b""`` when it closed its side."""
+        if not data:
+            self._eof = True
+        else:
+            self._starved = False
+        self._h11.receive_data(data)
+
+    @property
+    def partial(self) -> bool:
+        """Part of a request has arrived, not all of it."""
+        return self._h11.their_state is h11.SEND_BODY or bool(self._h11.trailing_data[0])
+
+    @property
+    def must_close(self) -> bool:
+        """The connection cannot carry another request (after :meth:`respond`)."""
+        return self._h11.our_state is not h11.IDLE
+
+    def next_request(self) -> Request | None:
+        """The next request head, or ``None`` while it is incomplete."""
+        event = self._next_event()
+        if event is h11.NEED_DATA:
+            return None
+        if isinstance(event, h11.ConnectionClosed):
+            raise PeerClosed(partial=False)
+        if not isinstance(event, h11.Request):  # pragma: no cover - h11 guarantees it
+            raise HttpError(400, f"unexpected {type(event).__name__} before a request")
+        self._body.clear()
+        return self._head(event)
+
+    def accept(self, request: Request) -> bytes:
+        """What to send before reading the body: ``100 Continue`` when awaited."""
+        if request.content_length and self._h11.they_are_waiting_for_100_continue:
+            return self._h11.send(
+                h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+            )
+        return b""
+
+    def next_body(self) -> bytes | None:
+        """The whole body of the current request, or ``None`` while it is arriving."""
+        while True:
+            event = self._next_event()
+            if event is h11.NEED_DATA:
+                return None
+            if isinstance(event, h11.Data):
+                self._body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return bytes(self._body)
+
+    def respond_json(self, status: int, document: Any, headers: Headers = ()) -> bytes:
+        """A complete JSON response; raises ``TypeError``/``ValueError`` (before
+        anything is sent) when ``document`` cannot be encoded."""
+        return self.respond(status, encode_json(document), headers)
+
+    def respond(
+        self,
+        status: int,
+        body: bytes,
+        headers: Headers = (),
+        *,
+        close: bool = False,
+        content_type: str = "application/json",
+    ) -> bytes:
+        """A complete response; afterwards the connection is ready for the next
+        request unless :attr:`must_close`."""
+        fields = [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            *headers,
+        ]
+        if close:
+            fields.append(("Connection", "close"))
+        reason = REASONS.get(status, "Unknown").encode("ascii")
+        events: list[h11.Response | h11.Data | h11.EndOfMessage] = [
+            h11.Response(status_code=status, headers=fields, reason=reason)
+        ]
+        if body:
+            events.append(h11.Data(data=body))
+        events.append(h11.EndOfMessage())
+        out = b"".join(self._h11.send(event) or b"" for event in events)
+        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
+            self._h11.start_next_cycle()
+        return out
+
+    def refuse(self, error: HttpError) -> bytes:
+        """The answer to ``error``, closing the connection (``b""`` when a response
+        is already under way and nothing more can be said)."""
+        if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return b""
+        document = {"ok": False, "error": error.message}
+        return self.respond(error.status, encode_json(document), error.headers, close=True)
+
+    # ---- internals ------------------------------------------------------------------
+
+    def _next_event(self) -> Any:
+        try:
+            event = self._h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            if self._eof and self._starved:
+                raise PeerClosed(partial=True) from None
+            status = exc.error_status_hint
+            if status == 431:
+                raise HttpError(431, f"request head over {self._max_head} bytes") from None
+            raise HttpError(status, f"malformed request: {exc}") from None
+        if event is h11.NEED_DATA:
+            self._starved = True
+        return event
+
+    def _head(self, event: h11.Request) -> Request:
+        version = "HTTP/" + event.http_version.decode("ascii")
+        if version not in ("HTTP/1.1", "HTTP/1.0"):
+            raise HttpError(505, f"unsupported protocol {version[:20]!r}: use HTTP/1.1")
+        target = event.target.decode("latin-1")
+        if not target.startswith("/"):
+            raise HttpError(400, f"request target must start with '/', got {target[:80]!r}")
+        headers: dict[str, str] = {}
+        size = len(event.method) + len(event.target) + 12
+        for raw_name, raw_value in event.headers:
+            name, value = raw_name.decode("ascii"), raw_value.decode("latin-1")
+            size += len(name) + len(value) + 4
+            if name in headers:
+                if name == "authorization":
+                    raise HttpError(400, "duplicate Authorization header")
+                value = f"{headers[name]}, {value}"
+            headers[name] = value
+        if size > self._max_head:
+            raise HttpError(431, f"request head over {self._max_head} bytes")
+        if "transfer-encoding" in headers:
             raise HttpError(501, "chunked request bodies are not supported: send Content-Length")
-        text = self.headers.get("content-length", "0").strip()
-        if not text.isdigit() or len(text) > 18:
-            raise HttpError(400, f"invalid Content-Length {text[:40]!r}")
-        return int(text)
+        return Request(
+            event.method.decode("ascii"),
+            target,
+            version,
+            headers,
+            int(headers.get("content-length", "0")),
+        )
 
 
-def parse_head(data: bytes) -> Request:
-    """Parse a request head ending with ``\\r\\n\\r\\n``."""
-    try:
-        text = data.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
-        raise HttpError(400, "undecodable request head") from None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[0] or not set(parts[0]) <= _TOKEN_CHARS:
-        raise HttpError(400, f"malformed request line {lines[0][:80]!r}")
-    method, target, version = parts
-    if version not in ("HTTP/1.1", "HTTP/1.0"):
-        raise HttpError(505, f"unsupported protocol {version[:20]!r}: use HTTP/1.1")
-    if not target.startswith("/"):
-        raise HttpError(400, f"request target must start with '/', got {target[:80]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or not set(name) <= _TOKEN_CHARS:
-            raise HttpError(400, f"malformed header line {line[:80]!r}")
-        key = name.lower()
-        if key in headers and key in ("content-length", "authorization", "transfer-encoding"):
-            raise HttpError(400, f"duplicate {name} header")
-        headers[key] = value.strip()
-    return Request(method, target, version, headers)
-
-
-def encode_response(
-    status: int,
-    body: bytes = b"",
-    *,
-    keep_alive: bool = True,
-    content_type: str = "application/json",
-    headers: tuple[tuple[str, str], ...] = (),
-) -> bytes:
-    """The bytes of a complete response."""
-    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}"]
-    if status >= 200:
-        lines.append(f"Content-Type: {content_type}")
-        lines.append(f"Content-Length: {len(body)}")
-        lines.append("Connection: " + ("keep-alive" if keep_alive else "close"))
-    lines.extend(f"{name}: {value}" for name, value in headers)
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def json_response(
-    status: int,
-    document: Any,
-    *,
-    keep_alive: bool = True,
-    headers: tuple[tuple[str, str], ...] = (),
-) -> bytes:
-    """A response whose body is ``document`` as JSON (bytes become base64 text)."""
-    body = json.dumps(document, default=_jsonable, ensure_ascii=False).encode()
-    return encode_response(status, body + b"\n", keep_alive=keep_alive, headers=headers)
+def encode_json(document: Any) -> bytes:
+    """``document`` as a JSON line (bytes become base64 text)."""
+    return json.dumps(document, default=_jsonable, ensure_ascii=False).encode() + b"\n"
 
 
 def _jsonable(value: Any) -> Any:

@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "LinkClosed": "pygatewayworker.gatewayclient.errors",
     "LinkError": "pygatewayworker.gatewayclient.errors",
     "InvalidClientId": "pygatewayworker.gateway.client_id",
+    "decode_client_id": "pygatewayworker.gateway.client_id",
 }
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "__version__",
     "api",
     "context",
+    "decode_client_id",
 ]
 
 if TYPE_CHECKING:
@@ -69,7 +71,7 @@ if TYPE_CHECKING:
     from pygatewayworker.businessworker.context import context
     from pygatewayworker.businessworker.handle import api
     from pygatewayworker.businessworker.request import ConnectRequest
-    from pygatewayworker.gateway.client_id import InvalidClientId
+    from pygatewayworker.gateway.client_id import InvalidClientId, decode_client_id
     from pygatewayworker.gateway.config import Gateway
     from pygatewayworker.gatewayclient.client import AsyncGatewayClient
     from pygatewayworker.gatewayclient.errors import (

@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pygatewayworker.register import lines
 from pygatewayworker.register.config import Register, is_loopback, parse_address
+from pygatewayworker.runtime.service import run_service
+from pygatewayworker.runtime.spec import ChildSpec
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from pygatewayworker.cluster.spec import ChildSpec
 
 __all__ = ["RegisterServer", "serve"]
 
@@ -372,7 +372,5 @@ class RegisterServer:
 
 def serve(spec: ChildSpec) -> int:
     """Child entry point: run one register process until it is told to stop."""
-    from pygatewayworker.cluster.child import run_service
-
     server = RegisterServer(spec.config, spec.sockets.get("listen"))
     return int(run_service(spec, server))

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,30 +18,11 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.ports import port_is_free, reserve_ports
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "apps"
 PYTHON = sys.executable
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True when nothing listens on ``host:port`` and we could bind it."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_block(count: int) -> int:
-    """A base port such that ``base .. base+count-1`` are all free right now."""
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    for _ in range(500):
-        base = rng.randrange(20000, 45000 - count)
-        if all(port_is_free(base + i) and port_is_free(base + i, "0.0.0.0") for i in range(count)):
-            return base
-    raise RuntimeError("no block of free ports found")
 
 
 @dataclass
@@ -92,7 +71,7 @@ def make_app(
     (apps / "__init__.py").write_text("")
     dest = apps / source
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("start_*.py", "__pycache__"))
-    block = free_port_block(gateways + 2)
+    block = reserve_ports(gateways + 2)
     spec = AppSpec(
         root=tmp_path,
         name=source,

@@ -1,4 +1,6 @@
-"""A client of the remote-control test app (tests/fixtures/apps/rc)."""
+"""A client of the remote-control test app (tests/fixtures/apps/rc), and the
+``clients`` fixture that spreads such clients over a cluster's two gateways (for a
+test module whose ``cluster`` fixture gives an ``AppSpec``)."""
 
 from __future__ import annotations
 
@@ -6,10 +8,14 @@ import asyncio
 import contextlib
 import itertools
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from tests.cluster import AppSpec
 
 
 class RemoteError(Exception):
@@ -81,3 +87,27 @@ class RC:
 def b(data: bytes) -> dict[str, str]:
     """An argument that the rc app turns into bytes."""
     return {"__bytes__": data.hex()}
+
+
+@pytest.fixture
+async def clients(cluster: AppSpec) -> AsyncIterator[list[RC]]:
+    """At least three clients on each of the two gateways."""
+    opened: list[RC] = []
+    try:
+        for _ in range(40):
+            opened.append(await RC.open(cluster.ws_url))
+            ports = [c.gateway_port for c in opened]
+            if len(set(ports)) == 2 and all(ports.count(p) >= 3 for p in set(ports)):
+                break
+        ports = sorted({c.gateway_port for c in opened})
+        assert len(ports) == 2, "clients did not spread over both gateways"
+        by_gateway = [[c for c in opened if c.gateway_port == p][:3] for p in ports]
+        # interleave: even index on gateway 0, odd on gateway 1
+        chosen = [c for pair in zip(*by_gateway, strict=True) for c in pair]
+        for extra in opened:
+            if extra not in chosen:
+                await extra.close()
+        yield chosen
+    finally:
+        for client in opened:
+            await client.close()

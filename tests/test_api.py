@@ -22,7 +22,8 @@ from pygatewayworker.gatewayclient.errors import (
     RemoteError,
 )
 from pygatewayworker.gatewayclient.link import FLUSH_BYTES, GatewayLink
-from tests.test_gatewayclient_fakes import UNIT, FakeGateway, free_port, wait_until
+from tests.fakegateway import UNIT, FakeGateway, wait_until
+from tests.ports import refused_port
 
 
 class Pair:
@@ -88,7 +89,7 @@ async def test_link_wrong_secret_is_a_clear_error() -> None:
 
 
 async def test_link_refused_is_a_clear_error() -> None:
-    port = free_port()
+    port = refused_port()
     with pytest.raises(LinkError, match=f"cannot link to gateway 127.0.0.1:{port}"):
         await GatewayLink(f"127.0.0.1:{port}").connect()
 

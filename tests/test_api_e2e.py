@@ -7,7 +7,7 @@ import asyncio
 import json
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,9 @@ import pytest
 
 from pygatewayworker.gateway.protocol import Cmd, Decoder, encode
 from tests.cluster import AppSpec, ForegroundCluster, make_app, wait_ready
-from tests.rc import RC, RemoteError, b
+from tests.rc import RC, RemoteError, b, clients
+
+__all__ = ["clients"]  # the fixture: three clients on each of the two gateways
 
 SECRET = 'top "secret" \\ key'
 
@@ -38,30 +40,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppSpec]:
     finally:
         code = proc.interrupt()
         assert code == 0, proc.output()
-
-
-@pytest.fixture
-async def clients(cluster: AppSpec) -> AsyncIterator[list[RC]]:
-    """At least three clients on each of the two gateways."""
-    opened: list[RC] = []
-    try:
-        for _ in range(40):
-            opened.append(await RC.open(cluster.ws_url))
-            ports = [c.gateway_port for c in opened]
-            if len(set(ports)) == 2 and all(ports.count(p) >= 3 for p in set(ports)):
-                break
-        ports = sorted({c.gateway_port for c in opened})
-        assert len(ports) == 2, "clients did not spread over both gateways"
-        by_gateway = [[c for c in opened if c.gateway_port == p][:3] for p in ports]
-        # interleave: even index on gateway 0, odd on gateway 1
-        chosen = [c for pair in zip(*by_gateway, strict=True) for c in pair]
-        for extra in opened:
-            if extra not in chosen:
-                await extra.close()
-        yield chosen
-    finally:
-        for client in opened:
-            await client.close()
 
 
 async def test_send_to_client_across_gateways_keeps_text_and_binary(clients: list[RC]) -> None:

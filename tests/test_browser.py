@@ -12,69 +12,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.chromium import TIMEOUT_MS, browser
 from tests.cluster import (
     ROOT,
     AppSpec,
     ForegroundCluster,
-    free_port_block,
     make_app,
     wait_ports_free,
     wait_ready,
 )
+from tests.ports import reserve_ports
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-TIMEOUT_MS = 10_000
-
-
-def _missing() -> str | None:
-    """Why the browser tests cannot run here, or None."""
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed (pip install -e '.[test]')"
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        return f"{CHROMIUM} not found (apt-get install chromium, or run scripts/test.sh)"
-    return None
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    reason = _missing()
-    if reason is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"browser tests cannot run under CI: {reason}")
-        pytest.skip(reason)
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
+__all__ = ["browser"]  # the fixture
 
 
 @contextlib.contextmanager
@@ -137,7 +97,7 @@ def make_pushdemo(tmp_path: Path) -> AppSpec:
     shutil.copytree(
         ROOT / "apps" / "pushdemo", dest, ignore=shutil.ignore_patterns("start_*.py", "__pycache__")
     )
-    block = free_port_block(4)
+    block = reserve_ports(4)
     spec = AppSpec(tmp_path, "pushdemo", block, block + 1, block + 2, 2, 1, "", tmp_path / "run")
     register = f"127.0.0.1:{spec.register_port}"
     (dest / "start_register.py").write_text(
@@ -170,7 +130,7 @@ def _http(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
 def pushdemo(tmp_path: Path) -> Iterator[tuple[AppSpec, str]]:
     """The demo's cluster and its web backend (``python -m apps.pushdemo.web``)."""
     with running(make_pushdemo(tmp_path)) as spec:
-        web_port = free_port_block(1)
+        web_port = reserve_ports(1)
         log = open(tmp_path / "web.log", "wb")  # noqa: SIM115 - closed below
         web = subprocess.Popen(
             [sys.executable, "-m", "apps.pushdemo.web", "--port", str(web_port)]

@@ -17,7 +17,7 @@ from pygatewayworker.gateway.server import GatewayServer, first_conn_id
 from pygatewayworker.register.config import Register
 from pygatewayworker.register.discovery import GatewayAnnouncer
 from pygatewayworker.register.server import RegisterServer
-from tests.test_gateway_server import (
+from tests.gatewayharness import (
     SECRET,
     TIMEOUT,
     FakeLink,

@@ -1,11 +1,13 @@
-"""The HTTP push API: the pure parser and verb table, then every verb against a real
-cluster (2 gateways x 2 workers, started with ``start.py`` with a ``PushAPI``
-declared in a start file), the auth and error statuses, and 503/504 in-process."""
+"""The HTTP push API: the pure HTTP layer (h11) and verb table, then every verb against
+a real cluster (2 gateways x 2 workers, started with ``start.py`` with a ``PushAPI``
+declared in a start file), the auth and error statuses, 503/504 and malformed or slow
+requests in-process."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import http.client
 import json
 import logging
@@ -19,13 +21,14 @@ import pytest
 
 from pygatewayworker.gatewayclient import AsyncGatewayClient, GatewayClient
 from pygatewayworker.pushapi import PushAPI
-from pygatewayworker.pushapi.http import HttpError, parse_head
-from pygatewayworker.pushapi.server import PushAPIServer
+from pygatewayworker.pushapi.http import HttpConnection, HttpError, PeerClosed, Request
+from pygatewayworker.pushapi.server import SWEEP_INTERVAL, PushAPIServer
 from pygatewayworker.pushapi.verbs import VERBS, BadRequest, parse_call
 from pygatewayworker.register.config import ConfigError
-from tests.cluster import AppSpec, ForegroundCluster, free_port_block, make_app, wait_ready
+from tests.cluster import AppSpec, ForegroundCluster, make_app, wait_ready
+from tests.fakegateway import UNIT, FakeGateway, wait_until
+from tests.ports import refused_port, reserve_ports
 from tests.rc import RC
-from tests.test_gatewayclient_fakes import FakeGateway, free_port
 
 SECRET = "cluster-secret"
 TOKEN = "push-token"
@@ -33,40 +36,145 @@ TOKEN = "push-token"
 # ---- pure layer ----------------------------------------------------------------------
 
 
-def test_parse_head_reads_request_line_and_headers() -> None:
-    request = parse_head(
+def head(data: bytes) -> Request:
+    """The request head of ``data`` (raises what the connection raises)."""
+    http = HttpConnection()
+    http.receive_data(data)
+    request = http.next_request()
+    assert request is not None, "incomplete head"
+    return request
+
+
+def test_head_reads_request_line_and_headers() -> None:
+    request = head(
         b"POST /send_to_uid?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n"
-        b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+        b"Expect: 100-continue\r\nConnection: close\r\nX-A: 1\r\nX-a: 2\r\n\r\n"
     )
     assert (request.method, request.path, request.version) == ("POST", "/send_to_uid", "HTTP/1.1")
-    assert request.content_length() == 12
-    assert request.expects_continue and not request.keep_alive
-    assert parse_head(b"POST / HTTP/1.1\r\n\r\n").keep_alive
-    assert not parse_head(b"POST / HTTP/1.0\r\n\r\n").keep_alive
+    assert request.content_length == 12 and request.expects_continue
+    assert request.headers["x-a"] == "1, 2"
+    assert head(b"POST / HTTP/1.0\r\n\r\n").content_length == 0
+
+
+def _served(data: bytes) -> tuple[HttpConnection, bytes]:
+    """Answer the one request in ``data`` with 200 ``{}``; return the bytes sent."""
+    http = HttpConnection()
+    http.receive_data(data)
+    request = http.next_request()
+    assert request is not None and http.next_body() == b""
+    return http, http.respond_json(200, {})
+
+
+def test_keep_alive_follows_the_request() -> None:
+    http, out = _served(b"POST / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and not http.must_close
+    assert b"Content-Length: 3\r\n" in out and out.endswith(b"\r\n\r\n{}\n")
+    http, out = _served(b"POST / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert http.must_close and b"Connection: close" in out
+    http, out = _served(b"POST / HTTP/1.0\r\n\r\n")
+    assert http.must_close
 
 
 @pytest.mark.parametrize(
-    ("head", "status"),
+    ("data", "status"),
     [
         (b"garbage\r\n\r\n", 400),
+        (b"\x00\x01garbage\r\n\r\n", 400),
         (b"POST / HTTP/2.0\r\n\r\n", 505),
-        (b"POST nothing HTTP/1.1\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nno colon\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        (b"POST nothing HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nno colon\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nAuthorization: a\r\nAuthorization: b\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -4\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 requires Host
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"POST /" + b"a" * 20000, 431),  # no end of line yet: refused without waiting
+        (b"POST / HTTP/1.1\r\nHost: a\r\n" + b"X-Pad: " + b"p" * 17000 + b"\r\n\r\n", 431),
     ],
 )
-def test_parse_head_refuses_garbage(head: bytes, status: int) -> None:
+def test_malformed_heads_are_refused_with_their_status(data: bytes, status: int) -> None:
+    http = HttpConnection()
+    http.receive_data(data)
     with pytest.raises(HttpError) as info:
-        parse_head(head)
+        http.next_request()
     assert info.value.status == status
+    answer = http.refuse(info.value)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer
+    assert b"Connection: close\r\n" in answer and http.must_close
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["ok"] is False
 
 
-def test_content_length_checks() -> None:
+def test_pipelined_requests_are_answered_in_order_then_garbage_refused() -> None:
+    one = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+    http = HttpConnection()
+    http.receive_data(one * 3 + b"garbage\r\n\r\n")
+    answers = []
+    for _ in range(3):
+        request = http.next_request()
+        assert request is not None and request.path == "/a"
+        assert http.next_body() == b"{}"
+        answers.append(http.respond_json(200, {"n": len(answers)}))
+        assert not http.must_close
+    assert [a.rpartition(b"\r\n\r\n")[2] for a in answers] == [
+        b'{"n": 0}\n',
+        b'{"n": 1}\n',
+        b'{"n": 2}\n',
+    ]
     with pytest.raises(HttpError) as info:
-        parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").content_length()
-    assert info.value.status == 501
-    with pytest.raises(HttpError):
-        parse_head(b"POST / HTTP/1.1\r\nContent-Length: -4\r\n\r\n").content_length()
+        http.next_request()
+    assert info.value.status == 400
+
+
+def test_body_arrives_in_pieces_and_continue_is_sent_once_accepted() -> None:
+    http = HttpConnection()
+    http.receive_data(
+        b"POST /v HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+    )
+    request = http.next_request()
+    assert request is not None and request.expects_continue
+    assert http.next_body() is None and http.partial
+    assert http.accept(request) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    http.receive_data(b"ab")
+    assert http.next_body() is None
+    http.receive_data(b"cde")
+    assert http.next_body() == b"abcde" and not http.partial
+
+
+def test_peer_closing_between_or_within_requests() -> None:
+    http = HttpConnection()
+    assert http.next_request() is None and not http.partial
+    http.receive_data(b"")
+    with pytest.raises(PeerClosed) as info:
+        http.next_request()
+    assert not info.value.partial
+    http = HttpConnection()
+    http.receive_data(b"POST / HT")
+    assert http.next_request() is None and http.partial
+    http.receive_data(b"")
+    with pytest.raises(PeerClosed) as info:
+        http.next_request()
+    assert info.value.partial
+    http = HttpConnection()
+    http.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nab")
+    assert http.next_request() is not None and http.next_body() is None
+    http.receive_data(b"")
+    with pytest.raises(PeerClosed) as info:
+        http.next_body()
+    assert info.value.partial
+
+
+def test_a_timed_out_partial_request_gets_408() -> None:
+    http = HttpConnection()
+    http.receive_data(b"POST /x HTTP/1.1\r\nHo")
+    assert http.next_request() is None and http.partial
+    answer = http.refuse(HttpError(408, "request not complete within 1 s"))
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+
+
+def test_nothing_more_is_said_once_a_response_is_under_way() -> None:
+    http, _ = _served(b"POST / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert http.refuse(HttpError(400, "late")) == b""
 
 
 def test_parse_call_converts_each_kind() -> None:
@@ -214,7 +322,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AppSpec,
     spec = make_app(
         root, "rc", gateways=2, workers=2, secret=SECRET, gateway_options="ping_interval=0"
     )
-    api_port = free_port_block(1)
+    api_port = reserve_ports(1)
     (spec.apps_dir / "rc" / "start_pushapi.py").write_text(
         "from pygatewayworker import PushAPI\n"
         f"push_api = PushAPI(listen='127.0.0.1:{api_port}', "
@@ -436,7 +544,7 @@ async def test_keep_alive_pipelining_and_expect_continue(cluster: tuple[AppSpec,
     assert data.count(b"HTTP/1.1 200 OK") == 3, data
     assert data.count(b'{"ok": true, "result": 0}') == 3
     head = (
-        f"POST /get_all_uid_count HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"POST /get_all_uid_count HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
         "Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
     ).encode()
 
@@ -467,7 +575,7 @@ async def test_garbage_gets_an_error_and_the_server_keeps_serving(
 
 async def test_no_register_gives_503() -> None:
     config = PushAPI(
-        listen="127.0.0.1:0", register=f"127.0.0.1:{free_port()}", timeout=0.5, token=TOKEN
+        listen="127.0.0.1:0", register=f"127.0.0.1:{refused_port()}", timeout=0.5, token=TOKEN
     )
     server = PushAPIServer(config)
     await server.start()
@@ -496,19 +604,163 @@ async def test_silent_gateway_gives_504_naming_it() -> None:
         await gateway.stop()
 
 
-async def test_idle_connections_are_swept() -> None:
-    config = PushAPI(listen="127.0.0.1:0", idle_timeout=0.5, token=TOKEN)
-    server = PushAPIServer(config, client=AsyncGatewayClient(gateways=["127.0.0.1:9"]))
+@pytest.fixture
+async def local_api() -> AsyncIterator[PushAPIServer]:
+    """An in-process push API (``idle_timeout`` 1 s) over one fake gateway."""
+    gateway = await FakeGateway().start()
+    client = AsyncGatewayClient(gateways=[gateway.address], timeout=UNIT)
+    config = PushAPI(listen="127.0.0.1:0", token=TOKEN, idle_timeout=1.0)
+    server = PushAPIServer(config, client=client)
     await server.start()
     try:
-        reader, writer = await asyncio.open_connection(*server.address)
-        writer.write(b"POST /x HTTP/1.1\r\n")  # never finished
-        assert await asyncio.wait_for(reader.read(), 10) == b""
-        assert server.stats()["connections"] == 0
-        writer.close()
+        yield server
     finally:
         await server.stop(graceful=False)
-        await server.client.close()
+        await client.close()
+        await gateway.stop()
+
+
+async def assert_still_serving(server: PushAPIServer) -> None:
+    status, doc = await status_of(server.address[1], "/get_all_client_count", "{}")
+    assert (status, doc) == (200, {"ok": True, "result": 0})
+
+
+async def exchange(server: PushAPIServer, payload: bytes) -> bytes:
+    """Send ``payload`` on a new connection; return all the server sends until it
+    closes its side."""
+    reader, writer = await asyncio.open_connection(*server.address)
+    try:
+        writer.write(payload)
+        return await asyncio.wait_for(reader.read(), 2 * UNIT)
+    finally:
+        writer.close()
+
+
+def pushapi_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "pushapi"]
+
+
+def valid(verb: str = "get_all_client_count") -> bytes:
+    return (
+        f"POST /{verb} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        (b"\x00\x01\x02garbage\r\n\r\n", 400),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)), 400),  # TLS hello
+        (b"POST /" + b"a" * 20000, 431),
+        (b"POST / HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: p\r\n" * 2000 + b"\r\n", 431),
+        (b"POST /get_all_client_count HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 400),  # no Host
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501),
+        (b"GET / HTTP/2.0\r\n\r\n", 505),
+    ],
+    ids=["garbage", "tls", "endless-line", "oversized-head", "no-host", "chunked", "http2"],
+)
+async def test_malformed_requests_get_a_status_one_log_line_and_serving_goes_on(
+    local_api: PushAPIServer, caplog: pytest.LogCaptureFixture, payload: bytes, status: int
+) -> None:
+    caplog.set_level(logging.INFO, logger="pushapi")
+    answer = await exchange(local_api, payload)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer
+    assert b"\r\nConnection: close\r\n" in answer
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["ok"] is False
+    lines = pushapi_lines(caplog)
+    assert len(lines) == 1 and "refused a request from ('127.0.0.1'" in lines[0], lines
+    assert f" {status} " in lines[0]
+    await assert_still_serving(local_api)
+
+
+async def test_pipelined_requests_are_answered_in_order_until_garbage(
+    local_api: PushAPIServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pushapi")
+    answer = await exchange(local_api, valid() * 3 + b"garbage\r\n\r\n")
+    responses = answer.split(b"HTTP/1.1 ")[1:]
+    assert [r[:3] for r in responses] == [b"200", b"200", b"200", b"400"], answer
+    assert len(pushapi_lines(caplog)) == 1
+    await assert_still_serving(local_api)
+
+
+async def _dribble(writer: asyncio.StreamWriter, data: bytes, pause: float) -> None:
+    with contextlib.suppress(ConnectionError):
+        for byte in data:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(pause)
+
+
+@pytest.mark.parametrize("where", ["head", "body"])
+async def test_a_request_sent_too_slowly_gets_408_within_the_idle_timeout(
+    local_api: PushAPIServer, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    """Slowloris: bytes keep coming, a byte at a time, but the request never completes
+    within ``idle_timeout``: answered 408 and closed, bounded by the timeout plus the
+    one-second sweep, however long the peer keeps trickling."""
+    caplog.set_level(logging.INFO, logger="pushapi")
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection(*local_api.address)
+    if where == "body":  # a complete head, then a body that trickles
+        head = valid().replace(b"Content-Length: 2", b"Content-Length: 400")[:-2]
+        writer.write(head)
+        slow = b"x" * 400
+    else:
+        slow = valid() * 10
+    started = loop.time()
+    trickle = asyncio.create_task(_dribble(writer, slow, 0.02))
+    try:
+        answer = await asyncio.wait_for(reader.read(), 2 * UNIT)
+        elapsed = loop.time() - started
+    finally:
+        trickle.cancel()
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
+    assert elapsed < local_api.config.idle_timeout + 2 * SWEEP_INTERVAL + UNIT / 2
+    lines = pushapi_lines(caplog)
+    assert len(lines) == 1 and "no complete request within 1 s" in lines[0], lines
+    await assert_still_serving(local_api)
+
+
+async def test_idle_connections_are_swept(
+    local_api: PushAPIServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pushapi")
+    reader, writer = await asyncio.open_connection(*local_api.address)
+    try:
+        writer.write(b"POST /x HTTP/1.1\r\n")  # never finished
+        answer = await asyncio.wait_for(reader.read(), 2 * UNIT)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+    finally:
+        writer.close()
+    # an idle keep-alive connection (nothing sent since its last answer): closed quietly
+    caplog.clear()
+    reader, writer = await asyncio.open_connection(*local_api.address)
+    try:
+        writer.write(valid())
+        answer = await asyncio.wait_for(reader.readuntil(b"}\n"), UNIT)
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+        assert await asyncio.wait_for(reader.read(), 2 * UNIT) == b""
+    finally:
+        writer.close()
+    assert pushapi_lines(caplog) == []
+    await wait_until(lambda: local_api.stats()["connections"] == 0)
+
+
+async def test_a_peer_closing_mid_request_is_one_log_line(
+    local_api: PushAPIServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pushapi")
+    reader, writer = await asyncio.open_connection(*local_api.address)
+    writer.write(valid()[:-5])
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), UNIT) == b""
+    writer.close()
+    lines = pushapi_lines(caplog)
+    assert len(lines) == 1 and "in the middle of a request" in lines[0], lines
+    await assert_still_serving(local_api)
 
 
 async def test_a_web_page_cannot_push_and_the_refusal_is_logged(

@@ -6,7 +6,7 @@ user's own that also holds packages named ``apps``, ``register``, ``gateway`` an
 Nothing here sees the checkout: the wheel is built from a copy of the source tree
 (a stale ``build/`` in the checkout cannot leak into it), the venv has no access to
 the test venv's packages, and every command runs from the project directory with
-no ``PYTHONPATH``. pip fetches the dependencies (websockets, msgpack, click, uvloop)
+no ``PYTHONPATH``. pip fetches the dependencies (websockets, msgpack, click, h11, uvloop)
 through its usual index and cache.
 """
 
@@ -27,12 +27,13 @@ import pytest
 from websockets.asyncio.client import connect
 
 from pygatewayworker.cluster.pidfile import pid_alive
-from tests.cluster import PYTHON, ROOT, free_port_block, recv_json, wait_ports_free
+from tests.cluster import PYTHON, ROOT, recv_json, wait_ports_free
+from tests.ports import reserve_ports
 
 PIP_TIMEOUT = 300
 CLI_TIMEOUT = 120
 GENERIC = ("apps", "gateway", "register", "businessworker", "gatewayclient", "pushapi")
-GENERIC += ("cluster", "tests", "bench", "examples", "scripts", "docs", "start")
+GENERIC += ("cluster", "runtime", "tests", "bench", "examples", "scripts", "docs", "start")
 NOT_SOURCE = shutil.ignore_patterns(
     ".git", ".venv*", "run", "build", "dist", "*.egg-info", "__pycache__", "*_cache"
 )
@@ -173,7 +174,15 @@ def test_the_wheel_installs_only_pygatewayworker(venv: Venv) -> None:
 
     package = venv.site_packages / "pygatewayworker"
     assert (package / "py.typed").is_file()
-    for role in ("gateway", "register", "businessworker", "gatewayclient", "pushapi", "cluster"):
+    for role in (
+        "gateway",
+        "register",
+        "businessworker",
+        "gatewayclient",
+        "pushapi",
+        "cluster",
+        "runtime",
+    ):
         folder = package / role
         assert folder.is_dir() and not folder.is_symlink(), role  # copied, not a link
         assert (folder / "__init__.py").is_file(), role
@@ -232,7 +241,7 @@ def project(venv: Venv, tmp_path: Path) -> Iterator[Project]:
     for name, text in USER_PACKAGES.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
-    base = free_port_block(4)
+    base = reserve_ports(4)
     made = Project(root, venv, base, base + 1, base + 2)
     seen: set[int] = set()
     yield made

@@ -1,7 +1,8 @@
-"""The log file (cluster.logs): size-based rotation with a tiny limit, and the line
-format ``time pid role level logger: message`` of the master's own records and of a
-real child process writing through the log pipe; through a real cluster, the log
-level (``--log-level`` / ``GW_LOG_LEVEL``) and an Events' ``print()``."""
+"""The log file (cluster.logs, runtime.logs): size-based rotation with a tiny limit,
+and the line format ``time pid role level logger: message`` of the master's own
+records and of a real child process writing through the log pipe; through a real
+cluster, the log level (``--log-level`` / ``GW_LOG_LEVEL``) and an Events'
+``print()``."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from pygatewayworker.cluster.logs import LogPipe, LogSink, SinkHandler, formatter_for
+from pygatewayworker.cluster.logs import LogPipe, LogSink, SinkHandler
+from pygatewayworker.runtime.logs import formatter_for
 from tests.cluster import cli, make_app
 from tests.rc import RC
 
@@ -105,7 +107,7 @@ def test_a_child_writes_through_the_pipe_into_the_rotating_file(
     child_code = textwrap.dedent(
         f"""
         import logging
-        from pygatewayworker.cluster.logs import configure_child_logging
+        from pygatewayworker.runtime.logs import configure_child_logging
         configure_child_logging("chat.gateway.1", fd={pipe.write_fd})
         log = logging.getLogger("gateway")
         for i in range(40):
@@ -152,7 +154,7 @@ def test_a_childs_print_and_stderr_lines_become_log_lines(tmp_path: Path, sink: 
         import logging, os, sys
         os.dup2({pipe.write_fd}, 1)
         os.dup2({pipe.write_fd}, 2)
-        from pygatewayworker.cluster.logs import configure_child_logging
+        from pygatewayworker.runtime.logs import configure_child_logging
         configure_child_logging("chat.businessworker.0", level=logging.INFO)
         print("hello from print", 42)
         print("two", "lines", sep="\\n")

@@ -2,7 +2,7 @@
 
 Each test builds a temporary ``apps/fake/`` whose declarations name the fake role
 runtimes of tests/cluster_fakeapp/roles.py, so these tests exercise the master, the
-CLI and ``cluster.child`` for real without depending on the real roles.
+CLI and ``runtime.service`` for real without depending on the real roles.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 
 from pygatewayworker.cluster.pidfile import pid_alive
-from tests.cluster import PYTHON, ROOT, free_port_block, port_is_free, wait_ports_free
+from tests.cluster import PYTHON, ROOT, wait_ports_free
+from tests.ports import port_is_free, reserve_ports
 
 FAKE_ROLES = Path(__file__).resolve().parent / "cluster_fakeapp" / "roles.py"
 
@@ -121,7 +122,7 @@ def make_fake_app(
     (root / "apps" / "__init__.py").write_text("")
     (app_dir / "__init__.py").write_text("")
     shutil.copy(FAKE_ROLES, app_dir / "roles.py")
-    app = FakeApp(root, free_port_block(1))
+    app = FakeApp(root, reserve_ports(1))
     app.events("class Events:\n    VERSION = 1\n")
     (app_dir / "start_fake.py").write_text(
         START_FILE.format(

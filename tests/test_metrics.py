@@ -13,15 +13,16 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pygatewayworker.cluster.logs import JsonFormatter, LogPipe, LogSink, raw_line_json
+from pygatewayworker.cluster.logs import LogPipe, LogSink
+from pygatewayworker.cluster.observe import Metrics, parse_metrics_listen
 from pygatewayworker.metrics.collector import MAX_LABEL_VALUES, ClusterCollector, families
-from pygatewayworker.metrics.config import Metrics, parse_metrics_listen
 from pygatewayworker.metrics.health import healthy, ready
-from pygatewayworker.metrics.histogram import Histogram
 from pygatewayworker.metrics.ops import History, ops_data
 from pygatewayworker.metrics.server import COOKIE, MetricsServer, Request
 from pygatewayworker.metrics.view import ClusterView
 from pygatewayworker.register.config import ConfigError
+from pygatewayworker.runtime.histogram import Histogram
+from pygatewayworker.runtime.logs import JsonFormatter, raw_line_json
 
 NOW = 1_700_000_000.0
 

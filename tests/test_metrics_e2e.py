@@ -35,10 +35,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from pygatewayworker.cluster.pidfile import pid_alive
-from tests.cluster import AppSpec, cli, free_port_block, make_app
+from tests.chromium import browser  # noqa: F401 - the fixture
+from tests.cluster import AppSpec, cli, make_app
+from tests.ports import reserve_ports
 from tests.rc import RC
-from tests.test_browser import browser  # noqa: F401 - the fixture
-from tests.test_ops_e2e import wait_for
 
 TOKEN = "ops-t0ken"
 PUSH_TOKEN = "push-t0ken"
@@ -101,6 +101,16 @@ class MetricsCluster:
             return int(exc.code)
 
 
+def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something true; that value."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return result
+
+
 def total(samples: Samples, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     want = set(labels.items())
@@ -119,7 +129,7 @@ def metrics_cluster(tmp_path: Path) -> Iterator[Callable[..., MetricsCluster]]:
             workers=2,
             gateway_options="ping_interval=1.5, ping_not_response_limit=1",
         )
-        push_port = free_port_block(1)
+        push_port = reserve_ports(1)
         (spec.apps_dir / "rc" / "start_pushapi.py").write_text(
             "from pygatewayworker import PushAPI\n"
             f"push = PushAPI(listen='127.0.0.1:{push_port}', "

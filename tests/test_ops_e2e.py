@@ -31,7 +31,8 @@ from typing import Any
 import pytest
 
 from pygatewayworker.cluster.pidfile import pid_alive
-from tests.cluster import PYTHON, ROOT, AppSpec, cli, make_app, port_is_free, wait_ports_free
+from tests.cluster import PYTHON, ROOT, AppSpec, cli, make_app, wait_ports_free
+from tests.ports import port_is_free
 from tests.rc import RC, RemoteError
 
 GATEWAY_OPTIONS = "ping_interval=0"

@@ -21,8 +21,7 @@ from pygatewayworker import AsyncGatewayClient
 from tests import phpclient as php
 from tests.cluster import AppSpec, ForegroundCluster, make_app, wait_ready
 from tests.phpclient import PhpClient, PhpError, ext_json, packet, split_client_id
-from tests.rc import RC
-from tests.test_api_e2e import clients
+from tests.rc import RC, clients
 
 __all__ = ["clients"]  # the fixture: three clients on each of the two gateways
 

@@ -8,6 +8,7 @@ import asyncio
 import struct
 
 import pytest
+import uvloop
 
 from pygatewayworker.gateway import phplink
 from pygatewayworker.gateway.gatewayprotocol import ReplyDecoder
@@ -15,8 +16,7 @@ from pygatewayworker.gateway.phpserialize import loads
 from pygatewayworker.gateway.protocol import Cmd, pack_session, unpack_session
 from pygatewayworker.gateway.server import GatewayServer
 from tests import phpclient as php
-from tests.phpclient import ext_json, packet
-from tests.test_gateway_server import (
+from tests.gatewayharness import (
     SECRET,
     FakeLink,
     close_code,
@@ -25,6 +25,7 @@ from tests.test_gateway_server import (
     running,
     wait_until,
 )
+from tests.phpclient import ext_json, packet
 
 AUTH = packet(php.GATEWAY_CLIENT_CONNECT, body=ext_json({"secret_key": SECRET}))
 
@@ -275,7 +276,6 @@ async def test_close_and_destroy_from_php() -> None:
 def test_links_are_told_apart_on_uvloop() -> None:
     """The sniffer hands the transport over with ``set_protocol``: the children run
     on uvloop when it is installed, so check it there too."""
-    uvloop = pytest.importorskip("uvloop")
 
     async def scenario() -> None:
         async with running() as server:

@@ -20,13 +20,13 @@ from pygatewayworker.gatewayclient import (
     NoRegister,
     QueryTimeout,
 )
-from tests.test_gatewayclient_fakes import (
+from tests.fakegateway import (
     UNIT,
     FakeGateway,
     announced_register,
-    free_port,
     wait_until,
 )
+from tests.ports import refused_port
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ async def test_queries_report_a_listed_gateway_that_is_not_linked(
 ) -> None:
     gw1, _ = gateways
     gw1.add_client(1)
-    dead = f"127.0.0.1:{free_port()}"
+    dead = f"127.0.0.1:{refused_port()}"
     client = AsyncGatewayClient(gateways=[gw1.address, dead], secret="s", timeout=0.5)
     try:
         with pytest.raises(QueryTimeout) as info:
@@ -107,7 +107,7 @@ async def test_queries_report_a_listed_gateway_that_is_not_linked(
 
 
 async def test_async_client_without_register_raises_no_register() -> None:
-    client = AsyncGatewayClient(register=f"127.0.0.1:{free_port()}", timeout=0.5)
+    client = AsyncGatewayClient(register=f"127.0.0.1:{refused_port()}", timeout=0.5)
     try:
         with pytest.raises(NoRegister, match="no register answered"):
             await client.send_to_uid("u", "x")
@@ -116,7 +116,7 @@ async def test_async_client_without_register_raises_no_register() -> None:
 
 
 async def test_async_client_without_gateway_raises_unavailable() -> None:
-    port = free_port()
+    port = refused_port()
     client = AsyncGatewayClient(gateways=[f"127.0.0.1:{port}"], timeout=0.3)
     try:
         with pytest.raises(GatewayUnavailable, match=f"cannot link to gateway 127.0.0.1:{port}"):

@@ -25,8 +25,8 @@ from pygatewayworker.gatewayclient import (
     NoRegister,
 )
 from tests.cluster import AppSpec, ForegroundCluster, make_app, wait_ready
+from tests.ports import refused_port
 from tests.rc import RC
-from tests.test_gatewayclient_fakes import free_port
 
 SECRET = "push-e2e"
 Call = Callable[..., Awaitable[Any]]
@@ -189,7 +189,7 @@ async def test_register_down_or_wrong_secret_raises_no_register(
     kind: str, cluster: AppSpec
 ) -> None:
     cases = [
-        (f"127.0.0.1:{free_port()}", SECRET, "127.0.0.1"),
+        (f"127.0.0.1:{refused_port()}", SECRET, "127.0.0.1"),
         (f"127.0.0.1:{cluster.register_port}", "wrong", "secret"),
     ]
     for register, secret, words in cases:

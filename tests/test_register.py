@@ -6,18 +6,19 @@ import asyncio
 import json
 import logging
 import socket
-import sys
-import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+import uvloop
 
-from pygatewayworker.cluster.spec import ChildSpec
 from pygatewayworker.register import lines
+from pygatewayworker.register import server as register_server
 from pygatewayworker.register.config import Register
 from pygatewayworker.register.discovery import GatewayAnnouncer, GatewayDirectoryWatcher
 from pygatewayworker.register.server import RegisterServer, serve
+from pygatewayworker.runtime.spec import ChildSpec
+from tests.ports import HeldPort, refused_port
 
 SECRET = 'top"secret\\key\n{}'
 TIMEOUT = 5.0
@@ -32,12 +33,6 @@ async def until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None
         if loop.time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Peer:
@@ -86,10 +81,12 @@ RegisterFactory = Callable[..., Awaitable[RegisterServer]]
 async def make_register() -> AsyncIterator[RegisterFactory]:
     servers: list[RegisterServer] = []
 
-    async def make(port: int = 0, **overrides: Any) -> RegisterServer:
+    async def make(
+        port: int = 0, sock: socket.socket | None = None, **overrides: Any
+    ) -> RegisterServer:
         settings: dict[str, Any] = {"secret": SECRET, **overrides}
         config = Register(listen=f"127.0.0.1:{port}", **settings)
-        server = RegisterServer(config)
+        server = RegisterServer(config, sock)
         await server.start()
         servers.append(server)
         return server
@@ -375,9 +372,7 @@ def test_serve_hands_the_server_to_run_service(monkeypatch):
         seen["spec"], seen["service"] = spec, service
         return 0
 
-    fake = types.ModuleType("pygatewayworker.cluster.child")
-    fake.run_service = run_service  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "pygatewayworker.cluster.child", fake)
+    monkeypatch.setattr(register_server, "run_service", run_service)
     sock = socket.socket()
     try:
         spec = ChildSpec(role="register", config=Register(), sockets={"listen": sock})
@@ -449,8 +444,10 @@ async def test_watcher_merges_two_registers(make_register, closing):
 
 
 async def test_announcer_reconnects_after_the_register_restarts(make_register, closing, caplog):
-    port = free_port()
-    reg = await make_register(port)
+    held = HeldPort()  # the port stays ours (and refuses) while the register is down
+    closing.append(held)
+    port = held.port
+    reg = await make_register(port, held.listener())
     address = f"127.0.0.1:{port}"
     announcer = GatewayAnnouncer((address,), SECRET, "127.0.0.1:2300", retry_interval=RETRY)
     watcher = GatewayDirectoryWatcher((address,), SECRET, retry_interval=RETRY)
@@ -465,7 +462,7 @@ async def test_announcer_reconnects_after_the_register_restarts(make_register, c
         await until(lambda: announcer.connected == 0)
         await asyncio.sleep(10 * RETRY)  # several failed retries
         assert watcher.addresses == {"127.0.0.1:2300"}  # kept while the register is down
-        reg = await make_register(port)
+        reg = await make_register(port, held.listener())
         assert await announcer.wait_announced(TIMEOUT)
         await until(lambda: reg.addresses == ["127.0.0.1:2300"])
         await until(lambda: watcher.registers_connected == 1)
@@ -510,7 +507,7 @@ async def test_one_refusing_register_does_not_end_the_wait(make_register, closin
 
 
 async def test_wait_times_out_when_no_register_is_up(closing):
-    address = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{refused_port()}"
     watcher = GatewayDirectoryWatcher((address,), SECRET, retry_interval=RETRY)
     closing.append(watcher)
     await watcher.start()
@@ -577,7 +574,6 @@ def test_clients_validate_their_arguments():
 
 def test_the_whole_story_under_uvloop():
     """Children run uvloop, whose transports differ from asyncio's: run a scenario there."""
-    uvloop = pytest.importorskip("uvloop")
 
     async def scenario() -> None:
         config = Register(listen="127.0.0.1:0", secret=SECRET, handshake_timeout=0.3)

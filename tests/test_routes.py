@@ -23,8 +23,8 @@ from pygatewayworker.gateway.protocol import (
 from pygatewayworker.gateway.server import GatewayServer
 from pygatewayworker.gatewayclient import AsyncGatewayClient
 from pygatewayworker.gatewayclient.link import GatewayLink
-from tests.test_gateway_server import SECRET, FakeLink, open_client, recv, running, ws
-from tests.test_gatewayclient_fakes import UNIT, FakeGateway, wait_until
+from tests.fakegateway import UNIT, FakeGateway, wait_until
+from tests.gatewayharness import SECRET, FakeLink, open_client, recv, running, ws
 
 
 def test_directory_reports_keys_that_appear_and_vanish() -> None:

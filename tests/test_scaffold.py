@@ -20,7 +20,8 @@ from websockets.asyncio.client import connect
 from pygatewayworker.cluster.apps import discover
 from pygatewayworker.cluster.pidfile import pid_alive
 from pygatewayworker.cluster.scaffold import AppTemplate, create_app, render_app
-from tests.cluster import PYTHON, free_port_block, recv_json, wait_ports_free
+from tests.cluster import PYTHON, recv_json, wait_ports_free
+from tests.ports import reserve_ports
 
 FILES = {"Events.py", "start_register.py", "start_gateway.py", "start_businessworker.py"}
 
@@ -160,7 +161,7 @@ def project(tmp_path: Path) -> Iterator[Path]:
 
 
 async def test_new_app_in_a_services_folder_serves_a_client(project: Path) -> None:
-    base = free_port_block(4)
+    base = reserve_ports(4)
     ports = ["--listen", f"127.0.0.1:{base}", "--register-port", str(base + 1)]
     ports += ["--start-port", str(base + 2)]
     created = gw(project, "new", "myapp", "--apps-dir", "services", *ports)

@@ -13,7 +13,7 @@ from pygatewayworker.gateway.protocol import Cmd
 from pygatewayworker.gateway.server import GatewayServer
 from pygatewayworker.register.config import Register, is_loopback
 from pygatewayworker.register.server import RegisterServer
-from tests.test_gateway_server import FakeLink, make_config
+from tests.gatewayharness import FakeLink, make_config
 
 
 def test_is_loopback() -> None:

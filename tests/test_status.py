@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pygatewayworker.cluster.logs import LineBuffer, formatter_for
+from pygatewayworker.cluster.logs import LineBuffer
 from pygatewayworker.cluster.slots import describe_exit, respawn_delay
 from pygatewayworker.cluster.status import (
     human_bytes,
@@ -20,6 +20,7 @@ from pygatewayworker.cluster.status import (
     render_summary,
     totals,
 )
+from pygatewayworker.runtime.logs import formatter_for
 
 
 def test_respawn_delay_grows_and_is_capped() -> None:

@@ -17,7 +17,7 @@ from pygatewayworker.businessworker import BusinessWorker, api, context
 from pygatewayworker.businessworker.worker import WorkerBootError, WorkerProcess
 from pygatewayworker.gateway.protocol import Cmd, pack_session
 from pygatewayworker.gatewayclient.errors import NoRegister
-from tests.test_gatewayclient_fakes import (
+from tests.fakegateway import (
     UNIT,
     FakeGateway,
     FakeWatcher,

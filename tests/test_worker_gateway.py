@@ -10,15 +10,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pytest
+from websockets.asyncio import client as websockets_client
 
 from pygatewayworker.businessworker import BusinessWorker, api, context
 from pygatewayworker.businessworker.worker import WorkerProcess
+from pygatewayworker.gateway import server as server_mod
 from pygatewayworker.gatewayclient import AsyncGatewayClient
-from tests.test_gatewayclient_fakes import UNIT, wait_until
-
-server_mod = pytest.importorskip("pygatewayworker.gateway.server")
-register_mod = pytest.importorskip("pygatewayworker.register.server")
-websockets_client = pytest.importorskip("websockets.asyncio.client")
+from pygatewayworker.register import server as register_mod
+from tests.fakegateway import UNIT, wait_until
 
 SECRET = 'a "quoted" secret'
 

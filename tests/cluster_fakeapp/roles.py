@@ -2,7 +2,7 @@
 
 The tests copy this file into a temporary ``apps/fake/`` and declare subclasses of
 the real declarations with ``runtime = "apps.fake.roles:serve_<role>"``, so the
-master, the CLI and ``cluster.child.run_service`` are exercised for real while the
+master, the CLI and ``runtime.service.run_service`` are exercised for real while the
 roles themselves stay tiny:
 
 - the register accepts and closes connections;
@@ -24,9 +24,9 @@ import os
 import time
 from typing import Any
 
-from pygatewayworker.cluster.child import run_service
-from pygatewayworker.cluster.spec import ChildSpec
 from pygatewayworker.gateway.protocol import Cmd, Decoder, ProtocolError, encode
+from pygatewayworker.runtime.service import run_service
+from pygatewayworker.runtime.spec import ChildSpec
 
 
 async def _close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

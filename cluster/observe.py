@@ -2,7 +2,9 @@
 
 Unlike the other roles it is not declared in a start file: the command line builds
 it from ``--metrics-listen`` / ``GW_METRICS_LISTEN`` (one listener per host, whatever
-the apps) and the master runs it as a process of its own.
+the apps) and the master runs it as a process of its own, whose code
+(``pygatewayworker.metrics``, above the supervisor: it reads what ``cluster`` writes)
+is named by :data:`RUNTIME` and imported only in that child.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""cluster.child.run_service in a real process: readiness, stats, signals, boot
+"""runtime.service.run_service in a real process: readiness, stats, signals, boot
 errors and the master watchdog (each case runs a small script in a subprocess)."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from pygatewayworker.cluster.spec import ExitCode
+from pygatewayworker.runtime.spec import ExitCode
 from tests.cluster import PYTHON, ROOT
 
 SCRIPT = textwrap.dedent(
     """
     import asyncio, json, os, sys
-    from pygatewayworker.cluster.child import run_service
-    from pygatewayworker.cluster.spec import ChildSpec
+    from pygatewayworker.runtime.service import run_service
+    from pygatewayworker.runtime.spec import ChildSpec
     from pygatewayworker.register.config import Register
 
     class Service:

@@ -7,10 +7,13 @@ function of its role's runtime module:
 - ``register.server.serve(spec)``
 - ``gateway.server.serve(spec)``
 - ``businessworker.worker.serve(spec)``
+- ``pushapi.server.serve(spec)``
 
 ``serve`` builds its own event loop (uvloop when importable, see
-:func:`cluster.child.run_service`), reports readiness through ``spec.notify_ready()``
-once it listens / is linked, and returns an exit code from :class:`ExitCode`.
+:func:`runtime.service.run_service`), reports readiness through
+``spec.notify_ready()`` once it listens / is linked, and returns an exit code from
+:class:`ExitCode`. This module lives below both sides (``runtime``): the roles read
+it, the supervisor (``cluster``) fills it in.
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-__all__ = ["ChildSpec", "ExitCode"]
+__all__ = ["ChildSpec", "ExitCode", "REPLACEMENT_ENV"]
+
+REPLACEMENT_ENV = "GW_RELOAD_REPLACEMENT"
+"""Set to ``"1"`` in the environment of a business worker forked by a reload (and
+only there): it must link to every gateway before it reports ready
+(``cluster.reload`` sets it, ``businessworker.worker`` reads it)."""
 
 
 class ExitCode(IntEnum):

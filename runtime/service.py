@@ -42,13 +42,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from pygatewayworker.cluster.logs import configure_child_logging
-from pygatewayworker.cluster.spec import ChildSpec, ExitCode
-from pygatewayworker.cluster.state import rss_bytes
+from pygatewayworker.runtime.logs import configure_child_logging
+from pygatewayworker.runtime.spec import ChildSpec, ExitCode
 
-__all__ = ["Service", "run_service", "RATE_KEYS", "new_event_loop"]
+__all__ = ["Service", "run_service", "RATE_KEYS", "new_event_loop", "rss_bytes"]
 
-log = logging.getLogger("cluster")
+log = logging.getLogger("cluster")  # lifecycle lines keep the supervisor's logger name
 
 STATS_INTERVAL = 1.0
 WATCHDOG_INTERVAL = 1.0
@@ -58,6 +57,7 @@ the service's ``stop_limit`` is larger)."""
 RATE_KEYS = ("messages_in", "messages_out")
 _MIN_RATE_INTERVAL = 0.5
 _PR_SET_PDEATHSIG = 1
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class Service(Protocol):
@@ -88,6 +88,15 @@ def run_service(spec: ChildSpec, service: Service) -> int:
         signal.signal(sig, signal.SIG_IGN)
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return int(runner.run(_ChildRuntime(spec, service).run()))
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of ``pid`` in bytes (0 if unknown)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _set_parent_death_signal(sig: int) -> None:

@@ -1,0 +1,19 @@
+"""Gateways of the Flask example: the page's WebSocket connects to port 7281.
+
+On another machine or in tests, override the addresses instead of editing this file:
+``gatewayworker start --gateway-listen 0.0.0.0:7281 --register 10.0.0.2:1281 ...`` or
+the GW_* variables (see ``gatewayworker start --help``)."""
+
+from pygatewayworker import Gateway
+
+gateway = Gateway(
+    listen="127.0.0.1:7281",  # the public WebSocket address (0.0.0.0: every interface)
+    name="FlaskShopGateway",
+    count=2,
+    lan_ip="127.0.0.1",
+    start_port=2390,  # internal ports 2390-2391
+    register="127.0.0.1:1281",
+    ping_interval=10,  # ping a page silent for 10 s ...
+    ping_not_response_limit=2,  # ... and close it after 2 unanswered pings
+    ping_data='{"type":"ping"}',  # gatewayworker.js answers {"type":"pong"}
+)

@@ -1,0 +1,5 @@
+"""Register of the Flask example: discovery only, never on the message path."""
+
+from pygatewayworker import Register
+
+register = Register(listen="127.0.0.1:1281", name="FlaskShopRegister")

@@ -1,0 +1,3 @@
+from pygatewayworker import Register
+
+register = Register(listen="127.0.0.1:1238")

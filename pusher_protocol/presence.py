@@ -1,0 +1,156 @@
+"""A Pusher connection's state in its session, and presence computed from sessions.
+
+How this works
+--------------
+A connection's Pusher state lives in its gateway session, under ``"pusher"``::
+
+    {"app": "1", "user": "42" | None,
+     "channels": {"public-x": None,
+                  "presence-room": {"user_id": "42", "user_info": {...}, "joined": True}}}
+
+so it travels with every event to whichever worker runs it, survives worker reloads,
+and is what ``on_close`` sees (also for the clients of a gateway that died).
+
+Presence is read, never stored apart: the members of a presence channel are the
+``user_id`` records in the sessions of its group's connections
+(``get_client_sessions_by_group``), one member per distinct ``user_id``.
+
+Who announces ``member_added``: a subscribing connection writes its record with
+``joined: False``, joins the group, reads the group's sessions, announces unless
+another connection of the same user is already ``joined``, then marks its own record
+``joined``. The first connection of a user to mark itself joined saw no other joined
+record at any point of its read, so it announced: every arrival is announced (at
+least once). Two connections of one user subscribing within one read of each other
+(a few milliseconds) on different gateways may both announce; pusher-js keeps one
+member either way.
+
+Who announces ``member_removed``: a leaving connection's record is gone from its
+gateway *before* it reads (an unsubscribe waits for its gateway's answer; a closed
+connection is already gone), and it announces when no other record of the user is
+left. Of two connections of one user leaving at once, at least one sees the other
+gone, so a departure is never missed; both may announce when they leave within one
+read of each other (pusher-js ignores a second removal). Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "SESSION_KEY",
+    "PusherState",
+    "members",
+    "announces_join",
+    "still_present",
+    "presence_payload",
+]
+
+SESSION_KEY = "pusher"
+
+Sessions = Mapping[str, Mapping[str, Any]]
+
+
+@dataclass(slots=True)
+class PusherState:
+    """A view of ``session["pusher"]``; changes go straight into the session dict."""
+
+    doc: dict[str, Any]
+
+    @classmethod
+    def new(cls, session: dict[str, Any], app_id: str) -> PusherState:
+        """Start the state of a connection that completed the handshake."""
+        doc: dict[str, Any] = {"app": app_id, "user": None, "channels": {}}
+        session[SESSION_KEY] = doc
+        return cls(doc)
+
+    @classmethod
+    def of(cls, session: Mapping[str, Any] | None) -> PusherState | None:
+        """The state in ``session``, or ``None`` (no handshake, or not ours)."""
+        doc = session.get(SESSION_KEY) if session else None
+        if isinstance(doc, dict) and isinstance(doc.get("channels"), dict):
+            return cls(doc)
+        return None
+
+    @property
+    def app_id(self) -> str:
+        return str(self.doc.get("app"))
+
+    @property
+    def user_id(self) -> str | None:
+        user = self.doc.get("user")
+        return user if isinstance(user, str) else None
+
+    @user_id.setter
+    def user_id(self, value: str | None) -> None:
+        self.doc["user"] = value
+
+    @property
+    def channels(self) -> dict[str, Any]:
+        """``{channel: None | presence record}``."""
+        channels: dict[str, Any] = self.doc["channels"]
+        return channels
+
+    def add(self, channel: str, user_id: str | None = None, user_info: Any = None) -> None:
+        """Record a subscription (a presence one with ``joined`` false)."""
+        record = None
+        if user_id is not None:
+            record = {"user_id": user_id, "user_info": user_info, "joined": False}
+        self.channels[channel] = record
+
+    def mark_joined(self, channel: str) -> None:
+        record = self.channels.get(channel)
+        if isinstance(record, dict):
+            record["joined"] = True
+
+    def remove(self, channel: str) -> Any:
+        """Forget a subscription; return its record (``None`` when not presence)."""
+        return self.channels.pop(channel, None)
+
+
+def _record(session: Mapping[str, Any], channel: str) -> dict[str, Any] | None:
+    state = PusherState.of(session)
+    if state is None:
+        return None
+    record = state.channels.get(channel)
+    return record if isinstance(record, dict) and "user_id" in record else None
+
+
+def members(sessions: Sessions, channel: str) -> dict[str, Any]:
+    """``{user_id: user_info}`` of a presence channel's connections (one entry per
+    user; with several connections, the info of the first one met)."""
+    out: dict[str, Any] = {}
+    for session in sessions.values():
+        record = _record(session, channel)
+        if record is not None:
+            out.setdefault(str(record["user_id"]), record.get("user_info"))
+    return out
+
+
+def announces_join(sessions: Sessions, client_id: str, channel: str, user_id: str) -> bool:
+    """Whether ``client_id``'s subscription announces ``user_id`` (``member_added``):
+    no *other* connection of that user is already joined."""
+    for other, session in sessions.items():
+        if other == client_id:
+            continue
+        record = _record(session, channel)
+        if record is not None and record["user_id"] == user_id and record.get("joined"):
+            return False
+    return True
+
+
+def still_present(sessions: Sessions, client_id: str, channel: str, user_id: str) -> bool:
+    """Whether another connection than ``client_id`` keeps ``user_id`` in the channel."""
+    for other, session in sessions.items():
+        if other == client_id:
+            continue
+        record = _record(session, channel)
+        if record is not None and record["user_id"] == user_id:
+            return True
+    return False
+
+
+def presence_payload(found: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``data`` of a presence ``pusher_internal:subscription_succeeded``."""
+    return {"presence": {"ids": list(found), "hash": dict(found), "count": len(found)}}
