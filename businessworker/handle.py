@@ -55,12 +55,13 @@ class WorkerAPI(GatewayAPI):
         Origin). The gateway counts these closes as ``app_close``."""
 
     def close_client(self, client_id: str, message: Message | None = None) -> None:
-        """T: optionally send a last message, then close after flushing (code 1000)."""
+        """Optionally send a last message, then close after flushing (code 1000);
+        closing the current client from its connect callbacks counts as a refusal."""
         super().close_client(client_id, message)
         self._note_rejection(client_id)
 
     def destroy_client(self, client_id: str) -> None:
-        """T: drop the connection at once."""
+        """Drop the connection at once (counted like :meth:`close_client`)."""
         super().destroy_client(client_id)
         self._note_rejection(client_id)
 
