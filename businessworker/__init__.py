@@ -1,13 +1,13 @@
 """BusinessWorker: runs an app's Events class.
 
-Importing this package imports the declaration plus the two documented handles used
-from Events code: ``api`` (the Gateway API, see ``businessworker.handle``) and
-``context`` (the current event's client_id, addresses and session, see
-``businessworker.context``). The runtime is ``businessworker.worker``.
+Importing this package imports only the declaration (``BusinessWorker``), so start
+files (which the master reads) load no asyncio and no push client. Events code takes
+its two handles from the top-level package: ``from pygatewayworker import api,
+context`` (:mod:`pygatewayworker.businessworker.handle` and
+:mod:`pygatewayworker.businessworker.context`). The runtime is
+:mod:`pygatewayworker.businessworker.worker`.
 """
 
 from pygatewayworker.businessworker.config import BusinessWorker
-from pygatewayworker.businessworker.context import context
-from pygatewayworker.businessworker.handle import api
 
-__all__ = ["BusinessWorker", "api", "context"]
+__all__ = ["BusinessWorker"]

@@ -12,7 +12,7 @@ callback starts inherit it.
 
 Application code reads it through the one documented handle, :data:`context`::
 
-    from pygatewayworker.businessworker import context
+    from pygatewayworker import context
 
     def on_message(client_id, message):
         context.client_ip        # "203.0.113.7"

@@ -6,7 +6,7 @@ Each :class:`~businessworker.worker.WorkerProcess` owns a :class:`WorkerAPI` (th
 Gateway API over its links, plus the calls that act on the current client). Events
 code does not receive it as an argument; it imports the one documented handle::
 
-    from pygatewayworker.businessworker import api
+    from pygatewayworker import api
 
     def on_message(client_id, message):
         api.send_to_group("room", message)

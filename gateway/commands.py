@@ -1,42 +1,43 @@
-"""The commands and queries a gateway executes for workers and push clients.
+"""The Gateway API commands and queries a gateway executes for workers and push
+clients: sends, uid/group/session changes and lookups.
 
 How this works
 --------------
-``GatewayServer`` builds its dispatch table by name from the :class:`Cmd` enum:
-``SEND_TO_GROUP`` is handled by ``cmd_send_to_group(link, packet)``, ``Q_UIDS`` by
-``query_uids(*args)`` whose result goes back in one ``REPLY``. :class:`Commands`
-holds those methods and is mixed into ``GatewayServer``.
+The core (``gateway.core``) dispatches every packet by command name: ``SEND_TO_GROUP``
+is handled by ``cmd_send_to_group(link, packet)``, ``Q_UIDS`` by ``query_uids(*args)``
+whose result goes back in one ``REPLY``. :class:`Commands` holds those handlers for
+the Gateway API; the link upkeep (``HELLO``, ``PING``, ``WORKER_LEAVE``, ``RELEASE``)
+and the operator queries are the core's own.
 
 A malformed packet raises ``ValueError``/``TypeError``/``KeyError`` (wrong field
-count, wrong types, a message that is neither ``str`` nor ``bytes``); the link
-handling answers ``ERROR`` and closes that link only.
+count, wrong types, a message that is neither ``str`` nor ``bytes``); the core
+answers ``ERROR`` and closes that link only.
 
 Sends are the hot path: a broadcast encodes its WebSocket frame once
-(:func:`data_frame`) and writes the same bytes object to every recipient's
-transport (:meth:`Commands.deliver`), with no per-recipient allocation.
+(:func:`data_frame`) and writes the same bytes object to every open recipient
+(:meth:`Commands.deliver`), with no per-recipient allocation; consecutive broadcasts
+to the same recipients that arrive in one read are merged first (:func:`coalesce`),
+so each recipient gets one write for all of them. The broadcasts count their
+deliveries (``Counters.broadcast_deliveries``, metrics): one add per command.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pygatewayworker.gateway import wsproto
-from pygatewayworker.gateway.client_id import MAX_CONN_ID, encode_client_id
-from pygatewayworker.gateway.config import Gateway
-from pygatewayworker.gateway.connection import S_OPEN, ClientConnection
+from pygatewayworker.gateway.client_id import MAX_CONN_ID
 from pygatewayworker.gateway.directory import Directory
+from pygatewayworker.gateway.frames import binary_frame, text_frame
 from pygatewayworker.gateway.protocol import Cmd
+from pygatewayworker.gateway.records import Client, Counters, Link
+from pygatewayworker.gateway.websocket import State
 
-if TYPE_CHECKING:
-    from pygatewayworker.gateway.links import InternalLink
+__all__ = ["Commands", "Frames", "coalesce", "data_frame", "check_conn_id"]
 
-__all__ = ["Commands", "Frames", "coalesce", "data_frame"]
-
-_monotonic = time.monotonic
-_text_frame = wsproto.text_frame
-_binary_frame = wsproto.binary_frame
+_text_frame = text_frame
+_binary_frame = binary_frame
+_OPEN = State.OPEN
 
 
 class Frames(bytes):
@@ -59,7 +60,7 @@ def data_frame(data: object) -> bytes:
     raise TypeError(f"message must be str or bytes, got {type(data).__name__}")
 
 
-def _conn_id(value: object) -> int:
+def check_conn_id(value: object) -> int:
     """``value`` as a connection id; ``TypeError``/``ValueError`` (a malformed
     command: ``ERROR`` and the link is closed) unless it is an int in 1..2**32-1."""
     if type(value) is not int:
@@ -130,115 +131,118 @@ def coalesce(packets: list[list[Any]]) -> list[list[Any]]:
 
 
 class Commands:
-    """``cmd_*`` and ``query_*`` handlers; mixed into ``GatewayServer`` (which sets
-    the attributes declared here)."""
+    """The Gateway API handlers: ``cmd_*(link, packet)`` for commands (no answer),
+    ``query_*(*args)`` for queries (the result is the ``REPLY``)."""
 
-    config: Gateway
-    directory: Directory[ClientConnection]
-    internal_port: int
-    messages_out: int
-    bytes_out: int
-    broadcast_deliveries: int
-
-    def stats(self) -> dict[str, Any]:  # provided by GatewayServer
-        raise NotImplementedError
+    def __init__(self, directory: Directory[Client], counters: Counters) -> None:
+        self.directory = directory
+        self.counters = counters
 
     # ---- send commands ------------------------------------------------------------
-    def deliver(self, recipients: Iterable[ClientConnection], frame: bytes) -> None:
-        """Write one encoded frame (or :class:`Frames`) to every open recipient."""
+    def deliver(self, recipients: Iterable[Client], frame: bytes) -> int:
+        """Write one encoded frame (or :class:`Frames`) to every open recipient.
+        Returns the messages delivered (recipients times messages in ``frame``)."""
         size = len(frame)
         count = frame.messages if type(frame) is Frames else 1
         sent = 0
-        is_open = S_OPEN
-        for conn in recipients:
-            if conn.state == is_open:
-                conn.transport.write(frame)
-                conn.bytes_out += size
+        is_open = _OPEN
+        for client in recipients:
+            if client.ws.state is is_open:
+                client.writer.write(frame)
+                client.bytes_out += size
                 sent += 1
-        self.messages_out += sent * count
-        self.bytes_out += sent * size
-        self.broadcast_deliveries += sent * count  # metrics
+        counters = self.counters
+        counters.messages_out += sent * count
+        counters.bytes_out += sent * size
+        return sent * count
 
-    def cmd_send_to_client(self, link: InternalLink, packet: list[Any]) -> None:
+    def cmd_send_to_client(self, link: Link, packet: list[Any]) -> None:
         _, conn_id, data = packet
         frame = data_frame(data)
         if type(conn_id) is not int or not 0 < conn_id <= MAX_CONN_ID:
-            _conn_id(conn_id)  # raises: a malformed command
-        conn = self.directory.get(conn_id)
-        if conn is not None:
-            conn.send_frame(frame)
+            check_conn_id(conn_id)  # raises: a malformed command
+        client = self.directory.get(conn_id)
+        if client is not None and client.ws.state is _OPEN:
+            client.writer.write(frame)
+            size = len(frame)
+            client.bytes_out += size
+            counters = self.counters
+            counters.messages_out += 1
+            counters.bytes_out += size
 
-    def cmd_send_to_all(self, link: InternalLink, packet: list[Any]) -> None:
+    def cmd_send_to_all(self, link: Link, packet: list[Any]) -> None:
         _, data, conn_ids, exclude = packet
         frame = data_frame(data)
         if conn_ids is not None:
             _int_list(conn_ids, "conn_ids")
         if exclude is not None:
             _int_list(exclude, "exclude")
-        self.deliver(self.directory.recipients_all(conn_ids, exclude), frame)
+        recipients = self.directory.recipients_all(conn_ids, exclude)
+        self.counters.broadcast_deliveries += self.deliver(recipients, frame)
 
-    def cmd_send_to_uid(self, link: InternalLink, packet: list[Any]) -> None:
+    def cmd_send_to_uid(self, link: Link, packet: list[Any]) -> None:
         _, uids, data = packet
         frame = data_frame(data)
-        self.deliver(self.directory.recipients_uids(_str_list(uids, "uids")), frame)
+        recipients = self.directory.recipients_uids(_str_list(uids, "uids"))
+        self.counters.broadcast_deliveries += self.deliver(recipients, frame)
 
-    def cmd_send_to_group(self, link: InternalLink, packet: list[Any]) -> None:
+    def cmd_send_to_group(self, link: Link, packet: list[Any]) -> None:
         _, groups, data, exclude = packet
         frame = data_frame(data)
         if exclude is not None:
             _int_list(exclude, "exclude")
         recipients = self.directory.recipients_groups(_str_list(groups, "groups"), exclude)
-        self.deliver(recipients, frame)
+        self.counters.broadcast_deliveries += self.deliver(recipients, frame)
 
-    def cmd_close_client(self, link: InternalLink, packet: list[Any]) -> None:
+    def cmd_close_client(self, link: Link, packet: list[Any]) -> None:
         _, conn_id, data = packet
         frame = None if data is None else data_frame(data)
-        conn = self.directory.get(_conn_id(conn_id))
-        if conn is not None:
+        client = self.directory.get(check_conn_id(conn_id))
+        if client is not None:
             if frame is not None:
-                conn.send_frame(frame)
-            conn.close_reason = conn.close_reason or "app_close"  # metrics
-            conn.close_ws(1000)
+                self.deliver((client,), frame)  # not a broadcast: not counted as one
+            client.close_reason = client.close_reason or "app_close"
+            client.writer.close(1000)
 
-    def cmd_destroy_client(self, link: InternalLink, packet: list[Any]) -> None:
+    def cmd_destroy_client(self, link: Link, packet: list[Any]) -> None:
         _, conn_id = packet
-        conn = self.directory.get(_conn_id(conn_id))
-        if conn is not None:
-            conn.close_reason = conn.close_reason or "app_close"  # metrics
-            conn.abort()
+        client = self.directory.get(check_conn_id(conn_id))
+        if client is not None:
+            client.close_reason = client.close_reason or "app_close"
+            client.writer.abort()
 
     # ---- state commands -----------------------------------------------------------
-    def cmd_bind_uid(self, link: InternalLink, packet: list[Any]) -> None:
+    def cmd_bind_uid(self, link: Link, packet: list[Any]) -> None:
         _, conn_id, uid = packet
-        self.directory.bind_uid(_conn_id(conn_id), uid)
+        self.directory.bind_uid(check_conn_id(conn_id), uid)
 
-    def cmd_unbind_uid(self, link: InternalLink, packet: list[Any]) -> None:
+    def cmd_unbind_uid(self, link: Link, packet: list[Any]) -> None:
         _, conn_id, uid = packet
-        self.directory.unbind_uid(_conn_id(conn_id), uid)
+        self.directory.unbind_uid(check_conn_id(conn_id), uid)
 
-    def cmd_join_group(self, link: InternalLink, packet: list[Any]) -> None:
+    def cmd_join_group(self, link: Link, packet: list[Any]) -> None:
         _, conn_id, group = packet
-        self.directory.join_group(_conn_id(conn_id), group)
+        self.directory.join_group(check_conn_id(conn_id), group)
 
-    def cmd_leave_group(self, link: InternalLink, packet: list[Any]) -> None:
+    def cmd_leave_group(self, link: Link, packet: list[Any]) -> None:
         _, conn_id, group = packet
-        self.directory.leave_group(_conn_id(conn_id), group)
+        self.directory.leave_group(check_conn_id(conn_id), group)
 
-    def cmd_ungroup(self, link: InternalLink, packet: list[Any]) -> None:
+    def cmd_ungroup(self, link: Link, packet: list[Any]) -> None:
         _, group = packet
         self.directory.ungroup(group)
 
-    def cmd_set_session(self, link: InternalLink, packet: list[Any]) -> None:
+    def cmd_set_session(self, link: Link, packet: list[Any]) -> None:
         _, conn_id, session = packet
-        self.directory.set_session(_conn_id(conn_id), session)
+        self.directory.set_session(check_conn_id(conn_id), session)
 
-    def cmd_update_session(self, link: InternalLink, packet: list[Any]) -> None:
+    def cmd_update_session(self, link: Link, packet: list[Any]) -> None:
         _, conn_id, partial = packet
-        self.directory.update_session(_conn_id(conn_id), partial)
+        self.directory.update_session(check_conn_id(conn_id), partial)
 
     # ---- queries (arguments after req) --------------------------------------------
     def query_client_info(self, conn_id: int) -> Any:
-        return self.directory.client_info(_conn_id(conn_id))
+        return self.directory.client_info(check_conn_id(conn_id))
 
     def query_uids(self, uids: list[str]) -> Any:
         return self.directory.uids_info(_str_list(uids, "uids"))
@@ -253,22 +257,3 @@ class Commands:
 
     def query_all_uids(self) -> Any:
         return self.directory.all_uids()
-
-    def query_connections(self) -> Any:
-        now = _monotonic()
-        ip, port = self.config.lan_ip, self.internal_port
-        return [
-            {
-                "client_id": encode_client_id(ip, port, conn.conn_id),
-                "remote": f"{conn.remote_ip}:{conn.remote_port}",
-                "uid": conn.uid,
-                "groups": sorted(conn.groups) if conn.groups else [],
-                "age": round(now - conn.since, 3),
-                "bytes_in": conn.bytes_in,
-                "bytes_out": conn.bytes_out,
-            }
-            for conn in self.directory.entries()
-        ]
-
-    def query_stats(self) -> Any:
-        return self.stats()

@@ -27,10 +27,10 @@ class Gateway:
     every process bind any free internal port; the real one is known after start.
 
     Heartbeat: every ``ping_interval`` seconds of client silence the gateway sends
-    ``ping_data``; with ``ping_not_response_limit`` n > 0 a client silent for n
-    intervals is closed (code 1011 is not used; 1000 "heartbeat timeout"... see
-    docs). Any client message counts as activity, and so does a WebSocket pong when
-    ``pong_is_activity`` is true.
+    ``ping_data``; with ``ping_not_response_limit`` n > 0 a client silent for more
+    than n intervals is dropped (its TCP connection is aborted: the client sees 1006,
+    and ``on_close`` runs). Any client message counts as activity, and so does a
+    WebSocket ping or pong when ``pong_is_activity`` is true.
 
     ``max_message_size``: larger client messages close the client with 1009.
     ``send_buffer_limit``: a client whose unsent data exceeds it is closed with 1008

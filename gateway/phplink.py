@@ -4,7 +4,7 @@ How this works
 --------------
 Every connection to a gateway's internal port starts with a :class:`LinkSniffer`.
 It creates our usual :class:`~gateway.links.InternalLink` at once (so the link's
-hello timeout runs as always) and looks at the first bytes
+hello timeout runs as always, in the core) and looks at the first bytes
 (:func:`~gateway.gatewayprotocol.sniff`): a msgpack link gets the transport handed
 to its ``InternalLink`` (``transport.set_protocol``: the sniffer is out of the path
 from then on); a PHP link ends that ``InternalLink`` quietly (it never linked) and
@@ -12,7 +12,7 @@ gets a :class:`PhpLink` instead.
 
 A :class:`PhpLink` decodes GatewayProtocol packets, translates each with
 ``gateway.phpcommands.translate`` and carries the result out on the gateway:
-internal command packets go to the gateway's ``cmd_*`` handlers, queries to its
+internal command packets go to the core's ``cmd_*`` handlers, queries to its
 ``query_*`` handlers (:class:`PhpLinks` is the one place that touches the gateway),
 and replies are written back at once.
 
@@ -36,8 +36,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, cast
 
+from pygatewayworker.gateway.clients import RateLimitedLog
 from pygatewayworker.gateway.commands import Frames, coalesce
-from pygatewayworker.gateway.connection import RateLimitedLog
 from pygatewayworker.gateway.gatewayprotocol import (
     LINK_PHP,
     QUERIES,
@@ -59,6 +59,7 @@ from pygatewayworker.gateway.phpcommands import (
     translate,
 )
 from pygatewayworker.gateway.protocol import DEFAULT_MAX_PACKET, Cmd, ProtocolError
+from pygatewayworker.gateway.records import Link
 
 __all__ = ["LinkSniffer", "PhpLink", "PhpLinks", "STALL_TIMEOUT"]
 
@@ -79,7 +80,7 @@ class PhpLinks:
     def __init__(
         self,
         secret: str,
-        commands: dict[Cmd, Callable[[InternalLink, list[Any]], None]],
+        commands: dict[Cmd, Callable[[Link, list[Any]], None]],
         queries: dict[Cmd, Callable[..., Any]],
         internal_link: Callable[[], InternalLink],
         max_packet: int = DEFAULT_MAX_PACKET,
@@ -113,17 +114,17 @@ class PhpLinks:
 class LinkSniffer(asyncio.Protocol):
     """A new internal connection until its first bytes tell what it speaks."""
 
-    __slots__ = ("php", "link", "transport", "head")
+    __slots__ = ("php", "internal", "transport", "head")
 
-    def __init__(self, php: PhpLinks, link: InternalLink) -> None:
+    def __init__(self, php: PhpLinks, internal: InternalLink) -> None:
         self.php = php
-        self.link = link
+        self.internal = internal
         self.transport: asyncio.Transport | None = None
         self.head = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.link.connection_made(transport)
+        self.internal.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         head = self.head + data if self.head else data
@@ -133,24 +134,25 @@ class LinkSniffer(asyncio.Protocol):
             return
         transport = self.transport
         assert transport is not None
-        if kind == LINK_PHP and not self.link.rejected and not self.link.closed:
-            php = PhpLink(self.php, self.link.peer)
-            self.link.connection_lost(None)  # it never linked: ends quietly
+        link = self.internal.link
+        if kind == LINK_PHP and not link.rejected and not link.closed:
+            php = PhpLink(self.php, link.peer)
+            self.internal.connection_lost(None)  # it never linked: ends quietly
             transport.set_protocol(php)
             php.connection_made(transport)
             php.data_received(head)
         else:
-            transport.set_protocol(self.link)
-            self.link.data_received(head)
+            transport.set_protocol(self.internal)
+            self.internal.data_received(head)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.link.connection_lost(exc)
+        self.internal.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        self.link.pause_writing()
+        self.internal.pause_writing()
 
     def resume_writing(self) -> None:
-        self.link.resume_writing()
+        self.internal.resume_writing()
 
 
 class PhpLink(asyncio.Protocol):

@@ -1,30 +1,29 @@
-"""The gateway process: the service that ties the public and internal sides together.
+"""The gateway process: lifecycle and timers around the core.
 
 How this works
 --------------
-One :class:`GatewayServer` per gateway process listens on two sockets:
+One :class:`GatewayServer` per gateway process. It binds (or is given) two sockets
+and builds the pieces:
 
+- the **core** (``gateway.core.GatewayCore``): every decision (clients, workers,
+  commands, routes, heartbeat), no I/O;
 - the **public** port, where every client connection is a
-  :class:`~gateway.connection.ClientConnection`. It parses the HTTP head; a
-  WebSocket upgrade gets ``101``, a connection id, a directory entry and the
-  ``EV_CONNECT`` + ``EV_WS_CONNECT`` events; a plain ``GET`` is answered from
-  ``static_dir`` and closed (no entry, no events). After the handshake, frames are
-  parsed and each message becomes one ``EV_MESSAGE`` packet to the client's worker.
-- the **internal** port, where every business worker and push client is an
-  :class:`~gateway.links.InternalLink` (handshake, dispatch and event routing in
-  ``gateway.links``; the commands themselves in ``gateway.commands``). PHP apps'
+  ``gateway.connection.ClientConnection`` speaking ``gateway.websocket``;
+- the **internal** port, where every business worker and push client is a
+  ``gateway.links.InternalLink`` speaking ``gateway.protocol``. PHP apps'
   GatewayClient connects there too: ``gateway.phplink`` tells its links from ours
-  by their first bytes and carries their commands out through the same handlers.
+  by their first bytes and carries their commands out through the core's handlers.
 
-There are no per-connection tasks or timers: one heartbeat task pings silent clients
-and drops dead ones, and one housekeeping tick (about a second) handles handshake and
-close deadlines, link keep-alives, link timeouts and expired held events (both in
-``gateway.sweeps``). Slow consumers are detected by the transport's high-water mark
-(``pause_writing``), which costs nothing per write.
+There are no per-connection tasks or timers. Two tasks walk the tables instead: the
+**heartbeat** (when ``ping_interval`` > 0) calls ``GatewayCore.heartbeat`` in
+:data:`HEARTBEAT_SLICES` steps per interval, so that a gateway with 100k idle clients
+writes 10k pings every tenth of an interval instead of 100k at once; the
+**housekeeping** tick (about a second, shorter for tight link timings) drops clients
+past their handshake or close deadline (``ClientPort.sweep``) and lets the core
+expire held events and look after the links (``GatewayCore.tick``).
 
-Module map: ``gateway.connection`` (client protocol), ``gateway.links`` (internal
-links, routing), ``gateway.commands`` (cmd_*/query_*), ``gateway.sweeps`` (heartbeat,
-housekeeping), this module (lifecycle, client handshake, ``serve``).
+:meth:`GatewayServer.start` and :meth:`GatewayServer.stop` make it a ``Service``
+for ``runtime.service.run_service``; :func:`serve` is the child's entry point.
 """
 
 from __future__ import annotations
@@ -33,51 +32,22 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import socket
 import time
-from collections import deque
-from collections.abc import Callable
 from typing import Any
 
-from pygatewayworker.gateway import wsproto
-from pygatewayworker.gateway.client_id import MAX_CONN_ID
-from pygatewayworker.gateway.commands import Commands, data_frame
 from pygatewayworker.gateway.config import Gateway
-from pygatewayworker.gateway.connection import (
-    S_CLOSED,
-    S_CLOSING,
-    S_DRAINING,
-    S_HTTP,
-    S_OPEN,
-    ClientConnection,
-    RateLimitedLog,
-    static_response,
-)
+from pygatewayworker.gateway.connection import ClientConnection, ClientPort
+from pygatewayworker.gateway.core import GatewayCore
 from pygatewayworker.gateway.directory import Directory
-from pygatewayworker.gateway.links import InternalLink, LinkHandling
+from pygatewayworker.gateway.links import InternalLink
 from pygatewayworker.gateway.phplink import PhpLinks
-from pygatewayworker.gateway.protocol import Cmd
-from pygatewayworker.gateway.sweeps import HEARTBEAT_SLICES, Sweeps
+from pygatewayworker.gateway.records import Client
 from pygatewayworker.register.config import is_loopback, parse_address
 from pygatewayworker.register.discovery import GatewayAnnouncer
 from pygatewayworker.runtime.spec import ChildSpec
 
-__all__ = [
-    "GatewayServer",
-    "ClientConnection",
-    "InternalLink",
-    "bind_socket",
-    "first_conn_id",
-    "HEARTBEAT_SLICES",
-    "data_frame",
-    "serve",
-    "S_HTTP",
-    "S_OPEN",
-    "S_CLOSING",
-    "S_DRAINING",
-    "S_CLOSED",
-]
+__all__ = ["GatewayServer", "bind_socket", "serve", "HEARTBEAT_SLICES", "ACCEPT_BACKLOG"]
 
 log = logging.getLogger("gateway")
 
@@ -87,27 +57,8 @@ ACCEPT_BACKLOG = 65535
 after a gateway restart every client reconnects at once, and connections beyond
 the backlog are dropped and retried by the client's TCP with backoff (1, 3, 7, 15
 s...), which makes the storm last seconds longer."""
-FIRST_CONN_ID_LIMIT = 2**31
-"""Connection ids of a new gateway process start at a random id below this."""
-CLOSE_REASONS = (
-    "client_close",
-    "client_gone",
-    "heartbeat_timeout",
-    "send_buffer_limit",
-    "size_limit",
-    "protocol_error",
-    "app_close",
-    "shutdown",
-)
-"""Why WebSocket clients closed (metrics, ``closed_by_reason``); see
-docs/observability.md."""
-
-
-def first_conn_id() -> int:
-    """A random first connection id in ``[1, 2**31)``: the client_ids of a restarted
-    gateway process (same ip and port) do not repeat those of its previous life,
-    whose holders may still address them."""
-    return secrets.randbelow(FIRST_CONN_ID_LIMIT - 1) + 1
+HEARTBEAT_SLICES = 10
+"""The heartbeat sweeps a tenth of the clients every tenth of ``ping_interval``."""
 
 
 def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -137,16 +88,10 @@ def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-class GatewayServer(LinkHandling, Commands, Sweeps):
-    """One gateway process: public WebSocket port, internal port, and the state of
-    every client. Implements the ``Service`` protocol (``start``/``stop``/``stats``)."""
+class GatewayServer:
+    """One gateway process: public WebSocket port, internal port, and the core.
+    Implements the ``Service`` protocol (``start``/``stop``/``stats``)."""
 
-    hello_timeout = 5.0
-    """Seconds a new internal link has to send a valid ``HELLO``."""
-    handshake_timeout = 10.0
-    """Seconds a new client has to send a complete HTTP request head."""
-    close_timeout = 5.0
-    """Seconds a closing client has to answer our close frame before it is dropped."""
     stop_timeout = 10.0
     """Seconds a graceful stop waits for clients to go."""
 
@@ -159,62 +104,53 @@ class GatewayServer(LinkHandling, Commands, Sweeps):
     ) -> None:
         self.config = config
         self.index = index
-        self.directory: Directory[ClientConnection] = Directory(self.routes_dirty)
-        self.public_port = 0
-        self.internal_port = 0
-        self.internal_address = ""
-        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.core = GatewayCore(config, index)
+        self.client_port = ClientPort(self.core.clients)
+        self.core.send_buffers = self.client_port.send_buffers  # stats (metrics)
         self._public_sock = public_sock
         self._internal_sock = internal_sock
         self._public_server: asyncio.Server | None = None
         self._internal_server: asyncio.Server | None = None
         self._announcer: Any = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._next_conn_id = first_conn_id() - 1
-        self._handshaking: dict[ClientConnection, float] = {}  # accept order
-        self._closing: dict[ClientConnection, float] = {}  # close order
-        self._links: set[InternalLink] = set()
-        self._workers: list[InternalLink] = []  # linked workers that take new clients
-        self._pending: deque[tuple[float, ClientConnection, Cmd, bytes]] = deque()
-        self._pending_dropped = 0
         self._stopping = False
-        self._started = 0.0
-        self._static_root = ""
-        self._ping_frame = data_frame(config.ping_data) if config.ping_data else b""
-        self.log_client = RateLimitedLog()
-        self.messages_in = self.messages_out = 0
-        self.bytes_in = self.bytes_out = 0
-        self.send_failures = 0
-        # metrics (docs/observability.md)
-        self.connections_opened = self.broadcast_deliveries = 0
-        self.closed_by_reason = dict.fromkeys(CLOSE_REASONS, 0)
-        self.handshake_failures: dict[str, int] = {}  # HTTP status -> count
-        self._commands: dict[Cmd, Callable[[InternalLink, list[Any]], None]] = {}
-        self._queries: dict[Cmd, Callable[..., Any]] = {}
-        for cmd in Cmd:
-            name = cmd.name.lower()
-            if name.startswith("q_"):
-                self._queries[cmd] = getattr(self, "query_" + name[2:])
-            elif hasattr(self, "cmd_" + name):
-                self._commands[cmd] = getattr(self, "cmd_" + name)
+        self._loop: asyncio.AbstractEventLoop | None = None
         # PHP GatewayClient links share the internal port (gateway.phplink).
         self.php_links = PhpLinks(
-            config.secret, self._commands, self._queries, lambda: InternalLink(self)
+            config.secret, self.core.handlers, self.core.queries, self._internal_link
         )
+
+    @property
+    def directory(self) -> Directory[Client]:
+        """The core's directory of clients."""
+        return self.core.directory
+
+    @property
+    def public_port(self) -> int:
+        return self.core.public_port
+
+    @property
+    def internal_port(self) -> int:
+        return self.core.internal_port
+
+    @property
+    def internal_address(self) -> str:
+        return self.core.internal_address
 
     # ---- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
-        """Bind (unless sockets were given), listen, start the sweeps and announce
+        """Bind (unless sockets were given), listen, start the timers and announce
         this gateway to the registers. Raises ``OSError`` when a port is taken."""
         cfg = self.config
-        self.loop = asyncio.get_running_loop()
-        self._started = _monotonic()
+        self._loop = loop = asyncio.get_running_loop()
+        self.core.defer = loop.call_soon
+        self.core.started = _monotonic()
         if cfg.static_dir:
-            self._static_root = os.path.realpath(cfg.static_dir)
-            if not os.path.isdir(self._static_root):
+            self.client_port.static_root = root = os.path.realpath(cfg.static_dir)
+            if not os.path.isdir(root):
                 log.warning("static_dir %s is not a directory: every GET gets 404", cfg.static_dir)
         try:
-            await self._listen()
+            await self._listen(loop)
         except BaseException:
             for sock in (self._public_sock, self._internal_sock):
                 if sock is not None:
@@ -243,7 +179,7 @@ class GatewayServer(LinkHandling, Commands, Sweeps):
             self.internal_address,
         )
 
-    async def _listen(self) -> None:
+    async def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
         cfg = self.config
         if self._public_sock is None:
             host, port = parse_address(cfg.listen, "Gateway listen")
@@ -251,32 +187,32 @@ class GatewayServer(LinkHandling, Commands, Sweeps):
         if self._internal_sock is None:
             host, port = cfg.internal_bind_address(self.index)
             self._internal_sock = bind_socket(host, port if cfg.start_port else 0, False)
-        self._internal_server = await self.loop.create_server(
+        core, client_port = self.core, self.client_port
+        self._internal_server = await loop.create_server(
             self.php_links.accept, sock=self._internal_sock
         )
-        self._public_server = await self.loop.create_server(
-            lambda: ClientConnection(self), sock=self._public_sock, backlog=ACCEPT_BACKLOG
+        self._public_server = await loop.create_server(
+            lambda: ClientConnection(client_port), sock=self._public_sock, backlog=ACCEPT_BACKLOG
         )
-        self.public_port = self._public_sock.getsockname()[1]
-        self.internal_port = self._internal_sock.getsockname()[1]
-        self.internal_address = f"{cfg.lan_ip}:{self.internal_port}"
+        core.public_port = self._public_sock.getsockname()[1]
+        core.internal_port = self._internal_sock.getsockname()[1]
 
     async def stop(self, graceful: bool = True) -> None:
         """Stop accepting; close every client (graceful: close frame 1001 and a
-        bounded wait; else at once); tell workers (``EV_CLOSE``); close the links
-        and withdraw from the registers."""
-        if self._stopping or self.loop is None:
+        bounded wait; else at once); tell workers (``EV_CLOSE``); hand on held
+        events, close the links and withdraw from the registers."""
+        if self._stopping or self._loop is None:
             return
         self._stopping = True
+        self.client_port.accepting = self.core.accepting = False
         for server in (self._public_server, self._internal_server):
             if server is not None:
                 server.close()
-        for conn in list(self._handshaking):
+        for conn in list(self.client_port.handshaking):
             conn.abort()
         if graceful:
             await self._close_clients_gracefully()
-        for conn in [*self.directory.entries(), *self._closing]:
-            conn.abort()
+        self.client_port.abort_all()
         for _ in range(3):  # let connection_lost run: it queues EV_CLOSE to workers
             await asyncio.sleep(0)
         for task in self._tasks:
@@ -308,152 +244,64 @@ class GatewayServer(LinkHandling, Commands, Sweeps):
             log.warning("withdrawing from the registers took over %g s; stopping anyway", timeout)
 
     async def _close_clients_gracefully(self) -> None:
-        for conn in list(self.directory.entries()):
-            conn.close_ws(1001, "going away")
+        self.core.clients.close_all(1001, "going away")
         deadline = _monotonic() + self.stop_timeout
-        while len(self.directory) and _monotonic() < deadline:
+        while len(self.core.directory) and _monotonic() < deadline:
             await asyncio.sleep(0.02)
 
+    async def _close_links(self, timeout: float = 2.0) -> None:
+        """Close every link after flushing what is queued (EV_CLOSE events). Events
+        held for leaving workers are handed on first, while the links are open."""
+        core = self.core
+        core.release_held()
+        for link in list(core.links):
+            link.writer.close()
+        deadline = _monotonic() + timeout
+        while core.links and _monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for link in list(core.links):
+            link.writer.abort()
+
+    def _internal_link(self) -> InternalLink:
+        """A new link on the internal port (the factory ``php_links`` calls)."""
+        assert self._loop is not None, "links arrive only once started"
+        return InternalLink(self.core, self._loop)
+
     def stats(self) -> dict[str, Any]:
-        """Counters for ``status`` and ``Q_STATS``."""
-        return {
-            "connections": len(self.directory),
-            "messages_in": self.messages_in,
-            "messages_out": self.messages_out,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "send_failures": self.send_failures,
-            "workers": sum(1 for link in self._links if link.role == "worker"),
-            "clients": sum(1 for link in self._links if link.role == "client"),
-            "pending_events": len(self._pending),
-            "uptime": round(_monotonic() - self._started, 3) if self._started else 0.0,
-            "public_port": self.public_port,
-            "internal_address": self.internal_address,
-            "pid": os.getpid(),
-            # metrics (docs/observability.md)
-            "connections_opened": self.connections_opened,
-            "closed_by_reason": self.closed_by_reason,
-            "handshake_failures": self.handshake_failures,
-            "broadcast_deliveries": self.broadcast_deliveries,
-            **self._send_buffers(),
-        }
+        """Counters for ``status`` (the same as ``Q_STATS``)."""
+        return self.core.stats()
 
-    def _send_buffers(self) -> dict[str, int]:
-        """Bytes queued for clients in our transports, summed and the largest."""
-        total = largest = 0
-        for conn in self.directory.entries():
-            size = conn.transport.get_write_buffer_size()
-            total += size
-            largest = max(largest, size)
-        return {"send_buffer_bytes": total, "send_buffer_max_bytes": largest}
-
-    def count_out(self, messages: int, size: int) -> None:
-        """Account ``messages`` frames of ``size`` bytes each written to clients."""
-        self.messages_out += messages
-        self.bytes_out += messages * size
-
-    # ---- client connections --------------------------------------------------------
-    def on_accept(self, conn: ClientConnection) -> None:
-        """A TCP connection arrived: it has ``handshake_timeout`` to send its head."""
-        if self._stopping:
-            conn.abort()
-            return
-        self._handshaking[conn] = _monotonic() + self.handshake_timeout
-
-    def on_http_data(self, conn: ClientConnection, data: bytes) -> None:
-        """Bytes of the HTTP request head."""
-        parser = conn.parser
-        assert isinstance(parser, wsproto.RequestParser)
-        try:
-            request = parser.feed(data)
-            if request is None:
-                return
-            self._handshaking.pop(conn, None)
-            if not request.wants_upgrade:
-                self._answer_http(conn, request)
-                return
-            key = wsproto.check_upgrade(request)
-        except wsproto.HandshakeError as exc:
-            self._handshaking.pop(conn, None)
-            status = str(exc.status)  # metrics
-            self.handshake_failures[status] = self.handshake_failures.get(status, 0) + 1
-            self.log_client(logging.INFO, "rejected request from %s: %s", conn.remote_ip, exc)
-            conn.end(exc.response)
-            return
-        self._upgrade(conn, request, key, parser.rest)
-
-    def _upgrade(
-        self, conn: ClientConnection, request: wsproto.Request, key: str, rest: bytes
-    ) -> None:
-        conn.transport.write(wsproto.accept_response(key))
-        conn.conn_id = self._new_conn_id()
-        conn.state = S_OPEN
-        conn.parser = wsproto.FrameParser(self.config.max_message_size)
-        self.directory.add(conn)
-        self.connections_opened += 1  # metrics
-        self.emit(conn, Cmd.EV_CONNECT, None)
-        info = {
-            "path": request.path,
-            "query": request.query,
-            "headers": request.headers,
-            "cookies": wsproto.parse_cookies(request.headers.get("cookie", "")),
-            "remote_ip": conn.remote_ip,
-            "remote_port": conn.remote_port,
-        }
-        self.emit(conn, Cmd.EV_WS_CONNECT, info)
-        if rest:
-            conn.feed_frames(rest)
-
-    def _new_conn_id(self) -> int:
-        """Ids count up from a random start (:func:`first_conn_id`), so a restarted
-        gateway does not hand out the client_ids of its previous life; after 2**32-1
-        they wrap to 1, skipping ids still in use."""
-        conn_id = self._next_conn_id
+    # ---- timers --------------------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        """Run ``GatewayCore.heartbeat`` in :data:`HEARTBEAT_SLICES` steps per
+        ``ping_interval``: each step sweeps the clients whose ``conn_id %
+        HEARTBEAT_SLICES`` is that step's number, so each client is still swept
+        exactly once per interval, but a large gateway never writes all its pings at
+        once (100k at once stall deliveries for about a second on a small machine)."""
+        step = self.config.ping_interval / HEARTBEAT_SLICES
+        part = 0
         while True:
-            conn_id = conn_id + 1 if conn_id < MAX_CONN_ID else 1
-            if conn_id not in self.directory:
-                self._next_conn_id = conn_id
-                return conn_id
+            await asyncio.sleep(step)
+            try:
+                self.core.clients.heartbeat(part, HEARTBEAT_SLICES)
+            except Exception:  # never let one bad sweep stop the heartbeat
+                log.exception("heartbeat sweep failed")
+            part = (part + 1) % HEARTBEAT_SLICES
 
-    def _answer_http(self, conn: ClientConnection, request: wsproto.Request) -> None:
-        """Serve a plain HTTP request from ``static_dir`` and close."""
-        conn.end(static_response(self._static_root, request))
+    async def _housekeeping(self) -> None:
+        cfg = self.config
+        tick = max(0.02, min(1.0, cfg.keepalive_interval / 2, cfg.link_timeout / 4))
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                self.sweep_housekeeping(_monotonic())
+            except Exception:
+                log.exception("housekeeping sweep failed")
 
-    def on_client_message(self, conn: ClientConnection, data: str | bytes) -> None:
-        """A whole text or binary message from a client."""
-        self.messages_in += 1
-        self.emit(conn, Cmd.EV_MESSAGE, data)
-
-    def on_client_lost(self, conn: ClientConnection) -> None:
-        """The TCP connection is gone: ``EV_CLOSE`` with the last session, then
-        forget the client."""
-        self._handshaking.pop(conn, None)
-        self._closing.pop(conn, None)
-        if conn.conn_id and self.directory.get(conn.conn_id) is conn:
-            # metrics: a client that went without a reason of ours or a close frame
-            reason = conn.close_reason or ("shutdown" if self._stopping else "client_gone")
-            self.closed_by_reason[reason] = self.closed_by_reason.get(reason, 0) + 1
-            self.emit(conn, Cmd.EV_CLOSE, None)
-            self.directory.remove(conn.conn_id)
-
-    def on_slow_client(self, conn: ClientConnection) -> None:
-        """A client's send buffer passed ``send_buffer_limit``: close it (1008)."""
-        if conn.state != S_OPEN:
-            return
-        self.send_failures += 1
-        conn.close_reason = conn.close_reason or "send_buffer_limit"  # metrics
-        self.log_client(
-            logging.WARNING,
-            "client %s (%s): send buffer over %d bytes, closing (slow consumer)",
-            conn.conn_id,
-            conn.remote_ip,
-            self.config.send_buffer_limit,
-        )
-        conn.close_ws(1008, "slow consumer")
-
-    def track_closing(self, conn: ClientConnection) -> None:
-        """Give a closing client ``close_timeout`` before it is dropped."""
-        self._closing.setdefault(conn, _monotonic() + self.close_timeout)
+    def sweep_housekeeping(self, now: float) -> None:
+        """Deadlines of handshakes and closes, held events, link upkeep."""
+        self.client_port.sweep(now)
+        self.core.tick(now)
 
 
 def serve(spec: ChildSpec) -> int:

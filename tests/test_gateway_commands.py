@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pygatewayworker.gateway import wsproto
 from pygatewayworker.gateway.commands import Frames, coalesce, data_frame
+from pygatewayworker.gateway.frames import binary_frame, text_frame
 from pygatewayworker.gateway.protocol import Cmd
 
 
@@ -12,7 +12,7 @@ def test_a_run_to_the_same_group_becomes_one_write_of_every_frame_in_order() -> 
     (merged,) = coalesce(packets)
     frames = merged[2]
     assert type(frames) is Frames and frames.messages == 3
-    assert frames == b"".join(wsproto.text_frame(f"m{i}") for i in range(3))
+    assert frames == b"".join(text_frame(f"m{i}") for i in range(3))
     assert data_frame(frames) is frames
 
 
@@ -35,7 +35,7 @@ def test_different_targets_and_other_commands_are_not_merged() -> None:
         Cmd.SEND_TO_UID,
         Cmd.SEND_TO_ALL,
     ]
-    assert out[4][2] == wsproto.binary_frame(b"5") + wsproto.binary_frame(b"6")
+    assert out[4][2] == binary_frame(b"5") + binary_frame(b"6")
 
 
 def test_a_run_with_a_malformed_message_is_left_for_the_normal_path() -> None:

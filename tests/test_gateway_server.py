@@ -27,7 +27,7 @@ from tests.gatewayharness import (
     wait_until,
     ws,
 )
-from tests.wsframes import KEY, client_frame, request, upgrade_lines
+from tests.wsclient import KEY, client_frame, request, upgrade_lines
 
 # ---- events ---------------------------------------------------------------------------
 
@@ -228,7 +228,7 @@ async def test_bad_links_are_closed_and_others_keep_working() -> None:
 
 async def test_silent_link_is_dropped_and_idle_link_gets_pings() -> None:
     async with running(keepalive_interval=0.1, link_timeout=0.6) as server:
-        server.hello_timeout = 0.2
+        server.core.hello_timeout = 0.2
         mute = await FakeLink.open(server)
         seen = await mute.closed()
         assert seen and seen[0][0] == Cmd.ERROR and "HELLO" in seen[0][2]
@@ -306,7 +306,7 @@ async def test_ws_pings_are_answered_and_count_as_activity() -> None:
 
 async def test_slow_consumer_is_closed_and_counted() -> None:
     async with running(send_buffer_limit=64 * 1024) as server:
-        server.close_timeout = 0.5
+        server.client_port.close_timeout = 0.5
         worker = await FakeLink.linked(server)
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -317,14 +317,20 @@ async def test_slow_consumer_is_closed_and_counted() -> None:
         await reader.readuntil(b"\r\n\r\n")
         conn_id = (await worker.expect(Cmd.EV_CONNECT))[1]
         # Keep the kernel from absorbing everything so the gateway's buffer fills.
-        conn = server.directory.get(conn_id)
+        conn = server.directory.get(conn_id).writer
         conn.transport.get_extra_info("socket").setsockopt(
             socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
         )
         for _ in range(20):  # the client never reads
             worker.send(Cmd.SEND_TO_CLIENT, conn_id, b"z" * 500_000)
         await wait_until(lambda: server.stats()["send_failures"] == 1)
-        await worker.skip_until(Cmd.EV_CLOSE, conn_id, timeout=server.close_timeout + TIMEOUT)
+        stats = server.stats()  # metrics: what waits in its transport (still closing)
+        assert stats["send_buffer_max_bytes"] > 64 * 1024
+        assert stats["send_buffer_bytes"] == stats["send_buffer_max_bytes"]
+        await worker.skip_until(
+            Cmd.EV_CLOSE, conn_id, timeout=server.client_port.close_timeout + TIMEOUT
+        )
+        assert server.stats()["closed_by_reason"]["send_buffer_limit"] == 1
         writer.close()
         await worker.close()
 
@@ -384,7 +390,7 @@ async def test_leaving_worker_link_end_releases_held_events() -> None:
         await w1.expect(Cmd.LEAVE_ACK)
         await client.send("held")
         await client.close()
-        leaving = next(link for link in server._links if link.name == "w1")
+        leaving = next(link for link in server.core.links if link.name == "w1")
         await wait_until(lambda: leaving.held_events == 2)  # the message and EV_CLOSE
         await w1.close()
         assert (await w2.expect(Cmd.EV_MESSAGE))[5] == "held"
@@ -402,7 +408,7 @@ async def test_gateway_stop_hands_on_events_held_for_a_leaving_worker() -> None:
     w1.send(Cmd.WORKER_LEAVE)
     await w1.expect(Cmd.LEAVE_ACK)
     await client.send("held")
-    leaving = next(link for link in server._links if link.name == "w1")
+    leaving = next(link for link in server.core.links if link.name == "w1")
     await wait_until(lambda: leaving.held_events == 1)
     await server.stop(graceful=False)
     seen = await w2.closed()
@@ -434,7 +440,7 @@ async def test_worker_leave_reroutes_and_acks() -> None:
         w1.send(Cmd.RELEASE, [first[1]], True)
         await client_of_w1.send("after")
         await client_of_w1.send("after 2")
-        leaving = next(link for link in server._links if link.name == "w1")
+        leaving = next(link for link in server.core.links if link.name == "w1")
         await wait_until(lambda: leaving.held_events == 2)
         # ... until w1 is done with that client (it writes the session back first):
         # then they go to w2, in order, with that session

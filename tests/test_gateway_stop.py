@@ -10,10 +10,14 @@ import time
 
 import pytest
 
+from pygatewayworker.gateway import clients as clients_mod
 from pygatewayworker.gateway import server as server_mod
 from pygatewayworker.gateway.client_id import MAX_CONN_ID
+from pygatewayworker.gateway.clients import first_conn_id
 from pygatewayworker.gateway.protocol import Cmd
-from pygatewayworker.gateway.server import GatewayServer, first_conn_id
+from pygatewayworker.gateway.records import Client
+from pygatewayworker.gateway.server import GatewayServer
+from pygatewayworker.gateway.websocket import ServerConnection, State
 from pygatewayworker.register.config import Register
 from pygatewayworker.register.discovery import GatewayAnnouncer
 from pygatewayworker.register.server import RegisterServer
@@ -128,24 +132,24 @@ def test_register_close_is_not_lost_while_pongs_arrive() -> None:
 def test_conn_ids_start_at_a_random_offset_and_wrap_skipping_ids_in_use() -> None:
     firsts = {first_conn_id() for _ in range(50)}
     assert len(firsts) > 40 and all(1 <= f < 2**31 for f in firsts)
-    a, b = GatewayServer(make_config()), GatewayServer(make_config())
-    assert a._new_conn_id() != b._new_conn_id()  # two processes' lives differ
+    a, b = GatewayServer(make_config()).core.clients, GatewayServer(make_config()).core.clients
+    assert a.new_conn_id() != b.new_conn_id()  # two processes' lives differ
 
     class Entry:
         def __init__(self, conn_id: int) -> None:
             self.conn_id = conn_id
 
     a._next_conn_id = MAX_CONN_ID - 1
-    assert a._new_conn_id() == MAX_CONN_ID
+    assert a.new_conn_id() == MAX_CONN_ID
     a.directory._conns[1] = Entry(1)  # type: ignore[assignment]
     a.directory._conns[2] = Entry(2)  # type: ignore[assignment]
-    assert a._new_conn_id() == 3
+    assert a.new_conn_id() == 3
 
 
 def test_first_conn_id_uses_the_whole_range(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_mod.secrets, "randbelow", lambda n: n - 1)
+    monkeypatch.setattr(clients_mod.secrets, "randbelow", lambda n: n - 1)
     assert first_conn_id() == 2**31 - 1
-    monkeypatch.setattr(server_mod.secrets, "randbelow", lambda n: 0)
+    monkeypatch.setattr(clients_mod.secrets, "randbelow", lambda n: 0)
     assert first_conn_id() == 1
 
 
@@ -204,36 +208,39 @@ async def test_stop_does_not_wait_forever_for_the_registers(
     await real_close()
 
 
-class _Transport:
+class _Writer:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)
 
+    def close(self, code: int, reason: str = "") -> None:
+        self.writes.append(b"<close>")
+
     def abort(self) -> None:
         self.writes.append(b"<abort>")
 
 
-def _idle_clients(server: GatewayServer, conn_ids: range) -> dict[int, _Transport]:
-    transports = {}
+def _idle_clients(server: GatewayServer, conn_ids: range) -> dict[int, _Writer]:
+    writers = {}
     for conn_id in conn_ids:
-        conn = server_mod.ClientConnection(server)
-        conn.conn_id = conn_id
-        conn.state = server_mod.S_OPEN
-        conn.silent = 0  # silent for a whole interval: the next sweep pings
-        conn.transport = transports[conn_id] = _Transport()  # type: ignore[assignment]
-        server.directory.add(conn)
-    return transports
+        ws = ServerConnection(1000)
+        ws.state = State.OPEN
+        client = Client(ws, writers.setdefault(conn_id, _Writer()))
+        client.conn_id = conn_id
+        client.silent = 0  # silent for a whole interval: the next sweep pings
+        server.directory.add(client)
+    return writers
 
 
 def test_heartbeat_sweeps_one_slice_of_the_clients_at_a_time() -> None:
     server = GatewayServer(make_config(ping_interval=10, ping_data="p"))
     transports = _idle_clients(server, range(1, 31))
-    server.sweep_heartbeat(3, 10)
+    server.core.clients.heartbeat(3, 10)
     pinged = sorted(c for c, t in transports.items() if t.writes)
     assert pinged == [3, 13, 23]
-    server.sweep_heartbeat()  # no slices: everyone
+    server.core.clients.heartbeat()  # no slices: everyone
     assert all(t.writes for t in transports.values())
     assert len(transports[3].writes) == 2
 
@@ -241,7 +248,9 @@ def test_heartbeat_sweeps_one_slice_of_the_clients_at_a_time() -> None:
 async def test_heartbeat_task_walks_the_slices_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     server = GatewayServer(make_config(ping_interval=0.2, ping_data="p"))
     calls: list[tuple[int, int]] = []
-    monkeypatch.setattr(server, "sweep_heartbeat", lambda part, parts: calls.append((part, parts)))
+    monkeypatch.setattr(
+        server.core.clients, "heartbeat", lambda part, parts: calls.append((part, parts))
+    )
     task = asyncio.create_task(server._heartbeat())
     try:
         async with asyncio.timeout(TIMEOUT):

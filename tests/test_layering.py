@@ -37,15 +37,6 @@ PURE_MODULES = (
 IO_MODULES = frozenset({"asyncio", "socket", "selectors", "ssl", "threading", "subprocess"})
 """What a pure module may not import, directly or through the modules it imports."""
 
-# The one cycle allowed: GatewayServer and its mixins, tied together by TYPE_CHECKING
-# imports and method stubs (phplink joined it: it imports commands, connection and
-# links, and server imports it). Removed by the gateway core refactor: delete this allow-list then,
-# so that every cycle fails the test.
-KNOWN_GATEWAY_CYCLE = frozenset(
-    f"{ROOT_PACKAGE}.gateway.{name}"
-    for name in ("server", "links", "commands", "connection", "sweeps", "phplink")
-)
-
 
 def _in(module: str, package: str) -> bool:
     return module == package or module.startswith(package + ".")
@@ -88,9 +79,7 @@ def test_function_level_relative_and_type_checking_imports_count() -> None:
 
 
 def test_no_import_cycle() -> None:
-    unexpected = [
-        sorted(component) for component in cycles(graph()) if not component <= KNOWN_GATEWAY_CYCLE
-    ]
+    unexpected = [sorted(component) for component in cycles(graph())]
     assert not unexpected, f"import cycles: {unexpected}"
 
 

@@ -1,6 +1,6 @@
 """gateway/phplink.py: PHP GatewayClient links on a GatewayServer's internal port, in
 the test's event loop, next to msgpack links (fake workers from
-test_gateway_server) and real WebSocket clients."""
+tests.gatewayharness) and real WebSocket clients."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import pytest
 
 import pygatewayworker.businessworker.worker as worker_module
-from pygatewayworker.businessworker import BusinessWorker, api, context
+from pygatewayworker import BusinessWorker, api, context
 from pygatewayworker.businessworker.worker import WorkerBootError, WorkerProcess
 from pygatewayworker.gateway.protocol import Cmd, pack_session
 from pygatewayworker.gatewayclient.errors import NoRegister

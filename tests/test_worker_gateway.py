@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import pytest
 from websockets.asyncio import client as websockets_client
 
-from pygatewayworker.businessworker import BusinessWorker, api, context
+from pygatewayworker import BusinessWorker, api, context
 from pygatewayworker.businessworker.worker import WorkerProcess
 from pygatewayworker.gateway import server as server_mod
 from pygatewayworker.gatewayclient import AsyncGatewayClient

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from contextlib import closing
 
 __all__ = ["lock", "unlock", "locked_by"]
 
@@ -24,7 +25,8 @@ def _db() -> sqlite3.Connection:
 
 def lock(order_id: int, holder: str) -> bool:
     """Lock the order for ``holder`` (a socket_id); ``False`` when someone else holds it."""
-    with _db() as conn:
+    # sqlite3's own context manager commits but does not close: close it too
+    with closing(_db()) as conn, conn:
         conn.execute("INSERT OR IGNORE INTO orders (id) VALUES (?)", (order_id,))
         cursor = conn.execute(
             "UPDATE orders SET locked_by = ?, locked_at = ? "
@@ -36,7 +38,7 @@ def lock(order_id: int, holder: str) -> bool:
 
 def unlock(order_id: int, holder: str) -> None:
     """Release the order if ``holder`` holds it."""
-    with _db() as conn:
+    with closing(_db()) as conn, conn:
         conn.execute(
             "UPDATE orders SET locked_by = NULL, locked_at = NULL WHERE id = ? AND locked_by = ?",
             (order_id, holder),
@@ -45,6 +47,6 @@ def unlock(order_id: int, holder: str) -> None:
 
 def locked_by(order_id: int) -> str | None:
     """Who holds the order, or ``None``."""
-    with _db() as conn:
+    with closing(_db()) as conn, conn:
         row = conn.execute("SELECT locked_by FROM orders WHERE id = ?", (order_id,)).fetchone()
     return None if row is None else row[0]

@@ -1,14 +1,14 @@
-"""WebSocket bytes as a client sends them: the upgrade request and masked frames.
-
-Written here, independently of the gateway's own protocol module, so that the tests
-of that module and of the gateway check it against a second implementation.
-"""
+"""What a WebSocket client sends, built by hand: request heads and masked frames
+(shared by the protocol tests and the gateway tests that speak raw bytes)."""
 
 from __future__ import annotations
 
 import base64
 import os
+import random
 import struct
+
+from pygatewayworker.gateway.websocket import REQUEST, Event, ServerConnection, State
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
 
@@ -33,6 +33,8 @@ def client_frame(
     if not mask:
         return head + payload
     key = os.urandom(4)
+    # masked here, not with the gateway's own helper: the tests check it against a
+    # second implementation
     return head + key + bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
 
 
@@ -50,3 +52,25 @@ def upgrade_lines(**override: str) -> list[str]:
     }
     headers.update(override)
     return ["GET /chat?room=1 HTTP/1.1"] + [f"{k}: {v}" for k, v in headers.items() if v]
+
+
+def feed_in_pieces(ws: ServerConnection, data: bytes, rng: random.Random) -> list[Event]:
+    """Feed ``data`` in random pieces of 1 to 7 bytes; every event, in order."""
+    events = []
+    pos = 0
+    while pos < len(data):
+        step = rng.randint(1, 7)
+        events.extend(ws.receive_data(data[pos : pos + step]))
+        pos += step
+    return events
+
+
+def opened(max_message_size: int = 1 << 20) -> ServerConnection:
+    """A connection past its handshake, with the 101 already taken."""
+    ws = ServerConnection(max_message_size)
+    ((kind, req),) = ws.receive_data(request(upgrade_lines()))
+    assert kind == REQUEST
+    ws.accept(req)
+    assert ws.data_to_send().startswith(b"HTTP/1.1 101 ")
+    assert ws.state is State.OPEN
+    return ws

@@ -1,0 +1,290 @@
+"""The client side of the gateway core: connection ids, client events to workers,
+the heartbeat. Pure: no sockets, no event loop.
+
+How this works
+--------------
+The asyncio shell (``gateway.connection``) creates a :class:`~gateway.records.Client`
+per TCP connection and reports what happens to it here:
+
+- :meth:`Clients.opened`: the WebSocket handshake is done. The client gets a
+  connection id (counting up from a random start, so that a restarted gateway does
+  not reuse the client_ids of its previous life), a directory entry, and its worker
+  gets ``EV_CONNECT`` and ``EV_WS_CONNECT``.
+- :meth:`Clients.message`: one ``EV_MESSAGE`` packet to the client's worker, written
+  out flat for the common case: this is the path of every client message.
+- :meth:`Clients.control` (a ping or pong: activity, per ``pong_is_activity``),
+  :meth:`Clients.slow` (send buffer over ``send_buffer_limit``: close 1008),
+  :meth:`Clients.closed` (``EV_CLOSE`` with the last session; the entry goes).
+- :meth:`Clients.refused` (a request head refused before the upgrade),
+  :meth:`Clients.peer_closed` (the client's close frame), :meth:`Clients.failed`
+  (we failed the connection: a protocol error or a message too big): logged and
+  counted.
+
+Metrics (docs/observability.md): every way a client goes sets its
+``close_reason`` (the first one set wins: ``records.CLOSE_REASONS``) and
+:meth:`Clients.closed` counts it in ``Counters.closed_by_reason``; handshakes done
+and refused are counted too. Plain integer adds on objects at hand, none per
+message.
+
+:meth:`Clients.heartbeat` is the heartbeat decision, called by the shell's timer in
+slices: every open client's silence grows by one interval per sweep (any message,
+and a ping or pong when ``pong_is_activity``, resets it); a client silent for a
+whole interval gets ``ping_data``; one silent for more than
+``ping_not_response_limit`` intervals is dropped.
+
+Which worker gets the events is :class:`~gateway.workers.Workers`' business.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pygatewayworker.gateway.client_id import MAX_CONN_ID, encode_client_id
+from pygatewayworker.gateway.commands import data_frame
+from pygatewayworker.gateway.config import Gateway
+from pygatewayworker.gateway.directory import Directory
+from pygatewayworker.gateway.http11 import Request, parse_cookies
+from pygatewayworker.gateway.protocol import Cmd, encode
+from pygatewayworker.gateway.records import Client, Counters
+from pygatewayworker.gateway.websocket import State
+from pygatewayworker.gateway.workers import Workers
+
+__all__ = ["Clients", "RateLimitedLog", "first_conn_id", "FIRST_CONN_ID_LIMIT"]
+
+log = logging.getLogger("gateway")
+
+FIRST_CONN_ID_LIMIT = 2**31
+"""Connection ids of a new gateway process start at a random id below this."""
+
+_OPEN = State.OPEN
+_EV_MESSAGE = Cmd.EV_MESSAGE
+
+
+def first_conn_id() -> int:
+    """A random first connection id in ``[1, 2**31)``: the client_ids of a restarted
+    gateway process (same ip and port) do not repeat those of its previous life,
+    whose holders may still address them."""
+    return secrets.randbelow(FIRST_CONN_ID_LIMIT - 1) + 1
+
+
+class RateLimitedLog:
+    """Log at most ``burst`` lines per ``window`` seconds; report what was skipped.
+    Protects the log from a flood of misbehaving clients."""
+
+    __slots__ = ("_burst", "_window", "_clock", "_start", "_count", "_skipped")
+
+    def __init__(
+        self, burst: int = 20, window: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._burst = burst
+        self._window = window
+        self._clock = clock
+        self._start = -window
+        self._count = 0
+        self._skipped = 0
+
+    def __call__(self, level: int, msg: str, *args: object) -> None:
+        now = self._clock()
+        if now - self._start >= self._window:
+            if self._skipped:
+                log.warning("%d similar log lines were skipped", self._skipped)
+            self._start, self._count, self._skipped = now, 0, 0
+        if self._count < self._burst:
+            self._count += 1
+            log.log(level, msg, *args)
+        else:
+            self._skipped += 1
+
+
+class Clients:
+    """The clients of one gateway process (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Gateway,
+        directory: Directory[Client],
+        workers: Workers,
+        counters: Counters,
+        clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.directory = directory
+        self.workers = workers
+        self.counters = counters
+        self.clock = clock
+        self.log = RateLimitedLog(clock=clock)
+        """Rate-limited log for what clients do wrong (a flood must not flood us)."""
+        self._next_conn_id = first_conn_id() - 1
+        self._ping_frame = data_frame(config.ping_data) if config.ping_data else b""
+
+    # ---- events from the shell ------------------------------------------------------
+    def opened(self, client: Client, request: Request) -> None:
+        """``client`` completed its WebSocket handshake: it gets a conn_id and a
+        directory entry, and its worker gets ``EV_CONNECT`` and ``EV_WS_CONNECT``."""
+        client.conn_id = self.new_conn_id()
+        self.directory.add(client)
+        self.counters.connections_opened += 1
+        send = self.workers.send
+        send(client, Cmd.EV_CONNECT, None)
+        info = {
+            "path": request.path,
+            "query": request.query,
+            "headers": request.headers,
+            "cookies": parse_cookies(request.headers.get("cookie", "")),
+            "remote_ip": client.remote_ip,
+            "remote_port": client.remote_port,
+        }
+        send(client, Cmd.EV_WS_CONNECT, info)
+
+    def new_conn_id(self) -> int:
+        """Ids count up from a random start (:func:`first_conn_id`), so a restarted
+        gateway does not hand out the client_ids of its previous life; after 2**32-1
+        they wrap to 1, skipping ids still in use."""
+        conn_id = self._next_conn_id
+        while True:
+            conn_id = conn_id + 1 if conn_id < MAX_CONN_ID else 1
+            if conn_id not in self.directory:
+                self._next_conn_id = conn_id
+                return conn_id
+
+    def message(self, client: Client, data: str | bytes) -> None:
+        """A whole text (``str``) or binary (``bytes``) message from ``client``: one
+        ``EV_MESSAGE`` packet to its worker. The common case (its worker is linked and
+        not leaving) is written out here, flat: this runs for every message."""
+        self.counters.messages_in += 1
+        client.silent = -1
+        link = client.worker
+        if link is not None and not link.leaving:  # only a leaving worker holds events
+            link.writer.send(
+                encode(
+                    _EV_MESSAGE,
+                    client.conn_id,
+                    client.session,
+                    client.remote_ip,
+                    client.remote_port,
+                    data,
+                )
+            )
+            return
+        self.workers.send(client, _EV_MESSAGE, data)
+
+    def refused(self, client: Client, status: int, reason: str) -> None:
+        """``client``'s request head was refused with ``status`` (answered, closing):
+        logged and counted by status."""
+        failures = self.counters.handshake_failures
+        key = str(status)
+        failures[key] = failures.get(key, 0) + 1
+        self.log(logging.INFO, "rejected request from %s: %d %s", client.remote_ip, status, reason)
+
+    def peer_closed(self, client: Client) -> None:
+        """``client`` sent a close frame (its own, or its answer to ours: then the
+        reason we closed for stays)."""
+        client.close_reason = client.close_reason or "client_close"
+
+    def failed(self, client: Client, code: int, reason: str) -> None:
+        """We failed ``client``'s connection with ``code`` (1009: a message over
+        ``max_message_size``; else a protocol error)."""
+        if not client.close_reason:
+            client.close_reason = "size_limit" if code == 1009 else "protocol_error"
+        self.log(
+            logging.INFO,
+            "client %s (%s): closing with %d: %s",
+            client.conn_id,
+            client.remote_ip,
+            code,
+            reason,
+        )
+
+    def control(self, client: Client) -> None:
+        """A ping or pong frame from ``client``: activity, if ``pong_is_activity``."""
+        if self.config.pong_is_activity:
+            client.silent = -1
+
+    def slow(self, client: Client) -> None:
+        """``client``'s send buffer passed ``send_buffer_limit``: close it (1008) and
+        count a send failure."""
+        if client.ws.state is not _OPEN:
+            return
+        self.counters.send_failures += 1
+        client.close_reason = client.close_reason or "send_buffer_limit"
+        self.log(
+            logging.WARNING,
+            "client %s (%s): send buffer over %d bytes, closing (slow consumer)",
+            client.conn_id,
+            client.remote_ip,
+            self.config.send_buffer_limit,
+        )
+        client.writer.close(1008, "slow consumer")
+
+    def closed(self, client: Client) -> None:
+        """``client``'s connection is gone: ``EV_CLOSE`` with its last session, then
+        it leaves the directory (its uid and groups with it)."""
+        if client.conn_id and self.directory.get(client.conn_id) is client:
+            by_reason = self.counters.closed_by_reason
+            reason = client.close_reason or "client_gone"
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+            self.workers.send(client, Cmd.EV_CLOSE, None)
+            self.directory.remove(client.conn_id)
+
+    # ---- decisions --------------------------------------------------------------------
+    def close_all(self, code: int, reason: str = "") -> None:
+        """Start closing every open client (a graceful stop: 1001)."""
+        for client in list(self.directory.entries()):
+            client.close_reason = client.close_reason or "shutdown"
+            client.writer.close(code, reason)
+
+    def drop_all(self) -> None:
+        """Drop every client at once (the gateway stops)."""
+        for client in list(self.directory.entries()):
+            client.close_reason = client.close_reason or "shutdown"
+            client.writer.abort()
+
+    def heartbeat(self, part: int = 0, parts: int = 1) -> None:
+        """One heartbeat sweep of the clients whose ``conn_id % parts == part``
+        (default: all); see the module docstring."""
+        limit = self.config.ping_not_response_limit
+        ping = self._ping_frame
+        size = len(ping)
+        pinged = 0
+        dead: list[Client] = []
+        is_open = _OPEN
+        for client in self.directory.entries():
+            if client.ws.state is not is_open or (parts > 1 and client.conn_id % parts != part):
+                continue
+            silent = client.silent + 1
+            client.silent = silent
+            if silent <= 0:
+                continue
+            if limit and silent > limit:
+                dead.append(client)
+            elif size:
+                client.writer.write(ping)
+                client.bytes_out += size
+                pinged += 1
+        self.counters.messages_out += pinged
+        self.counters.bytes_out += pinged * size
+        for client in dead:
+            client.close_reason = client.close_reason or "heartbeat_timeout"
+            client.writer.abort()
+        if dead:
+            log.info("closed %d clients silent for more than %d ping intervals", len(dead), limit)
+
+    def rows(self, lan_ip: str, internal_port: int) -> list[dict[str, Any]]:
+        """``Q_CONNECTIONS``: one row per client (for ``connections``)."""
+        now = self.clock()
+        return [
+            {
+                "client_id": encode_client_id(lan_ip, internal_port, client.conn_id),
+                "remote": f"{client.remote_ip}:{client.remote_port}",
+                "uid": client.uid,
+                "groups": sorted(client.groups) if client.groups else [],
+                "age": round(now - client.since, 3),
+                "bytes_in": client.bytes_in,
+                "bytes_out": client.bytes_out,
+            }
+            for client in self.directory.entries()
+        ]

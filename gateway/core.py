@@ -1,0 +1,406 @@
+"""The gateway core: everything a gateway process decides, with no I/O.
+
+How this works
+--------------
+One :class:`GatewayCore` per gateway process owns the state and the decisions, and
+splits them among a few collaborators, each with one job:
+
+- :class:`~gateway.directory.Directory`: clients, uid bindings, groups, sessions;
+- :class:`~gateway.clients.Clients`: connection ids, client events to workers
+  (``EV_*``), slow clients, the heartbeat decisions;
+- :class:`~gateway.workers.Workers`: which worker gets a client's events (sticky,
+  least connections), holding them while a worker leaves or none is linked;
+- :class:`~gateway.commands.Commands`: the Gateway API commands and queries;
+- this class: the internal links (``HELLO`` handshake, dispatch by command name,
+  ``ERROR`` and rejection, keep-alive and timeouts, ``ROUTES``), the worker's leave
+  (``WORKER_LEAVE``, ``RELEASE``) and the operator queries.
+
+The asyncio shells feed it and it acts through the writers of the records they
+gave it (``gateway.records``): ``gateway.connection`` reports client events to
+:attr:`GatewayCore.clients` (bytes parsed by ``gateway.websocket``);
+``gateway.links`` reports :meth:`~GatewayCore.link_opened`,
+:meth:`~GatewayCore.link_received` (packets decoded by ``gateway.protocol``),
+:meth:`~GatewayCore.link_garbage` and :meth:`~GatewayCore.link_closed`. The server's
+timers call ``clients.heartbeat`` and :meth:`~GatewayCore.tick`; the time comes from
+the ``clock`` the core was given, so tests drive it by hand.
+
+A link's first packet must be ``HELLO`` with the secret (answered ``WELCOME`` and
+the ``ROUTES`` state, or ``ERROR`` and a half-close). Then packets are dispatched
+by command name: ``SEND_TO_GROUP`` to ``cmd_send_to_group(link, packet)``, ``Q_UIDS``
+to ``query_uids(*args)`` whose result goes back in one ``REPLY``; the handler is on
+:class:`~gateway.commands.Commands` for the Gateway API, here for the rest. A
+malformed packet gets ``ERROR`` and closes that link only.
+
+Routes: every accepted link gets ``ROUTES`` with the uids and groups that have
+members here (right after ``WELCOME``), then, once per batch of input in which some
+uid or group appeared or vanished, the changes (the shell's ``defer`` runs
+:meth:`~GatewayCore.send_route_changes` at the end of the loop turn).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pygatewayworker.gateway.clients import Clients
+from pygatewayworker.gateway.commands import Commands, coalesce
+from pygatewayworker.gateway.config import Gateway
+from pygatewayworker.gateway.directory import Directory
+from pygatewayworker.gateway.protocol import (
+    ROUTES_CHANGES,
+    ROUTES_STATE,
+    ROUTES_STATE_END,
+    Cmd,
+    ProtocolError,
+    encode,
+)
+from pygatewayworker.gateway.records import Client, Counters, Link
+from pygatewayworker.gateway.workers import Workers
+from pygatewayworker.register.config import parse_address
+
+__all__ = ["GatewayCore", "route_packets", "ROUTES_CHUNK", "ROUTES_CHUNK_BYTES"]
+
+log = logging.getLogger("gateway")
+
+ROUTES_CHUNK = 5000
+"""At most this many keys per ``ROUTES`` packet (a large state goes in several)."""
+ROUTES_CHUNK_BYTES = 256 * 1024
+"""About this much key text per ``ROUTES`` packet, at most."""
+
+
+def route_packets(
+    full: bool,
+    uids_added: list[str],
+    uids_removed: list[str],
+    groups_added: list[str],
+    groups_removed: list[str],
+) -> list[bytes]:
+    """Encoded ``ROUTES`` packets, each with at most :data:`ROUTES_CHUNK` keys and
+    about :data:`ROUTES_CHUNK_BYTES` of key text (far below the packet limit, whatever
+    the key lengths). A full state (``full``) is one or more packets, the last marked
+    ``ROUTES_STATE_END``, and at least one even when empty (an empty state is news
+    too); changes are ``ROUTES_CHANGES`` packets, none when nothing changed."""
+    lists = [uids_added, uids_removed, groups_added, groups_removed]
+    if not full and not any(lists):
+        return []
+    chunks: list[list[list[str]]] = []
+    parts: list[list[str]] = [[], [], [], []]
+    count = size = 0
+    for i, keys in enumerate(lists):
+        for key in keys:
+            cost = len(key.encode()) + 8
+            if count and (count >= ROUTES_CHUNK or size + cost > ROUTES_CHUNK_BYTES):
+                chunks.append(parts)
+                parts, count, size = [[], [], [], []], 0, 0
+            parts[i].append(key)
+            count += 1
+            size += cost
+    chunks.append(parts)
+    last = len(chunks) - 1
+    return [
+        encode(
+            Cmd.ROUTES,
+            (ROUTES_STATE_END if n == last else ROUTES_STATE) if full else ROUTES_CHANGES,
+            *chunk,
+        )
+        for n, chunk in enumerate(chunks)
+    ]
+
+
+class GatewayCore:
+    """The state and decisions of one gateway process (see the module docstring).
+
+    ``clock`` gives the time (seconds, monotonic); ``defer(fn)`` runs ``fn`` once the
+    current batch of input is handled (the shell passes ``loop.call_soon``; by
+    default ``fn`` runs at once). ``public_port`` and ``internal_port`` are set by
+    the shell once it listens.
+    """
+
+    hello_timeout = 5.0
+    """Seconds a new link has to send a valid ``HELLO`` (and a rejected one to close)."""
+
+    def __init__(
+        self,
+        config: Gateway,
+        index: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+        defer: Callable[[Callable[[], None]], object] | None = None,
+    ) -> None:
+        self.config = config
+        self.index = index
+        self.clock = clock
+        self.defer: Callable[[Callable[[], None]], object] = defer or _now
+        self.public_port = 0
+        self.internal_port = 0
+        self.started = 0.0
+        self.accepting = True
+        """False once the gateway stops: new links are dropped."""
+        self.counters = Counters()
+        self.send_buffers: Callable[[], dict[str, int]] = _no_send_buffers
+        """``send_buffer_bytes`` (the sum) and ``send_buffer_max_bytes`` (the largest):
+        bytes queued for clients in the shell's transports, for :meth:`stats`. An
+        I/O fact: the shell sets this (``ClientPort.send_buffers``)."""
+        self.directory: Directory[Client] = Directory(self._routes_dirty)
+        self.workers = Workers(config, self.directory, clock)
+        self.clients = Clients(config, self.directory, self.workers, self.counters, clock)
+        self.commands = Commands(self.directory, self.counters)
+        self.links: set[Link] = set()
+        self.handlers: dict[Cmd, Callable[[Link, list[Any]], None]] = {}
+        """Command handlers by command (``cmd_<name>`` here or on :attr:`commands`)."""
+        self.queries: dict[Cmd, Callable[..., Any]] = {}
+        """Query handlers by command (``query_<name>``)."""
+        for cmd in Cmd:
+            name = cmd.name.lower()
+            if name.startswith("q_"):
+                attr = "query_" + name[2:]
+                self.queries[cmd] = getattr(self.commands, attr, None) or getattr(self, attr)
+                continue
+            handler = getattr(self.commands, "cmd_" + name, None) or getattr(
+                self, "cmd_" + name, None
+            )
+            if handler is not None:
+                self.handlers[cmd] = handler
+
+    @property
+    def internal_address(self) -> str:
+        """``lan_ip:internal_port``, the address in this gateway's client_ids."""
+        return f"{self.config.lan_ip}:{self.internal_port}"
+
+    # ---- links -----------------------------------------------------------------
+    def link_opened(self, link: Link) -> None:
+        """A new connection on the internal port (dropped when stopping)."""
+        if not self.accepting:
+            link.writer.abort()
+            return
+        self.links.add(link)
+
+    def link_received(self, link: Link, packets: list[list[Any]]) -> None:
+        """Packets decoded from ``link``, in order. Consecutive broadcasts to the same
+        recipients are merged first (write coalescing, ``commands.coalesce``)."""
+        if len(packets) > 1:
+            packets = coalesce(packets)
+        handle = self.link_packet
+        for packet in packets:
+            if link.closed or link.rejected:
+                return
+            handle(link, packet)
+
+    def link_packet(self, link: Link, packet: list[Any]) -> None:
+        """Dispatch one packet by command name."""
+        cmd = packet[0]
+        if not link.role:
+            self._hello(link, packet)
+            return
+        handler = self.handlers.get(cmd)
+        try:
+            if handler is not None:
+                handler(link, packet)
+                return
+            query = self.queries.get(cmd)
+            if query is None:
+                raise ValueError(f"unexpected command {cmd.name}")
+        except (ValueError, TypeError, KeyError, ProtocolError) as exc:
+            self.reject(link, 0, f"bad {cmd.name} packet: {exc}")
+            return
+        self._answer(link, query, packet)
+
+    def _answer(self, link: Link, query: Callable[..., Any], packet: list[Any]) -> None:
+        req = packet[1] if len(packet) > 1 else 0
+        if type(req) is not int:
+            self.reject(link, 0, f"bad {packet[0].name} packet: request id must be an int")
+            return
+        try:
+            result = query(*packet[2:])
+        except (ValueError, TypeError, KeyError) as exc:
+            self.reject(link, req, f"bad {packet[0].name} packet: {exc}")
+            return
+        link.writer.send(encode(Cmd.REPLY, req, result))
+
+    def link_garbage(self, link: Link, reason: str) -> None:
+        """``link`` sent bytes that are not packets (the decoder said ``reason``)."""
+        self.reject(link, 0, reason)
+
+    def reject(self, link: Link, req: int, reason: str) -> None:
+        """Answer ``ERROR`` and close the link (it sent garbage or a bad command)."""
+        log.warning("%r: %s; closing the link", link, reason)
+        if link.closed or link.rejected:
+            return
+        link.writer.send(encode(Cmd.ERROR, req, reason))
+        link.leaving = True
+        link.rejected = self.clock()
+        link.writer.reject()
+        if link in self.workers.linked:
+            self.workers.linked.remove(link)
+
+    def link_closed(self, link: Link) -> None:
+        """``link``'s connection is gone: its clients move to other workers (events
+        held for it are released)."""
+        link.closed = True
+        link.leaving = True
+        self.links.discard(link)
+        self.workers.remove(link)
+        if link.role:
+            log.info(
+                "%r is gone (%d clients to re-assign)",
+                link,
+                max(link.clients, 0),
+                extra=_worker_field(link),
+            )
+
+    def release_held(self) -> None:
+        """Hand on every event held for a leaving worker (before the links close at
+        stop)."""
+        for link in list(self.links):
+            self.workers.release_all(link)
+
+    def _hello(self, link: Link, packet: list[Any]) -> None:
+        if packet[0] != Cmd.HELLO or len(packet) != 5:
+            self.reject(link, 0, "the first packet must be HELLO")
+            return
+        _, role, name, secret, pid = packet
+        if role not in ("worker", "client") or type(name) is not str or type(pid) is not int:
+            self.reject(link, 0, "malformed HELLO")
+            return
+        if type(secret) is not str or not hmac.compare_digest(
+            secret.encode(), self.config.secret.encode()
+        ):
+            self.reject(link, 0, "wrong secret key")
+            return
+        link.role, link.name, link.pid = role, name, pid
+        link.writer.send(encode(Cmd.WELCOME, self._welcome_info()))
+        uids, groups = self.directory.route_keys()
+        for routes in route_packets(True, uids, [], groups, []):
+            link.writer.send(routes)
+        log.info("%r linked (pid %d)", link, pid, extra=_worker_field(link))
+        if role == "worker":
+            self.workers.add(link)
+
+    def _welcome_info(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "lan_ip": cfg.lan_ip,
+            "port": self.internal_port,
+            "public_host": parse_address(cfg.listen)[0],
+            "public_port": self.public_port,
+            "name": cfg.name,
+            "index": self.index,
+            "pid": os.getpid(),
+        }
+
+    # ---- link upkeep commands ---------------------------------------------------
+    def cmd_ping(self, link: Link, packet: list[Any]) -> None:
+        link.writer.send(encode(Cmd.PONG))
+
+    def cmd_pong(self, link: Link, packet: list[Any]) -> None:
+        pass  # the shell already noted the activity (last_recv)
+
+    def cmd_hello(self, link: Link, packet: list[Any]) -> None:
+        raise ValueError("HELLO was already accepted on this link")
+
+    def cmd_worker_leave(self, link: Link, packet: list[Any]) -> None:
+        """The worker is leaving: route nothing new to it, hold its clients' next
+        events until it releases them (``cmd_release``), then acknowledge; every
+        event sent to it so far is ahead of the ack in the same stream."""
+        if link.role != "worker":
+            raise ValueError("only a worker link may leave")
+        self.workers.leave(link)
+        log.info("%r is leaving; %d clients move to other workers", link, max(link.clients, 0))
+        link.writer.send(encode(Cmd.LEAVE_ACK))
+
+    def cmd_release(self, link: Link, packet: list[Any]) -> None:
+        """The leaving worker is done with some clients (see ``Cmd.RELEASE``)."""
+        _, conn_ids, others = packet
+        if link.role != "worker" or not link.leaving:
+            raise ValueError("only a leaving worker may release clients")
+        if type(conn_ids) is not list or not all(type(c) is int for c in conn_ids):
+            raise TypeError("conn_ids must be a list of ints")
+        if type(others) is not bool:
+            raise TypeError("others must be a bool")
+        if others:
+            self.workers.release_all(link, frozenset(conn_ids))
+        else:
+            self.workers.release_ids(link, conn_ids)
+
+    # ---- operator queries ---------------------------------------------------------
+    def query_connections(self) -> Any:
+        return self.clients.rows(self.config.lan_ip, self.internal_port)
+
+    def query_stats(self) -> Any:
+        return self.stats()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``status`` and ``Q_STATS``."""
+        counters = self.counters
+        return {
+            "connections": len(self.directory),
+            "messages_in": counters.messages_in,
+            "messages_out": counters.messages_out,
+            "bytes_in": counters.bytes_in,
+            "bytes_out": counters.bytes_out,
+            "send_failures": counters.send_failures,
+            "workers": sum(1 for link in self.links if link.role == "worker"),
+            "clients": sum(1 for link in self.links if link.role == "client"),
+            "pending_events": len(self.workers.pending),
+            "uptime": round(self.clock() - self.started, 3) if self.started else 0.0,
+            "public_port": self.public_port,
+            "internal_address": self.internal_address,
+            "pid": os.getpid(),
+            # metrics (docs/observability.md)
+            "connections_opened": counters.connections_opened,
+            "closed_by_reason": counters.closed_by_reason,
+            "handshake_failures": counters.handshake_failures,
+            "broadcast_deliveries": counters.broadcast_deliveries,
+            **self.send_buffers(),
+        }
+
+    # ---- routes -------------------------------------------------------------------
+    def _routes_dirty(self) -> None:
+        """The directory's ``on_dirty``: send the changes once this batch is done."""
+        self.defer(self.send_route_changes)
+
+    def send_route_changes(self) -> None:
+        """Tell every accepted link which uids and groups appeared or vanished."""
+        packets = route_packets(False, *self.directory.take_route_changes())
+        if not packets:
+            return
+        for link in self.links:
+            if link.role and not link.rejected:
+                for packet in packets:
+                    link.writer.send(packet)
+
+    # ---- time ---------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        """Housekeeping (about once a second): expire events held with no worker
+        linked, and look after the links."""
+        self.workers.expire(now)
+        cfg = self.config
+        ping = encode(Cmd.PING)
+        for link in list(self.links):
+            if link.rejected:
+                if now - link.rejected > self.hello_timeout:
+                    link.writer.abort()  # the peer did not close its side
+            elif not link.role:
+                if now - link.opened > self.hello_timeout:
+                    self.reject(link, 0, f"no HELLO within {self.hello_timeout:g} s")
+            elif now - link.last_recv > cfg.link_timeout:
+                log.warning("%r silent for %.1f s; dropping it", link, now - link.last_recv)
+                link.writer.abort()
+            elif now - link.last_send >= cfg.keepalive_interval:
+                link.writer.send(ping)
+
+
+def _now(fn: Callable[[], None]) -> None:
+    fn()
+
+
+def _worker_field(link: Link) -> dict[str, str] | None:
+    """The ``worker`` field of a JSON log line about a worker's link."""
+    return {"worker": link.name} if link.role == "worker" else None
+
+
+def _no_send_buffers() -> dict[str, int]:
+    return {"send_buffer_bytes": 0, "send_buffer_max_bytes": 0}
