@@ -35,6 +35,9 @@ class ClusterConfig:
     workers: int = 1
     ping_interval: float = 10.0
     ping_limit: int = 2
+    callbacks: str = "inline"
+    """``BusinessWorker(callbacks=...)``: the bench app's plain callbacks never
+    block, so every metric runs them inline except M6's thread-mode series."""
     metrics: bool = False
     """Start with ``--metrics-listen`` and scrape ``/metrics`` every
     :data:`SCRAPE_INTERVAL` seconds while the cluster runs (``--metrics``)."""
@@ -45,6 +48,7 @@ class ClusterConfig:
             "workers": self.workers,
             "ping_interval": self.ping_interval,
             "ping_not_response_limit": self.ping_limit,
+            "callbacks": self.callbacks,
             "metrics": self.metrics,
         }
 
@@ -133,7 +137,7 @@ class BenchCluster:
         (dest / "start_businessworker.py").write_text(
             "from pygatewayworker import BusinessWorker\n"
             f"worker = BusinessWorker(events='apps.benchapp.Events:Events', "
-            f"count={cfg.workers}, register={reg!r})\n"
+            f"count={cfg.workers}, register={reg!r}, callbacks={cfg.callbacks!r})\n"
         )
 
     def _cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

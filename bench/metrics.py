@@ -29,6 +29,7 @@ import psutil
 from bench.cluster import BenchCluster, ClusterConfig
 from bench.phppush import PhpPusher, php_cli_burst
 from bench.pool import GenPool, latencies, split
+from bench.stalls import StallSampler
 from pygatewayworker.gatewayclient import AsyncGatewayClient, GatewayClient
 
 __all__ = ["Sizes", "FULL", "QUICK", "Bench", "percentile"]
@@ -138,8 +139,11 @@ class CpuMeter:
     runner0: float = 0.0
     cluster0: float = 0.0
     result: dict[str, Any] = field(default_factory=dict)
+    stalls: StallSampler | None = None
 
     def __enter__(self) -> CpuMeter:
+        cluster = self.bench.cluster
+        self.stalls = StallSampler(cluster.run_dir if cluster else None).__enter__()
         self.wall = time.monotonic()
         self.gens0 = self.bench.pool.cpu_seconds() if self.bench.pool else []
         times = psutil.Process().cpu_times()
@@ -163,6 +167,12 @@ class CpuMeter:
             if cluster >= self.cluster0
             else None,
         }
+        if self.stalls is not None:
+            self.stalls.__exit__()
+            stalls = self.stalls.result()
+            if stalls:
+                self.result["loop_stall_max_ms"] = stalls["max_ms"]
+                self.result["loop_stall_by_process_ms"] = stalls["by_process"]
 
 
 class Bench:
@@ -566,11 +576,18 @@ class Bench:
 
     # ---- M6 ------------------------------------------------------------------------
     async def measure_round_trip(self) -> dict[str, Any]:
-        """M6 echo round trips at fixed offered rates (open loop)."""
+        """M6 echo round trips at fixed offered rates (open loop), with the bench
+        app's plain ``on_message`` run inline (the figures at the top level, which
+        the target is about) and then in thread mode (under ``"thread"``)."""
+        inline = await self._round_trips("inline")
+        return {**inline, "thread": await self._round_trips("thread")}
+
+    async def _round_trips(self, callbacks: str) -> dict[str, Any]:
         s = self.sizes
-        config = ClusterConfig(s.rtt_gateways, s.rtt_workers, s.ping_interval, 2)
+        config = ClusterConfig(s.rtt_gateways, s.rtt_workers, s.ping_interval, 2, callbacks)
+        label = "M6" if callbacks == "inline" else f"M6 {callbacks}"
         series: dict[str, list[dict[str, Any]]] = {}
-        with self.setup("M6", config, s.rtt_gens):
+        with self.setup(label, config, s.rtt_gens):
             assert self.pool is not None
             for clients in s.rtt_clients:
                 await self.connect(clients)
@@ -579,18 +596,18 @@ class Bench:
                 for rate in s.rtt_rates:
                     point = await self._echo(rate)
                     points.append(point)
-                    self.log(f"M6: {clients} clients, {rate}/s: {point}")
+                    self.log(f"{label}: {clients} clients, {rate}/s: {point}")
                     if point["p99_ms"] > 200 or point["received"] < 0.8 * point["sent"]:
                         break  # saturated: higher rates only queue
                 await self.close_all()
         best: dict[str, int] = {}
-        for label, points in series.items():
+        for clients_label, points in series.items():
             ok = [
                 p["offered_per_s"]
                 for p in points
                 if p["p99_ms"] < 10 and p["received"] >= 0.99 * p["sent"]
             ]
-            best[label] = max(ok, default=0)
+            best[clients_label] = max(ok, default=0)
         low = series[str(s.rtt_clients[0])][0]
         return {"series": series, "best_rate_p99_under_10ms": best, "low_load": low}
 

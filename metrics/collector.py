@@ -160,7 +160,7 @@ SPECS: tuple[Spec, ...] = (
         "slow_callbacks",
         "worker_slow_callbacks",
         COUNTER,
-        "Events callbacks that took over a second.",
+        "Events callbacks still running after slow_callback seconds (the watchdog's reports).",
     ),
     Spec(
         "businessworker",

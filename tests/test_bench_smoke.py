@@ -59,6 +59,14 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
     assert {"seconds_to_99pct", "seconds_to_100pct", "missing", "gateway_exit_s"} <= set(storm)
     assert results["M5"]["deliveries"] > 0
     assert results["M6"]["series"]
+    # every M6 point carries the longest loop stall of each cluster process
+    points = [p for series in results["M6"]["series"].values() for p in series]
+    assert (
+        points
+        and all(p["cpu"]["loop_stall_by_process_ms"] for p in points)
+        and results["M6"]["thread"]["series"]
+    )  # both modes
+    assert doc["config"]["M6 thread"]["callbacks"] == "thread"
     assert results["M7"]["async"]["received"] == results["M7"]["async"]["calls"]
     assert results["M7"]["sync"]["received"] == results["M7"]["sync"]["calls"]
     for kind in ("msgpack", "php_persistent", "php_per_call"):
