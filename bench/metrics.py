@@ -20,7 +20,7 @@ import time
 from array import array
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -191,9 +191,13 @@ class CpuMeter:
 class Bench:
     """One benchmark run: the current cluster and generators, and the results."""
 
-    def __init__(self, sizes: Sizes, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, sizes: Sizes, log: Callable[[str], None] = print, metrics: bool = False
+    ) -> None:
         self.sizes = sizes
         self.log = log
+        self.metrics = metrics
+        """Run every cluster with the metrics listener, scraped every second."""
         self.cluster: BenchCluster | None = None
         self.pool: GenPool | None = None
         self.configs: dict[str, dict[str, Any]] = {}
@@ -202,6 +206,7 @@ class Bench:
     @contextmanager
     def setup(self, metric: str, config: ClusterConfig, gens: int) -> Iterator[None]:
         """Run ``config`` with ``gens`` generator processes for the body."""
+        config = replace(config, metrics=self.metrics)
         self.log(f"{metric}: starting {config.gateways} gateway(s), {config.workers} worker(s)")
         self.cluster = BenchCluster(config)
         self.configs[metric] = {**config.describe(), "generator_processes": gens}
@@ -607,14 +612,14 @@ class Bench:
 
     async def _chat_round_trips(self) -> dict[str, Any]:
         """M6 with the shipped chat app (``apps/chat/Events.py``, its ``async
-        on_message``, in the worker's default callback mode, as users run it):
+        on_message``, with its start file's ``callbacks="inline"``, as users run it):
         ``rtt_clients[0]`` clients, each logged in to its own room, each sending
         ``say`` to ``"all"`` (its room: itself), at M6's offered rates. Same figures
         as the other series, plus the connect+login phase (``"connect"``)."""
         s = self.sizes
-        config = ClusterConfig(s.rtt_gateways, s.rtt_workers, s.ping_interval, 2, "thread", "chat")
+        config = ClusterConfig(s.rtt_gateways, s.rtt_workers, s.ping_interval, 2, "inline", "chat")
         return await self._round_trips(
-            "thread", config, "M6 chat", (s.rtt_clients[0],), "chat", SAY_PREFIX, SAY_SUFFIX
+            "inline", config, "M6 chat", (s.rtt_clients[0],), "chat", SAY_PREFIX, SAY_SUFFIX
         )
 
     async def _round_trips(

@@ -60,6 +60,7 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 from pygatewayworker.businessworker.context import EventContext, enter_event, exit_event
@@ -75,6 +76,7 @@ from pygatewayworker.gateway.protocol import (
     unpack_session,
 )
 from pygatewayworker.gatewayclient.link import GatewayLink
+from pygatewayworker.runtime.histogram import Histogram
 
 __all__ = ["Dispatcher", "KINDS"]
 
@@ -140,12 +142,18 @@ class Dispatcher:
         self._open = False
         self.events_in: dict[str, int] = dict.fromkeys(KINDS.values(), 0)
         self.callback_errors = 0
+        self.callback_seconds = Histogram()  # metrics: how long callbacks take
         self.memory = GatewayMemory(gateway_lost_timeout, self._on_orphans)
 
     @property
     def clients(self) -> int:
         """Clients with queued or running events."""
         return len(self._queues)
+
+    @property
+    def queued(self) -> int:
+        """Events waiting in the clients' queues (not those running). For metrics."""
+        return sum(len(queue) for queue in self._queues.values())
 
     def on_event(self, link: GatewayLink, packet: list[Any]) -> None:
         """The link reader's callback: count, then run the event inline (a plain
@@ -286,6 +294,7 @@ class Dispatcher:
             link.public_port,
             link.gateway_address,
             session,
+            KINDS[packet[0]],
         )
         return event, blob
 
@@ -298,7 +307,9 @@ class Dispatcher:
         queued), in a fresh copy of the context: what the callback sets in context
         variables stays with this event, as it would in a task of its own."""
         if self._callbacks[packet[0]] is not None:
+            started = perf_counter()  # metrics: timed until the function returns
             contextvars.copy_context().run(self._call_inline, client_id, link, packet)
+            self.callback_seconds.observe(perf_counter() - started)
 
     def _call_inline(self, client_id: str, link: GatewayLink, packet: list[Any]) -> None:
         cmd, conn_id, _, _, _, payload = packet
@@ -370,7 +381,9 @@ class Dispatcher:
             return
         event, blob = self._context(client_id, link, packet)
         if cmd in self._threaded:
+            started = perf_counter()  # metrics: timed until the callback settled
             ok = await self._call_in_thread(callback, cmd, client_id, event, payload)
+            self.callback_seconds.observe(perf_counter() - started)
         else:
             ok = await self._call_here(callback, cmd, client_id, event, payload)
         if ok and cmd is not Cmd.EV_CLOSE:
@@ -386,6 +399,7 @@ class Dispatcher:
     ) -> bool:
         """Run the callback on the loop, in this task; ``False`` when it failed."""
         token = enter_event(event)
+        started = perf_counter()  # metrics: timed until the callback settled
         try:
             try:
                 result = (
@@ -401,6 +415,7 @@ class Dispatcher:
             return True
         finally:
             exit_event(token)
+            self.callback_seconds.observe(perf_counter() - started)
 
     async def _call_in_thread(
         self,
@@ -466,7 +481,10 @@ class Dispatcher:
 def _log_failure(cmd: int, client_id: str) -> None:
     """Log the exception being handled as the failure of the client's callback."""
     logger.exception(
-        "on_%s of client %s raised; the worker keeps serving", KINDS[Cmd(cmd)], client_id
+        "on_%s of client %s raised; the worker keeps serving",
+        KINDS[Cmd(cmd)],
+        client_id,
+        extra={"client_id": client_id},  # JSON logs
     )
 
 

@@ -278,6 +278,11 @@ class WorkerProcess:
             "threads_busy": threads.busy if threads else 0,
             "slow_callbacks": self._watchdog.reports if self._watchdog else 0,
             "uptime": round(uptime, 1),
+            # metrics (docs/observability.md)
+            "callback_seconds": dispatcher.callback_seconds.snapshot() if dispatcher else {},
+            "queued_events": dispatcher.queued if dispatcher else 0,
+            "rejected_connects": self.api.rejected_connects if self.api else 0,
+            "gateway_links": _link_states(pool) if pool else {},
         }
 
     # ---- internals -----------------------------------------------------------------
@@ -405,6 +410,17 @@ class WorkerProcess:
         ack = self._acks.get(link)
         if ack is not None and ack.done() and link.is_open:
             link.send(encode(Cmd.RELEASE, [conn_id], False))
+
+
+def _link_states(pool: LinkPool) -> dict[str, int]:
+    """Listed gateways by the state of our link to each (metrics): ``linked``,
+    ``paused`` (its write buffer is over the high-water mark), ``unlinked``."""
+    paused = sum(1 for link in pool.links.values() if link in pool.paused)
+    return {
+        "linked": len(pool.links) - paused,
+        "paused": paused,
+        "unlinked": len(pool.unlinked()),
+    }
 
 
 def _link_error(address: str, error: str | None) -> str:

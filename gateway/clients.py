@@ -19,6 +19,16 @@ per TCP connection and reports what happens to it here:
 - :meth:`Clients.control` (a ping or pong: activity, per ``pong_is_activity``),
   :meth:`Clients.slow` (send buffer over ``send_buffer_limit``: close 1008),
   :meth:`Clients.closed` (``EV_CLOSE`` with the last session; the entry goes).
+- :meth:`Clients.refused` (a request head refused before the upgrade),
+  :meth:`Clients.peer_closed` (the client's close frame), :meth:`Clients.failed`
+  (we failed the connection: a protocol error or a message too big): logged and
+  counted.
+
+Metrics (docs/observability.md): every way a client goes sets its
+``close_reason`` (the first one set wins: ``records.CLOSE_REASONS``) and
+:meth:`Clients.closed` counts it in ``Counters.closed_by_reason``; handshakes done
+and refused are counted too. Plain integer adds on objects at hand, none per
+message.
 
 :meth:`Clients.heartbeat` is the heartbeat decision, called by the shell's timer in
 slices: every open client's silence grows by one interval per sweep (any message,
@@ -128,6 +138,7 @@ class Clients:
         conn_id = client.conn_id = self.new_conn_id()
         directory = self.directory
         directory.add(client)
+        self.counters.connections_opened += 1
         if grant is not None:
             if grant.session:
                 client.session = pack_session(grant.session)
@@ -192,7 +203,35 @@ class Clients:
             size,
             DEFAULT_MAX_PACKET,
         )
+        client.close_reason = client.close_reason or "size_limit"
         client.writer.close(1009, "message too big")
+
+    def refused(self, client: Client, status: int, reason: str) -> None:
+        """``client``'s request head was refused with ``status`` (answered, closing):
+        logged and counted by status."""
+        failures = self.counters.handshake_failures
+        key = str(status)
+        failures[key] = failures.get(key, 0) + 1
+        self.log(logging.INFO, "rejected request from %s: %d %s", client.remote_ip, status, reason)
+
+    def peer_closed(self, client: Client) -> None:
+        """``client`` sent a close frame (its own, or its answer to ours: then the
+        reason we closed for stays)."""
+        client.close_reason = client.close_reason or "client_close"
+
+    def failed(self, client: Client, code: int, reason: str) -> None:
+        """We failed ``client``'s connection with ``code`` (1009: a message over
+        ``max_message_size``; else a protocol error)."""
+        if not client.close_reason:
+            client.close_reason = "size_limit" if code == 1009 else "protocol_error"
+        self.log(
+            logging.INFO,
+            "client %s (%s): closing with %d: %s",
+            client.conn_id,
+            client.remote_ip,
+            code,
+            reason,
+        )
 
     def control(self, client: Client) -> None:
         """A ping or pong frame from ``client``: activity, if ``pong_is_activity``."""
@@ -205,6 +244,7 @@ class Clients:
         if client.ws.state is not _OPEN:
             return
         self.counters.send_failures += 1
+        client.close_reason = client.close_reason or "send_buffer_limit"
         self.log(
             logging.WARNING,
             "client %s (%s): send buffer over %d bytes, closing (slow consumer)",
@@ -218,6 +258,9 @@ class Clients:
         """``client``'s connection is gone: ``EV_CLOSE`` with its last session, then
         it leaves the directory (its uid and groups with it)."""
         if client.conn_id and self.directory.get(client.conn_id) is client:
+            by_reason = self.counters.closed_by_reason
+            reason = client.close_reason or "client_gone"
+            by_reason[reason] = by_reason.get(reason, 0) + 1
             self.workers.send(client, Cmd.EV_CLOSE, None)
             self.directory.remove(client.conn_id)
 
@@ -225,7 +268,14 @@ class Clients:
     def close_all(self, code: int, reason: str = "") -> None:
         """Start closing every open client (a graceful stop: 1001)."""
         for client in list(self.directory.entries()):
+            client.close_reason = client.close_reason or "shutdown"
             client.writer.close(code, reason)
+
+    def drop_all(self) -> None:
+        """Drop every client at once (the gateway stops)."""
+        for client in list(self.directory.entries()):
+            client.close_reason = client.close_reason or "shutdown"
+            client.writer.abort()
 
     def heartbeat(self, part: int = 0, parts: int = 1) -> None:
         """One heartbeat sweep of the clients whose ``conn_id % parts == part``
@@ -252,6 +302,7 @@ class Clients:
         self.counters.messages_out += pinged
         self.counters.bytes_out += pinged * size
         for client in dead:
+            client.close_reason = client.close_reason or "heartbeat_timeout"
             client.writer.abort()
         if dead:
             log.info("closed %d clients silent for more than %d ping intervals", len(dead), limit)

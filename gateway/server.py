@@ -133,6 +133,7 @@ class GatewayServer:
         self.index = index
         self.core = GatewayCore(config, index)
         self.client_port = ClientPort(self.core.clients, flush_routes=self.core.send_route_changes)
+        self.core.send_buffers = self.client_port.send_buffers  # stats (metrics)
         self._public_sock = public_sock
         self._internal_sock = internal_sock
         self._public_server: asyncio.Server | None = None

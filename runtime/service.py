@@ -84,7 +84,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def run_service(spec: ChildSpec, service: Service) -> int:
     """Run ``service`` in this process until asked to stop; return the exit code."""
-    configure_child_logging(spec.name, level=spec.log_level)
+    configure_child_logging(spec.name, level=spec.log_level, fmt=spec.log_format)
     if spec.master_pid:
         _set_parent_death_signal(signal.SIGTERM)
     for sig in (signal.SIGINT, signal.SIGHUP):

@@ -68,6 +68,7 @@ class ChildSpec:
     run_dir: str = ""
     master_pid: int = 0
     log_level: int = 20  # logging.INFO
+    log_format: str = "text"  # or "json" (cluster.logs)
 
     @property
     def name(self) -> str:

@@ -121,8 +121,11 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
     assert results["M6"]["series"]
     # every M6 point carries the longest loop stall of each cluster process
     points = [p for series in results["M6"]["series"].values() for p in series]
-    assert points and all(p["cpu"]["loop_stall_by_process_ms"] for p in points)
-    assert results["M6"]["thread"]["series"]  # both modes
+    assert (
+        points
+        and all(p["cpu"]["loop_stall_by_process_ms"] for p in points)
+        and results["M6"]["thread"]["series"]
+    )  # both modes
     assert doc["config"]["M6 thread"]["callbacks"] == "thread"
     # M6 with the shipped chat app: login to one's own room, say, timed from the reply
     chat = results["M6"]["chat"]
@@ -147,3 +150,22 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
     assert "Yardstick: loopback send" in markdown
     png = (out / "latency.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(120)
+def test_quick_run_with_metrics_on(tmp_path: Path) -> None:
+    """``--metrics`` starts every cluster with the metrics listener and scrapes it."""
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--quick", "--only", "M6", "--metrics"]
+        + ["--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["errors"] == []
+    assert doc["config"] and all(c["metrics"] for c in doc["config"].values()), doc["config"]
