@@ -192,6 +192,11 @@ async def test_reload_lets_the_old_worker_finish_a_blocking_thread_callback(
         SLOW * 4,
         "the old worker to leave the gateways",
     )
+    # the follow-up must reach a gateway that already took the leave (else it goes,
+    # correctly, to the old worker, behind the slow event): both gateways log it
+    await ops.await_for(
+        lambda: log_of(spec).count(" is leaving; ") >= 2, SLOW * 4, "both gateways took the leave"
+    )
     follow = asyncio.create_task(tagged("follow", call(clients[0], "where", timeout=60)))
     reloaded = await reloading
     took = time.monotonic() - asked
