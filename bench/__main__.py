@@ -32,9 +32,9 @@ def _log(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-async def run(quick: bool, only: set[str], out: Path, command: str) -> int:
+async def run(quick: bool, only: set[str], out: Path, command: str, metrics: bool = False) -> int:
     """Run the selected measurements and write the reports; 0 when all ran."""
-    bench = Bench(QUICK if quick else FULL, _log)
+    bench = Bench(QUICK if quick else FULL, _log, metrics=metrics)
     results: dict[str, Any] = {}
     errors: list[str] = []
     steal = StealMeter()
@@ -60,7 +60,7 @@ async def run(quick: bool, only: set[str], out: Path, command: str) -> int:
         results.setdefault("M3", {})["reconnect_storm"] = results.pop("M3_storm")
     if "SOAK" in only:  # only on request: minutes long
         try:
-            results.update(await measure_soak(quick, _log))
+            results.update(await measure_soak(quick, _log, metrics))
         except Exception as exc:
             traceback.print_exc()
             errors.append(f"SOAK: {exc.__class__.__name__}: {exc}")
@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default="", help="comma-separated metrics, e.g. M4,M6; soak: the churn soak"
     )
     cmd.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    cmd.add_argument(
+        "--metrics",
+        action="store_true",
+        help="run every cluster with --metrics-listen and scrape /metrics every second",
+    )
     args = parser.parse_args(argv)
     only = {m.strip().upper() for m in args.only.split(",") if m.strip()}
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    return int(runner(run(args.quick, only, args.out, command)))
+    return int(runner(run(args.quick, only, args.out, command, args.metrics)))
 
 
 if __name__ == "__main__":

@@ -108,10 +108,13 @@ def _drift(first: dict[str, tuple[int, int]], samples: list[dict[str, tuple[int,
     return rows
 
 
-async def measure_soak(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    """Run the soak (see the module docstring) and return ``{"SOAK": {...}}``."""
+async def measure_soak(
+    quick: bool, log: Callable[[str], None], metrics: bool = False
+) -> dict[str, Any]:
+    """Run the soak (see the module docstring) and return ``{"SOAK": {...}}``;
+    ``metrics``: the cluster runs the metrics listener, scraped (``--metrics``)."""
     sizes = SOAK_QUICK if quick else SOAK_FULL
-    config = ClusterConfig(gateways=2, workers=2)
+    config = ClusterConfig(gateways=2, workers=2, metrics=metrics)
     cluster = BenchCluster(config)
     log(f"soak: {sizes.minutes:g} min, {sizes.clients} churning clients, 2 gateways, 2 workers")
     await asyncio.to_thread(cluster.start)

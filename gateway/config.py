@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pygatewayworker.gateway.protocol import DEFAULT_MAX_PACKET, MAX_CLIENT_MESSAGE
+from pygatewayworker.gateway.origins import OriginPolicy
+from pygatewayworker.gateway.protocol import DEFAULT_MAX_PACKET, MAX_CLIENT_MESSAGE, MAX_SESSION
+from pygatewayworker.gateway.tokens import check_token_key
 from pygatewayworker.register.config import (
     ConfigError,
     check_ipv4,
@@ -53,6 +55,24 @@ class Gateway:
     ``pending_event_limit`` / ``pending_event_seconds``: events that arrive while no
     business worker is linked are held (up to that many, for that long) and handed
     to the first worker that links, instead of being lost.
+
+    Connection security (README, "Authenticating connections"); every check runs
+    before the ``101``, so a refused client never gets a client_id:
+
+    - ``token_key``: the HMAC-SHA256 key of connect tokens (``gateway.tokens``; at
+      least 32 bytes). With it, a client connects with ``?token=<jwt>`` (or
+      ``Authorization: Bearer``), a bad token gets 401, and a good one binds its uid,
+      groups and session at once. ``token_required`` (default true): refuse a
+      connection without a token (false: such connections are anonymous).
+    - ``allowed_origins``: ``Origin`` patterns that may connect
+      (``"https://chat.example.com"``, ``"https://*.example.com"``,
+      ``"http://localhost:*"``); others get 403. Empty (the default): any origin.
+    - ``certfile`` / ``keyfile`` (PEM): serve ``wss://`` (and the static page over
+      https) on the public port.
+    - ``max_connections_per_ip`` (429 beyond it), ``handshake_rate`` /
+      ``handshake_burst`` (handshakes per second of this process; 503 beyond),
+      ``message_rate`` / ``message_burst`` and ``byte_rate`` / ``byte_burst`` (per
+      connection; close 1008 beyond). 0 means no limit.
     """
 
     listen: str = "0.0.0.0:7272"
@@ -76,6 +96,18 @@ class Gateway:
     pending_event_seconds: float = 10.0
     keepalive_interval: float = 10.0
     link_timeout: float = 30.0
+    token_key: str = field(default="", repr=False)
+    token_required: bool = True
+    allowed_origins: list[str] | tuple[str, ...] = ()
+    certfile: str = ""
+    keyfile: str = ""
+    max_connections_per_ip: int = 0
+    handshake_rate: float = 0.0
+    handshake_burst: int = 0
+    message_rate: float = 0.0
+    message_burst: int = 0
+    byte_rate: float = 0.0
+    byte_burst: int = 0
     app: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -105,11 +137,49 @@ class Gateway:
         if self.max_message_size > MAX_CLIENT_MESSAGE:
             raise ConfigError(
                 f"Gateway max_message_size {self.max_message_size} is over "
-                f"{MAX_CLIENT_MESSAGE} bytes: a client message and its session must fit in "
-                f"one internal packet ({DEFAULT_MAX_PACKET} bytes); lower it (larger "
-                f"uploads belong on HTTP)"
+                f"{MAX_CLIENT_MESSAGE} bytes, the largest message an internal link carries "
+                f"to a worker with its session (a {DEFAULT_MAX_PACKET}-byte packet holds the "
+                f"message, a session of up to {MAX_SESSION} bytes and the event's fields); "
+                f"send larger data another way (an upload URL)"
             )
+        self._check_security()
         check_link_timing(self.keepalive_interval, self.link_timeout, "Gateway")
+
+    def _check_security(self) -> None:
+        if self.token_key:
+            try:
+                check_token_key(self.token_key, "Gateway")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        if isinstance(self.allowed_origins, str):
+            self.allowed_origins = [self.allowed_origins]
+        self.allowed_origins = tuple(self.allowed_origins)
+        for pattern in self.allowed_origins:
+            try:
+                OriginPolicy.parse(pattern) if pattern != "*" else None
+            except ValueError as exc:
+                raise ConfigError(f"Gateway {exc}") from None
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ConfigError("Gateway certfile and keyfile go together (PEM files)")
+        for name in ("max_connections_per_ip", "handshake_burst", "message_burst", "byte_burst"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"Gateway {name} must be an int >= 0 (0: no limit)")
+        for rate, burst in (
+            ("handshake_rate", "handshake_burst"),
+            ("message_rate", "message_burst"),
+            ("byte_rate", "byte_burst"),
+        ):
+            value = getattr(self, rate)
+            if value < 0:
+                raise ConfigError(f"Gateway {rate} must be >= 0 (0: no limit)")
+            if value and not getattr(self, burst):  # one second's worth by default
+                least = self.max_message_size if rate == "byte_rate" else 1
+                setattr(self, burst, max(least, int(value)))
+        if self.byte_rate and self.byte_burst < self.max_message_size:
+            raise ConfigError(
+                f"Gateway byte_burst {self.byte_burst} is below max_message_size "
+                f"{self.max_message_size}: a client could never send its largest message"
+            )
 
     @property
     def registers(self) -> tuple[str, ...]:

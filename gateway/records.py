@@ -15,14 +15,40 @@ Tests give the core writers that record what they are asked to do.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pygatewayworker.gateway.directory import Entry
 from pygatewayworker.gateway.protocol import Cmd
 from pygatewayworker.gateway.websocket import ServerConnection
 
-__all__ = ["ClientWriter", "LinkWriter", "Client", "Link", "Counters", "HeldEvents"]
+__all__ = [
+    "ClientWriter",
+    "LinkWriter",
+    "Client",
+    "Link",
+    "Counters",
+    "HeldEvents",
+    "CLOSE_REASONS",
+]
+
+CLOSE_REASONS = (
+    "client_close",
+    "client_gone",
+    "heartbeat_timeout",
+    "send_buffer_limit",
+    "send_timeout",
+    "size_limit",
+    "protocol_error",
+    "app_close",
+    "shutdown",
+    "gateway_lost",
+)
+"""Why WebSocket clients closed (metrics, ``Counters.closed_by_reason``); see
+docs/observability.md. The first reason set on a client (``Client.close_reason``)
+wins; one with none when its connection ends is ``client_gone`` (``shutdown`` once
+the gateway stops). ``gateway_lost``: closed (1001) because workers ran its
+``on_close`` while this gateway was unreachable (``DECLARED_CLOSED``)."""
 
 
 class ClientWriter(Protocol):
@@ -81,6 +107,7 @@ class Client(Entry):
         "since",
         "bytes_in",
         "bytes_out",
+        "close_reason",
     )
 
     def __init__(
@@ -105,6 +132,8 @@ class Client(Entry):
         self.since = since
         self.bytes_in = 0
         self.bytes_out = 0
+        self.close_reason = ""
+        """Why it closes (one of :data:`CLOSE_REASONS`); the first reason set wins."""
 
     def __repr__(self) -> str:
         return f"<client {self.conn_id} from {self.remote_ip}:{self.remote_port}>"
@@ -169,7 +198,8 @@ class Link:
 
 @dataclass(slots=True)
 class Counters:
-    """Traffic counters of one gateway process (``status`` and ``Q_STATS``)."""
+    """Traffic counters of one gateway process (``status`` and ``Q_STATS``; the
+    metrics listener reads them from the stats file, docs/observability.md)."""
 
     messages_in: int = 0
     messages_out: int = 0
@@ -179,3 +209,13 @@ class Counters:
     events_lost: int = 0
     """Client events sent to a worker whose link was dropped for silence after they
     were sent (at most that many were lost; logged with the count)."""
+    connections_opened: int = 0
+    """WebSocket handshakes completed."""
+    broadcast_deliveries: int = 0
+    """Frames written by ``send_to_all``/``uid``/``group``, one per recipient."""
+    closed_by_reason: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(CLOSE_REASONS, 0)
+    )
+    """Clients gone, by :data:`CLOSE_REASONS`."""
+    handshake_failures: dict[str, int] = field(default_factory=dict)
+    """Refused request heads by the HTTP status answered (``"400"``: count)."""

@@ -467,6 +467,17 @@ class GatewayLink(asyncio.Protocol):
             self.groups.add(group)
         self._pinned_groups[group] = self._pin()
 
+    def mark(self) -> int:
+        """Have one ``PING`` written behind everything queued now; return the
+        :attr:`pongs_seen` count from which on the gateway has handled all of it
+        (and whatever it sends from then on reflects it)."""
+        return self._pin()
+
+    @property
+    def pongs_seen(self) -> int:
+        """``PONG`` packets received so far (every ``PING`` is answered, in order)."""
+        return self._pongs_seen
+
     def _pin(self) -> int:
         """Have one ``PING`` written behind everything queued at the next flush (one
         per batch, however many keys were noted); return the number its ``PONG``

@@ -28,8 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import cli, make_app
-from tests.rc import RC, RemoteError
-from tests.test_ops_e2e import (
+from tests.opsharness import (
     Cluster,
     Traffic,
     await_for,
@@ -45,8 +44,9 @@ from tests.test_ops_e2e import (
     processes_of,
     start_cluster,
 )
+from tests.rc import RC, RemoteError
 
-__all__ = ["opened", "start_cluster"]  # fixtures shared with test_ops_e2e
+__all__ = ["opened", "start_cluster"]  # fixtures from tests.opsharness
 
 UNIT = 1.0
 """One time unit (seconds); every bound below is a multiple of it."""

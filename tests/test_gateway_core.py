@@ -17,6 +17,7 @@ from pygatewayworker.gateway.core import GatewayCore
 from pygatewayworker.gateway.frames import binary_frame, text_frame
 from pygatewayworker.gateway.http11 import parse_request_head
 from pygatewayworker.gateway.protocol import (
+    MAX_CLIENT_MESSAGE,
     MAX_SESSION,
     ROUTES_CHANGES,
     ROUTES_STATE_END,
@@ -242,6 +243,23 @@ def test_data_too_large_for_a_packet_is_refused_and_the_link_kept() -> None:
     assert clients[0].session == almost and not writer(push).rejected
 
 
+def test_a_message_that_would_not_fit_one_packet_closes_its_client_1009_not_the_link() -> None:
+    """The guard on the message path: valid use cannot get there (max_message_size is
+    at most MAX_CLIENT_MESSAGE, a session at most MAX_SESSION), so the session is
+    forced past the limit here; the client gets 1009, the worker keeps its link."""
+    h = Harness()
+    worker = h.link()
+    big, other = h.client(), h.client(port=40001)
+    writer(worker).take()
+    big.session = b"s" * (MAX_SESSION + 128 * 1024)
+    h.core.clients.message(big, "x" * MAX_CLIENT_MESSAGE)
+    assert writer(big).closed == [(1009, "message too big")] and big.close_reason == "size_limit"
+    h.core.clients.message(other, "fine")
+    (event,) = writer(worker).take(Cmd.ROUTES, Cmd.PING)
+    assert event[:2] == [Cmd.EV_MESSAGE, other.conn_id] and event[5] == "fine"
+    assert not writer(worker).rejected
+
+
 def test_link_upkeep_hello_deadline_keepalive_and_timeouts() -> None:
     h = Harness(keepalive_interval=1.0, link_timeout=3.0)
     mute = h.link(hello=False)
@@ -314,6 +332,8 @@ def test_clients_declared_closed_by_a_worker_are_closed_without_a_second_close()
     h.core.clients.closed(b)
     assert events(worker) == [(Cmd.EV_CLOSE, None)]  # b's only
     assert len(h.core.directory) == 0 and worker.clients == 0
+    by_reason = h.core.stats()["closed_by_reason"]  # each counted once, a by its reason
+    assert by_reason["gateway_lost"] == 1 and by_reason["client_gone"] == 1
 
 
 def test_a_link_that_is_stopping_is_dropped_at_once() -> None:
@@ -622,3 +642,102 @@ def test_graceful_stop_closes_every_client_with_1001() -> None:
     clients = [h.client() for _ in range(3)]
     h.core.clients.close_all(1001, "going away")
     assert all(writer(c).closed == [(1001, "going away")] for c in clients)
+
+
+# ---- metrics counters (docs/observability.md) -----------------------------------------
+
+
+def test_each_close_is_counted_once_by_its_first_reason() -> None:
+    h = Harness(ping_interval=10, ping_not_response_limit=1)
+    worker = h.link()
+    clients = h.core.clients
+    peer, gone, silent, slow, stuck, big, bad, app, destroyed = (h.client() for _ in range(9))
+    clients.peer_closed(peer)
+    clients.failed(big, 1009, "message too big")
+    clients.failed(bad, 1002, "bad opcode")
+    clients.slow(slow)
+    clients.peer_closed(slow)  # the answer to our close frame: the first reason stays
+    clients.slow(stuck, "70000 bytes not drained for 10.1 s", "send_timeout")
+    h.feed(worker, [Cmd.CLOSE_CLIENT, app.conn_id, None], [Cmd.DESTROY_CLIENT, destroyed.conn_id])
+    for client in (peer, gone, big, bad, slow, stuck, app, destroyed):
+        client.silent = -5  # not part of the heartbeat below
+    for _ in range(3):
+        h.core.clients.heartbeat()
+    assert writer(silent).aborted
+    assert writer(stuck).closed == [(1008, "slow consumer")]
+    for client in (peer, gone, silent, slow, stuck, big, bad, app, destroyed):
+        clients.closed(client)
+    clients.closed(peer)  # a second report of the same client counts nothing
+    assert h.core.stats()["send_failures"] == 2
+    assert h.core.stats()["closed_by_reason"] == {
+        "client_close": 1,
+        "client_gone": 1,
+        "heartbeat_timeout": 1,
+        "send_buffer_limit": 1,
+        "send_timeout": 1,
+        "size_limit": 1,
+        "protocol_error": 1,
+        "app_close": 2,
+        "shutdown": 0,
+        "gateway_lost": 0,
+    }
+    assert h.core.stats()["connections_opened"] == 9 and len(h.core.directory) == 0
+
+
+def test_a_stopping_gateway_counts_its_clients_as_shutdown() -> None:
+    h = Harness()
+    graceful, dropped, closed_before = h.client(), h.client(), h.client()
+    h.core.clients.peer_closed(closed_before)
+    h.core.clients.close_all(1001, "going away")
+    h.core.clients.drop_all()
+    assert writer(graceful).closed and writer(dropped).aborted
+    for client in (graceful, dropped, closed_before):
+        h.core.clients.closed(client)
+    by_reason = h.core.stats()["closed_by_reason"]
+    assert by_reason["shutdown"] == 2 and by_reason["client_close"] == 1
+
+
+def test_refused_handshakes_are_counted_by_status(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    refused = Client(ServerConnection(1 << 20), ClientWriter(), "192.0.2.8", 1)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        h.core.clients.refused(refused, 400, "missing 'Upgrade: websocket'")
+        h.core.clients.refused(refused, 400, "malformed request line")
+        h.core.clients.refused(refused, 426, "unsupported WebSocket version")
+    stats = h.core.stats()
+    assert stats["handshake_failures"] == {"400": 2, "426": 1}
+    assert stats["connections_opened"] == 0
+    assert "rejected request from 192.0.2.8: 426 unsupported" in caplog.text
+
+
+def test_broadcast_deliveries_count_one_per_recipient_and_message() -> None:
+    h = Harness()
+    worker = h.link()
+    a, b, c = h.client(), h.client(), h.client()
+    h.feed(
+        worker, *[[Cmd.JOIN_GROUP, x.conn_id, "g"] for x in (a, b)], [Cmd.BIND_UID, c.conn_id, "7"]
+    )
+    h.feed(worker, *[[Cmd.SEND_TO_GROUP, ["g"], f"m{i}", None] for i in range(3)])  # coalesced
+    h.feed(worker, [Cmd.SEND_TO_ALL, "all", None, None], [Cmd.SEND_TO_UID, ["7"], "c"])
+    assert h.core.counters.broadcast_deliveries == 2 * 3 + 3 + 1
+    # not broadcasts: a send to one client, and close_client's last message
+    h.feed(worker, [Cmd.SEND_TO_CLIENT, a.conn_id, "one"], [Cmd.CLOSE_CLIENT, b.conn_id, "bye"])
+    stats = h.core.stats()
+    assert stats["broadcast_deliveries"] == 10 and stats["messages_out"] == 12
+    assert stats["send_buffer_bytes"] == stats["send_buffer_max_bytes"] == 0  # no shell
+
+
+def test_worker_link_log_lines_name_the_worker(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        worker = h.link(name="w7")
+        push = h.link(role="client", name="push")
+        h.core.link_closed(worker)
+        h.core.link_closed(push)
+    lines = [(r.getMessage().split(" (")[0], getattr(r, "worker", None)) for r in caplog.records]
+    assert lines == [
+        ("<link worker 'w7' from 10.0.0.9:5000> linked", "w7"),
+        ("<link client 'push' from 10.0.0.9:5000> linked", None),
+        ("<link worker 'w7' from 10.0.0.9:5000> is gone", "w7"),
+        ("<link client 'push' from 10.0.0.9:5000> is gone", None),
+    ]

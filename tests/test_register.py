@@ -571,8 +571,9 @@ async def test_clients_ping_and_detect_a_silent_register(closing):
         )
         closing.append(watcher)
         await watcher.start()
-        await until(lambda: watcher.last_error is not None)
-        assert "silent" in (watcher.last_error or "")
+        # under load an earlier attempt may fail otherwise first (a slow connect): the
+        # silent-register verdict must come, whatever came before it
+        await until(lambda: "silent" in (watcher.last_error or ""))
         assert pings >= 2
         await watcher.close()
     finally:
