@@ -213,6 +213,14 @@ class AuthHook:
             held.done(self.unavailable("the authenticating worker went away"))
 
     @staticmethod
+    def forget(client: Client) -> None:
+        """An accepted client went away before it was opened: it takes no worker."""
+        link = client.worker
+        if link is not None:
+            link.clients -= 1
+            client.worker = None
+
+    @staticmethod
     def _unassign(held: _Held) -> None:
         client = held.client
         if client.worker is held.link:

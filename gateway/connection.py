@@ -352,6 +352,7 @@ class ClientConnection(asyncio.Protocol):
         self.held = None
         self.port.authenticating.pop(self, None)
         if self.ws.state is not _CONNECTING or self.transport.is_closing():
+            self.port.auth.forget(self.client)
             return
         if isinstance(verdict, Grant):
             self._open(held[1], merge_grants(held[2], verdict))
