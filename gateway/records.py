@@ -154,6 +154,7 @@ class Link:
         "closed",
         "held",
         "held_events",
+        "hooks",
     )
 
     def __init__(self, writer: LinkWriter, peer: str = "", now: float = 0.0) -> None:
@@ -175,6 +176,8 @@ class Link:
         """Set when this worker leaves: events of its clients held until it releases
         them (``RELEASE``) or its link ends; ``None``: not holding."""
         self.held_events = 0
+        self.hooks: frozenset[str] = frozenset()
+        """The app hooks this worker runs (``HELLO`` features), e.g. ``authenticate``."""
 
     def __repr__(self) -> str:
         return f"<link {self.role or 'unauthenticated'} {self.name!r} from {self.peer}>"
