@@ -15,13 +15,17 @@ How this works
    (``runtime.spec.REPLACEMENT_ENV`` set) must be linked to *every* listed gateway
    by then, or its start fails: the reload then keeps the old worker, which is
    linked where the new one is not.
-2. Client events are run by ``businessworker.dispatch.Dispatcher``: in order per
+2. When the Events define ``authenticate(request)``, the worker announces the hook
+   in its ``HELLO`` and answers the gateways' ``AUTHENTICATE`` packets
+   (``businessworker.authenticate``): the gateways then hold every handshake
+   until a worker accepted or rejected it.
+3. Client events are run by ``businessworker.dispatch.Dispatcher``: in order per
    client, with ``businessworker.context`` set. In thread mode (``config.callbacks``,
    the default) plain callbacks, ``on_worker_start`` and ``on_worker_stop`` included,
    run in threads (``businessworker.threads``), coroutines on the loop. A watchdog
    (``businessworker.watchdog``) logs callbacks that run past
    ``config.slow_callback``.
-3. ``stop(graceful)`` sends ``WORKER_LEAVE`` to every gateway and keeps handling
+4. ``stop(graceful)`` sends ``WORKER_LEAVE`` to every gateway and keeps handling
    events until each gateway has answered ``LEAVE_ACK`` (no new event comes after
    it) and every running or queued event is done, then calls
    ``on_worker_stop(worker)`` and closes the links. The bound is
@@ -32,7 +36,7 @@ How this works
    callback threads end once their running callback returns; one still running
    past :data:`THREADS_JOIN_TIMEOUT` after that is left behind (they are daemon
    threads: the process exits anyway).
-4. Once a second a sweep compares the open links with the clients remembered per
+5. Once a second a sweep compares the open links with the clients remembered per
    gateway (``businessworker.orphans``): the clients of a gateway process that died
    get ``on_close`` when it comes back as a new process, or after
    ``config.gateway_lost_timeout`` without it once the registers stopped listing it.
@@ -55,6 +59,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, cast
 
+from pygatewayworker.businessworker.authenticate import HOOK_NAME, Authenticator
 from pygatewayworker.businessworker.config import BusinessWorker
 from pygatewayworker.businessworker.dispatch import KINDS, Dispatcher
 from pygatewayworker.businessworker.handle import (
@@ -163,6 +168,7 @@ class WorkerProcess:
         self._events: object = None
         self._pool: LinkPool | None = None
         self._dispatcher: Dispatcher | None = None
+        self._authenticator: Authenticator | None = None
         self._threads: CallbackThreads | None = None
         self._watchdog: SlowCallbackWatchdog | None = None
         self.api: WorkerAPI | None = None
@@ -205,6 +211,11 @@ class WorkerProcess:
             self._events, api, config.gateway_lost_timeout, self._threads
         )
         pool.on_event = dispatcher.on_event
+        hook = getattr(self._events, HOOK_NAME, None)
+        if callable(hook):
+            self._authenticator = Authenticator(hook, api, self._threads)
+            pool.hooks = (HOOK_NAME,)
+            pool.on_authenticate = self._authenticator.on_authenticate
         self.worker = WorkerInfo(self.name, self.index, os.getpid(), api, config)
         await pool.start()
         try:
@@ -277,6 +288,7 @@ class WorkerProcess:
             "orphan_closes": dispatcher.memory.orphan_closes if dispatcher else 0,
             "threads_busy": threads.busy if threads else 0,
             "slow_callbacks": self._watchdog.reports if self._watchdog else 0,
+            "authenticate": dict(self._authenticator.counts) if self._authenticator else {},
             "uptime": round(uptime, 1),
             # metrics (docs/observability.md)
             "callback_seconds": dispatcher.callback_seconds.snapshot() if dispatcher else {},
@@ -343,6 +355,8 @@ class WorkerProcess:
                 _describe_pending(dispatcher),
             )
             await dispatcher.cancel_all()
+        if self._authenticator is not None:
+            self._authenticator.cancel_all()
         if self._watchdog is not None:
             self._watchdog.stop()
         if self._threads is not None:

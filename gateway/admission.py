@@ -16,7 +16,9 @@ the first one that fails answers the request with an HTTP status and no ``101``:
    ``Authorization: Bearer`` header, when the gateway has a ``token_key``: ``401``
    when missing (if required), malformed, expired or forged.
 
-An admitted request gets a :class:`~gateway.tokens.Grant` (uid, groups, session
+An admitted request may then be held for the app's ``authenticate`` hook
+(``gateway.authhook``; its refusals are counted here too). An admitted request
+gets a :class:`~gateway.tokens.Grant` (uid, groups, session
 to bind at once; empty without a token) and counts against its IP until
 :meth:`Admission.released`.
 
@@ -96,6 +98,8 @@ class Admission:
                 "refused_ip_limit",
                 "refused_origin",
                 "refused_token",
+                "refused_auth",
+                "refused_auth_unavailable",
                 "closed_message_rate",
                 "closed_byte_rate",
             ),

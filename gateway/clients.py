@@ -48,6 +48,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pygatewayworker.gateway.admission import Admission
+from pygatewayworker.gateway.authhook import AuthHook
 from pygatewayworker.gateway.client_id import MAX_CONN_ID, encode_client_id
 from pygatewayworker.gateway.commands import data_frame
 from pygatewayworker.gateway.config import Gateway
@@ -60,7 +61,7 @@ from pygatewayworker.gateway.websocket import State
 from pygatewayworker.gateway.workers import Workers
 from pygatewayworker.runtime.ratelog import RateLimitedLog
 
-__all__ = ["Clients", "first_conn_id", "FIRST_CONN_ID_LIMIT"]
+__all__ = ["Clients", "request_info", "first_conn_id", "FIRST_CONN_ID_LIMIT"]
 
 log = logging.getLogger("gateway")
 
@@ -76,6 +77,18 @@ def first_conn_id() -> int:
     gateway process (same ip and port) do not repeat those of its previous life,
     whose holders may still address them."""
     return secrets.randbelow(FIRST_CONN_ID_LIMIT - 1) + 1
+
+
+def request_info(client: Client, request: Request) -> dict[str, Any]:
+    """The upgrade request as ``EV_WS_CONNECT`` and ``AUTHENTICATE`` carry it."""
+    return {
+        "path": request.path,
+        "query": request.query,
+        "headers": request.headers,
+        "cookies": parse_cookies(request.headers.get("cookie", "")),
+        "remote_ip": client.remote_ip,
+        "remote_port": client.remote_port,
+    }
 
 
 class Clients:
@@ -98,6 +111,8 @@ class Clients:
         """Rate-limited log for what clients do wrong (a flood must not flood us)."""
         self.admission = Admission(config, clock())
         """The handshake checks and per-client limits (``gateway.admission``)."""
+        self.auth = AuthHook(config, workers, self.admission.counts)
+        """Handshakes held for the app's ``authenticate`` hook (``gateway.authhook``)."""
         self._next_conn_id = first_conn_id() - 1
         self._ping_frame = data_frame(config.ping_data) if config.ping_data else b""
 
@@ -119,15 +134,7 @@ class Clients:
                 directory.join_group(conn_id, group)
         send = self.workers.send
         send(client, Cmd.EV_CONNECT, None)
-        info = {
-            "path": request.path,
-            "query": request.query,
-            "headers": request.headers,
-            "cookies": parse_cookies(request.headers.get("cookie", "")),
-            "remote_ip": client.remote_ip,
-            "remote_port": client.remote_port,
-        }
-        send(client, Cmd.EV_WS_CONNECT, info)
+        send(client, Cmd.EV_WS_CONNECT, request_info(client, request))
 
     def new_conn_id(self) -> int:
         """Ids count up from a random start (:func:`first_conn_id`), so a restarted

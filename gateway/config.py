@@ -73,6 +73,10 @@ class Gateway:
       ``handshake_burst`` (handshakes per second of this process; 503 beyond),
       ``message_rate`` / ``message_burst`` and ``byte_rate`` / ``byte_burst`` (per
       connection; close 1008 beyond). 0 means no limit.
+    - ``auth_timeout``: seconds the gateway holds a handshake for the app's
+      ``authenticate`` hook (run by a business worker whose Events define it);
+      without an answer by then, or with no worker to ask, the client gets
+      ``auth_failure_status`` (503 by default, or 500..599 / 401 / 403 / 429).
     """
 
     listen: str = "0.0.0.0:7272"
@@ -108,6 +112,8 @@ class Gateway:
     message_burst: int = 0
     byte_rate: float = 0.0
     byte_burst: int = 0
+    auth_timeout: float = 5.0
+    auth_failure_status: int = 503
     app: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -175,6 +181,15 @@ class Gateway:
             if value and not getattr(self, burst):  # one second's worth by default
                 least = self.max_message_size if rate == "byte_rate" else 1
                 setattr(self, burst, max(least, int(value)))
+        if not isinstance(self.auth_timeout, (int, float)) or not 0 < self.auth_timeout <= 60:
+            raise ConfigError(
+                f"Gateway auth_timeout must be in (0, 60] seconds, got {self.auth_timeout!r}"
+            )
+        status = self.auth_failure_status
+        if type(status) is not int or not (500 <= status <= 599 or status in (401, 403, 429)):
+            raise ConfigError(
+                f"Gateway auth_failure_status must be 500..599, 401, 403 or 429, got {status!r}"
+            )
         if self.byte_rate and self.byte_burst < self.max_message_size:
             raise ConfigError(
                 f"Gateway byte_burst {self.byte_burst} is below max_message_size "

@@ -19,6 +19,14 @@ client_id and no event. An admitted one is bound to its token's uid and groups, 
 the route changes that makes are written to the links before the ``101``, so a
 ``send_to_uid`` sent once the client sees the ``101`` finds it.
 
+When a linked business worker runs the app's ``authenticate`` hook
+(``gateway.authhook``), an admitted request is *held* instead: no ``101`` until the
+worker answers. An acceptance is opened as above, with the hook's uid, groups and
+session (over the token's); a refusal is answered with the hook's status, body and
+headers and closed; no answer within ``auth_timeout`` (the sweep below), or none
+possible, gets ``auth_failure_status``. A client that sends bytes before the
+answer (RFC 6455 forbids it) is dropped.
+
 With a message or byte rate limit (``message_rate``, ``byte_rate``) each connection
 has a :class:`~gateway.admission.TokenBucket` for each; a client over either is closed
 with 1008. Without limits the message path does not look at them.
@@ -26,7 +34,8 @@ with 1008. Without limits the message path does not look at them.
 The :class:`ClientPort` is what every connection of one gateway shares: the core's
 client side, the limits, and the two deadline tables of the public side, swept by
 the server's housekeeping (:meth:`ClientPort.sweep`): a new connection has
-``handshake_timeout`` to send its request head; a closing one has ``close_timeout``
+``handshake_timeout`` to send its request head; a held one ``auth_timeout`` for its
+worker's answer; a closing one has ``close_timeout``
 to finish (after which it is closed, or dropped if its data is not flushed). The
 connection never owns a timer or a task. Slow consumers are detected by the
 transport's high-water mark (``pause_writing``, at :data:`~gateway.config.BACKLOG_MARK`
@@ -48,7 +57,8 @@ from operator import attrgetter, methodcaller
 from typing import cast
 
 from pygatewayworker.gateway.admission import TokenBucket
-from pygatewayworker.gateway.clients import Clients
+from pygatewayworker.gateway.authhook import Verdict, merge_grants
+from pygatewayworker.gateway.clients import Clients, request_info
 from pygatewayworker.gateway.config import BACKLOG_MARK, Gateway
 from pygatewayworker.gateway.frames import OP_BINARY, OP_CLOSE
 from pygatewayworker.gateway.http11 import Request, http_response
@@ -118,6 +128,8 @@ class ClientPort:
         self.clients = clients
         self.config = clients.config
         self.admission = clients.admission
+        self.auth = clients.auth
+        self.auth_timeout = self.config.auth_timeout
         self.flush_routes = flush_routes
         """Writes the pending route changes to the links now (the core's
         ``send_route_changes``); called before the ``101`` of a client its token
@@ -126,6 +138,7 @@ class ClientPort:
         """Real path of ``static_dir`` (``""``: every plain GET gets 404)."""
         self.accepting = True
         self.handshaking: dict[ClientConnection, float] = {}  # accept order
+        self.authenticating: dict[ClientConnection, float] = {}  # held for the hook
         self.closing: dict[ClientConnection, float] = {}  # close order
         self.backlogged: dict[ClientConnection, float] = {}
         """Connections with unsent output over the backlog mark, and since when."""
@@ -141,7 +154,11 @@ class ClientPort:
         in insertion order with one fixed timeout each, so the deadlines are in order
         too: a sweep stops at the first one still in the future."""
         self.admission.report(now)
-        for table, expire in ((self.handshaking, _abort), (self.closing, _finish_close)):
+        for table, expire in (
+            (self.handshaking, _abort),
+            (self.authenticating, _auth_expired),
+            (self.closing, _finish_close),
+        ):
             expired = []
             for conn, deadline in table.items():
                 if deadline > now:
@@ -172,6 +189,8 @@ class ClientPort:
         """Drop every connection at once (stop)."""
         for conn in list(self.handshaking):
             conn.abort()
+        for conn in list(self.authenticating):
+            conn.abort()
         self.clients.drop_all()
         for conn in list(self.closing):
             conn.abort()
@@ -197,6 +216,10 @@ def _abort(conn: ClientConnection) -> None:
     conn.abort()
 
 
+def _auth_expired(conn: ClientConnection) -> None:
+    conn.auth_expired()
+
+
 def _finish_close(conn: ClientConnection) -> None:
     """A closing client did not finish in time: close if flushed, else drop."""
     transport = conn.transport
@@ -209,7 +232,7 @@ def _finish_close(conn: ClientConnection) -> None:
 class ClientConnection(asyncio.Protocol):
     """One client TCP connection (see the module docstring)."""
 
-    __slots__ = ("port", "transport", "ws", "client", "write", "admitted", "limits")
+    __slots__ = ("port", "transport", "ws", "client", "write", "admitted", "limits", "held")
 
     def __init__(self, port: ClientPort) -> None:
         self.port = port
@@ -222,6 +245,8 @@ class ClientConnection(asyncio.Protocol):
         """Counted against its IP by the admission (until ``connection_lost``)."""
         self.limits: _Limits | None = None
         """The rate limits of an open connection, when configured."""
+        self.held: tuple[int, Request, Grant] | None = None
+        """While held for the ``authenticate`` hook: request id, request, token grant."""
 
     # ---- asyncio callbacks -----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -281,6 +306,9 @@ class ClientConnection(asyncio.Protocol):
         state = ws.state
         if state is _CLOSED:
             return
+        if self.held is not None:  # bytes before our answer to the request: drop it
+            self.abort()
+            return
         for kind, value in ws.receive_data(data):
             if kind == REQUEST:
                 self._answer(value)
@@ -327,19 +355,75 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(*verdict)
             return
         self.admitted = True
+        if port.auth.wanted():
+            self._hold(request, verdict)
+            return
+        self._open(request, verdict)
+
+    def _open(self, request: Request, grant: Grant) -> None:
+        """Accept the upgrade: ``101``, a conn_id, bound to ``grant``."""
+        port = self.port
+        ws = self.ws
         if port.admission.limits_clients:
             self.limits = _Limits(port.config, _monotonic())
         ws.accept(request)
-        port.clients.opened(self.client, request, verdict)
-        if (verdict.uid or verdict.groups) and port.flush_routes is not None:
+        port.clients.opened(self.client, request, grant)
+        if (grant.uid or grant.groups) and port.flush_routes is not None:
             port.flush_routes()
         self.transport.write(ws.data_to_send())
         if ws.buffered:  # frames sent right behind the head
             self.data_received(b"")
 
-    def _refuse(self, status: int, reason: str, headers: tuple[tuple[str, str], ...]) -> None:
-        """Answer an upgrade request that the admission refused, and close."""
-        self.ws.respond(http_response(status, reason.encode() + b"\n", headers=headers))
+    def _hold(self, request: Request, grant: Grant) -> None:
+        """Ask a worker's ``authenticate`` hook; answer once it did (or in time)."""
+        port = self.port
+        auth = port.auth
+        req = auth.ask(self.client, request_info(self.client, request), self.authenticated)
+        if not req:
+            self._refuse(*auth.unavailable("no worker to authenticate the connection"))
+            return
+        self.held = (req, request, grant)
+        port.authenticating[self] = _monotonic() + port.auth_timeout
+
+    def authenticated(self, verdict: Verdict) -> None:
+        """The hook's answer: open with its grant, or refuse as it said."""
+        held = self.held
+        if held is None:
+            return
+        self.held = None
+        self.port.authenticating.pop(self, None)
+        if self.ws.state is not _CONNECTING or self.transport.is_closing():
+            self.port.auth.forget(self.client)
+            return
+        if isinstance(verdict, Grant):
+            self._open(held[1], merge_grants(held[2], verdict))
+        else:
+            self._refuse(*verdict)
+
+    def auth_expired(self) -> None:
+        """No answer from the hook within ``auth_timeout``."""
+        held = self.held
+        if held is None:
+            return
+        self.held = None
+        port = self.port
+        port.auth.cancel(held[0])
+        why = f"authentication did not answer within {port.auth_timeout:g} s"
+        port.clients.log(logging.WARNING, "client %s: %s", self.client.remote_ip, why)
+        self._refuse(*port.auth.unavailable(why))
+
+    def _refuse(self, status: int, body: str | bytes, headers: tuple[tuple[str, str], ...]) -> None:
+        """Answer an upgrade request that was refused (``body``: a ``str`` reason or
+        the hook's bytes), and close."""
+        if isinstance(body, str):
+            body = body.encode() + b"\n"
+        content_type = "text/plain; charset=utf-8"
+        for name, value in headers:
+            if name.lower() == "content-type":
+                content_type = value
+                headers = tuple(h for h in headers if h[0].lower() != "content-type")
+                break
+        self.ws.respond(http_response(status, body, content_type, headers))
         self.transport.write(self.ws.data_to_send())
         self._end()
 
@@ -362,6 +446,10 @@ class ClientConnection(asyncio.Protocol):
         port.handshaking.pop(self, None)
         port.closing.pop(self, None)
         port.backlogged.pop(self, None)
+        if self.held is not None:
+            port.authenticating.pop(self, None)
+            port.auth.cancel(self.held[0])
+            self.held = None
         port.clients.closed(self.client)
         self.client.writer = _GONE
         if self.admitted:

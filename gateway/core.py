@@ -262,6 +262,7 @@ class GatewayCore:
         link.leaving = True
         self.links.discard(link)
         self.workers.remove(link)
+        self.clients.auth.link_gone(link)
         if link.role:
             log.info(
                 "%r is gone (%d clients to re-assign)",
@@ -277,10 +278,10 @@ class GatewayCore:
             self.workers.release_all(link)
 
     def _hello(self, link: Link, packet: list[Any]) -> None:
-        if packet[0] != Cmd.HELLO or len(packet) != 5:
+        if packet[0] != Cmd.HELLO or len(packet) not in (5, 6):
             self.reject(link, 0, "the first packet must be HELLO")
             return
-        _, role, name, secret, pid = packet
+        _, role, name, secret, pid = packet[:5]
         if role not in ("worker", "client") or type(name) is not str or type(pid) is not int:
             self.reject(link, 0, "malformed HELLO")
             return
@@ -289,6 +290,12 @@ class GatewayCore:
         ):
             self.reject(link, 0, "wrong secret key")
             return
+        if len(packet) == 6:  # the worker's app hooks (Cmd.HELLO)
+            hooks = packet[5].get("hooks") if type(packet[5]) is dict else None
+            if type(hooks) is not list or not all(type(h) is str for h in hooks):
+                self.reject(link, 0, "malformed HELLO features")
+                return
+            link.hooks = frozenset(hooks)
         link.role, link.name, link.pid = role, name, pid
         link.writer.send(encode(Cmd.WELCOME, self._welcome_info()))
         uids, groups = self.directory.route_keys()
@@ -358,6 +365,12 @@ class GatewayCore:
             len(conn_ids),
             closed,
         )
+
+    def cmd_auth_reply(self, link: Link, packet: list[Any]) -> None:
+        """The worker's answer to ``AUTHENTICATE`` (``gateway.authhook``)."""
+        if link.role != "worker":
+            raise ValueError("only a worker answers AUTHENTICATE")
+        self.clients.auth.reply(link, packet)
 
     # ---- operator queries ---------------------------------------------------------
     def query_connections(self) -> Any:

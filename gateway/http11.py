@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from urllib.parse import unquote
 
 __all__ = [
@@ -146,7 +147,7 @@ def http_response(
     """A minimal HTTP/1.1 response with ``Connection: close``. With ``head_only``
     the body is left out (a ``HEAD`` request) but its length is announced."""
     lines = [
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
+        f"HTTP/1.1 {status} {_REASONS.get(status) or _phrase(status)}",
         f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
         "Connection: close",
@@ -154,6 +155,14 @@ def http_response(
     lines.extend(f"{name}: {value}" for name, value in headers)
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     return head if head_only else head + body
+
+
+def _phrase(status: int) -> str:
+    """The standard reason phrase of a status not in ``_REASONS`` (a hook's 402...)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
 
 
 def parse_cookies(header: str) -> dict[str, str]:

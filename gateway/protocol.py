@@ -93,9 +93,13 @@ class Cmd(IntEnum):
 
     # ---- link handshake and upkeep -------------------------------------------------
     HELLO = 1
-    """link -> gateway, first packet: ``[HELLO, role, name, secret, pid]``.
-    ``role`` is ``"worker"`` (receives client events) or ``"client"`` (push client,
-    receives none). A wrong secret gets ``ERROR`` then close."""
+    """link -> gateway, first packet: ``[HELLO, role, name, secret, pid]`` or
+    ``[HELLO, role, name, secret, pid, features]``. ``role`` is ``"worker"``
+    (receives client events) or ``"client"`` (push client, receives none). A wrong
+    secret gets ``ERROR`` then close. ``features`` (optional, a dict) is sent only
+    by a worker whose app has hooks: ``{"hooks": ["authenticate"]}`` (it answers
+    :attr:`AUTHENTICATE`). Gateways older than the hook refuse a 6-field
+    ``HELLO``, so a worker sends it only when its Events define a hook."""
     WELCOME = 2
     """gateway -> link: ``[WELCOME, info]``; ``info`` is a dict with ``lan_ip``,
     ``port`` (internal), ``public_host``, ``public_port``, ``name``, ``pid``."""
@@ -150,6 +154,20 @@ class Cmd(IntEnum):
     """a client message; payload ``data`` (str for text frames, bytes for binary)."""
     EV_CLOSE = 13
     """the connection is gone; payload ``None``. ``session`` is its last value."""
+
+    # ---- the authenticate hook (only to workers that announced it in HELLO) ----------
+    AUTHENTICATE = 15
+    """gateway -> worker: ``[AUTHENTICATE, req, info]``: run the app's
+    ``authenticate`` hook for a WebSocket upgrade request that the gateway holds
+    (no ``101`` yet, no conn_id). ``info`` is the dict of ``EV_WS_CONNECT``.
+    Answered with :attr:`AUTH_REPLY` (the gateway gives up after its
+    ``auth_timeout``)."""
+    AUTH_REPLY = 16
+    """worker -> gateway: ``[AUTH_REPLY, req, status, body, headers, uid, groups,
+    session]``. ``status`` 0: accept, bind ``uid`` (str or ``None``), join
+    ``groups`` (list of str) and set ``session`` (packed bytes or ``None``) before
+    the ``101``; else the HTTP status (300..599) of the refusal, with ``body``
+    (bytes, at most 4 KiB) and ``headers`` (list of ``[name, value]`` str pairs)."""
 
     # ---- commands, worker/client -> gateway, no answer ------------------------------
     SEND_TO_CLIENT = 20

@@ -164,6 +164,7 @@ class Link:
         "held_events",
         "stalled",
         "unanswered",
+        "hooks",
     )
 
     def __init__(self, writer: LinkWriter, peer: str = "", now: float = 0.0) -> None:
@@ -191,6 +192,8 @@ class Link:
         self.unanswered = 0
         """Client events sent to it since it last sent us anything: what may be lost
         if it never speaks again."""
+        self.hooks: frozenset[str] = frozenset()
+        """The app hooks this worker runs (``HELLO`` features), e.g. ``authenticate``."""
 
     def __repr__(self) -> str:
         return f"<link {self.role or 'unauthenticated'} {self.name!r} from {self.peer}>"

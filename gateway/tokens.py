@@ -36,6 +36,7 @@ __all__ = [
     "MIN_KEY_LENGTH",
     "Grant",
     "TokenError",
+    "check_name",
     "check_token_key",
     "client_token",
     "create_token",
@@ -74,7 +75,8 @@ def check_token_key(key: str | bytes, where: str) -> bytes:
     return raw
 
 
-def _name(value: object, what: str) -> str:
+def check_name(value: object, what: str) -> str:
+    """``value`` as a uid or group name (an int becomes its str); ``ValueError``."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if type(value) is not str or not value or len(value) > MAX_KEY_LENGTH:
@@ -97,12 +99,12 @@ def create_token(
         raise ValueError("expires_in must be > 0 seconds")
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {
-        "sub": _name(uid, "uid"),
+        "sub": check_name(uid, "uid"),
         "iat": issued,
         "exp": issued + max(1, round(expires_in)),
     }
     if groups:
-        claims["groups"] = [_name(g, "a group") for g in groups]
+        claims["groups"] = [check_name(g, "a group") for g in groups]
     if session:
         if not isinstance(session, dict):
             raise ValueError("session must be a dict")
@@ -144,11 +146,11 @@ def verify_token(key: bytes, token: str) -> Grant:
     except jwt.InvalidTokenError as exc:
         raise TokenError(f"invalid token: {exc}") from None
     try:
-        uid = _name(claims["sub"], "sub")
+        uid = check_name(claims["sub"], "sub")
         groups = claims.get("groups") or []
         if not isinstance(groups, list):
             raise ValueError("groups must be a list")
-        groups = [_name(g, "a group") for g in groups]
+        groups = [check_name(g, "a group") for g in groups]
         session = claims.get("session")
         if session is not None and not isinstance(session, dict):
             raise ValueError("session must be an object")

@@ -90,7 +90,10 @@ class GatewayLink(asyncio.Protocol):
     - ``on_leave_ack(link)``: the gateway acknowledged ``WORKER_LEAVE``;
     - ``on_open(link)``: ``WELCOME`` arrived (before :meth:`connect` returns);
     - ``on_close(link)``: the link is closed, for whatever reason;
-    - ``on_flow(link, paused)``: the transport crossed its write high-water mark.
+    - ``on_flow(link, paused)``: the transport crossed its write high-water mark;
+    - ``on_authenticate(link, packet)``: an ``AUTHENTICATE`` packet
+      ``[AUTHENTICATE, req, info]`` (a worker that announced ``hooks``: the app hooks
+      it runs, sent as the optional last field of ``HELLO``).
     """
 
     def __init__(
@@ -105,6 +108,8 @@ class GatewayLink(asyncio.Protocol):
         on_open: LinkCallback | None = None,
         on_close: LinkCallback | None = None,
         on_flow: FlowCallback | None = None,
+        hooks: tuple[str, ...] = (),
+        on_authenticate: EventCallback | None = None,
         keepalive_interval: float = 10.0,
         link_timeout: float = 30.0,
         connect_timeout: float = 5.0,
@@ -120,6 +125,8 @@ class GatewayLink(asyncio.Protocol):
         self._on_open = on_open
         self._on_close = on_close
         self._on_flow = on_flow
+        self.hooks = hooks
+        self._on_authenticate = on_authenticate
         self.keepalive_interval = keepalive_interval
         self.link_timeout = link_timeout
         self.connect_timeout = connect_timeout
@@ -327,7 +334,10 @@ class GatewayLink(asyncio.Protocol):
         loop = self._loop
         assert loop is not None
         self._last_heard = self._last_write = self._last_ping = loop.time()
-        self._transport.write(encode(Cmd.HELLO, self.role, self.name, self._secret, os.getpid()))
+        hello = [self.role, self.name, self._secret, os.getpid()]
+        if self.hooks:  # only then: gateways older than the hooks refuse a 6th field
+            hello.append({"hooks": list(self.hooks)})
+        self._transport.write(encode(Cmd.HELLO, *hello))
         self._schedule_tick()
 
     def data_received(self, data: bytes) -> None:
@@ -527,6 +537,16 @@ class GatewayLink(asyncio.Protocol):
             self._on_event(self, packet)
         except Exception:  # our owner's bug: log it, keep the link
             logger.exception("event callback failed for %s from %s", packet[0].name, self.address)
+
+    def _packet_authenticate(self, packet: list[Any]) -> None:
+        if self._state is not _OPEN or len(packet) != 3 or packet[1].__class__ is not int:
+            raise ProtocolError("AUTHENTICATE must be [AUTHENTICATE, req, info] on an open link")
+        if self._on_authenticate is None:
+            raise ProtocolError("AUTHENTICATE to a link that announced no hook")
+        try:
+            self._on_authenticate(self, packet)
+        except Exception:  # our owner's bug: log it, keep the link
+            logger.exception("authenticate callback failed for %s", self.address)
 
     # ---- internals -----------------------------------------------------------------
 

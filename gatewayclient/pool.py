@@ -110,6 +110,10 @@ class LinkPool:
         self.on_event = on_event
         """Given to every new link (see ``GatewayLink``); set it before ``start()``."""
         self.on_leave_ack = on_leave_ack
+        self.hooks: tuple[str, ...] = ()
+        """App hooks announced in every link's ``HELLO`` (a worker's ``authenticate``)."""
+        self.on_authenticate: EventCallback | None = None
+        """Given to every new link: ``AUTHENTICATE`` packets (set it with ``hooks``)."""
         self._watcher_factory = watcher_factory or default_watcher
         self._watcher: DirectoryWatcher | None = None
         self.links: dict[str, GatewayLink] = {}
@@ -297,6 +301,8 @@ class LinkPool:
             on_open=lambda opened: self._opened(address, opened),
             on_close=lambda closed: self._lost(address, closed),
             on_flow=self._flow,
+            hooks=self.hooks,
+            on_authenticate=self.on_authenticate,
             **self._link_args,
         )
         self._every_link.add(link)

@@ -3,7 +3,7 @@
 What users import lives here, under one name::
 
     from pygatewayworker import Gateway, BusinessWorker, Register, PushAPI  # start files
-    from pygatewayworker import api, context                                # Events code
+    from pygatewayworker import api, context, Accept, Reject                # Events code
     from pygatewayworker import GatewayClient, AsyncGatewayClient           # web apps
 
 Names are resolved on first use (PEP 562), so a start file that imports only the
@@ -30,6 +30,8 @@ _EXPORTS: dict[str, str] = {
     "api": "pygatewayworker.businessworker.handle",
     "context": "pygatewayworker.businessworker.context",
     "ConnectRequest": "pygatewayworker.businessworker.request",
+    "Accept": "pygatewayworker.businessworker.authenticate",
+    "Reject": "pygatewayworker.businessworker.authenticate",
     "GatewayClient": "pygatewayworker.gatewayclient.sync",
     "AsyncGatewayClient": "pygatewayworker.gatewayclient.client",
     "GatewayError": "pygatewayworker.gatewayclient.errors",
@@ -44,6 +46,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "Accept",
     "AsyncGatewayClient",
     "BusinessWorker",
     "ConfigError",
@@ -59,6 +62,7 @@ __all__ = [
     "PushAPI",
     "QueryTimeout",
     "Register",
+    "Reject",
     "RemoteError",
     "__version__",
     "api",
@@ -67,6 +71,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from pygatewayworker.businessworker.authenticate import Accept, Reject
     from pygatewayworker.businessworker.config import BusinessWorker
     from pygatewayworker.businessworker.context import context
     from pygatewayworker.businessworker.handle import api
