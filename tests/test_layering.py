@@ -19,6 +19,7 @@ RUNTIME = f"{ROOT_PACKAGE}.runtime"
 
 PURE_MODULES = (
     "gateway.protocol",
+    "gateway.linkproto",
     "gateway.client_id",
     "gateway.directory",
     "gateway.gatewayprotocol",
