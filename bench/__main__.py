@@ -31,9 +31,9 @@ def _log(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-async def run(quick: bool, only: set[str], out: Path, command: str) -> int:
+async def run(quick: bool, only: set[str], out: Path, command: str, metrics: bool = False) -> int:
     """Run the selected measurements and write the reports; 0 when all ran."""
-    bench = Bench(QUICK if quick else FULL, _log)
+    bench = Bench(QUICK if quick else FULL, _log, metrics=metrics)
     results: dict[str, Any] = {}
     errors: list[str] = []
     steal = StealMeter()
@@ -72,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     cmd.add_argument("--only", default="", help="comma-separated metrics, e.g. M4,M6")
     cmd.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    cmd.add_argument(
+        "--metrics",
+        action="store_true",
+        help="run every cluster with --metrics-listen and scrape /metrics every second",
+    )
     args = parser.parse_args(argv)
     only = {m.strip().upper() for m in args.only.split(",") if m.strip()}
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    return int(runner(run(args.quick, only, args.out, command)))
+    return int(runner(run(args.quick, only, args.out, command, args.metrics)))
 
 
 if __name__ == "__main__":

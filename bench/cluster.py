@@ -12,7 +12,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,9 @@ __all__ = ["ClusterConfig", "BenchCluster", "ROOT"]
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = Path(__file__).resolve().parent / "apps" / "benchapp"
+APPS: dict[str, Path] = {"benchapp": APP, "chat": ROOT / "apps" / "chat"}
+"""The apps a benchmark cluster can run: the bench app, and the shipped chat app
+(its ``Events`` as users get it; the start files are the bench's own)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,14 @@ class ClusterConfig:
     workers: int = 1
     ping_interval: float = 10.0
     ping_limit: int = 2
+    callbacks: str = "inline"
+    """``BusinessWorker(callbacks=...)``: the bench app's plain callbacks never
+    block, so every metric runs them inline except M6's thread-mode series."""
+    app: str = "benchapp"
+    """A key of :data:`APPS`: whose ``Events`` the workers run."""
+    metrics: bool = False
+    """Start with ``--metrics-listen`` and scrape ``/metrics`` every
+    :data:`SCRAPE_INTERVAL` seconds while the cluster runs (``--metrics``)."""
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -40,6 +53,9 @@ class ClusterConfig:
             "workers": self.workers,
             "ping_interval": self.ping_interval,
             "ping_not_response_limit": self.ping_limit,
+            "callbacks": self.callbacks,
+            "app": self.app,
+            "metrics": self.metrics,
         }
 
 
@@ -63,6 +79,35 @@ def free_port_block(count: int) -> int:
     raise RuntimeError("no block of free ports found")
 
 
+SCRAPE_INTERVAL = 1.0
+"""Seconds between two scrapes with ``--metrics`` (Prometheus' default is 15 s: this
+is a deliberately heavy reader)."""
+
+
+class Scraper:
+    """A thread that GETs ``url`` every :data:`SCRAPE_INTERVAL` seconds, like Prometheus."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SCRAPE_INTERVAL):
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(self.url, timeout=5) as answer:
+                    answer.read()
+                self.scrapes += 1
+
+
 class BenchCluster:
     """One running cluster (``start.py start -d``) of the bench app."""
 
@@ -76,13 +121,16 @@ class BenchCluster:
         self.public_port = base + 1
         self.start_port = base + 2
         self.master_pid = 0
+        self._scraper: Scraper | None = None
 
     def _write_app(self) -> None:
         cfg = self.config
         self.apps_dir.mkdir(parents=True)
         (self.apps_dir / "__init__.py").write_text("")
-        dest = self.apps_dir / "benchapp"
-        shutil.copytree(APP, dest, ignore=shutil.ignore_patterns("__pycache__"))
+        dest = self.apps_dir / cfg.app
+        shutil.copytree(
+            APPS[cfg.app], dest, ignore=shutil.ignore_patterns("__pycache__", "web", "start_*.py")
+        )
         reg = f"127.0.0.1:{self.register_port}"
         (dest / "start_register.py").write_text(
             f"from pygatewayworker import Register\nregister = Register(listen={reg!r})\n"
@@ -96,8 +144,8 @@ class BenchCluster:
         )
         (dest / "start_businessworker.py").write_text(
             "from pygatewayworker import BusinessWorker\n"
-            f"worker = BusinessWorker(events='apps.benchapp.Events:Events', "
-            f"count={cfg.workers}, register={reg!r})\n"
+            f"worker = BusinessWorker(events='apps.{cfg.app}.Events:Events', "
+            f"count={cfg.workers}, register={reg!r}, callbacks={cfg.callbacks!r})\n"
         )
 
     def _cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -121,12 +169,20 @@ class BenchCluster:
     def start(self) -> None:
         """Start the cluster in the background; return when it serves."""
         self._write_app()
-        result = self._cli("start", "-d")
+        metrics = ("--metrics-listen", "127.0.0.1:0") if self.config.metrics else ()
+        result = self._cli("start", "-d", *metrics)
         if result.returncode != 0:
             raise RuntimeError(f"cluster did not start: {result.stderr or result.stdout}")
         status = self.status()
         self.master_pid = int(status["master"]["pid"])
         self.wait_workers_linked()
+        if self.config.metrics:
+            state = json.loads((self.run_dir / "state.json").read_text())
+            listen = next(
+                p["addresses"]["listen"] for p in state["processes"] if p["role"] == "metrics"
+            )
+            self._scraper = Scraper(f"http://{listen}/metrics")
+            self._scraper.start()
 
     def status(self) -> dict[str, Any]:
         """``start.py status --json``."""
@@ -187,6 +243,9 @@ class BenchCluster:
 
     def stop(self) -> None:
         """Stop the cluster and remove the temporary app."""
+        if self._scraper is not None:
+            self._scraper.stop()
+            self._scraper = None
         try:
             self._cli("stop", timeout=60)
         finally:

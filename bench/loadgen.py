@@ -16,6 +16,9 @@ their headers only. Messages are recognised by their first byte:
   ``on_websocket_connect``, i.e. after the join/bind it did): the client is connected;
 - ``B<19-digit monotonic ns>...`` a broadcast: counted, and timed when asked;
 - ``E<19-digit monotonic ns>...`` an echo: timed (client -> worker -> client);
+- ``{...`` JSON, when the clients speak the chat app's protocol
+  (``op_connect``'s ``protocol="chat"``): handed to :mod:`bench.chatload`, which
+  logs in, answers the heartbeat and times the ``say`` replies;
 - anything else (the heartbeat ``ping_data``): answered with a pong frame, which the
   gateway counts as activity.
 
@@ -38,7 +41,10 @@ import sys
 import time
 from array import array
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.chatload import ChatProtocol
 
 __all__ = ["Client", "Generator", "main", "client_frame"]
 
@@ -46,7 +52,7 @@ _KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 _MASK = b"\x00\x00\x00\x00"
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 _now_ns = time.monotonic_ns
-_B, _E, _I = ord("B"), ord("E"), ord("I")
+_B, _E, _I, _J = ord("B"), ord("E"), ord("I"), ord("{")
 
 
 def client_frame(payload: bytes, opcode: int = 1) -> bytes:
@@ -105,6 +111,8 @@ class Client(asyncio.Protocol):
                 return
             self.shaken = True
             pos = end + 4
+            if self.gen.chat is not None:
+                self.gen.chat.opened(self)
         gen = self.gen
         now = 0
         while size - pos >= 2:
@@ -139,6 +147,8 @@ class Client(asyncio.Protocol):
             elif first == _I and not self.ready:
                 self.ready = True
                 gen.on_ready(self)
+            elif first == _J and gen.chat is not None:
+                gen.chat.received(self, data, start, end)
             elif data[pos] & 0x0F == 0x8:  # close frame from the server
                 self.transport.close()
             elif gen.answer_pings:
@@ -164,6 +174,7 @@ class Generator:
         self.handshaking: dict[int, Client] = {}
         self.query: dict[str, str] = {}
         self.answer_pings = True
+        self.chat: ChatProtocol | None = None  # the chat app's protocol (op_connect)
         self.reconnect = False
         self.track = False
         self.lat: array[int] = array("q")
@@ -261,6 +272,12 @@ class Generator:
         self.query = cmd.get("query", {})
         self.answer_pings = cmd.get("answer_pings", True)
         self.reconnect = cmd.get("reconnect", False)
+        if cmd.get("protocol") == "chat":
+            from bench.chatload import ChatProtocol
+
+            self.chat = ChatProtocol()
+        else:
+            self.chat = None
         count, first = cmd["count"], cmd.get("first", 0)
         self._slots = asyncio.Semaphore(cmd.get("concurrency", 100))
         ready0, failed0 = len(self.clients), self.failed
@@ -361,13 +378,17 @@ class Generator:
     async def op_echo(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Send ``rate`` echo requests/s for ``duration`` s spread over the clients
         (open loop: the schedule does not wait for answers), then wait up to ``grace``
-        s for the answers."""
+        s for the answers. Each request is ``prefix + "E<ns>" + padding + suffix``
+        (``size`` counts the timed part: a prefix/suffix wraps it in a protocol's
+        message, e.g. the chat's ``say``)."""
         rate, duration, size = cmd["rate"], cmd["duration"], cmd.get("size", 32)
         clients = [c for c in self.clients.values() if not c.transport.is_closing()]
         self.lat = array("q")
         self.echo_recv = 0
-        pad = b"x" * max(0, size - 20)
-        head = bytes((0x81, 0x80 | (20 + len(pad)))) + _MASK
+        tail = b"x" * max(0, size - 20) + cmd.get("suffix", b"")
+        prefix = cmd.get("prefix", b"")
+        length = len(prefix) + 20 + len(tail)
+        head = client_frame(bytes(length))[:-length] + prefix  # frame head, mask, prefix
         count = len(clients)
         sent = index = 0
         started = time.monotonic()
@@ -377,7 +398,7 @@ class Generator:
                 break
             due = int(elapsed * rate) - sent
             for _ in range(due):
-                clients[index].transport.write(head + b"E%019d" % _now_ns() + pad)
+                clients[index].transport.write(head + b"E%019d" % _now_ns() + tail)
                 index = index + 1 if index + 1 < count else 0
             sent += max(due, 0)
             await asyncio.sleep(0.001)  # uvloop timers have 1 ms resolution

@@ -20,15 +20,17 @@ import time
 from array import array
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from bench.chatload import SAY_PREFIX, SAY_SUFFIX
 from bench.cluster import BenchCluster, ClusterConfig
 from bench.phppush import PhpPusher, php_cli_burst
 from bench.pool import GenPool, latencies, split
+from bench.stalls import StallSampler
 from pygatewayworker.gatewayclient import AsyncGatewayClient, GatewayClient
 
 __all__ = ["Sizes", "FULL", "QUICK", "Bench", "percentile"]
@@ -124,6 +126,15 @@ def _ms(us: float) -> float:
     return round(us / 1000, 3)
 
 
+def _per_unit_us(cpu: dict[str, Any], units: int) -> float | None:
+    """Cluster CPU microseconds per unit (message, connection) of a
+    :class:`CpuMeter` result; ``None`` without units or without a CPU figure."""
+    seconds = cpu.get("cluster_cpu_s")
+    if seconds is None or units <= 0:
+        return None
+    return round(1e6 * seconds / units, 1)
+
+
 def _payload(size: int = 100) -> str:
     return "x" * (size - 20)
 
@@ -138,8 +149,11 @@ class CpuMeter:
     runner0: float = 0.0
     cluster0: float = 0.0
     result: dict[str, Any] = field(default_factory=dict)
+    stalls: StallSampler | None = None
 
     def __enter__(self) -> CpuMeter:
+        cluster = self.bench.cluster
+        self.stalls = StallSampler(cluster.run_dir if cluster else None).__enter__()
         self.wall = time.monotonic()
         self.gens0 = self.bench.pool.cpu_seconds() if self.bench.pool else []
         times = psutil.Process().cpu_times()
@@ -162,15 +176,28 @@ class CpuMeter:
             "cluster_cpu_pct": round(100 * (cluster - self.cluster0) / wall, 1)
             if cluster >= self.cluster0
             else None,
+            "cluster_cpu_s": round(cluster - self.cluster0, 4)
+            if cluster >= self.cluster0
+            else None,
         }
+        if self.stalls is not None:
+            self.stalls.__exit__()
+            stalls = self.stalls.result()
+            if stalls:
+                self.result["loop_stall_max_ms"] = stalls["max_ms"]
+                self.result["loop_stall_by_process_ms"] = stalls["by_process"]
 
 
 class Bench:
     """One benchmark run: the current cluster and generators, and the results."""
 
-    def __init__(self, sizes: Sizes, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, sizes: Sizes, log: Callable[[str], None] = print, metrics: bool = False
+    ) -> None:
         self.sizes = sizes
         self.log = log
+        self.metrics = metrics
+        """Run every cluster with the metrics listener, scraped every second."""
         self.cluster: BenchCluster | None = None
         self.pool: GenPool | None = None
         self.configs: dict[str, dict[str, Any]] = {}
@@ -179,6 +206,7 @@ class Bench:
     @contextmanager
     def setup(self, metric: str, config: ClusterConfig, gens: int) -> Iterator[None]:
         """Run ``config`` with ``gens`` generator processes for the body."""
+        config = replace(config, metrics=self.metrics)
         self.log(f"{metric}: starting {config.gateways} gateway(s), {config.workers} worker(s)")
         self.cluster = BenchCluster(config)
         self.configs[metric] = {**config.describe(), "generator_processes": gens}
@@ -197,9 +225,17 @@ class Bench:
         return CpuMeter(self)
 
     async def connect(
-        self, total: int, query: dict[str, str] | None = None, reconnect: bool = False
+        self,
+        total: int,
+        query: dict[str, str] | None = None,
+        reconnect: bool = False,
+        protocol: str = "bench",
     ) -> dict[str, Any]:
-        """Open ``total`` clients over the generators; figures of the connect phase."""
+        """Open ``total`` clients over the generators; figures of the connect phase,
+        with the cluster's CPU per connection (handshake, ``on_connect`` in a worker,
+        and for ``protocol="chat"`` the chat's login). ``protocol``: what the clients
+        speak, the bench app's (ready on ``I...``) or the chat app's
+        (:mod:`bench.chatload`)."""
         assert self.pool is not None
         counts = split(total, len(self.pool))
         firsts = [sum(counts[:i]) for i in range(len(counts))]
@@ -210,6 +246,7 @@ class Bench:
                 "first": first,
                 "query": query or {},
                 "reconnect": reconnect,
+                "protocol": protocol,
                 "concurrency": self.sizes.conn_concurrency,
                 "timeout": 30 + total / 1000,
             }
@@ -226,6 +263,7 @@ class Bench:
             "elapsed_s": round(elapsed, 3),
             "per_s": round(ready / elapsed) if elapsed else 0,
             "errors": errors[:3],
+            "cluster_cpu_us_per_connection": _per_unit_us(meter.result, ready),
             "cpu": meter.result,
         }
 
@@ -279,7 +317,10 @@ class Bench:
         config = ClusterConfig(s.rate_gateways, 1, s.ping_interval, 2)
         with self.setup("M3", config, s.rate_gens):
             connect = await self.connect(s.rate_conns)
-            self.log(f"M3: {connect['ready']} connections at {connect['per_s']}/s")
+            self.log(
+                f"M3: {connect['ready']} connections at {connect['per_s']}/s, "
+                f"{connect['cluster_cpu_us_per_connection']} us cluster CPU per connection"
+            )
             await self.close_all()
         return {"M3": connect}
 
@@ -561,42 +602,82 @@ class Bench:
 
     # ---- M6 ------------------------------------------------------------------------
     async def measure_round_trip(self) -> dict[str, Any]:
-        """M6 echo round trips at fixed offered rates (open loop)."""
+        """M6 echo round trips at fixed offered rates (open loop), with the bench
+        app's plain ``on_message`` run inline (the figures at the top level, which
+        the target is about), then in thread mode (under ``"thread"``), then with the
+        shipped chat app (under ``"chat"``, see :meth:`_chat_round_trips`)."""
+        inline = await self._round_trips("inline")
+        thread = await self._round_trips("thread")
+        return {**inline, "thread": thread, "chat": await self._chat_round_trips()}
+
+    async def _chat_round_trips(self) -> dict[str, Any]:
+        """M6 with the shipped chat app (``apps/chat/Events.py``, its ``async
+        on_message``, with its start file's ``callbacks="inline"``, as users run it):
+        ``rtt_clients[0]`` clients, each logged in to its own room, each sending
+        ``say`` to ``"all"`` (its room: itself), at M6's offered rates. Same figures
+        as the other series, plus the connect+login phase (``"connect"``)."""
         s = self.sizes
-        config = ClusterConfig(s.rtt_gateways, s.rtt_workers, s.ping_interval, 2)
+        config = ClusterConfig(s.rtt_gateways, s.rtt_workers, s.ping_interval, 2, "inline", "chat")
+        return await self._round_trips(
+            "inline", config, "M6 chat", (s.rtt_clients[0],), "chat", SAY_PREFIX, SAY_SUFFIX
+        )
+
+    async def _round_trips(
+        self,
+        callbacks: str,
+        config: ClusterConfig | None = None,
+        label: str = "",
+        client_counts: tuple[int, ...] = (),
+        protocol: str = "bench",
+        prefix: bytes = b"",
+        suffix: bytes = b"",
+    ) -> dict[str, Any]:
+        s = self.sizes
+        if config is None:
+            config = ClusterConfig(s.rtt_gateways, s.rtt_workers, s.ping_interval, 2, callbacks)
+        label = label or ("M6" if callbacks == "inline" else f"M6 {callbacks}")
+        client_counts = client_counts or s.rtt_clients
         series: dict[str, list[dict[str, Any]]] = {}
-        with self.setup("M6", config, s.rtt_gens):
+        connects: dict[str, dict[str, Any]] = {}
+        with self.setup(label, config, s.rtt_gens):
             assert self.pool is not None
-            for clients in s.rtt_clients:
-                await self.connect(clients)
+            for clients in client_counts:
+                connects[str(clients)] = await self.connect(clients, protocol=protocol)
                 points: list[dict[str, Any]] = []
                 series[str(clients)] = points
                 for rate in s.rtt_rates:
-                    point = await self._echo(rate)
+                    point = await self._echo(rate, prefix, suffix)
                     points.append(point)
-                    self.log(f"M6: {clients} clients, {rate}/s: {point}")
+                    self.log(f"{label}: {clients} clients, {rate}/s: {point}")
                     if point["p99_ms"] > 200 or point["received"] < 0.8 * point["sent"]:
                         break  # saturated: higher rates only queue
                 await self.close_all()
         best: dict[str, int] = {}
-        for label, points in series.items():
+        for clients_label, points in series.items():
             ok = [
                 p["offered_per_s"]
                 for p in points
                 if p["p99_ms"] < 10 and p["received"] >= 0.99 * p["sent"]
             ]
-            best[label] = max(ok, default=0)
-        low = series[str(s.rtt_clients[0])][0]
-        return {"series": series, "best_rate_p99_under_10ms": best, "low_load": low}
+            best[clients_label] = max(ok, default=0)
+        low = series[str(client_counts[0])][0]
+        found = {"series": series, "best_rate_p99_under_10ms": best, "low_load": low}
+        if protocol != "bench":
+            found["connect"] = connects[str(client_counts[0])]
+        return found
 
-    async def _echo(self, rate: int) -> dict[str, Any]:
+    async def _echo(self, rate: int, prefix: bytes = b"", suffix: bytes = b"") -> dict[str, Any]:
+        """One M6 point; ``prefix``/``suffix`` wrap each timed request (the chat's
+        ``say``). ``cluster_cpu_us_per_msg``: the cluster's CPU over the point
+        divided by the round trips completed."""
         assert self.pool is not None
         per_gen = rate / len(self.pool)
         duration = self.sizes.rtt_duration
+        cmd = {"op": "echo", "rate": per_gen, "duration": duration, "size": 32}
+        if prefix or suffix:
+            cmd.update(prefix=prefix, suffix=suffix)
         with self.cpu() as meter:
-            results = await self.pool.call(
-                {"op": "echo", "rate": per_gen, "duration": duration, "size": 32}
-            )
+            results = await self.pool.call(cmd)
         lat = latencies(results)
         sent = sum(r["sent"] for r in results)
         received = sum(r["received"] for r in results)
@@ -609,6 +690,7 @@ class Bench:
             "p90_ms": _ms(percentile(lat, 90)),
             "p99_ms": _ms(percentile(lat, 99)),
             "max_ms": _ms(max(lat, default=0)),
+            "cluster_cpu_us_per_msg": _per_unit_us(meter.result, received),
             "cpu": meter.result,
         }
 

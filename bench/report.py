@@ -110,7 +110,9 @@ def summary(results: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]]:
     kib = _get(results, "M2", "kib_per_connection")
     row("M2", kib, f"{kib} KiB/connection", kib is not None and kib <= 6)
     rate = _get(results, "M3", "per_s")
-    row("M3", rate, f"{_n(rate)}/s; {_storm_text(results)}" if rate else "", (rate or 0) >= 5000)
+    per_conn = _get(results, "M3", "cluster_cpu_us_per_connection")
+    parts = [f"{_n(rate)}/s ({_n(per_conn)} us cluster CPU per connection)", _storm_text(results)]
+    row("M3", rate, "; ".join(p for p in parts if p) if rate else "", (rate or 0) >= 5000)
     sustained = _get(results, "M4", "sustained")
     if sustained:
         size = "10000" if "10000" in sustained else max(sustained, key=int)
@@ -131,14 +133,20 @@ def summary(results: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]]:
     best = _get(results, "M6", "best_rate_p99_under_10ms") or {}
     first = next(iter(best), None)
     best100 = best.get(first) if first else None
-    row(
-        "M6",
-        low,
+    text = (
         f"p50 {low} ms at low load; {_n(best100)}/s with p99 < 10 ms ({first} clients)"
         if low is not None and best100 is not None
-        else "",
-        low is not None and low < 0.4 and (best100 or 0) >= 20_000,
+        else ""
     )
+    thread_low = _get(results, "M6", "thread", "low_load", "p50_ms")
+    thread_best = (_get(results, "M6", "thread", "best_rate_p99_under_10ms") or {}).get(first)
+    if text and thread_low is not None:
+        text = (
+            f"inline: {text}; thread mode: p50 {thread_low} ms, "
+            f"{_n(thread_best)}/s with p99 < 10 ms"
+        )
+    row("M6", low, text, low is not None and low < 0.4 and (best100 or 0) >= 20_000)
+    _m6_chat(rows["M6"], results)
     pushes = _get(results, "M7", "async", "delivered_per_s")
     calls = _get(results, "M7", "async", "calls_per_s")
     sync = _get(results, "M7", "sync", "calls_per_s")
@@ -148,6 +156,40 @@ def summary(results: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]]:
     row("M7", pushes, text, (pushes or 0) >= 30_000)
     row("M8", _get(results, "M8", "php_persistent", "calls_per_s"), _m8_text(results), None)
     return rows
+
+
+def _m6_chat(row: dict[str, Any], results: dict[str, Any]) -> None:
+    """Add the chat app's M6 figures (``results["M6"]["chat"]``) to the M6 row: its
+    text, and ``row["chat"]`` for the README's headline to quote."""
+    chat = _get(results, "M6", "chat") or {}
+    series = chat.get("series") or {}
+    if not series:
+        return
+    clients = next(iter(series))
+    points = series[clients]
+    low = points[0]
+    best = (chat.get("best_rate_p99_under_10ms") or {}).get(clients)
+    cpu = {str(p["offered_per_s"]): p.get("cluster_cpu_us_per_msg") for p in points}
+    row["chat"] = {
+        "clients": int(clients),
+        "low_load_offered_per_s": low["offered_per_s"],
+        "low_load_p50_ms": low["p50_ms"],
+        "low_load_p99_ms": low["p99_ms"],
+        "best_rate_p99_under_10ms": best,
+        "cluster_cpu_us_per_msg": cpu,
+        "connect_login_cluster_cpu_us_per_connection": _get(
+            chat, "connect", "cluster_cpu_us_per_connection"
+        ),
+    }
+    text = (
+        f"chat app (login, say to one's own room, {clients} clients): p50 {low['p50_ms']} ms "
+        f"at {_n(low['offered_per_s'])}/s, {_n(best)}/s with p99 < 10 ms, "
+        f"{_n(low.get('cluster_cpu_us_per_msg'))} us cluster CPU per round trip"
+    )
+    inline_cpu = _get(results, "M6", "low_load", "cluster_cpu_us_per_msg")
+    if inline_cpu is not None:
+        text += f" (bench app inline: {_n(inline_cpu)} us)"
+    row["result"] = f"{row['result']}; {text}" if row["value"] is not None else text
 
 
 def _m8_text(results: dict[str, Any]) -> str:
@@ -200,31 +242,43 @@ def _markdown(doc: dict[str, Any]) -> str:
             f"| {metric} | {row['target']} | {row['php']} | {row['result']} | "
             f"{scaled if scaled is not None else '-'} | {met} |"
         )
-    m6 = _get(doc["results"], "M6", "series") or {}
+    m6 = _m6_series(doc["results"])
     if m6:
-        lines += ["", "Round trip (M6), open loop:", ""]
-        lines += ["| clients | offered/s | achieved/s | p50 ms | p99 ms | generator CPU % |"]
-        lines += ["|---|---|---|---|---|---|"]
-        for clients, points in m6.items():
+        lines += [
+            "",
+            "Round trip (M6), open loop: the bench app's plain `on_message` inline and in "
+            "threads, and the shipped chat app (`chat`: async `on_message`, login, `say` "
+            "to one's own room):",
+            "",
+        ]
+        lines += [
+            "| callbacks | clients | offered/s | achieved/s | p50 ms | p90 ms | p99 ms "
+            "| generator CPU % | cluster CPU % | cluster CPU us/msg | longest loop stall ms |"
+        ]
+        lines += ["|---|---|---|---|---|---|---|---|---|---|---|"]
+        for mode, clients, points in m6:
             for p in points:
                 lines.append(
-                    f"| {clients} | {p['offered_per_s']:,} | {p['achieved_per_s']:,} | "
-                    f"{p['p50_ms']} | {p['p99_ms']} | {p['cpu']['generator_cpu_pct']} |"
+                    f"| {mode} | {clients} | {p['offered_per_s']:,} | {p['achieved_per_s']:,} | "
+                    f"{p['p50_ms']} | {p.get('p90_ms', '-')} | {p['p99_ms']} | "
+                    f"{p['cpu']['generator_cpu_pct']} | {p['cpu']['cluster_cpu_pct']} | "
+                    f"{_n(p.get('cluster_cpu_us_per_msg'))} | {_stall(p)} |"
                 )
     m4 = _get(doc["results"], "M4") or {}
     if m4.get("sustained"):
         lines += ["", "Fan-out (M4), sustained: send_to_group, one message per call, paced:", ""]
         lines += [
             "| members | messages/s | offered deliveries/s | delivered/s | ratio "
-            "| generator CPU % | cluster CPU % |"
+            "| generator CPU % | cluster CPU % | longest loop stall ms |"
         ]
-        lines += ["|---|---|---|---|---|---|---|"]
+        lines += ["|---|---|---|---|---|---|---|---|"]
         for size, r in m4["sustained"].items():
             for p in r["points"]:
                 lines.append(
                     f"| {size} | {p['messages_per_s']:g} | {p['offered_deliveries_per_s']:,} | "
                     f"{p['deliveries_per_s']:,} | {p['delivered_ratio']} | "
-                    f"{p['cpu']['generator_cpu_pct']} | {p['cpu']['cluster_cpu_pct']} |"
+                    f"{p['cpu']['generator_cpu_pct']} | {p['cpu']['cluster_cpu_pct']} | "
+                    f"{_stall(p)} |"
                 )
     if m4:
         lines += ["", "Fan-out (M4), one-off burst (write coalescing merges the burst):", ""]
@@ -246,6 +300,15 @@ def _markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _stall(point: dict[str, Any]) -> str:
+    """The longest loop stall of any cluster process during a point, and whose."""
+    by = point.get("cpu", {}).get("loop_stall_by_process_ms") or {}
+    if not by:
+        return "-"
+    name = max(by, key=lambda n: by[n])
+    return f"{by[name]} ({name.split('.', 1)[-1]})"
+
+
 def _yardstick_text(m: dict[str, Any]) -> str:
     stick, steal = m.get("yardstick") or {}, m.get("cpu_steal") or {}
     if not stick:
@@ -259,6 +322,17 @@ def _yardstick_text(m: dict[str, Any]) -> str:
     )
 
 
+def _m6_series(results: dict[str, Any]) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """M6's series as (callbacks mode, clients, points): inline, thread mode, then
+    the chat app (mode ``chat``)."""
+    found = []
+    modes = (("inline", ("M6",)), ("thread", ("M6", "thread")), ("chat", ("M6", "chat")))
+    for mode, where in modes:
+        for clients, points in (_get(results, *where, "series") or {}).items():
+            found.append((mode, clients, points))
+    return found
+
+
 def _chart(doc: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -266,11 +340,17 @@ def _chart(doc: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    series = _get(doc["results"], "M6", "series") or {}
-    for clients, points in series.items():
+    for mode, clients, points in _m6_series(doc["results"]):
         rates = [p["offered_per_s"] for p in points]
-        ax.plot(rates, [p["p50_ms"] for p in points], marker="o", label=f"p50, {clients} clients")
-        ax.plot(rates, [p["p99_ms"] for p in points], marker="x", label=f"p99, {clients} clients")
+        style = {"inline": "-", "chat": "--"}.get(mode, ":")
+        for q, marker in (("p50", "o"), ("p99", "x")):
+            ax.plot(
+                rates,
+                [p[f"{q}_ms"] for p in points],
+                style,
+                marker=marker,
+                label=f"{q}, {clients} clients, {mode}",
+            )
     ax.axhline(10, color="grey", linestyle="--", linewidth=1, label="10 ms")
     ax.set_yscale("log")
     ax.set_xlabel("offered load (round trips/s)")

@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 
 from pygatewayworker.register.config import ConfigError, check_link_timing, normalize_addresses
 
-__all__ = ["BusinessWorker"]
+__all__ = ["BusinessWorker", "CALLBACK_MODES"]
+
+CALLBACK_MODES = ("thread", "inline")
+"""Values of ``BusinessWorker.callbacks``."""
 
 
 @dataclass(slots=True)
@@ -26,6 +29,16 @@ class BusinessWorker:
     ``reload``, or ``stop -g``) keeps running the events it already received, once
     the gateways stopped sending it new ones; what is still running or queued then
     is dropped and logged. Raise it above your slowest callback.
+    ``callbacks``: where plain-function (not ``async def``) callbacks run.
+    ``"thread"`` (the default): in a pool of ``threads`` threads of the worker
+    process, off the event loop, so blocking code (the Django ORM, ``requests``, a
+    database driver) is safe and holds up only its own client; queries are blocking
+    calls there. ``"inline"``: on the event loop, in the link reader, the fastest way
+    for code that never blocks (a blocking call there stalls every client of the
+    worker). Coroutine callbacks run on the event loop in both modes
+    (``businessworker.dispatch``, ``businessworker.threads``).
+    ``slow_callback``: a callback still running after that many seconds gets one
+    log line naming it and its client (0: never).
     """
 
     events: str = ""
@@ -38,6 +51,9 @@ class BusinessWorker:
     link_timeout: float = 30.0
     gateway_lost_timeout: float = 60.0
     drain_timeout: float = 30.0
+    callbacks: str = "thread"
+    threads: int = 8
+    slow_callback: float = 1.0
     app: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -58,6 +74,18 @@ class BusinessWorker:
             raise ConfigError(
                 f"BusinessWorker drain_timeout must be a number of seconds > 0, "
                 f"got {self.drain_timeout!r}"
+            )
+        if self.callbacks not in CALLBACK_MODES:
+            raise ConfigError(
+                f"BusinessWorker callbacks must be one of {', '.join(map(repr, CALLBACK_MODES))}, "
+                f"got {self.callbacks!r}"
+            )
+        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1:
+            raise ConfigError(f"BusinessWorker threads must be an int >= 1, got {self.threads!r}")
+        if not isinstance(self.slow_callback, int | float) or not self.slow_callback >= 0:
+            raise ConfigError(
+                f"BusinessWorker slow_callback must be a number of seconds >= 0 (0: never), "
+                f"got {self.slow_callback!r}"
             )
         self.register = normalize_addresses(self.register, "BusinessWorker register")
 

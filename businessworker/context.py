@@ -47,6 +47,8 @@ class EventContext:
     gateway_address: str
     """The gateway's internal ``"ip:port"``."""
     session: dict[str, Any]
+    kind: str = ""
+    """The event: ``connect``, ``websocket_connect``, ``message`` or ``close``."""
 
 
 _event: ContextVar[EventContext | None] = ContextVar(

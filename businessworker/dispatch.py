@@ -5,7 +5,8 @@ How this works
 The link reader calls :meth:`Dispatcher.on_event` for every ``EV_*`` packet.
 
 * When the client has events queued or running, the event is appended to its queue.
-* Otherwise, when the callback is a plain function (not ``async def``), it is run at
+* Otherwise, when the callback is a plain function (not ``async def``) and the
+  worker is in inline mode (``BusinessWorker(callbacks="inline")``), it is run at
   once, inline in the reader: no task, no queue. Most apps' callbacks are plain
   functions that only send, and this saves the cost of a task per event (about a
   sixth of a round trip). Should the plain function return an awaitable, the rest of
@@ -13,9 +14,18 @@ The link reader calls :meth:`Dispatcher.on_event` for every ``EV_*`` packet.
 * Otherwise (a coroutine callback) a queue and one task to drain it are created. The
   task runs the client's events one after another and ends, dropping the queue,
   when the queue is empty: an idle client costs nothing.
+* In thread mode (``BusinessWorker(callbacks="thread")``, ``threads`` given as a
+  :class:`~businessworker.threads.CallbackThreads`), plain functions are never run
+  inline: their events go through the queue and task like coroutines, and the task
+  hands each one to a callback thread and awaits its completion
+  (``businessworker.threads``), so blocking code never stops the event loop.
 
-Either way one client's events are handled strictly in order, and different
-clients' coroutine callbacks run concurrently.
+Either way one client's events are handled strictly in order, one at a time: its
+next event starts only once the previous one has finished (its awaitable done, its
+thread reported back). Different clients run concurrently only where nothing
+blocks: coroutine callbacks interleave where they await, thread-mode callbacks
+run in parallel up to the number of threads, and an inline callback holds up every
+client of the worker until it returns.
 
 For each event the task sets the context (``businessworker.context``), calls the
 callback (plain function or coroutine), and afterwards, except for ``on_close``,
@@ -23,6 +33,15 @@ sends ``SET_SESSION`` to the client's gateway if the session changed (the re-pac
 dict differs from the bytes that came with the event). An exception in a callback
 is logged with the client_id and traceback and counted; the worker keeps serving,
 and the session of a failed callback is not written back.
+
+A session written back is in flight until the gateway has handled it, and an
+event the gateway sent before that carries the older session: the client's events
+already queued here, and those that arrive before the gateway answers a ``PING``
+written behind the ``SET_SESSION`` (``GatewayLink.mark``). Those events get the
+session we wrote instead of the one they carry (``SET_SESSION`` replaces the whole
+session, so that is what the gateway holds next). Without this, a session set in
+``on_websocket_connect`` could be missing from the next ``on_message`` when the
+client is quick, and a write-back made from the stale copy would undo it.
 
 The dispatcher starts *held*: events are queued but not run until :meth:`open`
 (the worker opens it after ``on_worker_start`` returned).
@@ -36,16 +55,19 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 from pygatewayworker.businessworker.context import EventContext, enter_event, exit_event
 from pygatewayworker.businessworker.handle import WorkerAPI, use_api
 from pygatewayworker.businessworker.orphans import GatewayMemory
 from pygatewayworker.businessworker.request import ConnectRequest
+from pygatewayworker.businessworker.threads import FAILED, CallbackThreads
 from pygatewayworker.gateway.protocol import (
     Cmd,
     ProtocolError,
@@ -54,6 +76,7 @@ from pygatewayworker.gateway.protocol import (
     unpack_session,
 )
 from pygatewayworker.gatewayclient.link import GatewayLink
+from pygatewayworker.runtime.histogram import Histogram
 
 __all__ = ["Dispatcher", "KINDS"]
 
@@ -76,19 +99,42 @@ Queue = deque[tuple[GatewayLink, list[Any]]]
 class Dispatcher:
     """Per-client queues of events and the tasks that run them."""
 
-    def __init__(self, events: object, api: WorkerAPI, gateway_lost_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        events: object,
+        api: WorkerAPI,
+        gateway_lost_timeout: float = 60.0,
+        threads: CallbackThreads | None = None,
+    ) -> None:
         self._api = api
         self._callbacks: dict[Cmd, Callable[..., Any] | None] = {
             cmd: getattr(events, f"on_{kind}", None) for cmd, kind in KINDS.items()
         }
+        self.names: dict[int, str] = {
+            cmd: getattr(callback, "__qualname__", f"on_{KINDS[cmd]}")
+            for cmd, callback in self._callbacks.items()
+        }
+        """Each command's callback by name, e.g. ``"Events.on_message"`` (log lines)."""
+        plain = frozenset(
+            cmd
+            for cmd, callback in self._callbacks.items()
+            if callback is not None and not inspect.iscoroutinefunction(callback)
+        )
+        self._threads = threads
+        self._threaded = plain if threads is not None else frozenset()
+        """Commands whose callback runs in a callback thread (thread mode)."""
         self._inline = frozenset(
             cmd
             for cmd, callback in self._callbacks.items()
-            if callback is None or not inspect.iscoroutinefunction(callback)
+            if callback is None or (cmd in plain and cmd not in self._threaded)
         )
-        """Commands whose callback runs inline when its client has nothing queued."""
+        """Commands whose callback runs inline when its client has nothing queued
+        (in thread mode: only the missing callbacks, a no-op)."""
         self._queues: dict[str, Queue] = {}
         self._owners: dict[str, tuple[GatewayLink, int]] = {}  # busy client -> link, conn_id
+        self._unacked: dict[str, tuple[GatewayLink, bytes, int]] = {}
+        """client -> (link, session bytes, mark) of a write-back the gateway may not
+        have handled yet (see the module docstring)."""
         self.on_idle: Callable[[GatewayLink, int], None] | None = None
         """Called with (link, conn_id) when a client's last queued event finished."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -96,6 +142,7 @@ class Dispatcher:
         self._open = False
         self.events_in: dict[str, int] = dict.fromkeys(KINDS.values(), 0)
         self.callback_errors = 0
+        self.callback_seconds = Histogram()  # metrics: how long callbacks take
         self.memory = GatewayMemory(gateway_lost_timeout, self._on_orphans)
 
     @property
@@ -103,12 +150,41 @@ class Dispatcher:
         """Clients with queued or running events."""
         return len(self._queues)
 
+    @property
+    def queued(self) -> int:
+        """Events waiting in the clients' queues (not those running). For metrics."""
+        return sum(len(queue) for queue in self._queues.values())
+
     def on_event(self, link: GatewayLink, packet: list[Any]) -> None:
         """The link reader's callback: count, then run the event inline (a plain
         function with nothing queued for its client) or enqueue it."""
         self.events_in[KINDS[packet[0]]] += 1
+        if self._unacked:
+            self._catch_up_session(link, packet)
         self.memory.note(link, packet)
         self._enqueue(link, packet)
+
+    def forget_handled_sessions(self) -> None:
+        """Drop the write-backs the gateways have handled (or whose link is gone);
+        the worker calls it now and then, for clients that sent nothing since."""
+        for client_id, (link, _, mark) in list(self._unacked.items()):
+            if link.pongs_seen >= mark or not link.is_open:
+                del self._unacked[client_id]
+
+    def _catch_up_session(self, link: GatewayLink, packet: list[Any]) -> None:
+        """Give ``packet`` the session we last wrote back for its client when the
+        gateway sent it before handling that write-back."""
+        client_id = link.client_id(packet[1])
+        unacked = self._unacked.get(client_id)
+        if unacked is None:
+            return
+        written_on, packed, mark = unacked
+        if written_on is not link or link.pongs_seen >= mark:
+            del self._unacked[client_id]  # handled: the session it carries is current
+            return
+        packet[2] = packed
+        if packet[0] is Cmd.EV_CLOSE:
+            del self._unacked[client_id]
 
     def _enqueue(self, link: GatewayLink, packet: list[Any]) -> None:
         client_id = link.client_id(packet[1])
@@ -218,21 +294,22 @@ class Dispatcher:
             link.public_port,
             link.gateway_address,
             session,
+            KINDS[packet[0]],
         )
         return event, blob
 
     def _failed(self, cmd: int, client_id: str) -> None:
         self.callback_errors += 1
-        logger.exception(
-            "on_%s of client %s raised; the worker keeps serving", KINDS[Cmd(cmd)], client_id
-        )
+        _log_failure(cmd, client_id)
 
     def _run_inline(self, client_id: str, link: GatewayLink, packet: list[Any]) -> None:
         """Run a plain-function callback now, in the reader (the client has nothing
         queued), in a fresh copy of the context: what the callback sets in context
         variables stays with this event, as it would in a task of its own."""
         if self._callbacks[packet[0]] is not None:
+            started = perf_counter()  # metrics: timed until the function returns
             contextvars.copy_context().run(self._call_inline, client_id, link, packet)
+            self.callback_seconds.observe(perf_counter() - started)
 
     def _call_inline(self, client_id: str, link: GatewayLink, packet: list[Any]) -> None:
         cmd, conn_id, _, _, _, payload = packet
@@ -303,7 +380,26 @@ class Dispatcher:
         if callback is None:
             return
         event, blob = self._context(client_id, link, packet)
+        if cmd in self._threaded:
+            started = perf_counter()  # metrics: timed until the callback settled
+            ok = await self._call_in_thread(callback, cmd, client_id, event, payload)
+            self.callback_seconds.observe(perf_counter() - started)
+        else:
+            ok = await self._call_here(callback, cmd, client_id, event, payload)
+        if ok and cmd is not Cmd.EV_CLOSE:
+            self._write_back(link, client_id, conn_id, blob, event.session)
+
+    async def _call_here(
+        self,
+        callback: Callable[..., Any],
+        cmd: int,
+        client_id: str,
+        event: EventContext,
+        payload: Any,
+    ) -> bool:
+        """Run the callback on the loop, in this task; ``False`` when it failed."""
         token = enter_event(event)
+        started = perf_counter()  # metrics: timed until the callback settled
         try:
             try:
                 result = (
@@ -313,14 +409,44 @@ class Dispatcher:
                 )
             except Exception:
                 self._failed(cmd, client_id)
-                return
-            awaited = result is not None and inspect.isawaitable(result)
-            if awaited and not await self._settle(cmd, client_id, result):
-                return
+                return False
+            if result is not None and inspect.isawaitable(result):
+                return await self._settle(cmd, client_id, result)
+            return True
         finally:
             exit_event(token)
-        if cmd is not Cmd.EV_CLOSE:
-            self._write_back(link, client_id, conn_id, blob, event.session)
+            self.callback_seconds.observe(perf_counter() - started)
+
+    async def _call_in_thread(
+        self,
+        callback: Callable[..., Any],
+        cmd: Cmd,
+        client_id: str,
+        event: EventContext,
+        payload: Any,
+    ) -> bool:
+        """Run the callback in a callback thread (``CallbackThreads.run``) and wait
+        for it; ``False`` when it failed. An awaitable it returns is awaited here, on
+        the loop, before the client's next event."""
+        threads = self._threads
+        assert threads is not None
+        try:
+            args = (client_id,) if cmd in _ONE_ARG else (client_id, _argument(cmd, payload))
+        except Exception:
+            self._failed(cmd, client_id)
+            return False
+        log_failure = functools.partial(_log_failure, cmd, client_id)
+        result = await threads.run(callback, args, event, self.names[cmd], log_failure)
+        if result is FAILED:
+            self.callback_errors += 1
+            return False
+        if result is not None and inspect.isawaitable(result):
+            token = enter_event(event)
+            try:
+                return await self._settle(cmd, client_id, result)
+            finally:
+                exit_event(token)
+        return True
 
     def _write_back(
         self,
@@ -346,6 +472,20 @@ class Dispatcher:
         link.send(encode(Cmd.SET_SESSION, conn_id, packed))
         self._api.sent += 1
         self.memory.note_session(link, conn_id, packed)
+        self._unacked[client_id] = (link, packed, link.mark())
+        for queued_on, queued in self._queues.get(client_id, ()):
+            if queued_on is link:  # sent before the gateway could have our session
+                queued[2] = packed
+
+
+def _log_failure(cmd: int, client_id: str) -> None:
+    """Log the exception being handled as the failure of the client's callback."""
+    logger.exception(
+        "on_%s of client %s raised; the worker keeps serving",
+        KINDS[Cmd(cmd)],
+        client_id,
+        extra={"client_id": client_id},  # JSON logs
+    )
 
 
 def _argument(cmd: int, payload: Any) -> Any:

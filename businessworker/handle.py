@@ -29,6 +29,8 @@ from pygatewayworker.gatewayclient.api import GatewayAPI, Message
 
 __all__ = ["WorkerAPI", "api", "bind_process_api", "unbind_process_api", "use_api", "reset_api"]
 
+_CONNECT_KINDS = frozenset({"connect", "websocket_connect"})
+
 
 def _current_client_id(call: str) -> str:
     event = current_event()
@@ -43,7 +45,30 @@ def _current_client_id(call: str) -> str:
 class WorkerAPI(GatewayAPI):
     """The Gateway API of one business worker, plus the current-client calls."""
 
-    __slots__ = ()
+    __slots__ = ("rejected_connects",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rejected_connects = 0
+        """metrics: clients closed from inside their own ``on_connect`` or
+        ``on_websocket_connect``: how an app refuses a connection (a bad token or
+        Origin). The gateway counts these closes as ``app_close``."""
+
+    def close_client(self, client_id: str, message: Message | None = None) -> None:
+        """Optionally send a last message, then close after flushing (code 1000);
+        closing the current client from its connect callbacks counts as a refusal."""
+        super().close_client(client_id, message)
+        self._note_rejection(client_id)
+
+    def destroy_client(self, client_id: str) -> None:
+        """Drop the connection at once (counted like :meth:`close_client`)."""
+        super().destroy_client(client_id)
+        self._note_rejection(client_id)
+
+    def _note_rejection(self, client_id: str) -> None:
+        event = current_event()
+        if event is not None and event.kind in _CONNECT_KINDS and event.client_id == client_id:
+            self.rejected_connects += 1
 
     def send_to_current_client(self, message: Message) -> None:
         """Send to the client whose event is being handled."""

@@ -16,7 +16,11 @@ How this works
    by then, or its start fails: the reload then keeps the old worker, which is
    linked where the new one is not.
 2. Client events are run by ``businessworker.dispatch.Dispatcher``: in order per
-   client, concurrently across clients, with ``businessworker.context`` set.
+   client, with ``businessworker.context`` set. In thread mode (``config.callbacks``,
+   the default) plain callbacks, ``on_worker_start`` and ``on_worker_stop`` included,
+   run in threads (``businessworker.threads``), coroutines on the loop. A watchdog
+   (``businessworker.watchdog``) logs callbacks that run past
+   ``config.slow_callback``.
 3. ``stop(graceful)`` sends ``WORKER_LEAVE`` to every gateway and keeps handling
    events until each gateway has answered ``LEAVE_ACK`` (no new event comes after
    it) and every running or queued event is done, then calls
@@ -24,14 +28,18 @@ How this works
    ``config.drain_timeout`` for a graceful stop (SIGQUIT: how a ``reload`` retires
    the old worker, and ``stop -g``) and :data:`FAST_LEAVE_TIMEOUT` otherwise;
    events still running or queued then are dropped and logged. The gateways hand
-   this worker's clients to other workers, so a ``reload`` loses no event.
+   this worker's clients to other workers, so a ``reload`` loses no event. The
+   callback threads end once their running callback returns; one still running
+   past :data:`THREADS_JOIN_TIMEOUT` after that is left behind (they are daemon
+   threads: the process exits anyway).
 4. Once a second a sweep compares the open links with the clients remembered per
    gateway (``businessworker.orphans``): the clients of a gateway process that died
    get ``on_close`` when it comes back as a new process, or after
    ``config.gateway_lost_timeout`` without it once the registers stopped listing it.
 
 Events code reaches the Gateway API through ``businessworker.api`` (see
-``businessworker.handle``).
+``businessworker.handle``); the worker binds it process-wide as an
+``AnyThreadAPI``, so that threads the app starts itself get the thread-safe form.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pygatewayworker.businessworker.config import BusinessWorker
 from pygatewayworker.businessworker.dispatch import KINDS, Dispatcher
@@ -56,6 +64,14 @@ from pygatewayworker.businessworker.handle import (
     unbind_process_api,
     use_api,
 )
+from pygatewayworker.businessworker.threadapi import (
+    QUERY_MARGIN,
+    AnyThreadAPI,
+    Outbox,
+    ThreadAPI,
+)
+from pygatewayworker.businessworker.threads import CallbackThreads
+from pygatewayworker.businessworker.watchdog import SlowCallbackWatchdog
 from pygatewayworker.gateway.protocol import Cmd, encode
 from pygatewayworker.gatewayclient.link import GatewayLink
 from pygatewayworker.gatewayclient.pool import LinkPool, WatcherFactory
@@ -80,6 +96,8 @@ STOP_MARGIN = 15.0
 links); ``stop_limit`` tells ``runtime.service`` the total."""
 PENDING_SHOWN = 20
 """Clients named in the log line of a stop that drops events."""
+THREADS_JOIN_TIMEOUT = 2.0
+"""Seconds a stop waits for the callback threads to end, after the drain."""
 
 _LEAVE = encode(Cmd.WORKER_LEAVE)
 
@@ -145,7 +163,10 @@ class WorkerProcess:
         self._events: object = None
         self._pool: LinkPool | None = None
         self._dispatcher: Dispatcher | None = None
+        self._threads: CallbackThreads | None = None
+        self._watchdog: SlowCallbackWatchdog | None = None
         self.api: WorkerAPI | None = None
+        self._process_api: WorkerAPI | None = None
         self.worker: WorkerInfo | None = None
         self._acks: dict[GatewayLink, asyncio.Future[None]] = {}
         self._started_at = 0.0
@@ -176,7 +197,13 @@ class WorkerProcess:
             watcher_factory=self._watcher_factory,
         )
         api = self.api = WorkerAPI(pool.links, config.query_timeout, unlinked=pool.unlinked)
-        dispatcher = self._dispatcher = Dispatcher(self._events, api, config.gateway_lost_timeout)
+        thread_api = ThreadAPI(api, Outbox(loop), config.query_timeout + QUERY_MARGIN)
+        self._process_api = cast(WorkerAPI, AnyThreadAPI(api, thread_api))
+        if config.callbacks == "thread":
+            self._threads = CallbackThreads(thread_api, config.threads, self.name)
+        dispatcher = self._dispatcher = Dispatcher(
+            self._events, api, config.gateway_lost_timeout, self._threads
+        )
         pool.on_event = dispatcher.on_event
         self.worker = WorkerInfo(self.name, self.index, os.getpid(), api, config)
         await pool.start()
@@ -195,7 +222,9 @@ class WorkerProcess:
                     "retires the old worker only once the new one is linked to all of them"
                 )
             logger.warning("%s: not linked to %s yet; retrying in the background", self.name, why)
-        bind_process_api(api)
+        bind_process_api(self._process_api)
+        if self._threads is not None:
+            self._threads.start()
         try:
             await self._run_hook("on_worker_start")
         except Exception as exc:
@@ -206,8 +235,18 @@ class WorkerProcess:
             ) from exc
         self._serving = True
         dispatcher.open()
+        if config.slow_callback > 0:
+            self._watchdog = SlowCallbackWatchdog(
+                config.slow_callback, self.name, dispatcher, self._threads
+            )
+            self._watchdog.start()
         self._sweeper = loop.create_task(self._sweep_gateways(pool, dispatcher))
-        logger.info("%s: serving, linked to %d gateway(s)", self.name, len(pool.links))
+        logger.info(
+            "%s: serving, linked to %d gateway(s); plain callbacks run %s",
+            self.name,
+            len(pool.links),
+            f"in {config.threads} thread(s)" if self._threads else "inline on the event loop",
+        )
 
     async def stop(self, graceful: bool) -> None:
         """Leave every gateway, finish the events already received (for up to
@@ -222,8 +261,9 @@ class WorkerProcess:
         """Counters for ``status``: ``links`` (gateways linked), ``events_in`` per kind,
         ``messages_in`` (every event received), ``messages_out`` (packets sent by the
         API and session write-backs), ``callback_errors``, ``clients`` (clients with
-        queued events) and ``uptime`` (s)."""
-        pool, dispatcher = self._pool, self._dispatcher
+        queued events), ``threads_busy`` (callback threads running a callback),
+        ``slow_callbacks`` (watchdog reports) and ``uptime`` (s)."""
+        pool, dispatcher, threads = self._pool, self._dispatcher, self._threads
         uptime = time.monotonic() - self._started_at if self._started_at else 0.0
         return {
             "name": self.name,
@@ -235,7 +275,14 @@ class WorkerProcess:
             "callback_errors": dispatcher.callback_errors if dispatcher else 0,
             "clients": dispatcher.clients if dispatcher else 0,
             "orphan_closes": dispatcher.memory.orphan_closes if dispatcher else 0,
+            "threads_busy": threads.busy if threads else 0,
+            "slow_callbacks": self._watchdog.reports if self._watchdog else 0,
             "uptime": round(uptime, 1),
+            # metrics (docs/observability.md)
+            "callback_seconds": dispatcher.callback_seconds.snapshot() if dispatcher else {},
+            "queued_events": dispatcher.queued if dispatcher else 0,
+            "rejected_connects": self.api.rejected_connects if self.api else 0,
+            "gateway_links": _link_states(pool) if pool else {},
         }
 
     # ---- internals -----------------------------------------------------------------
@@ -247,17 +294,23 @@ class WorkerProcess:
             await asyncio.sleep(GATEWAY_SWEEP_INTERVAL)
             try:
                 dispatcher.memory.sweep(pool.links, loop.time(), pool.listed)
+                dispatcher.forget_handled_sessions()
             except Exception:
                 logger.exception("%s: gateway sweep failed", self.name)
 
     async def _run_hook(self, name: str) -> None:
+        """``on_worker_start`` / ``on_worker_stop``: a coroutine on the loop; a plain
+        function in a thread of its own in thread mode, else on the loop."""
         hook = getattr(self._events, name, None)
         if hook is None:
             return
         assert self.api is not None
         token = use_api(self.api)
         try:
-            result = hook(self.worker)
+            if self._threads is not None and not inspect.iscoroutinefunction(hook):
+                result = await self._threads.call(hook, self.worker)
+            else:
+                result = hook(self.worker)
             if inspect.isawaitable(result):
                 await result
         finally:
@@ -290,13 +343,26 @@ class WorkerProcess:
                 _describe_pending(dispatcher),
             )
             await dispatcher.cancel_all()
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        if self._threads is not None:
+            self._threads.stop()  # nothing waits for a job any more
         if run_stop_hook and self._serving:
             try:
                 await self._run_hook("on_worker_stop")
             except Exception:
                 logger.exception("%s: on_worker_stop failed", self.name)
         await pool.close()
-        unbind_process_api(self.api)
+        if self._threads is not None:
+            left = await self._threads.join(THREADS_JOIN_TIMEOUT)
+            if left:
+                logger.warning(
+                    "%s: %d callback thread(s) still running a dropped event; left behind",
+                    self.name,
+                    left,
+                )
+        assert self._process_api is not None
+        unbind_process_api(self._process_api)
         logger.info("%s: stopped", self.name)
 
     async def _leave_gateways(self, pool: LinkPool, timeout: float) -> None:
@@ -344,6 +410,17 @@ class WorkerProcess:
         ack = self._acks.get(link)
         if ack is not None and ack.done() and link.is_open:
             link.send(encode(Cmd.RELEASE, [conn_id], False))
+
+
+def _link_states(pool: LinkPool) -> dict[str, int]:
+    """Listed gateways by the state of our link to each (metrics): ``linked``,
+    ``paused`` (its write buffer is over the high-water mark), ``unlinked``."""
+    paused = sum(1 for link in pool.links.values() if link in pool.paused)
+    return {
+        "linked": len(pool.links) - paused,
+        "paused": paused,
+        "unlinked": len(pool.unlinked()),
+    }
 
 
 def _link_error(address: str, error: str | None) -> str:

@@ -32,6 +32,7 @@ from click.core import ParameterSource
 from pygatewayworker.cluster.apps import AppError, discover, list_start_files
 from pygatewayworker.cluster.daemon import ConsoleReporter, start_daemon
 from pygatewayworker.cluster.master import Master, MasterOptions, Reporter
+from pygatewayworker.cluster.observe import Metrics
 from pygatewayworker.cluster.overrides import (
     OverrideError,
     Overrides,
@@ -58,6 +59,8 @@ from pygatewayworker.cluster.status import (
     totals,
 )
 from pygatewayworker.gateway.protocol import Cmd
+from pygatewayworker.register.config import ConfigError
+from pygatewayworker.runtime.logs import LOG_FORMATS
 from pygatewayworker.runtime.service import rss_bytes
 
 __all__ = ["main"]
@@ -128,6 +131,45 @@ log_level_option = click.option(
 )
 
 
+_log_format_option = click.option(
+    "--log-format",
+    envvar="GW_LOG_FORMAT",
+    type=click.Choice(LOG_FORMATS, case_sensitive=False),
+    default=None,
+    help="text, or json: one JSON object per line [env GW_LOG_FORMAT; default: text, "
+    "for restart the running cluster's].",
+)
+_metrics_listen_option = click.option(
+    "--metrics-listen",
+    envvar="GW_METRICS_LISTEN",
+    default=None,
+    metavar="[IP:]PORT",
+    help="Serve /metrics, /healthz, /readyz and /ops here (a port alone: 127.0.0.1) "
+    "[env GW_METRICS_LISTEN; default: off, for restart the running cluster's].",
+)
+_metrics_token_option = click.option(
+    "--metrics-token",
+    envvar="GW_METRICS_TOKEN",
+    default=None,
+    help="Token of the operator page /ops [env GW_METRICS_TOKEN; default: page off].",
+)
+
+
+def observability_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--log-format``, ``--metrics-listen`` and ``--metrics-token`` (docs/observability.md)."""
+    return _log_format_option(_metrics_listen_option(_metrics_token_option(function)))
+
+
+def _metrics(listen: str | None, token: str | None) -> Metrics | None:
+    """The metrics listener to run, or None; exits 2 with the reason when unusable."""
+    if not listen:
+        return None
+    try:
+        return Metrics(listen=listen, token=token or "")
+    except ConfigError as exc:
+        _fail(f"cannot start: {exc}", 2)
+
+
 def run_dir_option(function: Callable[..., Any]) -> Callable[..., Any]:
     """``--run-dir``, plus ``--apps-dir`` so that one command line (as scripts build
     it) works for every command; commands that need no apps ignore it."""
@@ -146,12 +188,16 @@ def main() -> None:
 @click.option("-d", "--daemon", is_flag=True, help="Run in the background.")
 @click.option("--app", "app_name", default=None, help="Start only this app.")
 @log_level_option
+@observability_options
 @run_dir_option
 @override_options
 def start(
     daemon: bool,
     app_name: str | None,
     log_level: str | None,
+    log_format: str | None,
+    metrics_listen: str | None,
+    metrics_token: str | None,
     apps_dir: str | None,
     run_dir: str | None,
     cli_overrides: Overrides,
@@ -161,7 +207,12 @@ def start(
     Per-host settings override the start files: options > GW_* environment > files
     (see docs/deployment.md)."""
     paths = RunPaths.at(run_dir)
-    sys.exit(_start(paths, daemon, app_name, apps_dir, log_level, cli_overrides))
+    metrics = _metrics(metrics_listen, metrics_token)
+    sys.exit(
+        _start(
+            paths, daemon, app_name, apps_dir, log_level, cli_overrides, None, log_format, metrics
+        )
+    )
 
 
 def _start(
@@ -172,6 +223,8 @@ def _start(
     log_level: str | None = None,
     cli_overrides: Overrides | None = None,
     saved_overrides: Overrides | None = None,
+    log_format: str | None = None,
+    metrics: Metrics | None = None,
 ) -> int:
     owner = PidFile(paths.pid_file).running_pid()
     if owner is not None:
@@ -193,6 +246,8 @@ def _start(
         app=app_name,
         foreground=not daemon,
         log_level=logging.getLevelName((log_level or "info").upper()),
+        log_format=(log_format or "text").lower(),
+        metrics=metrics,
     )
     if not daemon:
         return Master(plan, options, ConsoleReporter()).run()
@@ -249,6 +304,7 @@ def _stop(paths: RunPaths, pid: int, graceful: bool, timeout: float | None) -> N
 @click.option("-g", "--graceful", is_flag=True, help="Stop gracefully first.")
 @click.option("--app", "app_name", default=None, help="Start only this app.")
 @log_level_option
+@observability_options
 @run_dir_option
 @override_options
 def restart(
@@ -256,6 +312,9 @@ def restart(
     graceful: bool,
     app_name: str | None,
     log_level: str | None,
+    log_format: str | None,
+    metrics_listen: str | None,
+    metrics_token: str | None,
     apps_dir: str | None,
     run_dir: str | None,
     cli_overrides: Overrides,
@@ -270,11 +329,19 @@ def restart(
         apps_dir = apps_dir or master.get("apps_dir")
         app_name = app_name or master.get("app")
         log_level = log_level or master.get("log_level")
+        log_format = log_format or master.get("log_format")
+        metrics_listen = metrics_listen or master.get("metrics_listen")
         saved = _saved_overrides(paths)
+    metrics = _metrics(metrics_listen, metrics_token)  # a bad value stops nothing
+    if pid is not None:
         _stop(paths, pid, graceful, None)
     else:
         click.echo(f"{_not_running(paths)}; starting")
-    sys.exit(_start(paths, daemon, app_name, apps_dir, log_level, cli_overrides, saved))
+    sys.exit(
+        _start(
+            paths, daemon, app_name, apps_dir, log_level, cli_overrides, saved, log_format, metrics
+        )
+    )
 
 
 def _overrides_file(paths: RunPaths) -> str:

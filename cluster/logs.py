@@ -1,7 +1,10 @@
 """Logging in the master: the log file, and the pipe the children write to.
 
 Every line has the form ``time pid role level logger: message`` where ``role`` is
-``master`` or the child's name (``chat.gateway.1``).
+``master`` or the child's name (``chat.gateway.1``), or with ``--log-format json`` one
+JSON object (``runtime.logs.JsonFormatter``). In JSON mode a line that reaches the
+pipe without going through ``logging`` (a C library writing to fd 2) is wrapped in
+such an object (logger ``raw``), so every line of the file parses as JSON.
 
 Who writes the log file
 -----------------------
@@ -23,7 +26,7 @@ import logging.handlers
 import os
 from typing import TextIO
 
-from pygatewayworker.runtime.logs import MAX_LINE, formatter_for
+from pygatewayworker.runtime.logs import MAX_LINE, formatter_for, raw_line_json
 
 __all__ = [
     "LogSink",
@@ -137,9 +140,10 @@ class LineBuffer:
 class LogPipe:
     """The pipe children write their output to, drained by the master."""
 
-    __slots__ = ("read_fd", "write_fd", "_lines", "_sink")
+    __slots__ = ("read_fd", "write_fd", "_lines", "_sink", "_json")
 
-    def __init__(self, sink: LogSink) -> None:
+    def __init__(self, sink: LogSink, fmt: str = "text") -> None:
+        self._json = fmt == "json"
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         if hasattr(fcntl, "F_SETPIPE_SZ"):
@@ -151,9 +155,12 @@ class LogPipe:
         self._sink = sink
 
     def drain(self) -> None:
-        """Copy what the children wrote so far to the sink."""
+        """Copy what the children wrote so far to the sink (in JSON mode, a line that
+        is not a JSON object is wrapped in one)."""
         for line in self._lines.read_from(self.read_fd):
             if line:
+                if self._json and not (line.startswith("{") and line.endswith("}")):
+                    line = raw_line_json(line)
                 self._sink.write_line(line)
 
     def close(self) -> None:
@@ -162,10 +169,10 @@ class LogPipe:
                 os.close(fd)
 
 
-def configure_master_logging(sink: LogSink, level: int = logging.INFO) -> None:
-    """Route every logger of the master process to ``sink``."""
+def configure_master_logging(sink: LogSink, level: int = logging.INFO, fmt: str = "text") -> None:
+    """Route every logger of the master process to ``sink`` (``fmt``: text or json)."""
     handler = SinkHandler(sink)
-    handler.setFormatter(formatter_for("master"))
+    handler.setFormatter(formatter_for("master", fmt))
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)

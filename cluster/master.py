@@ -51,8 +51,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pygatewayworker.cluster.apps import AppsPlan
+from pygatewayworker.cluster.apps import AppsPlan, Declaration
 from pygatewayworker.cluster.logs import LineBuffer, LogPipe, LogSink, configure_master_logging
+from pygatewayworker.cluster.observe import RUNTIME as METRICS_RUNTIME
+from pygatewayworker.cluster.observe import Metrics
 from pygatewayworker.cluster.pidfile import AlreadyRunning, PidFile
 from pygatewayworker.cluster.reload import Reloader
 from pygatewayworker.cluster.slots import STABLE_AFTER, Child, Slot, describe_exit, respawn_delay
@@ -65,8 +67,10 @@ __all__ = ["Master", "MasterOptions", "Reporter", "StartFailed", "BOOT_ORDER", "
 
 log = logging.getLogger("cluster")
 
-BOOT_ORDER = ("register", "gateway", "businessworker", "pushapi", "pusherapi")
-STOP_ORDER = ("pushapi", "pusherapi", "gateway", "businessworker", "register")
+BOOT_ORDER = ("register", "gateway", "businessworker", "pushapi", "pusherapi", "metrics")
+STOP_ORDER = ("metrics", "pushapi", "pusherapi", "gateway", "businessworker", "register")
+"""The metrics listener (``--metrics-listen``) starts last and stops first: its
+``/healthz`` answers only while the whole cluster is up."""
 SIGNAL_NAMES = {
     signal.SIGTERM: "term",
     signal.SIGINT: "int",
@@ -92,6 +96,10 @@ class MasterOptions:
     graceful_timeout: float = 30.0
     reload_timeout: float = 30.0
     log_level: int = logging.INFO
+    log_format: str = "text"
+    """``text`` or ``json`` (cluster.logs), for the master and every child."""
+    metrics: Metrics | None = None
+    """The metrics listener to run as a process of its own (``--metrics-listen``)."""
 
 
 class Reporter(Protocol):
@@ -174,8 +182,8 @@ class Master:
         self._sink = LogSink(
             self.paths.log_file, echo=sys.stderr if self.options.foreground else None
         )
-        configure_master_logging(self._sink, self.options.log_level)
-        self._log_pipe = LogPipe(self._sink)
+        configure_master_logging(self._sink, self.options.log_level, self.options.log_format)
+        self._log_pipe = LogPipe(self._sink, self.options.log_format)
         self._status_r, self._status_w = os.pipe()
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._status_r, self._wake_r, self._wake_w):
@@ -189,17 +197,27 @@ class Master:
     def _bind(self) -> None:
         public_ports: dict[int, int] = {}
         try:
-            for decl in self.plan.declarations:
+            for decl in self._declarations():
                 for index in range(decl.count):
                     sockets = bind_slot_sockets(decl, index, public_ports)
                     self.slots.append(Slot(decl, index, sockets))
         except BindError as exc:
             raise StartFailed(str(exc)) from None
 
+    def _declarations(self) -> list[Declaration]:
+        """The apps' declarations, and the metrics listener's when there is one."""
+        metrics = self.options.metrics
+        if metrics is None:
+            return self.plan.declarations
+        own = Declaration(metrics.app, "metrics", metrics, "--metrics-listen", METRICS_RUNTIME)
+        return [*self.plan.declarations, own]
+
     def _boot(self) -> None:
         self.phase = "booting"
         for role in BOOT_ORDER:
             group = [s for s in self.slots if s.role == role]
+            if not group:
+                continue  # a role not run here costs no wait
             for slot in group:
                 slot.current = self._spawn(slot)
             self._wait_ready(group)
@@ -395,6 +413,7 @@ class Master:
             run_dir=self.paths.run_dir,
             master_pid=os.getpid(),
             log_level=self.options.log_level,
+            log_format=self.options.log_format,
         )
         assert self._log_pipe is not None
         log_fd, closes = self._log_pipe.write_fd, self._child_closes(slot)
@@ -530,8 +549,11 @@ class Master:
                 "log_file": self.paths.log_file,
                 "foreground": self.options.foreground,
                 "log_level": logging.getLevelName(self.options.log_level).lower(),
+                "log_format": self.options.log_format,
+                "metrics_listen": self.options.metrics.listen if self.options.metrics else None,
             },
             "reload": self.reloader.status,
+            "reloads": self.reloader.outcomes,
             "processes": [slot.snapshot() for slot in self.slots],
         }
 

@@ -77,6 +77,8 @@ class Reloader:
         self.pending = False
         """A reload was asked for while busy: run another one afterwards."""
         self.status: dict[str, Any] = {"id": 0, "state": "none", "message": ""}
+        self.outcomes = {"done": 0, "failed": 0}
+        """Finished reloads by outcome (metrics)."""
 
     @property
     def busy(self) -> bool:
@@ -190,5 +192,6 @@ class Reloader:
         assert job is not None
         self.job = None
         state = "done" if ok else "failed"
+        self.outcomes[state] += 1
         self.status = {"id": job.id, "state": state, "message": message, "replaced": job.replaced}
         (log.info if ok else log.error)("reload %d %s: %s", job.id, state, message)

@@ -96,6 +96,10 @@ worker = BusinessWorker(
     register="127.0.0.1:{register_port}",
     # secret="",
     # drain_timeout=30,       # seconds a reloaded worker may finish running events
+    # callbacks="thread",     # plain callbacks in threads (blocking code is safe);
+    #                         #   "inline": on the event loop, for code that never blocks
+    # threads=8,              # callback threads per process
+    # slow_callback=1.0,      # seconds before a running callback is logged as slow
 )
 '''
 

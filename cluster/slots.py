@@ -127,6 +127,8 @@ class Slot:
                 out["page"] = f"http://{page_host}:{port}/"
         elif self.role == "businessworker":
             out["events"] = config.events
+        elif self.role == "metrics":
+            out["url"] = f"http://{out.get('listen', config.listen)}/metrics"
         elif self.role in ("pushapi", "pusherapi"):
             out.setdefault("listen", config.listen.split("://", 1)[-1])
             out["url"] = f"http://{out['listen']}/"

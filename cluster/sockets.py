@@ -33,7 +33,7 @@ def bind_slot_sockets(
     port its first process got, so ``listen="...:0"`` gives every process one port."""
     config = decl.config
     what = f"app {decl.app} {decl.role} {decl.name!r}"
-    if decl.role == "register":
+    if decl.role in ("register", "metrics"):
         host, port = parse_address(config.listen)
         return {"listen": bind_listener(host, port, what)}
     if decl.role != "gateway":

@@ -89,7 +89,7 @@ def _prepare(spec: ChildSpec, log_fd: int, closes: Iterable[Any]) -> None:
                 item.close()
             else:
                 os.close(item)
-    configure_child_logging(spec.name, level=spec.log_level)
+    configure_child_logging(spec.name, level=spec.log_level, fmt=spec.log_format)
     _set_title(f"gatewayworker {spec.name}")
 
 

@@ -180,6 +180,8 @@ def _where(proc: dict[str, Any]) -> str:
         return f"http push api {addresses.get('url', '?')}"
     if role == "pusherapi":
         return f"pusher http api {addresses.get('url', '?')}"
+    if role == "metrics":
+        return f"metrics {addresses.get('url', '?')}"
     return f"events {addresses.get('events', '?')}"
 
 

@@ -6,15 +6,29 @@ How this works
 The asyncio shell (``gateway.connection``) creates a :class:`~gateway.records.Client`
 per TCP connection and reports what happens to it here:
 
-- :meth:`Clients.opened`: the WebSocket handshake is done. The client gets a
+- :meth:`Clients.opened`: the WebSocket handshake is done (admitted by
+  :attr:`Clients.admission`, ``gateway.admission``). The client gets a
   connection id (counting up from a random start, so that a restarted gateway does
   not reuse the client_ids of its previous life), a directory entry, and its worker
-  gets ``EV_CONNECT`` and ``EV_WS_CONNECT``.
+  gets ``EV_CONNECT`` and ``EV_WS_CONNECT``; a connect token's uid, groups and
+  session are bound first, so the worker's events and every later command see them.
 - :meth:`Clients.message`: one ``EV_MESSAGE`` packet to the client's worker, written
-  out flat for the common case: this is the path of every client message.
+  out flat for the common case: this is the path of every client message. A packet
+  over the internal limit (a large message with a large session) closes the client
+  with 1009 instead of costing the worker its link.
 - :meth:`Clients.control` (a ping or pong: activity, per ``pong_is_activity``),
   :meth:`Clients.slow` (send buffer over ``send_buffer_limit``: close 1008),
   :meth:`Clients.closed` (``EV_CLOSE`` with the last session; the entry goes).
+- :meth:`Clients.refused` (a request head refused before the upgrade),
+  :meth:`Clients.peer_closed` (the client's close frame), :meth:`Clients.failed`
+  (we failed the connection: a protocol error or a message too big): logged and
+  counted.
+
+Metrics (docs/observability.md): every way a client goes sets its
+``close_reason`` (the first one set wins: ``records.CLOSE_REASONS``) and
+:meth:`Clients.closed` counts it in ``Counters.closed_by_reason``; handshakes done
+and refused are counted too. Plain integer adds on objects at hand, none per
+message.
 
 :meth:`Clients.heartbeat` is the heartbeat decision, called by the shell's timer in
 slices: every open client's silence grows by one interval per sweep (any message,
@@ -33,13 +47,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pygatewayworker.gateway.admission import Admission
 from pygatewayworker.gateway.client_id import MAX_CONN_ID, encode_client_id
 from pygatewayworker.gateway.commands import data_frame
 from pygatewayworker.gateway.config import Gateway
 from pygatewayworker.gateway.directory import Directory
 from pygatewayworker.gateway.http11 import Request, parse_cookies
-from pygatewayworker.gateway.protocol import Cmd, encode
+from pygatewayworker.gateway.protocol import DEFAULT_MAX_PACKET, Cmd, encode, pack_session
 from pygatewayworker.gateway.records import Client, Counters
+from pygatewayworker.gateway.tokens import Grant
 from pygatewayworker.gateway.websocket import State
 from pygatewayworker.gateway.workers import Workers
 
@@ -52,6 +68,7 @@ FIRST_CONN_ID_LIMIT = 2**31
 
 _OPEN = State.OPEN
 _EV_MESSAGE = Cmd.EV_MESSAGE
+_MAX_PACKET = DEFAULT_MAX_PACKET + 4  # the length prefix is not counted
 
 
 def first_conn_id() -> int:
@@ -108,15 +125,27 @@ class Clients:
         self.clock = clock
         self.log = RateLimitedLog(clock=clock)
         """Rate-limited log for what clients do wrong (a flood must not flood us)."""
+        self.admission = Admission(config, clock())
+        """The handshake checks and per-client limits (``gateway.admission``)."""
         self._next_conn_id = first_conn_id() - 1
         self._ping_frame = data_frame(config.ping_data) if config.ping_data else b""
 
     # ---- events from the shell ------------------------------------------------------
-    def opened(self, client: Client, request: Request) -> None:
+    def opened(self, client: Client, request: Request, grant: Grant | None = None) -> None:
         """``client`` completed its WebSocket handshake: it gets a conn_id and a
-        directory entry, and its worker gets ``EV_CONNECT`` and ``EV_WS_CONNECT``."""
-        client.conn_id = self.new_conn_id()
-        self.directory.add(client)
+        directory entry, is bound to what its token ``grant`` carries, and its worker
+        gets ``EV_CONNECT`` and ``EV_WS_CONNECT``."""
+        conn_id = client.conn_id = self.new_conn_id()
+        directory = self.directory
+        directory.add(client)
+        self.counters.connections_opened += 1
+        if grant is not None:
+            if grant.session:
+                client.session = pack_session(grant.session)
+            if grant.uid:
+                directory.bind_uid(conn_id, grant.uid)
+            for group in grant.groups:
+                directory.join_group(conn_id, group)
         send = self.workers.send
         send(client, Cmd.EV_CONNECT, None)
         info = {
@@ -148,18 +177,61 @@ class Clients:
         client.silent = -1
         link = client.worker
         if link is not None and not link.leaving:  # only a leaving worker holds events
-            link.writer.send(
-                encode(
-                    _EV_MESSAGE,
-                    client.conn_id,
-                    client.session,
-                    client.remote_ip,
-                    client.remote_port,
-                    data,
-                )
+            packet = encode(
+                _EV_MESSAGE,
+                client.conn_id,
+                client.session,
+                client.remote_ip,
+                client.remote_port,
+                data,
             )
+            if len(packet) > _MAX_PACKET:
+                self.too_big(client, len(packet))
+                return
+            link.writer.send(packet)
             return
         self.workers.send(client, _EV_MESSAGE, data)
+
+    def too_big(self, client: Client, size: int) -> None:
+        """A message that would make an internal packet of ``size`` bytes, over the
+        limit the worker accepts: close the client (1009), keep the link."""
+        self.log(
+            logging.WARNING,
+            "client %s (%s): message and session make a %d-byte packet, over %d; closing",
+            client.conn_id,
+            client.remote_ip,
+            size,
+            DEFAULT_MAX_PACKET,
+        )
+        client.close_reason = client.close_reason or "size_limit"
+        client.writer.close(1009, "message too big")
+
+    def refused(self, client: Client, status: int, reason: str) -> None:
+        """``client``'s request head was refused with ``status`` (answered, closing):
+        logged and counted by status."""
+        failures = self.counters.handshake_failures
+        key = str(status)
+        failures[key] = failures.get(key, 0) + 1
+        self.log(logging.INFO, "rejected request from %s: %d %s", client.remote_ip, status, reason)
+
+    def peer_closed(self, client: Client) -> None:
+        """``client`` sent a close frame (its own, or its answer to ours: then the
+        reason we closed for stays)."""
+        client.close_reason = client.close_reason or "client_close"
+
+    def failed(self, client: Client, code: int, reason: str) -> None:
+        """We failed ``client``'s connection with ``code`` (1009: a message over
+        ``max_message_size``; else a protocol error)."""
+        if not client.close_reason:
+            client.close_reason = "size_limit" if code == 1009 else "protocol_error"
+        self.log(
+            logging.INFO,
+            "client %s (%s): closing with %d: %s",
+            client.conn_id,
+            client.remote_ip,
+            code,
+            reason,
+        )
 
     def control(self, client: Client) -> None:
         """A ping or pong frame from ``client``: activity, if ``pong_is_activity``."""
@@ -172,6 +244,7 @@ class Clients:
         if client.ws.state is not _OPEN:
             return
         self.counters.send_failures += 1
+        client.close_reason = client.close_reason or "send_buffer_limit"
         self.log(
             logging.WARNING,
             "client %s (%s): send buffer over %d bytes, closing (slow consumer)",
@@ -185,6 +258,9 @@ class Clients:
         """``client``'s connection is gone: ``EV_CLOSE`` with its last session, then
         it leaves the directory (its uid and groups with it)."""
         if client.conn_id and self.directory.get(client.conn_id) is client:
+            by_reason = self.counters.closed_by_reason
+            reason = client.close_reason or "client_gone"
+            by_reason[reason] = by_reason.get(reason, 0) + 1
             self.workers.send(client, Cmd.EV_CLOSE, None)
             self.directory.remove(client.conn_id)
 
@@ -192,7 +268,14 @@ class Clients:
     def close_all(self, code: int, reason: str = "") -> None:
         """Start closing every open client (a graceful stop: 1001)."""
         for client in list(self.directory.entries()):
+            client.close_reason = client.close_reason or "shutdown"
             client.writer.close(code, reason)
+
+    def drop_all(self) -> None:
+        """Drop every client at once (the gateway stops)."""
+        for client in list(self.directory.entries()):
+            client.close_reason = client.close_reason or "shutdown"
+            client.writer.abort()
 
     def heartbeat(self, part: int = 0, parts: int = 1) -> None:
         """One heartbeat sweep of the clients whose ``conn_id % parts == part``
@@ -219,6 +302,7 @@ class Clients:
         self.counters.messages_out += pinged
         self.counters.bytes_out += pinged * size
         for client in dead:
+            client.close_reason = client.close_reason or "heartbeat_timeout"
             client.writer.abort()
         if dead:
             log.info("closed %d clients silent for more than %d ping intervals", len(dead), limit)

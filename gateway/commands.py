@@ -17,7 +17,8 @@ Sends are the hot path: a broadcast encodes its WebSocket frame once
 (:func:`data_frame`) and writes the same bytes object to every open recipient
 (:meth:`Commands.deliver`), with no per-recipient allocation; consecutive broadcasts
 to the same recipients that arrive in one read are merged first (:func:`coalesce`),
-so each recipient gets one write for all of them.
+so each recipient gets one write for all of them. The broadcasts count their
+deliveries (``Counters.broadcast_deliveries``, metrics): one add per command.
 """
 
 from __future__ import annotations
@@ -138,8 +139,9 @@ class Commands:
         self.counters = counters
 
     # ---- send commands ------------------------------------------------------------
-    def deliver(self, recipients: Iterable[Client], frame: bytes) -> None:
-        """Write one encoded frame (or :class:`Frames`) to every open recipient."""
+    def deliver(self, recipients: Iterable[Client], frame: bytes) -> int:
+        """Write one encoded frame (or :class:`Frames`) to every open recipient.
+        Returns the messages delivered (recipients times messages in ``frame``)."""
         size = len(frame)
         count = frame.messages if type(frame) is Frames else 1
         sent = 0
@@ -152,6 +154,7 @@ class Commands:
         counters = self.counters
         counters.messages_out += sent * count
         counters.bytes_out += sent * size
+        return sent * count
 
     def cmd_send_to_client(self, link: Link, packet: list[Any]) -> None:
         _, conn_id, data = packet
@@ -174,12 +177,14 @@ class Commands:
             _int_list(conn_ids, "conn_ids")
         if exclude is not None:
             _int_list(exclude, "exclude")
-        self.deliver(self.directory.recipients_all(conn_ids, exclude), frame)
+        recipients = self.directory.recipients_all(conn_ids, exclude)
+        self.counters.broadcast_deliveries += self.deliver(recipients, frame)
 
     def cmd_send_to_uid(self, link: Link, packet: list[Any]) -> None:
         _, uids, data = packet
         frame = data_frame(data)
-        self.deliver(self.directory.recipients_uids(_str_list(uids, "uids")), frame)
+        recipients = self.directory.recipients_uids(_str_list(uids, "uids"))
+        self.counters.broadcast_deliveries += self.deliver(recipients, frame)
 
     def cmd_send_to_group(self, link: Link, packet: list[Any]) -> None:
         _, groups, data, exclude = packet
@@ -187,7 +192,7 @@ class Commands:
         if exclude is not None:
             _int_list(exclude, "exclude")
         recipients = self.directory.recipients_groups(_str_list(groups, "groups"), exclude)
-        self.deliver(recipients, frame)
+        self.counters.broadcast_deliveries += self.deliver(recipients, frame)
 
     def cmd_close_client(self, link: Link, packet: list[Any]) -> None:
         _, conn_id, data = packet
@@ -195,13 +200,15 @@ class Commands:
         client = self.directory.get(check_conn_id(conn_id))
         if client is not None:
             if frame is not None:
-                self.deliver((client,), frame)
+                self.deliver((client,), frame)  # not a broadcast: not counted as one
+            client.close_reason = client.close_reason or "app_close"
             client.writer.close(1000)
 
     def cmd_destroy_client(self, link: Link, packet: list[Any]) -> None:
         _, conn_id = packet
         client = self.directory.get(check_conn_id(conn_id))
         if client is not None:
+            client.close_reason = client.close_reason or "app_close"
             client.writer.abort()
 
     # ---- state commands -----------------------------------------------------------

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pygatewayworker.gateway.origins import OriginPolicy
+from pygatewayworker.gateway.protocol import DEFAULT_MAX_PACKET
+from pygatewayworker.gateway.tokens import check_token_key
 from pygatewayworker.register.config import (
     ConfigError,
     check_ipv4,
@@ -12,7 +15,12 @@ from pygatewayworker.register.config import (
     parse_address,
 )
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "MAX_MESSAGE_SIZE"]
+
+MAX_MESSAGE_SIZE = DEFAULT_MAX_PACKET - 1024 * 1024
+"""Largest ``max_message_size``: a client message travels to its worker in one
+internal packet (at most ``DEFAULT_MAX_PACKET``) together with the session and the
+event's fields, for which 1 MiB is kept."""
 
 
 @dataclass(slots=True)
@@ -32,7 +40,8 @@ class Gateway:
     and ``on_close`` runs). Any client message counts as activity, and so does a
     WebSocket ping or pong when ``pong_is_activity`` is true.
 
-    ``max_message_size``: larger client messages close the client with 1009.
+    ``max_message_size``: larger client messages close the client with 1009. At most
+    :data:`MAX_MESSAGE_SIZE` (9 MiB): a message must fit in one internal packet.
     ``send_buffer_limit``: a client whose unsent data exceeds it is closed with 1008
     ("slow consumer") and counted as a send failure.
     ``static_dir``: plain HTTP GET requests (not WebSocket upgrades) are answered with
@@ -40,6 +49,24 @@ class Gateway:
     ``pending_event_limit`` / ``pending_event_seconds``: events that arrive while no
     business worker is linked are held (up to that many, for that long) and handed
     to the first worker that links, instead of being lost.
+
+    Connection security (README, "Authenticating connections"); every check runs
+    before the ``101``, so a refused client never gets a client_id:
+
+    - ``token_key``: the HMAC-SHA256 key of connect tokens (``gateway.tokens``; at
+      least 32 bytes). With it, a client connects with ``?token=<jwt>`` (or
+      ``Authorization: Bearer``), a bad token gets 401, and a good one binds its uid,
+      groups and session at once. ``token_required`` (default true): refuse a
+      connection without a token (false: such connections are anonymous).
+    - ``allowed_origins``: ``Origin`` patterns that may connect
+      (``"https://chat.example.com"``, ``"https://*.example.com"``,
+      ``"http://localhost:*"``); others get 403. Empty (the default): any origin.
+    - ``certfile`` / ``keyfile`` (PEM): serve ``wss://`` (and the static page over
+      https) on the public port.
+    - ``max_connections_per_ip`` (429 beyond it), ``handshake_rate`` /
+      ``handshake_burst`` (handshakes per second of this process; 503 beyond),
+      ``message_rate`` / ``message_burst`` and ``byte_rate`` / ``byte_burst`` (per
+      connection; close 1008 beyond). 0 means no limit.
     """
 
     listen: str = "0.0.0.0:7272"
@@ -61,6 +88,18 @@ class Gateway:
     pending_event_seconds: float = 10.0
     keepalive_interval: float = 10.0
     link_timeout: float = 30.0
+    token_key: str = field(default="", repr=False)
+    token_required: bool = True
+    allowed_origins: list[str] | tuple[str, ...] = ()
+    certfile: str = ""
+    keyfile: str = ""
+    max_connections_per_ip: int = 0
+    handshake_rate: float = 0.0
+    handshake_burst: int = 0
+    message_rate: float = 0.0
+    message_burst: int = 0
+    byte_rate: float = 0.0
+    byte_burst: int = 0
     app: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -85,7 +124,50 @@ class Gateway:
             raise ConfigError("Gateway ping_interval and ping_not_response_limit must be >= 0")
         if self.max_message_size < 1 or self.send_buffer_limit < 1:
             raise ConfigError("Gateway max_message_size and send_buffer_limit must be >= 1")
+        if self.max_message_size > MAX_MESSAGE_SIZE:
+            raise ConfigError(
+                f"Gateway max_message_size {self.max_message_size} is over {MAX_MESSAGE_SIZE} "
+                f"({MAX_MESSAGE_SIZE // 1024 // 1024} MiB), the largest message an internal link "
+                "carries to a worker; send larger data another way (an upload URL)"
+            )
+        self._check_security()
         check_link_timing(self.keepalive_interval, self.link_timeout, "Gateway")
+
+    def _check_security(self) -> None:
+        if self.token_key:
+            try:
+                check_token_key(self.token_key, "Gateway")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        if isinstance(self.allowed_origins, str):
+            self.allowed_origins = [self.allowed_origins]
+        self.allowed_origins = tuple(self.allowed_origins)
+        for pattern in self.allowed_origins:
+            try:
+                OriginPolicy.parse(pattern) if pattern != "*" else None
+            except ValueError as exc:
+                raise ConfigError(f"Gateway {exc}") from None
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ConfigError("Gateway certfile and keyfile go together (PEM files)")
+        for name in ("max_connections_per_ip", "handshake_burst", "message_burst", "byte_burst"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"Gateway {name} must be an int >= 0 (0: no limit)")
+        for rate, burst in (
+            ("handshake_rate", "handshake_burst"),
+            ("message_rate", "message_burst"),
+            ("byte_rate", "byte_burst"),
+        ):
+            value = getattr(self, rate)
+            if value < 0:
+                raise ConfigError(f"Gateway {rate} must be >= 0 (0: no limit)")
+            if value and not getattr(self, burst):  # one second's worth by default
+                least = self.max_message_size if rate == "byte_rate" else 1
+                setattr(self, burst, max(least, int(value)))
+        if self.byte_rate and self.byte_burst < self.max_message_size:
+            raise ConfigError(
+                f"Gateway byte_burst {self.byte_burst} is below max_message_size "
+                f"{self.max_message_size}: a client could never send its largest message"
+            )
 
     @property
     def registers(self) -> tuple[str, ...]:

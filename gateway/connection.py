@@ -12,7 +12,16 @@ for this layer) and closes through :meth:`~ClientConnection.close` and
 :meth:`~ClientConnection.abort`.
 
 A plain HTTP request (no upgrade) is answered from ``static_dir``
-(``gateway.static``) and closed: no entry, no events.
+(``gateway.static``) and closed: no entry, no events. An upgrade request is judged
+first (``gateway.admission``: handshake rate, per-IP limit, origin, connect token);
+a refused one is answered with its HTTP status and closed, with no ``101``, no
+client_id and no event. An admitted one is bound to its token's uid and groups, and
+the route changes that makes are written to the links before the ``101``, so a
+``send_to_uid`` sent once the client sees the ``101`` finds it.
+
+With a message or byte rate limit (``message_rate``, ``byte_rate``) each connection
+has a :class:`~gateway.admission.TokenBucket` for each; a client over either is closed
+with 1008. Without limits the message path does not look at them.
 
 The :class:`ClientPort` is what every connection of one gateway shares: the core's
 client side, the limits, and the two deadline tables of the public side, swept by
@@ -29,13 +38,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from operator import attrgetter, methodcaller
 from typing import cast
 
+from pygatewayworker.gateway.admission import TokenBucket
 from pygatewayworker.gateway.clients import Clients
+from pygatewayworker.gateway.config import Gateway
 from pygatewayworker.gateway.frames import OP_BINARY, OP_CLOSE
-from pygatewayworker.gateway.http11 import Request
+from pygatewayworker.gateway.http11 import Request, http_response
 from pygatewayworker.gateway.records import Client
 from pygatewayworker.gateway.static import static_response
+from pygatewayworker.gateway.tokens import Grant
 from pygatewayworker.gateway.websocket import FAILED, REQUEST, ServerConnection, State
 
 __all__ = ["ClientPort", "ClientConnection"]
@@ -90,9 +103,19 @@ class ClientPort:
     """Seconds a closing client has to answer our close frame (or to take the last
     bytes) before it is dropped."""
 
-    def __init__(self, clients: Clients, static_root: str = "") -> None:
+    def __init__(
+        self,
+        clients: Clients,
+        static_root: str = "",
+        flush_routes: Callable[[], object] | None = None,
+    ) -> None:
         self.clients = clients
         self.config = clients.config
+        self.admission = clients.admission
+        self.flush_routes = flush_routes
+        """Writes the pending route changes to the links now (the core's
+        ``send_route_changes``); called before the ``101`` of a client its token
+        bound."""
         self.static_root = static_root
         """Real path of ``static_dir`` (``""``: every plain GET gets 404)."""
         self.accepting = True
@@ -109,6 +132,7 @@ class ClientPort:
         """Drop the clients past their handshake or close deadline. The tables are
         in insertion order with one fixed timeout each, so the deadlines are in order
         too: a sweep stops at the first one still in the future."""
+        self.admission.report(now)
         for table, expire in ((self.handshaking, _abort), (self.closing, _finish_close)):
             expired = []
             for conn, deadline in table.items():
@@ -123,10 +147,25 @@ class ClientPort:
         """Drop every connection at once (stop)."""
         for conn in list(self.handshaking):
             conn.abort()
-        for client in list(self.clients.directory.entries()):
-            client.writer.abort()
+        self.clients.drop_all()
         for conn in list(self.closing):
             conn.abort()
+
+    def send_buffers(self) -> dict[str, int]:
+        """Bytes queued for the clients in their transports: the sum and the largest
+        (``GatewayCore.send_buffers``, read by ``stats`` once a second). One walk over
+        the clients, in C (``map`` of ``attrgetter``/``methodcaller``, no Python frame
+        per client): about 1.3 ms with 10,000 idle clients (0.13 % of a core at one
+        stats write a second; a Python loop took 1.45 ms), linear in the clients."""
+        sizes = list(map(_buffer_size, map(_transport, self.clients.directory.entries())))
+        return {
+            "send_buffer_bytes": sum(sizes),
+            "send_buffer_max_bytes": max(sizes, default=0),
+        }
+
+
+_transport = attrgetter("writer.transport")
+_buffer_size = methodcaller("get_write_buffer_size")
 
 
 def _abort(conn: ClientConnection) -> None:
@@ -145,7 +184,7 @@ def _finish_close(conn: ClientConnection) -> None:
 class ClientConnection(asyncio.Protocol):
     """One client TCP connection (see the module docstring)."""
 
-    __slots__ = ("port", "transport", "ws", "client", "write")
+    __slots__ = ("port", "transport", "ws", "client", "write", "admitted", "limits")
 
     def __init__(self, port: ClientPort) -> None:
         self.port = port
@@ -154,6 +193,10 @@ class ClientConnection(asyncio.Protocol):
         self.client = Client(self.ws, self)
         self.write: Callable[[bytes], object] = _not_connected
         """:class:`~gateway.records.ClientWriter` ``write``: the transport's own."""
+        self.admitted = False
+        """Counted against its IP by the admission (until ``connection_lost``)."""
+        self.limits: _Limits | None = None
+        """The rate limits of an open connection, when configured."""
 
     # ---- asyncio callbacks -----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -180,13 +223,25 @@ class ClientConnection(asyncio.Protocol):
         if ws.state is not _OPEN:
             self._not_open(data)
             return
+        limits = self.limits
+        if limits is not None and not limits.take_bytes(size):
+            self._limited("byte rate limit exceeded", "closed_byte_rate")
+            return
         events = ws.receive_data(data)
         on_message = port.on_message
         for kind, value in events:
             if kind <= OP_BINARY:
+                if limits is not None and not limits.take_message():
+                    self._limited("message rate limit exceeded", "closed_message_rate")
+                    return
                 on_message(client, value)
             else:
                 self._control(kind, value)
+
+    def _limited(self, reason: str, counter: str) -> None:
+        """Over a rate limit: close with 1008 (what it sent since is dropped)."""
+        self.port.admission.counts[counter] += 1
+        self.close(1008, reason)
 
     def _not_open(self, data: bytes) -> None:
         """Bytes outside ``OPEN``: the request head, the rest of a close, or (once
@@ -205,9 +260,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _refused(self, status: int, reason: str) -> None:
         self.port.handshaking.pop(self, None)
-        self.port.clients.log(
-            logging.INFO, "rejected request from %s: %d %s", self.client.remote_ip, status, reason
-        )
+        self.port.clients.refused(self.client, status, reason)
         self.transport.write(self.ws.data_to_send())
         self._end()
 
@@ -217,18 +270,14 @@ class ClientConnection(asyncio.Protocol):
         out = self.ws.data_to_send()
         if out:
             self.transport.write(out)
+        clients = self.port.clients
         if kind == FAILED:
             code, reason = cast(tuple[int, str], value)
-            self.port.clients.log(
-                logging.INFO,
-                "client %s (%s): closing with %d: %s",
-                self.client.conn_id,
-                self.client.remote_ip,
-                code,
-                reason,
-            )
-        elif kind != OP_CLOSE:  # a ping or a pong
-            self.port.clients.control(self.client)
+            clients.failed(self.client, code, reason)
+        elif kind == OP_CLOSE:
+            clients.peer_closed(self.client)
+        else:  # a ping or a pong
+            clients.control(self.client)
         if self.ws.state is _CLOSED:
             self._end()
 
@@ -242,11 +291,26 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(ws.data_to_send())
             self._end()
             return
+        verdict = port.admission.admit(request, self.client.remote_ip, _monotonic())
+        if not isinstance(verdict, Grant):
+            self._refuse(*verdict)
+            return
+        self.admitted = True
+        if port.admission.limits_clients:
+            self.limits = _Limits(port.config, _monotonic())
         ws.accept(request)
+        port.clients.opened(self.client, request, verdict)
+        if (verdict.uid or verdict.groups) and port.flush_routes is not None:
+            port.flush_routes()
         self.transport.write(ws.data_to_send())
-        port.clients.opened(self.client, request)
         if ws.buffered:  # frames sent right behind the head
             self.data_received(b"")
+
+    def _refuse(self, status: int, reason: str, headers: tuple[tuple[str, str], ...]) -> None:
+        """Answer an upgrade request that the admission refused, and close."""
+        self.ws.respond(http_response(status, reason.encode() + b"\n", headers=headers))
+        self.transport.write(self.ws.data_to_send())
+        self._end()
 
     def _end(self) -> None:
         """The protocol is ``CLOSED``: close the TCP connection once what is queued
@@ -268,6 +332,9 @@ class ClientConnection(asyncio.Protocol):
         port.closing.pop(self, None)
         port.clients.closed(self.client)
         self.client.writer = _GONE
+        if self.admitted:
+            self.admitted = False
+            port.admission.released(self.client.remote_ip)
 
     def pause_writing(self) -> None:
         self.port.clients.slow(self.client)
@@ -289,3 +356,23 @@ class ClientConnection(asyncio.Protocol):
     def abort(self) -> None:
         """Drop the TCP connection now."""
         self.transport.abort()
+
+
+class _Limits:
+    """The message and byte rate limits of one connection (token buckets)."""
+
+    __slots__ = ("messages", "bytes")
+
+    def __init__(self, cfg: Gateway, now: float) -> None:
+        self.messages = (
+            TokenBucket(cfg.message_rate, cfg.message_burst, now) if cfg.message_rate else None
+        )
+        self.bytes = TokenBucket(cfg.byte_rate, cfg.byte_burst, now) if cfg.byte_rate else None
+
+    def take_message(self) -> bool:
+        bucket = self.messages
+        return bucket is None or bucket.take(1, _monotonic())
+
+    def take_bytes(self, size: int) -> bool:
+        bucket = self.bytes
+        return bucket is None or bucket.take(size, _monotonic())

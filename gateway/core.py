@@ -100,6 +100,10 @@ class GatewayCore:
         self.accepting = True
         """False once the gateway stops: new links are dropped."""
         self.counters = Counters()
+        self.send_buffers: Callable[[], dict[str, int]] = _no_send_buffers
+        """``send_buffer_bytes`` (the sum) and ``send_buffer_max_bytes`` (the largest):
+        bytes queued for clients in the shell's transports, for :meth:`stats`. An
+        I/O fact: the shell sets this (``ClientPort.send_buffers``)."""
         self.directory: Directory[Client] = Directory(self._routes_dirty)
         self.workers = Workers(config, self.directory, clock)
         self.clients = Clients(config, self.directory, self.workers, self.counters, clock)
@@ -208,7 +212,12 @@ class GatewayCore:
         self.links.discard(link)
         self.workers.remove(link)
         if link.role:
-            log.info("%r is gone (%d clients to re-assign)", link, max(link.clients, 0))
+            log.info(
+                "%r is gone (%d clients to re-assign)",
+                link,
+                max(link.clients, 0),
+                extra=_worker_field(link),
+            )
 
     def release_held(self) -> None:
         """Hand on every event held for a leaving worker (before the links close at
@@ -227,7 +236,7 @@ class GatewayCore:
         uids, groups = self.directory.route_keys()
         for routes in route_packets(True, uids, [], groups, []):
             link.writer.send(routes)
-        log.info("%r linked (pid %d)", link, hello.pid)
+        log.info("%r linked (pid %d)", link, hello.pid, extra=_worker_field(link))
         if hello.role == "worker":
             self.workers.add(link)
 
@@ -297,10 +306,17 @@ class GatewayCore:
             "workers": sum(1 for link in self.links if link.role == "worker"),
             "clients": sum(1 for link in self.links if link.role == "client"),
             "pending_events": len(self.workers.pending),
+            **self.clients.admission.stats(),
             "uptime": round(self.clock() - self.started, 3) if self.started else 0.0,
             "public_port": self.public_port,
             "internal_address": self.internal_address,
             "pid": os.getpid(),
+            # metrics (docs/observability.md)
+            "connections_opened": counters.connections_opened,
+            "closed_by_reason": counters.closed_by_reason,
+            "handshake_failures": counters.handshake_failures,
+            "broadcast_deliveries": counters.broadcast_deliveries,
+            **self.send_buffers(),
         }
 
     # ---- routes -------------------------------------------------------------------
@@ -341,3 +357,12 @@ class GatewayCore:
 
 def _now(fn: Callable[[], None]) -> None:
     fn()
+
+
+def _worker_field(link: Link) -> dict[str, str] | None:
+    """The ``worker`` field of a JSON log line about a worker's link."""
+    return {"worker": link.name} if link.role == "worker" else None
+
+
+def _no_send_buffers() -> dict[str, int]:
+    return {"send_buffer_bytes": 0, "send_buffer_max_bytes": 0}

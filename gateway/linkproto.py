@@ -591,6 +591,17 @@ class LinkClient(KeepAlive):
             self.groups.add(group)
         self._pinned_groups[group] = self._pin()
 
+    def mark(self) -> int:
+        """Ask for one ``PING`` behind everything queued now (:attr:`pin_pending`;
+        the endpoint writes :meth:`ping` at its next flush); return the
+        :attr:`pongs_seen` count from which on the gateway has handled all of it."""
+        return self._pin()
+
+    @property
+    def pongs_seen(self) -> int:
+        """``PONG`` packets received so far (every ``PING`` is answered, in order)."""
+        return self._pongs_seen
+
     def _pin(self) -> int:
         self.pin_pending = True
         return self._pings_sent + 1

@@ -15,7 +15,7 @@ Tests give the core writers that record what they are asked to do.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pygatewayworker.gateway.directory import Entry
@@ -23,7 +23,30 @@ from pygatewayworker.gateway.linkproto import LinkServer
 from pygatewayworker.gateway.protocol import Cmd
 from pygatewayworker.gateway.websocket import ServerConnection
 
-__all__ = ["ClientWriter", "LinkWriter", "Client", "Link", "Counters", "HeldEvents"]
+__all__ = [
+    "ClientWriter",
+    "LinkWriter",
+    "Client",
+    "Link",
+    "Counters",
+    "HeldEvents",
+    "CLOSE_REASONS",
+]
+
+CLOSE_REASONS = (
+    "client_close",
+    "client_gone",
+    "heartbeat_timeout",
+    "send_buffer_limit",
+    "size_limit",
+    "protocol_error",
+    "app_close",
+    "shutdown",
+)
+"""Why WebSocket clients closed (metrics, ``Counters.closed_by_reason``); see
+docs/observability.md. The first reason set on a client (``Client.close_reason``)
+wins; one with none when its connection ends is ``client_gone`` (``shutdown`` once
+the gateway stops)."""
 
 
 class ClientWriter(Protocol):
@@ -77,6 +100,7 @@ class Client(Entry):
         "since",
         "bytes_in",
         "bytes_out",
+        "close_reason",
     )
 
     def __init__(
@@ -101,6 +125,8 @@ class Client(Entry):
         self.since = since
         self.bytes_in = 0
         self.bytes_out = 0
+        self.close_reason = ""
+        """Why it closes (one of :data:`CLOSE_REASONS`); the first reason set wins."""
 
     def __repr__(self) -> str:
         return f"<client {self.conn_id} from {self.remote_ip}:{self.remote_port}>"
@@ -161,10 +187,21 @@ class Link:
 
 @dataclass(slots=True)
 class Counters:
-    """Traffic counters of one gateway process (``status`` and ``Q_STATS``)."""
+    """Traffic counters of one gateway process (``status`` and ``Q_STATS``; the
+    metrics listener reads them from the stats file, docs/observability.md)."""
 
     messages_in: int = 0
     messages_out: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     send_failures: int = 0
+    connections_opened: int = 0
+    """WebSocket handshakes completed."""
+    broadcast_deliveries: int = 0
+    """Frames written by ``send_to_all``/``uid``/``group``, one per recipient."""
+    closed_by_reason: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(CLOSE_REASONS, 0)
+    )
+    """Clients gone, by :data:`CLOSE_REASONS`."""
+    handshake_failures: dict[str, int] = field(default_factory=dict)
+    """Refused request heads by the HTTP status answered (``"400"``: count)."""

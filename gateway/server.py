@@ -8,7 +8,8 @@ and builds the pieces:
 - the **core** (``gateway.core.GatewayCore``): every decision (clients, workers,
   commands, routes, heartbeat), no I/O;
 - the **public** port, where every client connection is a
-  ``gateway.connection.ClientConnection`` speaking ``gateway.websocket``;
+  ``gateway.connection.ClientConnection`` speaking ``gateway.websocket`` (over TLS
+  when the config names a ``certfile``: ``wss://`` and the static page over https);
 - the **internal** port, where every business worker and push client is a
   ``gateway.links.InternalLink`` speaking ``gateway.protocol``. PHP apps'
   GatewayClient connects there too: ``gateway.phplink`` tells its links from ours
@@ -33,6 +34,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -47,7 +49,14 @@ from pygatewayworker.register.config import is_loopback, parse_address
 from pygatewayworker.register.discovery import GatewayAnnouncer
 from pygatewayworker.runtime.spec import ChildSpec
 
-__all__ = ["GatewayServer", "bind_socket", "serve", "HEARTBEAT_SLICES", "ACCEPT_BACKLOG"]
+__all__ = [
+    "GatewayServer",
+    "bind_socket",
+    "tls_context",
+    "serve",
+    "HEARTBEAT_SLICES",
+    "ACCEPT_BACKLOG",
+]
 
 log = logging.getLogger("gateway")
 
@@ -88,6 +97,24 @@ def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
+def tls_context(config: Gateway) -> ssl.SSLContext | None:
+    """The TLS context of the public port (``certfile``/``keyfile``), or ``None``.
+    Built in the child (a context cannot cross a process boundary); a bad file
+    raises ``OSError``/``ssl.SSLError`` at start, with the path in the message."""
+    if not config.certfile:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.certfile, config.keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise OSError(
+            f"cannot load the TLS certificate {config.certfile} / key {config.keyfile}: {exc}"
+        ) from None
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
 class GatewayServer:
     """One gateway process: public WebSocket port, internal port, and the core.
     Implements the ``Service`` protocol (``start``/``stop``/``stats``)."""
@@ -105,7 +132,8 @@ class GatewayServer:
         self.config = config
         self.index = index
         self.core = GatewayCore(config, index)
-        self.client_port = ClientPort(self.core.clients)
+        self.client_port = ClientPort(self.core.clients, flush_routes=self.core.send_route_changes)
+        self.core.send_buffers = self.client_port.send_buffers  # stats (metrics)
         self._public_sock = public_sock
         self._internal_sock = internal_sock
         self._public_server: asyncio.Server | None = None
@@ -191,7 +219,11 @@ class GatewayServer:
             self.php_links.accept, sock=self._internal_sock
         )
         self._public_server = await loop.create_server(
-            lambda: ClientConnection(client_port), sock=self._public_sock, backlog=ACCEPT_BACKLOG
+            lambda: ClientConnection(client_port),
+            sock=self._public_sock,
+            backlog=ACCEPT_BACKLOG,
+            ssl=tls_context(cfg),
+            ssl_handshake_timeout=ClientPort.handshake_timeout if cfg.certfile else None,
         )
         core.public_port = self._public_sock.getsockname()[1]
         core.internal_port = self._internal_sock.getsockname()[1]

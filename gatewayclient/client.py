@@ -25,6 +25,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
+from pygatewayworker.gateway import tokens
 from pygatewayworker.gatewayclient.api import GatewayAPI, Key, Message
 from pygatewayworker.gatewayclient.errors import GatewayError, GatewayUnavailable
 from pygatewayworker.gatewayclient.pool import LinkPool
@@ -56,6 +57,7 @@ class AsyncGatewayClient:
         name: str = "push-client",
         keepalive_interval: float = 10.0,
         link_timeout: float = 30.0,
+        token_key: str = "",
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout!r}")
@@ -63,6 +65,9 @@ class AsyncGatewayClient:
         fixed = None if gateways is None else normalize_addresses(gateways, "gateways")
         registers = () if fixed is not None else normalize_addresses(register, "register")
         self._timeout = timeout
+        self._token_key = (
+            tokens.check_token_key(token_key, "AsyncGatewayClient") if token_key else b""
+        )
         self._pool = LinkPool(
             role="client",
             name=name,
@@ -86,6 +91,19 @@ class AsyncGatewayClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    def create_token(
+        self,
+        uid: Key,
+        groups: Iterable[Key] | None = None,
+        session: dict[str, Any] | None = None,
+        expires_in: float = 3600.0,
+    ) -> str:
+        """A signed connect token for ``uid`` (``gateway.tokens``): the page connects
+        with ``?token=<it>`` and the gateway binds ``uid``, joins ``groups`` and sets
+        ``session`` before the ``101``. Needs ``token_key`` (the gateways' key); asks
+        no gateway."""
+        return tokens.client_token(self._token_key, uid, groups, session, expires_in)
 
     async def close(self) -> None:
         """Flush and close every link and stop discovery."""

@@ -435,6 +435,19 @@ class GatewayLink(asyncio.Protocol):
         self._proto.note_group(group)
         self._schedule_flush()
 
+    def mark(self) -> int:
+        """Have one ``PING`` written behind everything queued now; return the
+        :attr:`pongs_seen` count from which on the gateway has handled all of it
+        (and whatever it sends from then on reflects it)."""
+        number = self._proto.mark()
+        self._schedule_flush()
+        return number
+
+    @property
+    def pongs_seen(self) -> int:
+        """``PONG`` packets received so far (every ``PING`` is answered, in order)."""
+        return self._proto.pongs_seen
+
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled and self._loop is not None:
             self._flush_scheduled = True

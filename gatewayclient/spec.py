@@ -45,6 +45,7 @@ __all__ = [
     "Arg",
     "Call",
     "CALLS",
+    "HELPERS",
     "BY_NAME",
     "NO_DEFAULT",
     "calls_of",
@@ -78,6 +79,8 @@ class Cost(StrEnum):
     """One packet to every gateway that may need it."""
     S = "S"
     """A query to every gateway at once, answers merged."""
+    L = "L"
+    """No gateway: computed where it is called (the push clients' helpers)."""
 
 
 class JsonField(StrEnum):
@@ -98,6 +101,8 @@ class JsonField(StrEnum):
     """A list of uids/groups."""
     OBJECT = "object"
     """A JSON object (a session)."""
+    NUMBER = "number"
+    """A JSON number (seconds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,6 +440,25 @@ CALLS: tuple[Call, ...] = (
 )
 """Every call of the Gateway API."""
 
+HELPERS: tuple[Call, ...] = (
+    _call(
+        "create_token",
+        _QUERY,
+        Cost.L,
+        (
+            _UID,
+            Arg("groups", Iterable[Key] | None, JsonField.KEY_LIST, default=None),
+            Arg("session", dict[str, Any] | None, JsonField.OBJECT, default=None),
+            Arg("expires_in", float, JsonField.NUMBER, default=3600.0),
+        ),
+        str,
+        "A signed connect token (JWT, HS256 under `token_key`) binding `uid`, `groups`"
+        " and `session` at connect.",
+    ),
+)
+"""Calls of the push clients (plain methods in both) and the push API that ask no
+gateway: not part of the Gateway API, so not in the worker's ``api``."""
+
 BY_NAME: dict[str, Call] = {call.name: call for call in CALLS}
 
 
@@ -461,7 +485,8 @@ Every call, in Events (`api.<call>`) and in the push clients (`GatewayClient`,
 coroutine in `AsyncGatewayClient`); *query*: returns the answer (a coroutine in Events
 and in `AsyncGatewayClient`). Cost: **T** one gateway, the one the client_id names;
 **B** one packet to every gateway that may need it; **S** every gateway is asked at
-once and the answers are merged. HTTP: `POST /<verb>` on the push API with a JSON
+once and the answers are merged; **L** no gateway (a push-client helper, a plain
+method in both clients). HTTP: `POST /<verb>` on the push API with a JSON
 object of the listed fields (a message is `message` or `message_base64`).
 
 """
@@ -473,7 +498,7 @@ def render_markdown() -> str:
         "| call | kind | cost | HTTP verb and JSON fields | GatewayWorker | what it does |",
         "|---|---|---|---|---|---|",
     ]
-    for call in CALLS:
+    for call in CALLS + HELPERS:
         fields = ", ".join(a.field for a in call.args)
         verb = f"`POST /{call.verb}` {{{fields}}}" if call.verb else "-"
         original = f"`{_original_name(call)}`" if _original_name(call) else "-"

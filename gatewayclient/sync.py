@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from pygatewayworker.gateway import tokens
 from pygatewayworker.gatewayclient.api import Key, Message
 from pygatewayworker.gatewayclient.client import AsyncGatewayClient
 from pygatewayworker.gatewayclient.errors import GatewayError
@@ -81,6 +82,7 @@ class GatewayClient:
         name: str = "push-client",
         keepalive_interval: float = 10.0,
         link_timeout: float = 30.0,
+        token_key: str = "",
     ) -> None:
         self._kwargs: dict[str, Any] = {
             "register": register,
@@ -92,6 +94,7 @@ class GatewayClient:
             "link_timeout": link_timeout,
         }
         AsyncGatewayClient(**self._kwargs)  # validate the arguments now
+        self._token_key = tokens.check_token_key(token_key, "GatewayClient") if token_key else b""
         self._wait = 3 * timeout + 1.0
         self._lock = threading.Lock()
         self._runner: _Runner | None = None
@@ -109,6 +112,17 @@ class GatewayClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def create_token(
+        self,
+        uid: Key,
+        groups: Iterable[Key] | None = None,
+        session: dict[str, Any] | None = None,
+        expires_in: float = 3600.0,
+    ) -> str:
+        """A connect token, as :meth:`AsyncGatewayClient.create_token` makes it (no
+        gateway is asked, so this never blocks)."""
+        return tokens.client_token(self._token_key, uid, groups, session, expires_in)
 
     def close(self) -> None:
         """Close the links and stop the background thread."""

@@ -23,7 +23,9 @@ class PushAPI:
     (``SO_REUSEPORT``). ``timeout``: seconds for discovery, links and each query.
     ``max_body``: larger request bodies are refused with 413. ``idle_timeout``: a
     connection that does not complete its next request within this many seconds is
-    closed (answered 408 when part of a request had come).
+    closed (answered 408 when part of a request had come). ``token_key``: the
+    gateways' ``token_key``, for ``POST /create_token`` (connect tokens; empty: that
+    verb answers 400).
     """
 
     listen: str = "127.0.0.1:7373"
@@ -35,6 +37,7 @@ class PushAPI:
     timeout: float = 5.0
     max_body: int = 1024 * 1024
     idle_timeout: float = 30.0
+    token_key: str = field(default="", repr=False)
     app: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import inspect
 import logging
 import socket
 import time
@@ -56,8 +57,9 @@ from pygatewayworker.gatewayclient.client import AsyncGatewayClient
 from pygatewayworker.gatewayclient.errors import GatewayError, QueryTimeout, RemoteError
 from pygatewayworker.pushapi.config import PushAPI
 from pygatewayworker.pushapi.http import HttpConnection, HttpError, PeerClosed, Request
-from pygatewayworker.pushapi.verbs import BadRequest, parse_call
+from pygatewayworker.pushapi.verbs import VERBS, BadRequest, parse_call
 from pygatewayworker.register.config import parse_address
+from pygatewayworker.runtime.histogram import Histogram
 from pygatewayworker.runtime.service import run_service
 from pygatewayworker.runtime.sockets import bind_listener
 
@@ -85,6 +87,8 @@ class _Connection:
     http: HttpConnection
     waiting_since: float | None
     timed_out: bool = False
+    path: str = ""  # metrics: the request being served, since ``started``
+    started: float = 0.0
 
     @property
     def peer(self) -> Any:
@@ -126,6 +130,7 @@ class PushAPIServer:
             secret=config.secret,
             timeout=config.timeout,
             name=f"{config.app or 'app'}.{config.name}",
+            token_key=config.token_key,
         )
         self._token = config.token.encode()
         self._server: asyncio.Server | None = None
@@ -133,6 +138,8 @@ class PushAPIServer:
         self._tasks: list[asyncio.Task[Any]] = []
         self.requests = 0
         self.errors = 0
+        self.requests_by: dict[str, dict[str, int]] = {}  # metrics: verb -> status -> n
+        self.request_seconds = Histogram()  # metrics: head read -> answer written
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -183,7 +190,17 @@ class PushAPIServer:
             "messages_in": self.requests,
             "send_failures": self.errors,
             "gateways": len(self.client.gateways),
+            "requests_by": self.requests_by,  # metrics (docs/observability.md)
+            "request_seconds": self.request_seconds.snapshot(),
         }
+
+    def _count(self, conn: _Connection, status: int) -> None:
+        """metrics: one answered request (a path that is not a verb counts as
+        ``other``, so a caller cannot grow the label set)."""
+        verb = conn.path.strip("/")
+        by_status = self.requests_by.setdefault(verb if verb in VERBS else "other", {})
+        by_status[str(status)] = by_status.get(str(status), 0) + 1
+        self.request_seconds.observe(time.monotonic() - conn.started if conn.path else 0.0)
 
     async def _sweep(self) -> None:
         limit = self.config.idle_timeout
@@ -209,6 +226,7 @@ class PushAPIServer:
             conn.writer.write(
                 conn.http.refuse(HttpError(408, f"request not complete within {limit:g} s"))
             )
+            self._count(conn, 408)
         conn.writer.close()
 
     # ---- one connection --------------------------------------------------------------
@@ -235,7 +253,9 @@ class PushAPIServer:
         """Serve one request; return whether the connection stays open. Raises
         :class:`HttpError` for a request to refuse, :class:`PeerClosed` at the end."""
         http = conn.http
+        conn.path = ""  # metrics
         request = await self._read(reader, http, http.next_request)
+        conn.path, conn.started = request.path, time.monotonic()  # metrics
         self._admit(request)
         conn.writer.write(http.accept(request))
         body = await self._read(reader, http, http.next_body)
@@ -252,7 +272,9 @@ class PushAPIServer:
             log.warning("push API %s: cannot encode the result as JSON: %s", request.path, exc)
             error = {"ok": False, "error": f"the result cannot be encoded as JSON: {exc}"}
             answer = http.respond_json(500, error)
+            status = 500
         conn.writer.write(answer)
+        self._count(conn, status)
         await conn.writer.drain()
         return not http.must_close
 
@@ -285,6 +307,7 @@ class PushAPIServer:
             level, "push API refused a request from %s: %s %s", conn.peer, exc.status, exc.message
         )
         conn.writer.write(conn.http.refuse(exc))
+        self._count(conn, exc.status)
 
     def _admit(self, request: Request) -> None:
         """Check method, origin, token, content type and size (before the body is
@@ -320,7 +343,9 @@ class PushAPIServer:
         """Run ``verb``; ``(status, document)``."""
         try:
             args = parse_call(verb, body)
-            result = await getattr(self.client, verb)(*args)
+            result = getattr(self.client, verb)(*args)
+            if inspect.isawaitable(result):
+                result = await result
         except QueryTimeout as exc:
             return 504, {"ok": False, "error": str(exc), "missing": list(exc.missing)}
         except Exception as exc:

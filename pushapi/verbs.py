@@ -5,7 +5,8 @@ has a ``verb``: the same name as the push clients' method, and one JSON field pe
 argument, read as the table's :class:`~gatewayclient.spec.JsonField` says. The
 calls without a verb are the current-client calls (only inside an event) and the
 operator queries ``get_connections`` and ``get_gateway_stats``, served by
-``gatewayworker connections`` and ``gatewayworker status``. :func:`parse_call`
+``gatewayworker connections`` and ``gatewayworker status``. The helpers
+(``gatewayclient.spec.HELPERS``: ``create_token``) are verbs too. :func:`parse_call`
 checks a JSON body against the verb's arguments and returns the positional
 arguments for the :class:`~gatewayclient.AsyncGatewayClient` method, or raises
 :class:`BadRequest` naming the field at fault; a field left out takes the
@@ -21,7 +22,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from pygatewayworker.gatewayclient.spec import CALLS, Arg, Call, JsonField
+from pygatewayworker.gatewayclient.spec import CALLS, HELPERS, Arg, Call, JsonField
 
 __all__ = ["BadRequest", "VERBS", "parse_call"]
 
@@ -30,7 +31,7 @@ class BadRequest(ValueError):
     """The body does not fit the verb; the message names the field and the problem."""
 
 
-VERBS: dict[str, Call] = {call.verb: call for call in CALLS if call.verb}
+VERBS: dict[str, Call] = {call.verb: call for call in CALLS + HELPERS if call.verb}
 """Every verb and its call (arguments in the order of the client method's)."""
 
 
@@ -145,6 +146,12 @@ def _arg_object(name: str, value: Any) -> dict[str, Any]:
     return value
 
 
+def _arg_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest(f"{name!r} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
 CONVERTERS: dict[JsonField, Callable[[str, Any], Any]] = {
     JsonField.CLIENT_ID: _arg_client_id,
     JsonField.CLIENT_IDS: _arg_ids,
@@ -153,5 +160,6 @@ CONVERTERS: dict[JsonField, Callable[[str, Any], Any]] = {
     JsonField.KEYS: _arg_keys,
     JsonField.KEY_LIST: _arg_key_list,
     JsonField.OBJECT: _arg_object,
+    JsonField.NUMBER: _arg_number,
 }
 """``(field name, JSON value) -> argument`` for every field kind but messages."""

@@ -211,7 +211,19 @@ class RegisterServer:
             "connections": len(self._conns),
             "rejected": self._rejected,
             "uptime": round(time.monotonic() - self._started, 3),
+            "peers": self._peers(),  # metrics: connections by kind
         }
+
+    def _peers(self) -> dict[str, int]:
+        """Open connections by kind: ``gateway``, ``subscriber`` (business workers and
+        push clients) and ``pending`` (no handshake yet)."""
+        kinds = {"gateway": 0, "subscriber": 0, "pending": 0}
+        for conn in self._conns:
+            kind = (
+                "pending" if not conn.role else "subscriber" if conn.role == "worker" else "gateway"
+            )
+            kinds[kind] += 1
+        return kinds
 
     @property
     def addresses(self) -> list[str]:
@@ -233,7 +245,12 @@ class RegisterServer:
             heir = self._heir(conn.address)
             if heir is None:
                 del self._gateways[conn.address]
-                logger.info("gateway %s left (connection from %s closed)", conn.address, conn.peer)
+                logger.info(
+                    "gateway %s left (connection from %s closed)",
+                    conn.address,
+                    conn.peer,
+                    extra={"gateway": conn.address},  # JSON logs
+                )
                 self._publish()
             else:
                 self._gateways[conn.address] = heir
@@ -300,7 +317,9 @@ class RegisterServer:
         previous = self._gateways.get(address)
         self._gateways[address] = conn
         if previous is None:
-            logger.info("gateway %s joined (from %s)", address, conn.peer)
+            logger.info(
+                "gateway %s joined (from %s)", address, conn.peer, extra={"gateway": address}
+            )
             self._publish()
         else:
             logger.info(

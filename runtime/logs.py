@@ -1,7 +1,12 @@
 """A child's logging: every record becomes one line on the master's log pipe.
 
 Every line has the form ``time pid role level logger: message`` where ``role`` is
-``master`` or the child's name (``chat.gateway.1``).
+``master`` or the child's name (``chat.gateway.1``). With ``--log-format json``
+(``GW_LOG_FORMAT``) every line is one JSON object instead (:class:`JsonFormatter`):
+``time`` (ISO 8601, UTC), ``level``, ``process`` (``master`` or the child's name),
+``pid``, ``logger``, ``message``, the structured fields ``client_id``, ``gateway`` and
+``worker`` when the log call passes them (``log.info(..., extra={"client_id": cid})``)
+and ``exception`` (the traceback) when there is one.
 
 A child's stdout and stderr are a shared pipe whose read end the master drains
 (``cluster.logs``). A child's logging handler (:class:`FdHandler`) writes each
@@ -18,12 +23,18 @@ fails (EPIPE); the child's watchdog stops it anyway.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import sys
+import time
+from datetime import UTC, datetime
 
 __all__ = [
     "LOG_FORMAT",
+    "LOG_FORMATS",
+    "JsonFormatter",
+    "raw_line_json",
     "MAX_LINE",
     "FdHandler",
     "LogStream",
@@ -33,11 +44,61 @@ __all__ = [
 
 LOG_FORMAT = "%(asctime)s %(process)d {role} %(levelname)s %(name)s: %(message)s"
 MAX_LINE = 64 * 1024
+LOG_FORMATS = ("text", "json")
+STRUCTURED_FIELDS = ("client_id", "gateway", "worker")
+"""Record attributes (``extra=``) a JSON line carries when a log call sets them."""
 
 
-def formatter_for(role: str) -> logging.Formatter:
-    """The formatter of every log line written by ``role``."""
+def formatter_for(role: str, fmt: str = "text") -> logging.Formatter:
+    """The formatter of every log line written by ``role`` (``fmt``: text or json)."""
+    if fmt == "json":
+        return JsonFormatter(role)
     return logging.Formatter(LOG_FORMAT.format(role=role.replace("%", "%%")))
+
+
+def _iso_time(created: float) -> str:
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line (see the module docstring)."""
+
+    def __init__(self, process: str) -> None:
+        super().__init__()
+        self.process = process
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "time": _iso_time(record.created),
+            "level": record.levelname,
+            "process": self.process,
+            "pid": record.process,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in STRUCTURED_FIELDS:
+            value = record.__dict__.get(key)
+            if value is not None:
+                doc[key] = value if isinstance(value, str | int | float | bool) else str(value)
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            doc["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(doc, ensure_ascii=False, default=str)
+
+
+def raw_line_json(line: str) -> str:
+    """A line that bypassed ``logging`` (a C library writing to fd 2), as a JSON
+    object of logger ``raw`` (the master wraps such lines in JSON mode)."""
+    doc = {
+        "time": _iso_time(time.time()),
+        "level": "WARNING",
+        "process": "?",
+        "pid": None,
+        "logger": "raw",
+        "message": line,
+    }
+    return json.dumps(doc, ensure_ascii=False)
 
 
 class FdHandler(logging.Handler):
@@ -106,7 +167,9 @@ class LogStream(io.TextIOBase):
             self._logger.log(self._level, "%s", line)
 
 
-def configure_child_logging(role: str, fd: int = 2, level: int = logging.INFO) -> None:
+def configure_child_logging(
+    role: str, fd: int = 2, level: int = logging.INFO, fmt: str = "text"
+) -> None:
     """Route every logger of a child to ``fd`` (inherited stderr, the master's log pipe).
 
     Handlers inherited from the master through the fork are removed and closed
@@ -119,7 +182,7 @@ def configure_child_logging(role: str, fd: int = 2, level: int = logging.INFO) -
         if not isinstance(old, FdHandler):
             old.close()
     handler = FdHandler(fd)
-    handler.setFormatter(formatter_for(role))
+    handler.setFormatter(formatter_for(role, fmt))
     root.addHandler(handler)
     root.setLevel(level)
     logging.raiseExceptions = False  # never print logging errors into a dead pipe

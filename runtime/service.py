@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 from pygatewayworker.runtime.logs import configure_child_logging
 from pygatewayworker.runtime.spec import ChildSpec, ExitCode
+from pygatewayworker.runtime.statsfile import StatsWriter
 
 __all__ = ["Service", "run_service", "RATE_KEYS", "new_event_loop", "rss_bytes"]
 
@@ -51,6 +52,8 @@ log = logging.getLogger("cluster")  # lifecycle lines keep the supervisor's logg
 
 STATS_INTERVAL = 1.0
 WATCHDOG_INTERVAL = 1.0
+LAG_PROBE_INTERVAL = 0.05
+"""How often the loop-lag probe wakes: 20 cheap wake-ups a second."""
 SELF_STOP_LIMIT = 60.0
 """Upper bound for ``service.stop`` when no master is left to enforce one (unless
 the service's ``stop_limit`` is larger)."""
@@ -81,7 +84,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def run_service(spec: ChildSpec, service: Service) -> int:
     """Run ``service`` in this process until asked to stop; return the exit code."""
-    configure_child_logging(spec.name, level=spec.log_level)
+    configure_child_logging(spec.name, level=spec.log_level, fmt=spec.log_format)
     if spec.master_pid:
         _set_parent_death_signal(signal.SIGTERM)
     for sig in (signal.SIGINT, signal.SIGHUP):
@@ -123,8 +126,10 @@ class _ChildRuntime:
         self._stopping = False
         self._last_counts: tuple[float, dict[str, float]] | None = None
         self._rates: dict[str, float] = {}
-        self._stats_failed = False
         self._ready = False
+        self._stats_writer = StatsWriter(spec)
+        self._lag_max = 0.0
+        self._lag_peak = 0.0
 
     def request_stop(self, graceful: bool) -> None:
         """Signal handler of SIGTERM/SIGQUIT, and the watchdog's exit."""
@@ -154,12 +159,15 @@ class _ChildRuntime:
             self.spec.notify_ready()
             log.info("ready (%s)", self.spec.role)
             stats_task = asyncio.create_task(self._write_stats_every_second())
+            lag_task = asyncio.create_task(self._probe_loop_lag())
             await self._stop.wait()
             stats_task.cancel()
+            lag_task.cancel()
             await self._stop_service()
             return self.exit_code
         finally:
             watchdog.cancel()
+            self._stats_writer.close()
             for sig in handlers:
                 loop.remove_signal_handler(sig)
 
@@ -211,18 +219,25 @@ class _ChildRuntime:
             self.write_stats()
             await asyncio.sleep(STATS_INTERVAL)
 
+    async def _probe_loop_lag(self) -> None:
+        """How late the loop wakes a timer: the longest stall of the loop (by our own
+        housekeeping or anyone's) within each stats interval, reported as
+        ``loop_lag_max_ms`` (and ``loop_lag_peak_ms`` since start)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + LAG_PROBE_INTERVAL
+            await asyncio.sleep(LAG_PROBE_INTERVAL)
+            lag = loop.time() - due
+            if lag > self._lag_max:
+                self._lag_max = lag
+                self._lag_peak = max(self._lag_peak, lag)
+
     def write_stats(self) -> None:
-        """Write this child's stats snapshot now (once the service is ready)."""
+        """Hand this child's stats snapshot to the writer thread (once the service is
+        ready): the loop only builds the JSON text, the file is written off the loop."""
         if not self._ready:
             return
-        try:
-            self.spec.write_stats(self.snapshot())
-        except Exception as exc:
-            if not self._stats_failed:
-                log.warning("cannot write stats file %s: %s", self.spec.stats_path(), exc)
-            self._stats_failed = True
-        else:
-            self._stats_failed = False
+        self._stats_writer.submit(self.snapshot())
 
     def snapshot(self) -> dict[str, Any]:
         """The service's counters plus who we are and the counter rates."""
@@ -245,7 +260,10 @@ class _ChildRuntime:
             started_at=self.started_at,
             updated_at=time.time(),
             rss=rss_bytes(),
+            loop_lag_max_ms=round(self._lag_max * 1000, 2),
+            loop_lag_peak_ms=round(self._lag_peak * 1000, 2),
         )
+        self._lag_max = 0.0
         return stats
 
     def _update_rates(self, stats: dict[str, Any], now: float) -> None:

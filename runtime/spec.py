@@ -68,6 +68,7 @@ class ChildSpec:
     run_dir: str = ""
     master_pid: int = 0
     log_level: int = 20  # logging.INFO
+    log_format: str = "text"  # or "json" (cluster.logs)
 
     @property
     def name(self) -> str:
@@ -97,6 +98,10 @@ class ChildSpec:
 
     def write_stats(self, stats: dict[str, Any]) -> None:
         """Atomically replace this child's stats file (no-op without a run_dir)."""
+        self.write_stats_text(json.dumps(stats))
+
+    def write_stats_text(self, text: str) -> None:
+        """Atomically replace this child's stats file with ``text`` (JSON)."""
         if not self.run_dir:
             return
         path = self.stats_path()
@@ -104,5 +109,5 @@ class ChildSpec:
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
         with os.fdopen(fd, "w") as fh:
-            json.dump(stats, fh)
+            fh.write(text)
         os.replace(tmp, path)

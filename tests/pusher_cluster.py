@@ -97,6 +97,7 @@ def cluster_env(spec: AppSpec, **env: str) -> Iterator[None]:
     os.environ.update(env)
     proc = ForegroundCluster(spec).start()
     try:
+        wait_running(spec)
         yield
     finally:
         for name, value in saved.items():
@@ -106,6 +107,21 @@ def cluster_env(spec: AppSpec, **env: str) -> Iterator[None]:
                 os.environ[name] = value
         assert proc.interrupt() == 0, proc.output()
         wait_ports_free(spec.all_ports())
+
+
+def wait_running(spec: AppSpec, timeout: float = 60.0) -> None:
+    """Until the master reports every process started (``state.json`` phase
+    ``running``): a test that kills a child before then would abort the start."""
+    path = spec.run_dir / "state.json"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if json.loads(path.read_text())["master"]["phase"] == "running":
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        assert time.monotonic() < deadline, f"the cluster did not finish starting in {timeout:g} s"
+        time.sleep(0.1)
 
 
 def gateway_of(socket_id: str) -> str:

@@ -23,6 +23,7 @@ from pygatewayworker.gatewayclient.client import AsyncGatewayClient
 from pygatewayworker.gatewayclient.spec import (
     BY_NAME,
     CALLS,
+    HELPERS,
     NO_DEFAULT,
     Arg,
     Call,
@@ -54,9 +55,14 @@ SURFACES: dict[str, tuple[type, tuple[Call, ...], Coroutine, set[str]]] = {
         AsyncGatewayClient,
         calls_of(worker=False),
         lambda c: True,
-        {"connect", "close", "flush"},
+        {"connect", "close", "flush", *(h.name for h in HELPERS)},
     ),
-    "GatewayClient": (GatewayClient, calls_of(worker=False), lambda c: False, {"close"}),
+    "GatewayClient": (
+        GatewayClient,
+        calls_of(worker=False),
+        lambda c: False,
+        {"close", *(h.name for h in HELPERS)},
+    ),
 }
 
 
@@ -106,6 +112,13 @@ def test_surface_matches_the_table(surface: str) -> None:
     assert not unlisted, f"{surface} has public calls the table does not list: {sorted(unlisted)}"
 
 
+@pytest.mark.parametrize("cls", [AsyncGatewayClient, GatewayClient], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("helper", HELPERS, ids=lambda c: c.name)
+def test_helpers_match_the_table(cls: type, helper: Call) -> None:
+    """The push clients' helpers (no gateway asked) are plain methods in both."""
+    assert signature_problems(cls, helper, coroutine=False) == []
+
+
 def test_a_drifting_surface_is_caught() -> None:
     """The comparison sees each kind of drift, not only a missing name."""
 
@@ -151,12 +164,12 @@ def test_the_table_is_consistent() -> None:
 
 
 def test_verbs_are_built_from_the_table() -> None:
-    assert set(VERBS) == {call.name for call in CALLS if call.verb}
-    assert all(VERBS[call.verb] is call for call in CALLS if call.verb)
+    assert set(VERBS) == {call.name for call in CALLS + HELPERS if call.verb}
+    assert all(VERBS[call.verb] is call for call in CALLS + HELPERS if call.verb)
     assert set(CONVERTERS) == set(JsonField) - {JsonField.MESSAGE}
 
 
-@pytest.mark.parametrize("call", [c for c in CALLS if c.verb], ids=lambda c: c.name)
+@pytest.mark.parametrize("call", [c for c in CALLS + HELPERS if c.verb], ids=lambda c: c.name)
 def test_each_verb_takes_its_fields_in_the_call_order(call: Call) -> None:
     """A body with every field gives the arguments in the method's order, and a body
     without the optional ones gives their defaults."""
@@ -169,6 +182,7 @@ def test_each_verb_takes_its_fields_in_the_call_order(call: Call) -> None:
         JsonField.KEYS: ["k1", 2],
         JsonField.KEY_LIST: ["k3", 4],
         JsonField.OBJECT: {"a": 1},
+        JsonField.NUMBER: 60.0,
     }
     body = {arg.field: sample[arg.json] for arg in call.args}
     args = parse_call(call.verb, _json(body))

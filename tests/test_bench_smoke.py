@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from bench.chatload import SAY_PREFIX, SAY_SUFFIX, ChatProtocol
+from bench.loadgen import Client, client_frame
 from bench.metrics import percentile
 from bench.pool import split
 
@@ -24,6 +27,63 @@ def test_split_and_percentile() -> None:
     assert percentile(values, 50) == 50
     assert percentile(values, 99) == 99
     assert percentile([], 99) == 0.0
+
+
+def _server_frame(text: str) -> bytes:
+    payload = text.encode()
+    if len(payload) < 126:
+        return bytes((0x81, len(payload))) + payload
+    return bytes((0x81, 126)) + len(payload).to_bytes(2, "big") + payload
+
+
+def test_chat_protocol_logs_in_answers_pings_and_times_say() -> None:
+    """The generator's chat clients (bench.chatload), fed the chat app's messages:
+    login to their own room on the handshake, ready on the login reply, the page's
+    pong to a ping, a ``say`` reply timed from its content, anything else counted."""
+
+    class Transport:
+        def __init__(self) -> None:
+            self.written: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.written.append(data)
+
+    class Gen:
+        def __init__(self) -> None:
+            self.chat = ChatProtocol()
+            self.lat: list[int] = []
+            self.echo_recv = self.bcast = self.last_ns = 0
+            self.track = False
+            self.answer_pings = True
+            self.last_error = ""
+            self.ready: list[int] = []
+
+        def on_ready(self, client: Client) -> None:
+            self.ready.append(client.index)
+
+    gen = Gen()
+    client = Client(gen, 7)  # type: ignore[arg-type]
+    transport = Transport()
+    client.transport = transport  # type: ignore[assignment]
+    client.data_received(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    login = b'{"type":"login","client_name":"c7","room_id":"r7"}'
+    assert transport.written == [client_frame(login)]
+    client.data_received(_server_frame('{"type":"init","client_id":"7f0000010b5400000001"}'))
+    assert not client.ready and gen.chat.other == 0
+    client.data_received(_server_frame('{"type":"login","client_id":"x","client_list":{}}'))
+    assert client.ready and gen.ready == [7]
+    client.data_received(_server_frame('{"type":"ping"}'))
+    assert transport.written[-1] == client_frame(b'{"type":"pong"}')
+    request = SAY_PREFIX + b"E%019d" % time.monotonic_ns() + b"x" * 12 + SAY_SUFFIX
+    content = json.loads(request)["content"]
+    reply = _server_frame(
+        '{"type":"say","from_client_id":"x","from_client_name":"c7","to_client_id":"all",'
+        f'"content":"{content}","time":"2024-01-01 00:00:00"}}'
+    )
+    client.data_received(reply[:30])  # split over two reads
+    client.data_received(reply[30:] + _server_frame('{"type":"error","message":"no"}'))
+    assert gen.echo_recv == 1 and len(gen.lat) == 1 and 0 <= gen.lat[0] < 10_000_000
+    assert gen.chat.other == 1 and "error" in gen.last_error
 
 
 @pytest.mark.timeout(180)
@@ -59,6 +119,26 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
     assert {"seconds_to_99pct", "seconds_to_100pct", "missing", "gateway_exit_s"} <= set(storm)
     assert results["M5"]["deliveries"] > 0
     assert results["M6"]["series"]
+    # every M6 point carries the longest loop stall of each cluster process
+    points = [p for series in results["M6"]["series"].values() for p in series]
+    assert (
+        points
+        and all(p["cpu"]["loop_stall_by_process_ms"] for p in points)
+        and results["M6"]["thread"]["series"]
+    )  # both modes
+    assert doc["config"]["M6 thread"]["callbacks"] == "thread"
+    # M6 with the shipped chat app: login to one's own room, say, timed from the reply
+    chat = results["M6"]["chat"]
+    chat_points = [p for series in chat["series"].values() for p in series]
+    assert chat_points and all(p["received"] == p["sent"] > 0 for p in chat_points)
+    assert chat["connect"]["ready"] == int(next(iter(chat["series"])))
+    assert doc["config"]["M6 chat"]["app"] == "chat"
+    assert doc["summary"]["M6"]["chat"]["low_load_p50_ms"] > 0
+    # server CPU per round trip at every M6 point (both bench app modes and chat)
+    for series in (results["M6"], results["M6"]["thread"], chat):
+        cpu = [p["cluster_cpu_us_per_msg"] for s in series["series"].values() for p in s]
+        assert all(isinstance(c, float) and c >= 0 for c in cpu) and sum(cpu) > 0
+    assert results["M3"]["cluster_cpu_us_per_connection"] > 0
     assert results["M7"]["async"]["received"] == results["M7"]["async"]["calls"]
     assert results["M7"]["sync"]["received"] == results["M7"]["sync"]["calls"]
     for kind in ("msgpack", "php_persistent", "php_per_call"):
@@ -66,6 +146,26 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
     markdown = (out / "bench.md").read_text()
     for metric in doc["summary"]:
         assert f"| {metric} |" in markdown
+    assert "| chat |" in markdown and "cluster CPU us/msg" in markdown
     assert "Yardstick: loopback send" in markdown
     png = (out / "latency.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(120)
+def test_quick_run_with_metrics_on(tmp_path: Path) -> None:
+    """``--metrics`` starts every cluster with the metrics listener and scrapes it."""
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--quick", "--only", "M6", "--metrics"]
+        + ["--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["errors"] == []
+    assert doc["config"] and all(c["metrics"] for c in doc["config"].values()), doc["config"]

@@ -504,3 +504,27 @@ class TestFastAPI(ExampleTests):
 
         with TestClient(app) as http, connect(cluster.ws_url) as ws:
             check_refusals(lambda: FastAPIShop(http), ws)
+
+    def test_a_connect_token_binds_the_page_without_bind(
+        self, cluster: ExampleCluster, app: Any
+    ) -> None:
+        """POST /ws-token, connect with it: the payment push arrives with no /bind."""
+        from fastapi.testclient import TestClient
+
+        with TestClient(app) as http:
+            shop = FastAPIShop(http)
+            assert shop.post("/ws-token", {}).status == 401  # logged out
+            shop.login("carol")
+            answer = shop.post("/ws-token", {})
+            assert answer.status == 200, answer.body
+            with connect(f"{cluster.ws_url}?token={answer.body['token']}") as ws:
+                assert next_message(ws)["type"] == "init"
+                order_id = shop.post("/orders", {}).body["order_id"]
+                assert shop.provider(*signed(order_id)).status == 200
+                assert next_message(ws) == {
+                    "type": "payment",
+                    "order_id": order_id,
+                    "status": "paid",
+                }
+            with pytest.raises(Exception, match="401"):
+                connect(f"{cluster.ws_url}?token=forged.{answer.body['token'][6:]}")

@@ -542,3 +542,97 @@ def test_graceful_stop_closes_every_client_with_1001() -> None:
     clients = [h.client() for _ in range(3)]
     h.core.clients.close_all(1001, "going away")
     assert all(writer(c).closed == [(1001, "going away")] for c in clients)
+
+
+# ---- metrics counters (docs/observability.md) -----------------------------------------
+
+
+def test_each_close_is_counted_once_by_its_first_reason() -> None:
+    h = Harness(ping_interval=10, ping_not_response_limit=1)
+    worker = h.link()
+    clients = h.core.clients
+    peer, gone, silent, slow, big, bad, app, destroyed = (h.client() for _ in range(8))
+    clients.peer_closed(peer)
+    clients.failed(big, 1009, "message too big")
+    clients.failed(bad, 1002, "bad opcode")
+    clients.slow(slow)
+    clients.peer_closed(slow)  # the answer to our close frame: the first reason stays
+    h.feed(worker, [Cmd.CLOSE_CLIENT, app.conn_id, None], [Cmd.DESTROY_CLIENT, destroyed.conn_id])
+    for client in (peer, gone, big, bad, slow, app, destroyed):
+        client.silent = -5  # not part of the heartbeat below
+    for _ in range(3):
+        h.core.clients.heartbeat()
+    assert writer(silent).aborted
+    for client in (peer, gone, silent, slow, big, bad, app, destroyed):
+        clients.closed(client)
+    clients.closed(peer)  # a second report of the same client counts nothing
+    assert h.core.stats()["closed_by_reason"] == {
+        "client_close": 1,
+        "client_gone": 1,
+        "heartbeat_timeout": 1,
+        "send_buffer_limit": 1,
+        "size_limit": 1,
+        "protocol_error": 1,
+        "app_close": 2,
+        "shutdown": 0,
+    }
+    assert h.core.stats()["connections_opened"] == 8 and len(h.core.directory) == 0
+
+
+def test_a_stopping_gateway_counts_its_clients_as_shutdown() -> None:
+    h = Harness()
+    graceful, dropped, closed_before = h.client(), h.client(), h.client()
+    h.core.clients.peer_closed(closed_before)
+    h.core.clients.close_all(1001, "going away")
+    h.core.clients.drop_all()
+    assert writer(graceful).closed and writer(dropped).aborted
+    for client in (graceful, dropped, closed_before):
+        h.core.clients.closed(client)
+    by_reason = h.core.stats()["closed_by_reason"]
+    assert by_reason["shutdown"] == 2 and by_reason["client_close"] == 1
+
+
+def test_refused_handshakes_are_counted_by_status(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    refused = Client(ServerConnection(1 << 20), ClientWriter(), "192.0.2.8", 1)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        h.core.clients.refused(refused, 400, "missing 'Upgrade: websocket'")
+        h.core.clients.refused(refused, 400, "malformed request line")
+        h.core.clients.refused(refused, 426, "unsupported WebSocket version")
+    stats = h.core.stats()
+    assert stats["handshake_failures"] == {"400": 2, "426": 1}
+    assert stats["connections_opened"] == 0
+    assert "rejected request from 192.0.2.8: 426 unsupported" in caplog.text
+
+
+def test_broadcast_deliveries_count_one_per_recipient_and_message() -> None:
+    h = Harness()
+    worker = h.link()
+    a, b, c = h.client(), h.client(), h.client()
+    h.feed(
+        worker, *[[Cmd.JOIN_GROUP, x.conn_id, "g"] for x in (a, b)], [Cmd.BIND_UID, c.conn_id, "7"]
+    )
+    h.feed(worker, *[[Cmd.SEND_TO_GROUP, ["g"], f"m{i}", None] for i in range(3)])  # coalesced
+    h.feed(worker, [Cmd.SEND_TO_ALL, "all", None, None], [Cmd.SEND_TO_UID, ["7"], "c"])
+    assert h.core.counters.broadcast_deliveries == 2 * 3 + 3 + 1
+    # not broadcasts: a send to one client, and close_client's last message
+    h.feed(worker, [Cmd.SEND_TO_CLIENT, a.conn_id, "one"], [Cmd.CLOSE_CLIENT, b.conn_id, "bye"])
+    stats = h.core.stats()
+    assert stats["broadcast_deliveries"] == 10 and stats["messages_out"] == 12
+    assert stats["send_buffer_bytes"] == stats["send_buffer_max_bytes"] == 0  # no shell
+
+
+def test_worker_link_log_lines_name_the_worker(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        worker = h.link(name="w7")
+        push = h.link(role="client", name="push")
+        h.core.link_closed(worker)
+        h.core.link_closed(push)
+    lines = [(r.getMessage().split(" (")[0], getattr(r, "worker", None)) for r in caplog.records]
+    assert lines == [
+        ("<link worker 'w7' from 10.0.0.9:5000> linked", "w7"),
+        ("<link client 'push' from 10.0.0.9:5000> linked", None),
+        ("<link worker 'w7' from 10.0.0.9:5000> is gone", "w7"),
+        ("<link client 'push' from 10.0.0.9:5000> is gone", None),
+    ]

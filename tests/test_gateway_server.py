@@ -324,9 +324,13 @@ async def test_slow_consumer_is_closed_and_counted() -> None:
         for _ in range(20):  # the client never reads
             worker.send(Cmd.SEND_TO_CLIENT, conn_id, b"z" * 500_000)
         await wait_until(lambda: server.stats()["send_failures"] == 1)
+        stats = server.stats()  # metrics: what waits in its transport (still closing)
+        assert stats["send_buffer_max_bytes"] > 64 * 1024
+        assert stats["send_buffer_bytes"] == stats["send_buffer_max_bytes"]
         await worker.skip_until(
             Cmd.EV_CLOSE, conn_id, timeout=server.client_port.close_timeout + TIMEOUT
         )
+        assert server.stats()["closed_by_reason"]["send_buffer_limit"] == 1
         writer.close()
         await worker.close()
 

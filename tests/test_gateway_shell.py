@@ -102,6 +102,7 @@ class Gateway1:
         config = Gateway(listen="127.0.0.1:0", secret=SECRET, **options)
         self.core = GatewayCore(config)
         self.port = ClientPort(self.core.clients)
+        self.core.send_buffers = self.port.send_buffers  # as GatewayServer does
         self.worker_writer = LinkWriter()
         self.worker = Link(self.worker_writer)
         self.core.link_opened(self.worker)
@@ -224,6 +225,36 @@ def test_a_slow_client_is_closed_with_1008() -> None:
     conn.pause_writing()
     assert transport.take() == close_frame(1008, "slow consumer")
     assert g.core.stats()["send_failures"] == 1
+
+
+def test_the_shell_reports_why_clients_close_and_their_send_buffers() -> None:
+    """metrics: the core counts what the shell reports (docs/observability.md)."""
+    g = Gateway1(max_message_size=16)
+    refused, _ = g.connect()
+    refused.data_received(b"nonsense\r\n\r\n")
+    peer, big, bad, slow, ours, lost = (g.upgraded() for _ in range(6))
+    for (_, transport), size in zip((peer, big, slow), (0, 700, 300), strict=True):
+        transport.buffered = size
+    assert g.core.stats()["send_buffer_bytes"] == 1000
+    assert g.core.stats()["send_buffer_max_bytes"] == 700
+    peer[0].data_received(client_frame(0x8, struct.pack("!H", 1000)))
+    big[0].data_received(client_frame(OP_TEXT, b"x" * 17))
+    bad[0].data_received(client_frame(OP_TEXT, b"x", mask=False))
+    slow[0].pause_writing()
+    ours[0].close(1000)  # called directly, with no reason set by the core first
+    ours[0].data_received(client_frame(0x8, struct.pack("!H", 1000)))
+    for conn, _ in (peer, big, bad, slow, ours, lost):
+        conn.connection_lost(None)
+    stats = g.core.stats()
+    assert stats["handshake_failures"] == {"400": 1} and stats["connections_opened"] == 6
+    assert {k: v for k, v in stats["closed_by_reason"].items() if v} == {
+        "client_close": 2,
+        "size_limit": 1,
+        "protocol_error": 1,
+        "send_buffer_limit": 1,
+        "client_gone": 1,
+    }
+    assert stats["send_buffer_bytes"] == stats["send_buffer_max_bytes"] == 0  # all gone
 
 
 def test_no_connection_is_accepted_while_stopping() -> None:

@@ -65,6 +65,20 @@ async def settle() -> None:
     await asyncio.sleep(0.1)
 
 
+async def logged(cluster: ForegroundCluster, *lines: str, timeout: float = 10.0) -> None:
+    """Wait until the cluster's log holds every one of ``lines`` (the master copies
+    children's lines from a pipe, so they appear a moment after the event)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        output = cluster.output()
+        missing = [line for line in lines if line not in output]
+        if not missing:
+            return
+        assert loop.time() < deadline, f"not logged within {timeout:g} s: {missing}"
+        await asyncio.sleep(0.05)
+
+
 # ---- sends ------------------------------------------------------------------------------
 
 
@@ -258,11 +272,12 @@ async def test_bad_packets_close_only_their_link(
         await client.send_to_client(a.client_id, "php")
         got = {await a.expect(), await a.expect()}
         assert got == {"msgpack", "php"}
-    await asyncio.sleep(0.3)
-    output = running_cluster.output()
-    assert "runs past the 40-byte packet; closing the link" in output
-    assert "exceeds the limit" in output
-    assert "closed in the middle of a packet (40 of 64 bytes)" in output
+    await logged(
+        running_cluster,
+        "runs past the 40-byte packet; closing the link",
+        "exceeds the limit",
+        "closed in the middle of a packet (40 of 64 bytes)",
+    )
 
 
 async def test_unsupported_command_gets_an_error_and_a_log_line(
@@ -272,8 +287,7 @@ async def test_unsupported_command_gets_an_error_and_a_log_line(
     worker_connect = packet(php.WORKER_CONNECT, 0, b"", ext_json({"secret_key": SECRET}))
     seen = await raw_link(address, client.auth() + worker_connect)
     assert seen[4:].startswith(b"#gateway error: CMD_WORKER_CONNECT: a PHP BusinessWorker")
-    await asyncio.sleep(0.3)
-    assert "CMD_WORKER_CONNECT: a PHP BusinessWorker cannot link" in running_cluster.output()
+    await logged(running_cluster, "CMD_WORKER_CONNECT: a PHP BusinessWorker cannot link")
 
 
 # ---- php-cli ------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from tests.cluster import PYTHON, ROOT
 
 SCRIPT = textwrap.dedent(
     """
-    import asyncio, json, os, sys
+    import asyncio, json, os, sys, time
     from pygatewayworker.runtime.service import run_service
     from pygatewayworker.runtime.spec import ChildSpec
     from pygatewayworker.register.config import Register
@@ -36,6 +36,8 @@ SCRIPT = textwrap.dedent(
 
         def count(self):
             self.messages_in += 5
+            if os.environ.get("BLOCK") and self.messages_in == 50:
+                time.sleep(float(os.environ["BLOCK"]))  # a stall the lag probe must see
             asyncio.get_running_loop().call_later(0.05, self.count)
 
         async def stop(self, graceful):
@@ -58,7 +60,7 @@ SCRIPT = textwrap.dedent(
 
 
 class ChildProc:
-    def __init__(self, tmp: Path, master_pid: int, fail: str = "") -> None:
+    def __init__(self, tmp: Path, master_pid: int, fail: str = "", block: str = "") -> None:
         self.read_fd, write_fd = os.pipe()
         self.stats = tmp / "run" / "stats" / "t.register.0.json"
         self.stopped = tmp / "stopped.json"
@@ -70,6 +72,7 @@ class ChildProc:
             "STOPPED": str(self.stopped),
             "MASTER_PID": str(master_pid),
             "FAIL": fail,
+            "BLOCK": block,
         }
         self.proc = subprocess.Popen(
             [PYTHON, "-c", SCRIPT],
@@ -160,3 +163,41 @@ def test_exits_when_its_master_is_gone(tmp_path: Path) -> None:
         assert "master (pid 1) is gone" in proc.proc.stderr.read()
     finally:
         proc.close()
+
+
+def test_stats_report_the_longest_loop_stall(tmp_path: Path) -> None:
+    """The loop-lag probe sees a 0.4 s stall of the loop (it reports the longest one
+    per stats interval and since start); a quiet loop reports small figures."""
+    proc = ChildProc(tmp_path, master_pid=os.getpid(), block="0.4")
+    try:
+        assert proc.status_line()["kind"] == "ready"
+        deadline = time.monotonic() + 20
+        while True:
+            stats = json.loads(proc.stats.read_text()) if proc.stats.exists() else {}
+            if stats.get("loop_lag_peak_ms", 0) >= 300:
+                break
+            assert time.monotonic() < deadline, stats
+            time.sleep(0.1)
+        assert stats["loop_lag_peak_ms"] < 5000
+        time.sleep(2.5)  # two more intervals: the per-interval figure is back to small
+        quiet = json.loads(proc.stats.read_text())
+        assert quiet["loop_lag_max_ms"] < 300 <= quiet["loop_lag_peak_ms"]
+    finally:
+        proc.close()
+
+
+def test_the_stats_writer_writes_the_newest_snapshot_off_the_caller(tmp_path: Path) -> None:
+    """``submit`` returns at once; the file ends up holding the newest snapshot; a
+    directory that cannot be written is logged once, not per snapshot."""
+    from pygatewayworker.register.config import Register
+    from pygatewayworker.runtime.spec import ChildSpec
+    from pygatewayworker.runtime.statsfile import StatsWriter
+
+    config = Register(listen="127.0.0.1:1")
+    config.app = "t"
+    spec = ChildSpec(role="register", config=config, run_dir=str(tmp_path / "run"))
+    writer = StatsWriter(spec)
+    for n in range(200):
+        writer.submit({"n": n})
+    writer.close()
+    assert json.loads(Path(spec.stats_path()).read_text()) == {"n": 199}

@@ -1,6 +1,7 @@
 """WorkerProcess against fake gateways: event dispatch in order per client with the
 context set, session write-back, errors in callbacks, the api handle, WORKER_LEAVE /
-LEAVE_ACK drain, boot errors, discovery changes and re-linking."""
+LEAVE_ACK drain, boot errors, discovery changes and re-linking; each in both
+callback modes (thread-mode specifics are in test_threads.py)."""
 
 from __future__ import annotations
 
@@ -92,12 +93,18 @@ class FailingStartEvents:
 
 
 class Env:
-    def __init__(self, gw1: FakeGateway, gw2: FakeGateway, watcher: FakeWatcher) -> None:
+    def __init__(
+        self, gw1: FakeGateway, gw2: FakeGateway, watcher: FakeWatcher, callbacks: str = "thread"
+    ) -> None:
         self.gw1, self.gw2, self.watcher = gw1, gw2, watcher
+        self.callbacks = callbacks
         self.worker: WorkerProcess | None = None
 
-    async def start_worker(self, events: str = EVENTS) -> WorkerProcess:
-        config = BusinessWorker(events=events, register="127.0.0.1:1", secret="s", app="t")
+    async def start_worker(self, events: str = EVENTS, **options: Any) -> WorkerProcess:
+        options.setdefault("callbacks", self.callbacks)
+        config = BusinessWorker(
+            events=events, register="127.0.0.1:1", secret="s", app="t", **options
+        )
         self.worker = WorkerProcess(config, 3, watcher_factory=self.watcher.factory)
         await self.worker.start()
         return self.worker
@@ -106,13 +113,14 @@ class Env:
         return [entry[2] for entry in RecordingEvents.log if entry[:2] == ("message", client_id)]
 
 
-@pytest.fixture
-async def env() -> AsyncIterator[Env]:
+@pytest.fixture(params=["thread", "inline"])
+async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
+    """Fake gateways; the worker runs plain callbacks in each mode in turn."""
     RecordingEvents.log.clear()
     RecordingEvents.contexts.clear()
     gw1 = await FakeGateway(secret="s", public_port=7272).start()
     gw2 = await FakeGateway(secret="s", public_port=7273).start()
-    result = Env(gw1, gw2, FakeWatcher([gw1.address, gw2.address]))
+    result = Env(gw1, gw2, FakeWatcher([gw1.address, gw2.address]), request.param)
     try:
         yield result
     finally:
@@ -200,6 +208,45 @@ async def test_session_written_back_only_when_changed(env: Env) -> None:
         ]
     )
     assert env.gw2.packets(Cmd.SET_SESSION) == []
+
+
+async def test_events_sent_before_the_gateway_had_our_write_back_get_our_session(
+    env: Env,
+) -> None:
+    """The gateway ships the session it holds with every event; one sent before our
+    SET_SESSION reached it carries the old one. Such events (queued here, or arriving
+    before the gateway answers the PING behind our SET_SESSION) start from the session
+    we wrote; later ones from the session they carry (another process may have set it)."""
+    worker = await env.start_worker()
+    gw1, gw2 = env.gw1, env.gw2
+
+    def written(conn_id: int, gw: FakeGateway = gw1) -> list[Any]:
+        return [p[2] for p in gw.packets(Cmd.SET_SESSION) if p[1] == conn_id]
+
+    # back to back: the second was sent before our first write-back existed
+    gw1.emit(Cmd.EV_MESSAGE, 2, "set", session={"count": 1})
+    gw1.emit(Cmd.EV_MESSAGE, 2, "set", session={"count": 1})
+    await wait_until(lambda: len(written(2)) == 2)
+    assert written(2) == [pack_session({"count": 2}), pack_session({"count": 3})]
+
+    # later, but the gateway has not answered the PING behind our write-back yet
+    gw2.answer_pings = False
+    gw2.emit(Cmd.EV_MESSAGE, 3, "set", session={"count": 1})
+    await wait_until(lambda: len(written(3, gw2)) == 1)
+    await asyncio.sleep(0.1)
+    gw2.emit(Cmd.EV_MESSAGE, 3, "set", session={"count": 1})
+    await wait_until(lambda: len(written(3, gw2)) == 2)
+    assert written(3, gw2)[1] == pack_session({"count": 3})
+
+    # once the gateway has handled it, the session an event carries counts
+    link = worker._pool.links[gw1.address] if worker._pool else None
+    assert link is not None
+    seen = link.pongs_seen
+    gw1.emit(Cmd.EV_MESSAGE, 4, "set", session={"count": 1})
+    await wait_until(lambda: len(written(4)) == 1 and link.pongs_seen > seen)
+    gw1.emit(Cmd.EV_MESSAGE, 4, "set", session={"count": 10, "by": "push client"})
+    await wait_until(lambda: len(written(4)) == 2)
+    assert written(4)[1] == pack_session({"count": 11, "by": "push client"})
 
 
 async def test_callback_exception_is_logged_and_worker_keeps_serving(
@@ -315,7 +362,8 @@ def test_context_outside_an_event() -> None:
 
 
 class PlainEvents:
-    """Only plain functions: they run inline in the link reader (no task per event).
+    """Only plain functions: in inline mode they run in the link reader (no task per
+    event).
     ``later`` returns a coroutine from a plain function, which must still be awaited
     before the client's next event."""
 
@@ -362,7 +410,7 @@ async def test_plain_callbacks_run_inline_in_order_with_context_and_write_back(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
     PlainEvents.log.clear()
-    worker = await env.start_worker("tests.test_worker:PlainEvents")
+    worker = await env.start_worker("tests.test_worker:PlainEvents", callbacks="inline")
     gw1 = env.gw1
     cid, other = gw1.client_id(1), gw1.client_id(2)
     gw1.emit(Cmd.EV_CONNECT, 1)
@@ -377,7 +425,8 @@ async def test_plain_callbacks_run_inline_in_order_with_context_and_write_back(
     assert mine == [
         ("connect", cid, cid),
         ("message", cid, "later", {"n": 0, "later": True}),
-        ("message", cid, "after later", {}),
+        # queued before "later" wrote its session back: starts from that session
+        ("message", cid, "after later", {"n": 0, "later": True}),
         ("close", cid),
     ]
     # the other client was not held up by the awaitable of the first
@@ -407,7 +456,7 @@ async def test_plain_callbacks_cancel_and_context_variables(
     events carry on. A context variable a callback sets stays with its event."""
     PlainEvents.log.clear()
     PlainEvents.seen_var.clear()
-    worker = await env.start_worker("tests.test_worker:PlainEvents")
+    worker = await env.start_worker("tests.test_worker:PlainEvents", callbacks="inline")
     gw1 = env.gw1
     cid = gw1.client_id(7)
     gw1.emit(Cmd.EV_MESSAGE, 7, "cancel inline")

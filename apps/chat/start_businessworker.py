@@ -8,4 +8,8 @@ worker = BusinessWorker(
     name="ChatBusinessWorker",
     count=2,
     register="127.0.0.1:1238",
+    # The chat's plain callbacks (on_connect sends init, on_close tells the room) only
+    # call the Gateway API and never block, so they run inline on the loop, without a
+    # hop to a thread; on_message is a coroutine and runs on the loop in either mode.
+    callbacks="inline",
 )

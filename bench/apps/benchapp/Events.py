@@ -4,6 +4,10 @@
   (``u``) to join/bind; then the client gets ``"I<client_id>"``, its ready signal
   (the join/bind packets precede it on the same link, so the gateway applied them).
 - ``on_message``: echo the message back to the sender (round-trip benchmark).
+
+The callbacks are plain functions that never block: the benchmark's start files
+(``bench/cluster.py``) run them inline, except M6's thread-mode series, which
+measures the same ``on_message`` in the worker's callback threads.
 """
 
 from __future__ import annotations

@@ -72,6 +72,8 @@ class Settings:
     ws_url: str = "ws://127.0.0.1:7282/"
     webhook_secret: str = "dev-webhook-secret"
     session_secret: str = "dev-only-not-secret-change-me"
+    token_key: str = "dev-only-connect-token-key-change-me"
+    """The gateways' ``token_key`` (connect tokens, ``POST /ws-token``)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -82,6 +84,7 @@ class Settings:
             ws_url=env("GATEWAY_WS_URL", default.ws_url),
             webhook_secret=env("PAYMENT_WEBHOOK_SECRET", default.webhook_secret),
             session_secret=env("SESSION_SECRET", default.session_secret),
+            token_key=env("GW_TOKEN_KEY", default.token_key),
         )
 
 
@@ -98,7 +101,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """One push client per run of the app, on the loop that serves it."""
     settings: Settings = app.state.settings
     app.state.push = AsyncGatewayClient(
-        register=settings.register, secret=settings.secret, timeout=5.0, name="fastapishop"
+        register=settings.register,
+        secret=settings.secret,
+        timeout=5.0,
+        name="fastapishop",
+        token_key=settings.token_key,
     )
     try:
         yield
@@ -221,6 +228,17 @@ async def bind(push: Push, uid: Uid, body: Body) -> dict[str, str]:
     client_id = await check_bindable(push, body.get("client_id"), uid)
     await push.bind_uid(client_id, uid)
     return {"uid": uid, "client_id": client_id}
+
+
+@router.post("/ws-token", dependencies=CsrfChecked)
+async def ws_token(
+    push: Push, uid: Uid, settings: Annotated[Settings, Depends(get_settings)]
+) -> dict[str, str]:
+    """A connect token for the logged-in user: the page connects with
+    ``?token=...`` and is bound to its user before its first message, with no
+    ``/bind`` call. Short-lived: a reconnecting page asks again."""
+    token = push.create_token(uid, expires_in=300)
+    return {"token": token, "ws_url": f"{settings.ws_url}?token={token}"}
 
 
 @router.post("/orders", dependencies=CsrfChecked)

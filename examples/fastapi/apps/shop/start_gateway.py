@@ -4,7 +4,13 @@ On another machine or in tests, override the addresses instead of editing this f
 ``gatewayworker start --gateway-listen 0.0.0.0:7282 --register 10.0.0.2:1282 ...`` or
 the GW_* variables (see ``gatewayworker start --help``)."""
 
+import os
+
 from pygatewayworker import Gateway
+
+# The connect-token key, shared with the web app (fastapishop Settings.token_key);
+# set GW_TOKEN_KEY in production (python -c "import secrets; print(secrets.token_urlsafe(32))").
+TOKEN_KEY = os.environ.get("GW_TOKEN_KEY", "dev-only-connect-token-key-change-me")
 
 gateway = Gateway(
     listen="127.0.0.1:7282",  # the public WebSocket address (0.0.0.0: every interface)
@@ -16,4 +22,6 @@ gateway = Gateway(
     ping_interval=10,  # ping a page silent for 10 s ...
     ping_not_response_limit=2,  # ... and close it after 2 unanswered pings
     ping_data='{"type":"ping"}',  # gatewayworker.js answers {"type":"pong"}
+    token_key=TOKEN_KEY,  # pages from POST /ws-token connect already bound to their user
+    token_required=False,  # ... and the bind flow (POST /bind) keeps working too
 )
