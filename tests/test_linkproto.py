@@ -286,3 +286,15 @@ def test_a_state_that_predates_our_bind_keeps_it() -> None:
     assert cli.uids is None
     cli.receive(one(route_packets(True, ["bob"], [], [], [])[0]))
     assert cli.uids == {"ann", "bob"}
+
+
+def test_mark_counts_the_pong_that_follows_everything_queued() -> None:
+    _, cli, _ = linked()
+    one(cli.ping())  # a keep-alive ping already on its way
+    number = cli.mark()
+    assert number == 2 and cli.pin_pending and cli.pongs_seen == 0
+    one(cli.ping())  # written behind the queue at the next flush
+    cli.receive(one(PONG))
+    assert cli.pongs_seen == 1 < number  # the first ping's answer: not yet
+    cli.receive(one(PONG))
+    assert cli.pongs_seen >= number
