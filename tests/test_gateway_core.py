@@ -225,7 +225,7 @@ def test_link_upkeep_hello_deadline_keepalive_and_timeouts() -> None:
     h.core.tick(h.clock())
     assert writer(worker).take() == [[Cmd.PING]]  # idle for a keep-alive interval
     assert writer(mute).take() == []
-    worker.last_send = worker.last_recv = h.clock()  # the shell notes the I/O
+    worker.proto.last_send = worker.proto.last_recv = h.clock()  # the shell notes the I/O
     h.clock.now += h.core.hello_timeout
     h.core.tick(h.clock())
     (error,) = writer(mute).take()

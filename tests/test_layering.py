@@ -20,6 +20,7 @@ RUNTIME = f"{ROOT_PACKAGE}.runtime"
 
 PURE_MODULES = (
     "gateway.protocol",
+    "gateway.linkproto",
     "gateway.client_id",
     "gateway.directory",
     "gateway.gatewayprotocol",
