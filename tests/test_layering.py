@@ -32,6 +32,10 @@ PURE_MODULES = (
     "pushapi.verbs",
     "pushapi.http",
     "runtime.histogram",
+    "pusher.protocol",
+    "pusher.presence",
+    "pusher.httpauth",
+    "pusher.ratelimit",
 )
 """Modules that do no I/O: bytes or values in, values out."""
 IO_MODULES = frozenset({"asyncio", "socket", "selectors", "ssl", "threading", "subprocess"})
