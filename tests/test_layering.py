@@ -36,6 +36,7 @@ PURE_MODULES = (
     "pusher.presence",
     "pusher.httpauth",
     "pusher.ratelimit",
+    "pusher.hooks",
 )
 """Modules that do no I/O: bytes or values in, values out."""
 IO_MODULES = frozenset({"asyncio", "socket", "selectors", "ssl", "threading", "subprocess"})
