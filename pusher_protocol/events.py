@@ -87,8 +87,9 @@ class PusherEvents:
         return None
 
     def on_unsubscribe(self, sub: Subscription, reason: str) -> Any:
-        """After the connection left ``sub.channel``; ``reason``: ``"unsubscribe"`` or
-        ``"close"``."""
+        """After the connection left ``sub.channel``; ``reason``: ``"unsubscribe"``,
+        ``"close"`` or ``"refused"`` (see :mod:`.hooks`): once for every accepting
+        :meth:`on_subscribe`."""
         return None
 
     def on_client_event(self, sub: Subscription, event: ClientEvent) -> Any:
