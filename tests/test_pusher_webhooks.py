@@ -70,7 +70,7 @@ async def test_a_bad_url_drops_its_batches_and_the_task_lives_on(
                     ]
                     assert headers["x-pusher-signature"] == sign(app.secret, body)
                     async with asyncio.timeout(UNIT):
-                        while sender.failed < n + 1:
+                        while sender.failed < n + 1 or sender.sent < n + 1:
                             await asyncio.sleep(0.01)
             queue = sender._queues[(app.id, bad.url)]
             assert queue.task is not None and not queue.task.done()
