@@ -25,9 +25,14 @@ __all__ = ["ClusterConfig", "BenchCluster", "ROOT"]
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = Path(__file__).resolve().parent / "apps" / "benchapp"
-APPS: dict[str, Path] = {"benchapp": APP, "chat": ROOT / "apps" / "chat"}
-"""The apps a benchmark cluster can run: the bench app, and the shipped chat app
-(its ``Events`` as users get it; the start files are the bench's own)."""
+APPS: dict[str, Path] = {
+    "benchapp": APP,
+    "chat": ROOT / "apps" / "chat",
+    "pusherapp": APP.parent / "pusherapp",
+}
+"""The apps a benchmark cluster can run: the bench app, the shipped chat app (its
+``Events`` as users get it; the start files are the bench's own), and the Pusher
+protocol app (M9, run by ``bench.pusherbench.PusherBenchCluster``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +114,11 @@ class Scraper:
 
 
 class BenchCluster:
-    """One running cluster (``start.py start -d``) of the bench app."""
+    """One running cluster (``start.py start -d``) of the bench app (a subclass may
+    change the heartbeat, :attr:`ping_data`, and add start files)."""
+
+    ping_data = '{"type":"ping"}'
+    """The gateways' heartbeat message."""
 
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
@@ -140,7 +149,7 @@ class BenchCluster:
             f"gateway = Gateway(listen='127.0.0.1:{self.public_port}', count={cfg.gateways}, "
             f"lan_ip='127.0.0.1', start_port={self.start_port}, register={reg!r}, "
             f"ping_interval={cfg.ping_interval}, ping_not_response_limit={cfg.ping_limit}, "
-            'ping_data=\'{"type":"ping"}\')\n'
+            f"ping_data={self.ping_data!r})\n"
         )
         (dest / "start_businessworker.py").write_text(
             "from pygatewayworker import BusinessWorker\n"

@@ -16,9 +16,11 @@ their headers only. Messages are recognised by their first byte:
   ``on_websocket_connect``, i.e. after the join/bind it did): the client is connected;
 - ``B<19-digit monotonic ns>...`` a broadcast: counted, and timed when asked;
 - ``E<19-digit monotonic ns>...`` an echo: timed (client -> worker -> client);
-- ``{...`` JSON, when the clients speak the chat app's protocol
-  (``op_connect``'s ``protocol="chat"``): handed to :mod:`bench.chatload`, which
-  logs in, answers the heartbeat and times the ``say`` replies;
+- ``{...`` JSON, when the clients speak an app's protocol (``op_connect``'s
+  ``protocol``): ``"chat"``, handed to :mod:`bench.chatload`, which logs in, answers
+  the heartbeat and times the ``say`` replies; ``"pusher"`` (with ``path``
+  ``/app/<key>``), handed to :mod:`bench.pusherload`, which subscribes to one
+  channel and counts its events as broadcasts;
 - anything else (the heartbeat ``ping_data``): answered with a pong frame, which the
   gateway counts as activity.
 
@@ -41,10 +43,7 @@ import sys
 import time
 from array import array
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from bench.chatload import ChatProtocol
+from typing import Any, Protocol
 
 __all__ = ["Client", "Generator", "main", "client_frame"]
 
@@ -68,6 +67,28 @@ def client_frame(payload: bytes, opcode: int = 1) -> bytes:
 
 
 _PONG = client_frame(b"", 0xA)
+
+
+class AppProtocol(Protocol):
+    """The JSON side of an app's protocol (:mod:`bench.chatload`, :mod:`bench.pusherload`)."""
+
+    def opened(self, client: Client) -> None: ...
+
+    def received(self, client: Client, data: bytes, start: int, end: int) -> None: ...
+
+
+def _app_protocol(name: str) -> AppProtocol | None:
+    """The protocol the clients speak (imported in the generator process): ``None``
+    for the bench app's."""
+    if name == "chat":
+        from bench.chatload import ChatProtocol
+
+        return ChatProtocol()
+    if name == "pusher":
+        from bench.pusherload import PusherProtocol
+
+        return PusherProtocol()
+    return None
 
 
 class Client(asyncio.Protocol):
@@ -111,8 +132,8 @@ class Client(asyncio.Protocol):
                 return
             self.shaken = True
             pos = end + 4
-            if self.gen.chat is not None:
-                self.gen.chat.opened(self)
+            if self.gen.app is not None:
+                self.gen.app.opened(self)
         gen = self.gen
         now = 0
         while size - pos >= 2:
@@ -147,8 +168,8 @@ class Client(asyncio.Protocol):
             elif first == _I and not self.ready:
                 self.ready = True
                 gen.on_ready(self)
-            elif first == _J and gen.chat is not None:
-                gen.chat.received(self, data, start, end)
+            elif first == _J and gen.app is not None:
+                gen.app.received(self, data, start, end)
             elif data[pos] & 0x0F == 0x8:  # close frame from the server
                 self.transport.close()
             elif gen.answer_pings:
@@ -174,7 +195,8 @@ class Generator:
         self.handshaking: dict[int, Client] = {}
         self.query: dict[str, str] = {}
         self.answer_pings = True
-        self.chat: ChatProtocol | None = None  # the chat app's protocol (op_connect)
+        self.app: AppProtocol | None = None  # an app's JSON protocol (op_connect)
+        self.path = "/"
         self.reconnect = False
         self.track = False
         self.lat: array[int] = array("q")
@@ -196,7 +218,7 @@ class Generator:
         """The upgrade request of client ``index`` (query from the connect command)."""
         query = "&".join(f"{k}={v.format(i=index)}" for k, v in self.query.items())
         return (
-            f"GET /?{query} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"GET {self.path}?{query} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
@@ -272,12 +294,8 @@ class Generator:
         self.query = cmd.get("query", {})
         self.answer_pings = cmd.get("answer_pings", True)
         self.reconnect = cmd.get("reconnect", False)
-        if cmd.get("protocol") == "chat":
-            from bench.chatload import ChatProtocol
-
-            self.chat = ChatProtocol()
-        else:
-            self.chat = None
+        self.app = _app_protocol(cmd.get("protocol", "bench"))
+        self.path = cmd.get("path", "/")
         count, first = cmd["count"], cmd.get("first", 0)
         self._slots = asyncio.Semaphore(cmd.get("concurrency", 100))
         ready0, failed0 = len(self.clients), self.failed

@@ -1,4 +1,5 @@
-"""The measurements M1..M8 (see the README's Benchmarks section).
+"""The measurements M1..M8 (see the README's Benchmarks section; M9 is in
+``bench.pusherbench``).
 
 Each ``measure_*`` coroutine starts (or reuses) a cluster of the shape it needs, drives
 the load generators, and returns a dict of figures. Every wait is bounded in time,
@@ -204,11 +205,14 @@ class Bench:
 
     # ---- plumbing ------------------------------------------------------------------
     @contextmanager
-    def setup(self, metric: str, config: ClusterConfig, gens: int) -> Iterator[None]:
-        """Run ``config`` with ``gens`` generator processes for the body."""
+    def setup(
+        self, metric: str, config: ClusterConfig, gens: int, kind: type[BenchCluster] = BenchCluster
+    ) -> Iterator[None]:
+        """Run ``config`` (a cluster of ``kind``) with ``gens`` generator processes for
+        the body."""
         config = replace(config, metrics=self.metrics)
         self.log(f"{metric}: starting {config.gateways} gateway(s), {config.workers} worker(s)")
-        self.cluster = BenchCluster(config)
+        self.cluster = kind(config)
         self.configs[metric] = {**config.describe(), "generator_processes": gens}
         try:
             self.cluster.start()
@@ -230,12 +234,14 @@ class Bench:
         query: dict[str, str] | None = None,
         reconnect: bool = False,
         protocol: str = "bench",
+        path: str = "/",
     ) -> dict[str, Any]:
         """Open ``total`` clients over the generators; figures of the connect phase,
         with the cluster's CPU per connection (handshake, ``on_connect`` in a worker,
         and for ``protocol="chat"`` the chat's login). ``protocol``: what the clients
-        speak, the bench app's (ready on ``I...``) or the chat app's
-        (:mod:`bench.chatload`)."""
+        speak, the bench app's (ready on ``I...``), the chat app's
+        (:mod:`bench.chatload`) or Pusher's (:mod:`bench.pusherload`, on ``path``
+        ``/app/<key>``)."""
         assert self.pool is not None
         counts = split(total, len(self.pool))
         firsts = [sum(counts[:i]) for i in range(len(counts))]
@@ -247,6 +253,7 @@ class Bench:
                 "query": query or {},
                 "reconnect": reconnect,
                 "protocol": protocol,
+                "path": path,
                 "concurrency": self.sizes.conn_concurrency,
                 "timeout": 30 + total / 1000,
             }

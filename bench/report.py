@@ -25,6 +25,8 @@ TARGETS: dict[str, str] = {
     "M6": "p50 < 0.4 ms at low load; >= 20,000 round trips/s with p99 < 10 ms (100 clients)",
     "M7": ">= 30,000 pushes/s from one asyncio push client",
     "M8": "PHP GatewayClient's send_to_group next to the msgpack push client's (no target)",
+    "M9": "Pusher HTTP events API fan-out to one 10k-subscriber channel, beside send_to_group "
+    "(no target)",
 }
 PHP = {
     "M1": "(not published)",
@@ -35,6 +37,7 @@ PHP = {
     "M6": "p50 0.4-0.6 ms, p99 1-2 ms at 3,000/s",
     "M7": "-",
     "M8": "-",
+    "M9": "-",
 }
 
 
@@ -155,7 +158,19 @@ def summary(results: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]]:
     )
     row("M7", pushes, text, (pushes or 0) >= 30_000)
     row("M8", _get(results, "M8", "php_persistent", "calls_per_s"), _m8_text(results), None)
+    row("M9", _get(results, "M9", "http_events_api", "deliveries_per_s"), _m9_text(results), None)
     return rows
+
+
+def _m9_text(results: dict[str, Any]) -> str:
+    m9 = _get(results, "M9") or {}
+    http, native = m9.get("http_events_api") or {}, m9.get("send_to_group") or {}
+    return (
+        f"{_n(m9.get('connections_held'))} Pusher connections held in one channel; HTTP "
+        f"events API {_n(http.get('deliveries_per_s'))}/s delivered "
+        f"({_n(http.get('calls_per_s'))} signed calls/s), send_to_group "
+        f"{_n(native.get('deliveries_per_s'))}/s"
+    )
 
 
 def _m6_chat(row: dict[str, Any], results: dict[str, Any]) -> None:

@@ -1,9 +1,10 @@
 """Operator queries to gateways over their internal port (``start.py connections``).
 
 A short-lived link: ``HELLO`` as a ``client`` with the app's secret, wait for
-``WELCOME``, send one query, wait for its ``REPLY``, close. Every gateway is asked
-at once, each bounded by a timeout; a gateway that does not answer is reported,
-not waited for.
+``WELCOME``, send one query, wait for its ``REPLY``, close. The rules are the link
+protocol object's (``gateway.linkproto.LinkClient``, as for workers and push
+clients); this module only moves the bytes. Every gateway is asked at once, each
+bounded by a timeout; a gateway that does not answer is reported, not waited for.
 """
 
 from __future__ import annotations
@@ -14,12 +15,19 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from pygatewayworker.gateway.protocol import Cmd, Decoder, ProtocolError, encode
+from pygatewayworker.gateway.linkproto import (
+    Answer,
+    Failed,
+    LinkClient,
+    Notice,
+    Refused,
+    Replied,
+    Welcomed,
+)
+from pygatewayworker.gateway.protocol import Cmd, Decoder, ProtocolError
 from pygatewayworker.register.config import parse_address
 
 __all__ = ["GatewayTarget", "QueryError", "query_gateway", "query_all"]
-
-_REQ = 1
 
 
 class QueryError(Exception):
@@ -69,21 +77,22 @@ async def _exchange(
     cmd: Cmd,
     args: tuple[Any, ...],
 ) -> Any:
+    loop = asyncio.get_running_loop()
     decoder = Decoder()
-    writer.write(encode(Cmd.HELLO, "client", "start.py", target.secret, os.getpid()))
-    sent = False
+    proto = LinkClient("client", "start.py", target.secret, os.getpid())
+    writer.write(proto.hello(loop.time()))
     while True:
         for packet in await _read_packet(reader, decoder):
-            kind = packet[0]
-            if kind == Cmd.ERROR:
-                raise QueryError(str(packet[2]) if len(packet) > 2 else "error")
-            if kind == Cmd.PING:
-                writer.write(encode(Cmd.PONG))
-            elif kind == Cmd.WELCOME and not sent:
-                writer.write(encode(cmd, _REQ, *args))
-                sent = True
-            elif kind == Cmd.REPLY and len(packet) > 2 and packet[1] == _REQ:
-                return packet[2]
+            event = proto.receive(packet)
+            if isinstance(event, Welcomed):
+                # the deadline is the caller's asyncio.timeout, around the whole exchange
+                writer.write(proto.request(cmd, args, float("inf"))[1])
+            elif isinstance(event, Replied):
+                return event.result
+            elif isinstance(event, Refused | Failed | Notice):
+                raise QueryError(event.message)
+            elif isinstance(event, Answer):
+                writer.write(event.data)
 
 
 async def query_all(

@@ -2,14 +2,18 @@
 
 A real provider calls your backend from its own servers when a payment completes,
 and signs the body so that nobody else can fake that call. The examples accept
-``POST /payment/callback`` with a JSON body ``{"order_id": ..., "status": ...}`` and
-the header ``X-Signature: sha256=<hex HMAC-SHA256 of the body>``, keyed with
-``PAYMENT_WEBHOOK_SECRET``. Use it after pressing "Buy" on an example's page::
+``POST /payment/callback`` with a JSON body ``{"order_id": ..., "status": "paid" |
+"failed", "timestamp": <Unix seconds>}`` and the header ``X-Signature: sha256=<hex
+HMAC-SHA256 of the body>``, keyed with ``PAYMENT_WEBHOOK_SECRET``. The timestamp is
+signed with the rest, so a captured callback replayed later than 5 minutes is
+refused; within that window, a replay finds the order already settled and changes
+nothing. Use it after pressing "Buy" on an example's page::
 
     python examples/provider.py http://127.0.0.1:8000 order-1001
     python examples/provider.py http://127.0.0.1:8000 order-1002 --status failed
 
-Standard library only, so it runs with any Python.
+Standard library only, so it runs with any Python. Its default secret is the
+examples' published development value (what they use with ``SHOP_DEV=1``).
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ import hmac
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Any
 
-__all__ = ["DEFAULT_SECRET", "post_callback", "signature"]
+__all__ = ["DEFAULT_SECRET", "callback_body", "post_callback", "signature"]
 
 DEFAULT_SECRET = "dev-webhook-secret"
 
@@ -34,11 +39,17 @@ def signature(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def callback_body(order_id: str, status: str = "paid", timestamp: float | None = None) -> bytes:
+    """The body of a callback, stamped with ``timestamp`` (default: now)."""
+    stamp = int(time.time() if timestamp is None else timestamp)
+    return json.dumps({"order_id": order_id, "status": status, "timestamp": stamp}).encode()
+
+
 def post_callback(
     base_url: str, order_id: str, status: str = "paid", secret: str = DEFAULT_SECRET
 ) -> tuple[int, Any]:
     """POST the signed callback to ``base_url/payment/callback``; ``(status, JSON answer)``."""
-    body = json.dumps({"order_id": order_id, "status": status}).encode()
+    body = callback_body(order_id, status)
     request = urllib.request.Request(
         base_url.rstrip("/") + "/payment/callback",
         data=body,

@@ -11,9 +11,12 @@ splits them among a few collaborators, each with one job:
 - :class:`~gateway.workers.Workers`: which worker gets a client's events (sticky,
   least connections), holding them while a worker leaves or none is linked;
 - :class:`~gateway.commands.Commands`: the Gateway API commands and queries;
-- this class: the internal links (``HELLO`` handshake, dispatch by command name,
-  ``ERROR`` and rejection, keep-alive and timeouts, ``ROUTES``), the worker's leave
-  (``WORKER_LEAVE``, ``RELEASE``) and the operator queries.
+- this class: the internal links (dispatch by command name, rejection, ``ROUTES``
+  changes), the worker's leave (``WORKER_LEAVE``, ``RELEASE``) and the operator
+  queries. The link protocol's rules (the ``HELLO`` check, ``WELCOME``/``REPLY``/
+  ``ERROR`` packets, keep-alive and hello deadlines, ``ROUTES`` chunks) are
+  ``gateway.linkproto``'s, shared with the other end of the links; each link
+  carries its :class:`~gateway.linkproto.LinkServer` as ``link.proto``.
 
 The asyncio shells feed it and it acts through the writers of the records they
 gave it (``gateway.records``): ``gateway.connection`` reports client events to
@@ -24,8 +27,8 @@ gave it (``gateway.records``): ``gateway.connection`` reports client events to
 timers call ``clients.heartbeat`` and :meth:`~GatewayCore.tick`; the time comes from
 the ``clock`` the core was given, so tests drive it by hand.
 
-A link's first packet must be ``HELLO`` with the secret (answered ``WELCOME`` and
-the ``ROUTES`` state, or ``ERROR`` and a half-close). Then packets are dispatched
+A link's first packet must be ``HELLO`` with the secret (``LinkServer.receive_hello``;
+answered ``WELCOME`` and the ``ROUTES`` state, or ``ERROR`` and a half-close). Then packets are dispatched
 by command name: ``SEND_TO_GROUP`` to ``cmd_send_to_group(link, packet)``, ``Q_UIDS``
 to ``query_uids(*args)`` whose result goes back in one ``REPLY``; the handler is on
 :class:`~gateway.commands.Commands` for the Gateway API, here for the rest. A
@@ -39,7 +42,6 @@ uid or group appeared or vanished, the changes (the shell's ``defer`` runs
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import time
@@ -50,66 +52,23 @@ from pygatewayworker.gateway.clients import Clients
 from pygatewayworker.gateway.commands import Commands, coalesce
 from pygatewayworker.gateway.config import Gateway
 from pygatewayworker.gateway.directory import Directory
-from pygatewayworker.gateway.protocol import (
-    ROUTES_CHANGES,
-    ROUTES_STATE,
-    ROUTES_STATE_END,
-    Cmd,
-    PacketTooLarge,
-    ProtocolError,
-    encode,
+from pygatewayworker.gateway.linkproto import (
+    HELLO_TIMEOUT,
+    PING,
+    PONG,
+    LinkRefused,
+    LinkServer,
+    Upkeep,
+    route_packets,
 )
+from pygatewayworker.gateway.protocol import Cmd, PacketTooLarge, ProtocolError, encode
 from pygatewayworker.gateway.records import Client, Counters, Link
 from pygatewayworker.gateway.workers import Workers
 from pygatewayworker.register.config import parse_address
 
-__all__ = ["GatewayCore", "route_packets", "ROUTES_CHUNK", "ROUTES_CHUNK_BYTES"]
+__all__ = ["GatewayCore"]
 
 log = logging.getLogger("gateway")
-
-ROUTES_CHUNK = 5000
-"""At most this many keys per ``ROUTES`` packet (a large state goes in several)."""
-ROUTES_CHUNK_BYTES = 256 * 1024
-"""About this much key text per ``ROUTES`` packet, at most."""
-
-
-def route_packets(
-    full: bool,
-    uids_added: list[str],
-    uids_removed: list[str],
-    groups_added: list[str],
-    groups_removed: list[str],
-) -> list[bytes]:
-    """Encoded ``ROUTES`` packets, each with at most :data:`ROUTES_CHUNK` keys and
-    about :data:`ROUTES_CHUNK_BYTES` of key text (far below the packet limit, whatever
-    the key lengths). A full state (``full``) is one or more packets, the last marked
-    ``ROUTES_STATE_END``, and at least one even when empty (an empty state is news
-    too); changes are ``ROUTES_CHANGES`` packets, none when nothing changed."""
-    lists = [uids_added, uids_removed, groups_added, groups_removed]
-    if not full and not any(lists):
-        return []
-    chunks: list[list[list[str]]] = []
-    parts: list[list[str]] = [[], [], [], []]
-    count = size = 0
-    for i, keys in enumerate(lists):
-        for key in keys:
-            cost = len(key.encode()) + 8
-            if count and (count >= ROUTES_CHUNK or size + cost > ROUTES_CHUNK_BYTES):
-                chunks.append(parts)
-                parts, count, size = [[], [], [], []], 0, 0
-            parts[i].append(key)
-            count += 1
-            size += cost
-    chunks.append(parts)
-    last = len(chunks) - 1
-    return [
-        encode(
-            Cmd.ROUTES,
-            (ROUTES_STATE_END if n == last else ROUTES_STATE) if full else ROUTES_CHANGES,
-            *chunk,
-        )
-        for n, chunk in enumerate(chunks)
-    ]
 
 
 class GatewayCore:
@@ -121,7 +80,7 @@ class GatewayCore:
     the shell once it listens.
     """
 
-    hello_timeout = 5.0
+    hello_timeout = HELLO_TIMEOUT
     """Seconds a new link has to send a valid ``HELLO`` (and a rejected one to close)."""
 
     def __init__(
@@ -173,7 +132,12 @@ class GatewayCore:
 
     # ---- links -----------------------------------------------------------------
     def link_opened(self, link: Link) -> None:
-        """A new connection on the internal port (dropped when stopping)."""
+        """A new connection on the internal port (dropped when stopping). Gives the
+        link its protocol object (``link.proto``, a ``LinkServer``)."""
+        cfg = self.config
+        link.proto = LinkServer(
+            cfg.secret, cfg.keepalive_interval, cfg.link_timeout, link.opened, self.hello_timeout
+        )
         if not self.accepting:
             link.writer.abort()
             return
@@ -216,9 +180,11 @@ class GatewayCore:
         self._answer(link, query, packet)
 
     def _answer(self, link: Link, query: Callable[..., Any], packet: list[Any]) -> None:
-        req = packet[1] if len(packet) > 1 else 0
-        if type(req) is not int:
-            self.reject(link, 0, f"bad {packet[0].name} packet: request id must be an int")
+        proto = link.proto
+        try:
+            req = proto.request_id(packet)
+        except ValueError as exc:
+            self.reject(link, 0, f"bad {packet[0].name} packet: {exc}")
             return
         try:
             result = query(*packet[2:])
@@ -226,7 +192,7 @@ class GatewayCore:
             self.reject(link, req, f"bad {packet[0].name} packet: {exc}")
             return
         try:
-            reply = encode(Cmd.REPLY, req, result)
+            reply = proto.reply(req, result)
         except PacketTooLarge as exc:
             self.refuse(link, req, f"{packet[0].name}: the answer is too large: {exc}")
             return
@@ -248,9 +214,10 @@ class GatewayCore:
         log.warning("%r: %s; closing the link", link, reason)
         if link.closed or link.rejected:
             return
-        link.writer.send(encode(Cmd.ERROR, req, reason))
+        now = self.clock()
+        link.writer.send(link.proto.refuse(req, reason, now))
         link.leaving = True
-        link.rejected = self.clock()
+        link.rejected = now
         link.writer.reject()
         if link in self.workers.linked:
             self.workers.linked.remove(link)
@@ -278,31 +245,20 @@ class GatewayCore:
             self.workers.release_all(link)
 
     def _hello(self, link: Link, packet: list[Any]) -> None:
-        if packet[0] != Cmd.HELLO or len(packet) not in (5, 6):
-            self.reject(link, 0, "the first packet must be HELLO")
+        try:
+            hello = link.proto.receive_hello(packet)
+        except LinkRefused as exc:
+            self.reject(link, 0, str(exc))
             return
-        _, role, name, secret, pid = packet[:5]
-        if role not in ("worker", "client") or type(name) is not str or type(pid) is not int:
-            self.reject(link, 0, "malformed HELLO")
-            return
-        if type(secret) is not str or not hmac.compare_digest(
-            secret.encode(), self.config.secret.encode()
-        ):
-            self.reject(link, 0, "wrong secret key")
-            return
-        if len(packet) == 6:  # the worker's app hooks (Cmd.HELLO)
-            hooks = packet[5].get("hooks") if type(packet[5]) is dict else None
-            if type(hooks) is not list or not all(type(h) is str for h in hooks):
-                self.reject(link, 0, "malformed HELLO features")
-                return
-            link.hooks = frozenset(hooks)
-        link.role, link.name, link.pid = role, name, pid
-        link.writer.send(encode(Cmd.WELCOME, self._welcome_info()))
+        link.role, link.name, link.pid = hello.role, hello.name, hello.pid
+        if hello.hooks:
+            link.hooks = hello.hooks
+        link.writer.send(link.proto.welcome(self._welcome_info()))
         uids, groups = self.directory.route_keys()
         for routes in route_packets(True, uids, [], groups, []):
             link.writer.send(routes)
-        log.info("%r linked (pid %d)", link, pid, extra=_worker_field(link))
-        if role == "worker":
+        log.info("%r linked (pid %d)", link, hello.pid, extra=_worker_field(link))
+        if hello.role == "worker":
             self.workers.add(link)
 
     def _welcome_info(self) -> dict[str, Any]:
@@ -319,10 +275,10 @@ class GatewayCore:
 
     # ---- link upkeep commands ---------------------------------------------------
     def cmd_ping(self, link: Link, packet: list[Any]) -> None:
-        link.writer.send(encode(Cmd.PONG))
+        link.writer.send(PONG)
 
     def cmd_pong(self, link: Link, packet: list[Any]) -> None:
-        pass  # the shell already noted the activity (last_recv)
+        pass  # the shell already noted the activity (proto.last_recv)
 
     def cmd_hello(self, link: Link, packet: list[Any]) -> None:
         raise ValueError("HELLO was already accepted on this link")
@@ -424,21 +380,25 @@ class GatewayCore:
     # ---- time ---------------------------------------------------------------------
     def tick(self, now: float) -> None:
         """Housekeeping (about once a second): expire events held with no worker
-        linked, and look after the links."""
+        linked, and do what each link's protocol object says it needs
+        (``LinkServer.upkeep``: a ping, a hello deadline, a silent peer)."""
         self.workers.expire(now)
-        cfg = self.config
-        ping = encode(Cmd.PING)
         for link in list(self.links):
-            if link.rejected:
-                if now - link.rejected > self.hello_timeout:
-                    link.writer.abort()  # the peer did not close its side
-            elif not link.role:
-                if now - link.opened > self.hello_timeout:
-                    self.reject(link, 0, f"no HELLO within {self.hello_timeout:g} s")
-            elif now - link.last_recv > cfg.link_timeout and not self._silent(link, now):
+            upkeep = link.proto.upkeep(now)
+            if upkeep is Upkeep.NOTHING:
                 continue
-            elif now - link.last_send >= cfg.keepalive_interval:
-                link.writer.send(ping)
+            if upkeep is Upkeep.PING:
+                link.writer.send(PING)
+            elif upkeep is Upkeep.HELLO_LATE:
+                self.reject(link, 0, f"no HELLO within {self.hello_timeout:g} s")
+            elif upkeep is Upkeep.SILENT:
+                # a kept (stalled) worker is still pinged: peer_acked needs data to ack
+                interval = self.config.keepalive_interval
+                if self._silent(link, now) and now - link.proto.last_send >= interval:
+                    link.proto.last_send = now
+                    link.writer.send(PING)
+            else:  # LINGERED: the peer did not close its side after our ERROR
+                link.writer.abort()
 
     def _silent(self, link: Link, now: float) -> bool:
         """``link`` has been silent for more than ``link_timeout``. A worker whose
@@ -448,7 +408,7 @@ class GatewayCore:
         dropped. A worker whose host is silent too (it vanished) is dropped at once.
         Either way the events it was sent since it last spoke are counted and logged
         as lost. Returns whether the link is kept."""
-        silent = now - link.last_recv
+        silent = link.proto.silence(now)
         timeout = self.config.link_timeout
         if (
             link.role == "worker"

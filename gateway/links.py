@@ -9,8 +9,9 @@ An :class:`InternalLink` is a thin ``asyncio.Protocol``: it decodes what it read
 the link's :class:`~gateway.records.LinkWriter`: :meth:`~InternalLink.send` queues
 and one write at the end of the loop turn carries everything queued (events of many
 clients in one syscall). The handshake, dispatch, keep-alive decisions and routing
-are the core's; this module only moves bytes and notes when they moved
-(``last_recv``/``last_send``, which the core's upkeep reads).
+are the core's (with the link's protocol object, ``gateway.linkproto.LinkServer``);
+this module only moves bytes and notes when they moved (``link.proto.last_recv`` and
+``last_send``, which the keep-alive rule reads).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class InternalLink(asyncio.Protocol):
         link = self.link
         if link.rejected:
             return  # discard until the peer closes (see reject)
-        link.last_recv = _monotonic()
+        link.proto.last_recv = _monotonic()
         try:
             packets = self.decoder.feed(data)
         except ProtocolError as exc:
@@ -106,7 +107,7 @@ class InternalLink(asyncio.Protocol):
             return
         self.transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
-        self.link.last_send = _monotonic()
+        self.link.proto.last_send = _monotonic()
 
     def reject(self) -> None:
         """Flush (the ERROR), half-close and discard input until the peer closes."""

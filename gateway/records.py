@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pygatewayworker.gateway.directory import Entry
+from pygatewayworker.gateway.linkproto import LinkServer
 from pygatewayworker.gateway.protocol import Cmd
 from pygatewayworker.gateway.websocket import ServerConnection
 
@@ -144,11 +145,17 @@ HeldEvents = dict[Client, list[tuple[Cmd, Any]]]
 
 
 class Link:
-    """One business worker or push client on the internal port. The shell sets
-    ``last_recv``/``last_send`` (I/O facts); the core decides the rest."""
+    """One business worker or push client on the internal port. ``proto`` (set by
+    ``GatewayCore.link_opened``) is the link's protocol object: the shell notes its
+    I/O there (``proto.last_recv``, ``proto.last_send``), the core asks it about the
+    handshake and the upkeep; the core decides the rest."""
+
+    proto: LinkServer
+    """The link's end of the link protocol (``gateway.linkproto``)."""
 
     __slots__ = (
         "writer",
+        "proto",
         "peer",
         "role",
         "name",
@@ -156,8 +163,6 @@ class Link:
         "leaving",
         "clients",
         "opened",
-        "last_recv",
-        "last_send",
         "rejected",
         "closed",
         "held",
@@ -178,7 +183,7 @@ class Link:
         """True when it takes no new client events (it left, or it is gone)."""
         self.clients = 0
         """Clients assigned to it (least-connections choice)."""
-        self.opened = self.last_recv = self.last_send = now
+        self.opened = now
         self.rejected = 0.0
         """When we answered ``ERROR`` and half-closed; 0: not rejected."""
         self.closed = False

@@ -13,16 +13,25 @@ grows past :data:`FLUSH_BYTES` is written at once, so a caller that never yields
 the loop does not pile up an unbounded private buffer (the transport's own buffer and
 its high-water mark take over from there; :meth:`~GatewayLink.drain` waits on it).
 
-The reader (``data_received``) decodes packets and dispatches each one by command to
-a ``_packet_<name>`` method: replies resolve request futures, ``PING`` is answered,
-events and ``LEAVE_ACK`` are handed to callbacks given at construction. Those
+The link's protocol rules are not written here: a
+:class:`~gateway.linkproto.LinkClient` (sans-I/O, shared with the command line's
+queries) makes ``HELLO``, checks ``WELCOME``, numbers requests and matches their
+replies, decides the keep-alive and keeps the ``ROUTES``. This class moves bytes,
+turns what the protocol object says into futures and callbacks, and owns the timers.
+
+The reader (``data_received``) decodes packets; client events (``EV_*``, the hot
+path) go straight to ``on_event``, every other packet to the protocol object, whose
+answer it carries out: replies resolve request futures, ``PING`` is answered,
+``LEAVE_ACK`` goes to its callback. Those
 callbacks must not block or wait: they enqueue, or run a plain function that
 returns at once (the business worker runs plain-function callbacks inline); nothing
 that awaits a reply on this very link may run in the reader, or it would deadlock.
 
-Keep-alive is one timer per link (there is one link per gateway, so a handful): it
-sends ``PING`` when nothing was written for ``keepalive_interval`` (or nothing heard for
-that long), and drops the link when nothing was heard for ``link_timeout``.
+Keep-alive is one timer per link (there is one link per gateway, so a handful) that
+asks the protocol object (``LinkClient.keepalive``): it sends ``PING`` when nothing
+was written for ``keepalive_interval`` (or nothing heard for that long), and drops the
+link when nothing was heard for ``link_timeout``. A request's timeout is a timer at
+its deadline that asks ``LinkClient.expire``.
 
 ``ROUTES`` packets keep :attr:`~GatewayLink.uids` and :attr:`~GatewayLink.groups`:
 the uids and groups that have members on this gateway (``None`` until the first
@@ -43,18 +52,20 @@ import os
 from collections.abc import Callable
 from typing import Any, cast
 
-from pygatewayworker.gateway.client_id import MAX_CONN_ID, encode_client_id
-from pygatewayworker.gateway.protocol import (
-    DEFAULT_MAX_PACKET,
-    ROUTES_CHANGES,
-    ROUTES_STATE,
-    ROUTES_STATE_END,
-    Cmd,
-    Decoder,
-    ProtocolError,
-    encode,
-    encode_body,
+from pygatewayworker.gateway.client_id import MAX_CONN_ID
+from pygatewayworker.gateway.linkproto import (
+    Answer,
+    Failed,
+    LeaveAcked,
+    LinkClient,
+    Notice,
+    Refused,
+    Replied,
+    RoutesUpdated,
+    Upkeep,
+    Welcomed,
 )
+from pygatewayworker.gateway.protocol import DEFAULT_MAX_PACKET, Cmd, Decoder, ProtocolError
 from pygatewayworker.gatewayclient.errors import LinkClosed, LinkError, QueryTimeout, RemoteError
 from pygatewayworker.register.config import parse_address
 
@@ -69,9 +80,6 @@ EVENT_COMMANDS = frozenset({Cmd.EV_CONNECT, Cmd.EV_WS_CONNECT, Cmd.EV_MESSAGE, C
 """Client events, delivered to the ``on_event`` callback."""
 
 _NEW, _CONNECTING, _OPEN, _CLOSED = "new", "connecting", "open", "closed"
-_MAX_REQ = 2**31 - 1
-_PING = encode(Cmd.PING)
-_PONG = encode(Cmd.PONG)
 
 EventCallback = Callable[["GatewayLink", list[Any]], None]
 LinkCallback = Callable[["GatewayLink"], None]
@@ -119,7 +127,9 @@ class GatewayLink(asyncio.Protocol):
         self.host, self.port = parse_address(address, "gateway address")
         self.role = role
         self.name = name
-        self._secret = secret
+        self._proto = LinkClient(
+            role, name, secret, os.getpid(), keepalive_interval, link_timeout, hooks=hooks
+        )
         self._on_event = on_event
         self._on_leave_ack = on_leave_ack
         self._on_open = on_open
@@ -127,22 +137,13 @@ class GatewayLink(asyncio.Protocol):
         self._on_flow = on_flow
         self.hooks = hooks
         self._on_authenticate = on_authenticate
-        self.keepalive_interval = keepalive_interval
-        self.link_timeout = link_timeout
         self.connect_timeout = connect_timeout
         self.uids: set[str] | None = None
-        """uids with connections on this gateway (``ROUTES``); ``None``: not known yet."""
+        """uids with connections on this gateway (``ROUTES``); ``None``: not known yet.
+        The protocol object's set, mirrored here after each ``ROUTES`` so the send
+        path reads a plain attribute."""
         self.groups: set[str] | None = None
         """groups with members on this gateway (``ROUTES``); ``None``: not known yet."""
-        self._routes_incoming: tuple[set[str], set[str]] | None = None
-        # Keys we bound/joined ourselves, pinned until the gateway has answered a PING
-        # sent after our command ("ping number" -> key): a removal it reported before
-        # handling our command must not undo them. See note_uid.
-        self._pinned_uids: dict[str, int] = {}
-        self._pinned_groups: dict[str, int] = {}
-        self._pings_sent = 0
-        self._pongs_seen = 0
-        self._pin_pending = False
         self.info: dict[str, Any] = {}
         """What ``WELCOME`` said: ``lan_ip``, ``port``, ``public_host``, ``public_port``,
         ``name``, ``pid``."""
@@ -157,8 +158,6 @@ class GatewayLink(asyncio.Protocol):
         self._decoder = Decoder(max_packet)
         self._transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._next_req = 1
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._flush_scheduled = False
@@ -167,9 +166,6 @@ class GatewayLink(asyncio.Protocol):
         self._welcome: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._last_heard = 0.0
-        self._last_write = 0.0
-        self._last_ping = 0.0
 
     def __repr__(self) -> str:
         return f"<GatewayLink {self.address} {self.role} {self._state}>"
@@ -180,6 +176,16 @@ class GatewayLink(asyncio.Protocol):
     def is_open(self) -> bool:
         """True between ``WELCOME`` and the close."""
         return self._state is _OPEN
+
+    @property
+    def keepalive_interval(self) -> float:
+        """Seconds of quiet after which a ``PING`` goes out."""
+        return self._proto.keepalive_interval
+
+    @property
+    def link_timeout(self) -> float:
+        """Seconds of silence from the gateway after which the link is dropped."""
+        return self._proto.link_timeout
 
     @property
     def paused(self) -> bool:
@@ -248,16 +254,14 @@ class GatewayLink(asyncio.Protocol):
         """Hand every queued packet to the transport now."""
         self._flush_scheduled = False
         out = self._out
-        if self._pin_pending and self._state is _OPEN:
-            self._pin_pending = False
-            out.append(_PING)
-            self._pings_sent += 1
+        if self._proto.pin_pending and self._state is _OPEN:
+            out.append(self._proto.ping())
         if not out or self._transport is None or self._state is _CLOSED:
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         self._out_bytes = 0
-        self._last_write = self._loop.time()  # type: ignore[union-attr]
+        self._proto.last_send = self._loop.time()  # type: ignore[union-attr]
         self._transport.write(data)
 
     async def drain(self) -> None:
@@ -278,20 +282,20 @@ class GatewayLink(asyncio.Protocol):
         """
         if self._state is not _OPEN:
             raise LinkClosed(f"link to gateway {self.address} is {self._state}")
-        req = self._next_req
-        self._next_req = req + 1 if req < _MAX_REQ else 1
         loop = self._loop
         assert loop is not None
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending[req] = future
-        timer = loop.call_later(timeout, self._expire, req, cmd, timeout)
+        proto = self._proto
+        deadline = loop.time() + timeout
+        req, data = proto.request(cmd, args, deadline, (future, timeout))
+        timer = loop.call_at(deadline, self._expire, deadline)
 
         def settle(_: asyncio.Future[Any]) -> None:
             timer.cancel()
-            self._pending.pop(req, None)
+            proto.forget(req)
 
         future.add_done_callback(settle)
-        self.send(encode_body(cmd, (req, *args)))
+        self.send(data)
         return future
 
     async def request(self, cmd: Cmd, *args: Any, timeout: float) -> Any:
@@ -333,29 +337,29 @@ class GatewayLink(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         loop = self._loop
         assert loop is not None
-        self._last_heard = self._last_write = self._last_ping = loop.time()
-        hello = [self.role, self.name, self._secret, os.getpid()]
-        if self.hooks:  # only then: gateways older than the hooks refuse a 6th field
-            hello.append({"hooks": list(self.hooks)})
-        self._transport.write(encode(Cmd.HELLO, *hello))
+        self._transport.write(self._proto.hello(loop.time()))
         self._schedule_tick()
 
     def data_received(self, data: bytes) -> None:
-        self._last_heard = self._loop.time()  # type: ignore[union-attr]
+        self._proto.last_recv = self._loop.time()  # type: ignore[union-attr]
         try:
             packets = self._decoder.feed(data)
         except ProtocolError as exc:
             self._violation(str(exc))
             return
+        receive = self._proto.receive
         for packet in packets:
             if self._state is _CLOSED:
                 return
-            handler = _DISPATCH.get(packet[0])
-            if handler is None:
-                self._violation(f"unexpected command {packet[0].name}")
-                return
             try:
-                handler(self, packet)
+                if packet[0] in EVENT_COMMANDS:
+                    self._packet_event(packet)
+                elif packet[0] == Cmd.AUTHENTICATE:
+                    self._packet_authenticate(packet)
+                else:
+                    event = receive(packet)
+                    if event is not None:
+                        _REACTIONS[event.__class__](self, event)
             except ProtocolError as exc:
                 self._violation(str(exc))
                 return
@@ -385,140 +389,80 @@ class GatewayLink(asyncio.Protocol):
         if self._on_flow is not None:
             self._on_flow(self, False)
 
-    # ---- packets from the gateway (dispatched by name) -----------------------------
+    # ---- what the protocol object reports (see _REACTIONS) --------------------------
 
-    def _packet_welcome(self, packet: list[Any]) -> None:
-        if self._state is not _CONNECTING:
-            raise ProtocolError("WELCOME on an open link")
-        info = packet[1] if len(packet) == 2 else None
-        if (
-            not isinstance(info, dict)
-            or not isinstance(info.get("lan_ip"), str)
-            or info.get("port").__class__ is not int
-        ):
-            raise ProtocolError("WELCOME without a valid info dict (lan_ip, port)")
-        try:
-            self._prefix = encode_client_id(info["lan_ip"], info["port"], 1)[:12]
-        except ValueError as exc:
-            raise ProtocolError(f"WELCOME with an unusable address: {exc}") from None
+    def _on_welcomed(self, event: Welcomed) -> None:
+        info = event.info
+        self._prefix = self._proto.client_id_prefix
         self.info = info
         self.lan_ip = info["lan_ip"]
         self.public_port = info.get("public_port") or 0
-        self.gateway_address = f"{info['lan_ip']}:{info['port']}"
+        self.gateway_address = self._proto.gateway_address
         self._state = _OPEN
         if self._on_open is not None:
             self._on_open(self)
         if self._welcome is not None and not self._welcome.done():
             self._welcome.set_result(None)
 
-    def _packet_error(self, packet: list[Any]) -> None:
-        if len(packet) != 3:
-            raise ProtocolError("ERROR packet must be [ERROR, req, message]")
-        req, message = packet[1], str(packet[2])[:500]
-        if self._state is _CONNECTING:
-            self._fail_welcome(LinkError(f"gateway {self.address} refused the link: {message}"))
-            self.abort(f"refused: {message}")
-            return
-        future = self._pending.pop(req, None) if req else None
-        if future is None:
-            logger.warning("gateway %s reports: %s", self.address, message)
-        elif not future.done():
-            future.set_exception(RemoteError(f"gateway {self.address}: {message}"))
+    def _on_refused(self, event: Refused) -> None:
+        message = event.message
+        self._fail_welcome(LinkError(f"gateway {self.address} refused the link: {message}"))
+        self.abort(f"refused: {message}")
 
-    def _packet_reply(self, packet: list[Any]) -> None:
-        if len(packet) != 3 or self._state is not _OPEN:
-            raise ProtocolError("REPLY packet must be [REPLY, req, result] on an open link")
-        future = self._pending.pop(packet[1], None)
-        if future is not None and not future.done():
-            future.set_result(packet[2])
+    def _on_failed(self, event: Failed) -> None:
+        future = event.token[0]
+        if not future.done():
+            future.set_exception(RemoteError(f"gateway {self.address}: {event.message}"))
 
-    def _packet_routes(self, packet: list[Any]) -> None:
-        if self._state is not _OPEN or len(packet) != 6 or packet[1].__class__ is not int:
-            raise ProtocolError("ROUTES must be [ROUTES, kind, 4 lists of str] on an open link")
-        _, kind, uids_added, uids_removed, groups_added, groups_removed = packet
-        for keys in (uids_added, uids_removed, groups_added, groups_removed):
-            if keys.__class__ is not list or not all(k.__class__ is str for k in keys):
-                raise ProtocolError("ROUTES lists must hold str keys")
-        if kind == ROUTES_CHANGES:
-            uids, groups = self.uids, self.groups
-            if uids is None or groups is None:
-                raise ProtocolError("ROUTES changes before the state")
-            uids.update(uids_added)
-            groups.update(groups_added)
-            _remove_unpinned(uids, uids_removed, self._pinned_uids)
-            _remove_unpinned(groups, groups_removed, self._pinned_groups)
-        elif kind in (ROUTES_STATE, ROUTES_STATE_END):
-            incoming = self._routes_incoming
-            if incoming is None:
-                incoming = self._routes_incoming = (set(), set())
-            incoming[0].update(uids_added)
-            incoming[1].update(groups_added)
-            if kind == ROUTES_STATE_END:
-                # the state may predate our own binds/joins: keep those
-                incoming[0].update(self._pinned_uids)
-                incoming[1].update(self._pinned_groups)
-                self.uids, self.groups = incoming
-                self._routes_incoming = None
-        else:
-            raise ProtocolError(f"ROUTES of unknown kind {kind!r}")
+    def _on_notice(self, event: Notice) -> None:
+        logger.warning("gateway %s reports: %s", self.address, event.message)
+
+    def _on_replied(self, event: Replied) -> None:
+        future = event.token[0]
+        if not future.done():
+            future.set_result(event.result)
+
+    def _on_answer(self, event: Answer) -> None:
+        if self._transport is not None:
+            self.flush()  # keep order: queued packets before the answer
+            self._transport.write(event.data)
+
+    def _on_leave_acked(self, event: LeaveAcked) -> None:
+        if self._on_leave_ack is not None:
+            self._on_leave_ack(self)
+
+    def _on_routes(self, event: RoutesUpdated) -> None:
+        self.uids, self.groups = self._proto.uids, self._proto.groups
 
     def note_uid(self, uid: str) -> None:
         """We bound a connection of this gateway to ``uid`` (the ``BIND_UID`` is
-        queued): route ``uid`` here from now on. The key stays pinned until the
-        gateway answers a ``PING`` queued behind our command, so a removal it
-        reported before handling the command cannot undo it."""
-        if self.uids is not None:
-            self.uids.add(uid)
-        self._pinned_uids[uid] = self._pin()
+        queued): route ``uid`` here from now on (``LinkClient.note_uid``: the key is
+        pinned until a ``PING`` written behind the command is answered)."""
+        self._proto.note_uid(uid)
+        self._schedule_flush()
 
     def note_group(self, group: str) -> None:
         """We added a connection of this gateway to ``group``: as :meth:`note_uid`."""
-        if self.groups is not None:
-            self.groups.add(group)
-        self._pinned_groups[group] = self._pin()
+        self._proto.note_group(group)
+        self._schedule_flush()
 
     def mark(self) -> int:
         """Have one ``PING`` written behind everything queued now; return the
         :attr:`pongs_seen` count from which on the gateway has handled all of it
         (and whatever it sends from then on reflects it)."""
-        return self._pin()
+        number = self._proto.mark()
+        self._schedule_flush()
+        return number
 
     @property
     def pongs_seen(self) -> int:
         """``PONG`` packets received so far (every ``PING`` is answered, in order)."""
-        return self._pongs_seen
+        return self._proto.pongs_seen
 
-    def _pin(self) -> int:
-        """Have one ``PING`` written behind everything queued at the next flush (one
-        per batch, however many keys were noted); return the number its ``PONG``
-        will have (every ``PING`` is answered in order)."""
-        if not self._pin_pending:
-            self._pin_pending = True
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                self._loop.call_soon(self.flush)  # type: ignore[union-attr]
-        return self._pings_sent + 1
-
-    def _packet_ping(self, packet: list[Any]) -> None:
-        if self._transport is not None:
-            self.flush()  # keep order: queued packets before the answer
-            self._transport.write(_PONG)
-
-    def _packet_pong(self, packet: list[Any]) -> None:
-        """Hearing anything counts as life; a PONG also unpins the keys noted before
-        its PING (the gateway has handled our commands and reported the result)."""
-        self._pongs_seen += 1
-        seen = self._pongs_seen
-        for pinned in (self._pinned_uids, self._pinned_groups):
-            if pinned:
-                for key in [k for k, number in pinned.items() if number <= seen]:
-                    del pinned[key]
-
-    def _packet_leave_ack(self, packet: list[Any]) -> None:
-        if self._state is not _OPEN:
-            raise ProtocolError("LEAVE_ACK before WELCOME")
-        if self._on_leave_ack is not None:
-            self._on_leave_ack(self)
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
 
     def _packet_event(self, packet: list[Any]) -> None:
         if (
@@ -559,42 +503,36 @@ class GatewayLink(asyncio.Protocol):
         if self._welcome is not None and not self._welcome.done():
             self._welcome.set_exception(exc)
 
-    def _expire(self, req: int, cmd: Cmd, timeout: float) -> None:
-        future = self._pending.pop(req, None)
-        if future is not None and not future.done():
-            future.set_exception(
-                QueryTimeout(
-                    f"gateway {self.gateway_address} did not answer {cmd.name} within "
-                    f"{timeout:g} s",
-                    None,
-                    (self.gateway_address,),
+    def _expire(self, now: float) -> None:
+        """A request's deadline: fail every request whose time is up."""
+        for _, (future, timeout), cmd in self._proto.expire(now):
+            if not future.done():
+                future.set_exception(
+                    QueryTimeout(
+                        f"gateway {self.gateway_address} did not answer {cmd.name} within "
+                        f"{timeout:g} s",
+                        None,
+                        (self.gateway_address,),
+                    )
                 )
-            )
 
     def _schedule_tick(self) -> None:
-        period = max(0.02, min(self.keepalive_interval, self.link_timeout) / 4)
-        self._timer = self._loop.call_later(period, self._tick)  # type: ignore[union-attr]
+        self._timer = self._loop.call_later(self._proto.period, self._tick)  # type: ignore[union-attr]
 
     def _tick(self) -> None:
         if self._state is _CLOSED or self._transport is None:
             return
+        proto = self._proto
         now = self._loop.time()  # type: ignore[union-attr]
-        if now - self._last_heard > self.link_timeout:
-            logger.warning(
-                "gateway %s silent for %.1f s, dropping the link",
-                self.address,
-                now - self._last_heard,
-            )
-            self.abort(f"silent for more than {self.link_timeout:g} s")
+        upkeep = proto.keepalive(now)
+        if upkeep is Upkeep.SILENT:
+            silence = proto.silence(now)
+            logger.warning("gateway %s silent for %.1f s, dropping the link", self.address, silence)
+            self.abort(f"silent for more than {proto.link_timeout:g} s")
             return
-        keepalive = self.keepalive_interval
-        if now - self._last_write >= keepalive or (
-            now - self._last_heard >= keepalive and now - self._last_ping >= keepalive
-        ):
+        if upkeep is Upkeep.PING:
             self.flush()
-            self._transport.write(_PING)
-            self._pings_sent += 1
-            self._last_write = self._last_ping = now
+            self._transport.write(proto.ping())
         self._schedule_tick()
 
     def _set_closed(self) -> None:
@@ -607,8 +545,7 @@ class GatewayLink(asyncio.Protocol):
         self._out.clear()
         self._out_bytes = 0
         self._fail_welcome(LinkError(f"gateway {self.address} closed the link: {reason}"))
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
+        for future, _ in self._proto.close():
             if not future.done():
                 future.set_exception(
                     LinkClosed(f"link to gateway {self.gateway_address} closed: {reason}")
@@ -626,17 +563,14 @@ class GatewayLink(asyncio.Protocol):
                 logger.exception("close callback failed for %s", self.address)
 
 
-def _remove_unpinned(keys: set[str], removed: list[str], pinned: dict[str, int]) -> None:
-    """Drop ``removed`` from ``keys``, except keys we pinned (see note_uid)."""
-    if pinned:
-        keys.difference_update(k for k in removed if k not in pinned)
-    else:
-        keys.difference_update(removed)
-
-
-_DISPATCH: dict[Cmd, Callable[[GatewayLink, list[Any]], None]] = {
-    cmd: getattr(GatewayLink, f"_packet_{cmd.name.lower()}")
-    for cmd in Cmd
-    if hasattr(GatewayLink, f"_packet_{cmd.name.lower()}")
+_REACTIONS: dict[type, Callable[[GatewayLink, Any], None]] = {
+    Welcomed: GatewayLink._on_welcomed,
+    Refused: GatewayLink._on_refused,
+    Failed: GatewayLink._on_failed,
+    Notice: GatewayLink._on_notice,
+    Replied: GatewayLink._on_replied,
+    Answer: GatewayLink._on_answer,
+    LeaveAcked: GatewayLink._on_leave_acked,
+    RoutesUpdated: GatewayLink._on_routes,
 }
-_DISPATCH.update(dict.fromkeys(EVENT_COMMANDS, GatewayLink._packet_event))
+"""What to do with each event of the protocol object."""

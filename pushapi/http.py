@@ -25,7 +25,8 @@ the push API adds on top. Its caller (``pushapi.server``) does the I/O:
 
 Two kinds of error, as in h11: :class:`HttpError` means the peer sent something we
 refuse; it carries the status to answer (:meth:`~HttpConnection.refuse` encodes that
-answer, after which the connection closes). :class:`PeerClosed` means the peer
+answer, as JSON or, with ``plain=True``, as a line of text, after which the
+connection closes). :class:`PeerClosed` means the peer
 closed the connection, between requests or in the middle of one. A misuse of this
 class (answering twice) raises h11's ``LocalProtocolError``: a bug, not the peer's
 doing.
@@ -44,6 +45,7 @@ __all__ = [
     "HttpConnection",
     "HttpError",
     "MAX_HEAD",
+    "PLAIN_TEXT",
     "PeerClosed",
     "REASONS",
     "Request",
@@ -52,6 +54,7 @@ __all__ = [
 
 MAX_HEAD = 16 * 1024
 """Bytes a request head may take (request line and headers)."""
+PLAIN_TEXT = "text/plain; charset=utf-8"
 
 REASONS = {
     100: "Continue",
@@ -126,11 +129,13 @@ class Request:
 class HttpConnection:
     """One server-side HTTP/1.1 connection (see the module docstring)."""
 
-    __slots__ = ("_h11", "_max_head", "_body", "_eof", "_starved")
+    __slots__ = ("_h11", "_max_head", "_plain", "_body", "_eof", "_starved")
 
-    def __init__(self, max_head: int = MAX_HEAD) -> None:
+    def __init__(self, max_head: int = MAX_HEAD, plain: bool = False) -> None:
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
         self._max_head = max_head
+        self._plain = plain
+        """Refusals as ``text/plain`` (else ``{"ok": false, "error": ...}``)."""
         self._body = bytearray()
         self._eof = False
         self._starved = False
@@ -225,6 +230,11 @@ class HttpConnection:
         is already under way and nothing more can be said)."""
         if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return b""
+        if self._plain:
+            body = (error.message + "\n").encode()
+            return self.respond(
+                error.status, body, error.headers, close=True, content_type=PLAIN_TEXT
+            )
         document = {"ok": False, "error": error.message}
         return self.respond(error.status, encode_json(document), error.headers, close=True)
 

@@ -13,66 +13,54 @@ The order of writes and reads matters for presence (see :mod:`.presence`): a
 subscriber writes its record and joins before it reads the group; a leaver leaves
 and waits for its own gateway's answer (a T-class query on the same link, which the
 gateway answers after applying the leave) before it reads.
+
+``channel_occupied`` and ``channel_vacated`` follow the same discipline, with a
+marker group (:func:`~.protocol.occupied_group_of`) in place of a session flag, so
+that the check costs one count query however large the channel is. A subscriber
+joins the channel's group, reads its own gateway's answer (the barrier, or the
+presence read), counts the marker group, sends ``channel_occupied`` when it is
+empty, and only then joins the marker group; a leaver leaves the marker group
+*before* the channel's group. So a marked connection is always in the channel, and
+the first connection to be marked in an occupation counted no marker before it:
+that occupation's ``channel_occupied`` is never lost (several subscribers that count
+within one round trip of each other may each send it). A leaver that counts the
+channel's group empty after its own leave sends ``channel_vacated``; of the last
+leavers, the one that counts last sees them all gone. Every ``channel_vacated`` is
+sent after a ``channel_occupied`` of the same occupation: the leaver was in the
+channel, so its own subscribe sent one or found the marker of one that had.
+The limits of these rules are in ``docs/pusher.md`` ("the guarantee").
 """
 
 from __future__ import annotations
 
-import inspect
-import json
 import logging
-import time
 from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import Any
 
 from pygatewayworker.businessworker.handle import api
 from pygatewayworker.gatewayclient.errors import GatewayError, QueryTimeout
 from pygatewayworker.pusher import protocol as p
 from pygatewayworker.pusher.config import PusherApp
-from pygatewayworker.pusher.hooks import ClientEvent, Refuse, Subscription
+from pygatewayworker.pusher.hooks import Hooks, Refuse, Subscription, settle, subscription_of
 from pygatewayworker.pusher.presence import (
     PusherState,
     announces_join,
+    is_full,
     members,
     presence_payload,
     still_present,
 )
-from pygatewayworker.pusher.ratelimit import RateLimiter
 from pygatewayworker.pusher.webhooks import WebhookSender
 
-__all__ = ["Channels", "Hooks"]
+__all__ = ["Channels"]
 
 log = logging.getLogger("pusher")
 
 
-class Hooks(Protocol):
-    """The hook methods :class:`Channels` calls (the user's Events class)."""
-
-    def on_subscribe(self, sub: Subscription) -> Any: ...
-
-    def on_unsubscribe(self, sub: Subscription, reason: str) -> Any: ...
-
-    def on_client_event(self, sub: Subscription, event: ClientEvent) -> Any: ...
-
-
-def _subscription(
-    app: PusherApp, client_id: str, state: PusherState, channel: str, record: Any
-) -> Subscription:
-    """What the hooks get about ``client_id`` in ``channel`` (``record``: its
-    presence record, if any)."""
-    presence = record if isinstance(record, dict) else {}
-    return Subscription(
-        app.id,
-        channel,
-        client_id,
-        p.socket_id_of(client_id),
-        presence.get("user_id") or state.user_id,
-        presence.get("user_info"),
-    )
-
-
-async def _settle(result: Any) -> Any:
-    """The value of a hook that may be plain or a coroutine."""
-    return await result if inspect.isawaitable(result) else result
+def _full_frame(app: PusherApp, channel: str) -> str:
+    """The refusal of a subscription to a full presence channel."""
+    text = f"presence channel {channel} is full ({app.max_presence_members} members)"
+    return p.subscription_error(channel, text, 403, "LimitReached")
 
 
 class Channels:
@@ -81,7 +69,6 @@ class Channels:
     def __init__(self, hooks: Hooks, webhooks: WebhookSender) -> None:
         self.hooks = hooks
         self.webhooks = webhooks
-        self.limiter = RateLimiter()
         self.fresh: dict[str, dict[str, Any]] = {}
         """client_id -> the Pusher state this worker wrote last (see :meth:`refresh`)."""
 
@@ -157,10 +144,39 @@ class Channels:
     async def subscribe(
         self, app: PusherApp, client_id: str, session: dict[str, Any], data: dict[str, Any]
     ) -> None:
-        """``pusher:subscribe``: check, ask the hook, join, answer, announce."""
+        """``pusher:subscribe``: check, make room, ask the hook, join, answer, announce."""
         state = PusherState.of(session)
         assert state is not None
+        wanted = self._checked(app, client_id, state, data)
+        if wanted is None:
+            return
+        channel, user_id, user_info = wanted
+        if channel in state.channels:  # already in: answer again, change nothing
+            await self._succeeded(app, client_id, channel)
+            return
         socket_id = p.socket_id_of(client_id)
+        sub = Subscription(
+            app.id, channel, client_id, socket_id, user_id or state.user_id, user_info
+        )
+        if user_id is not None and await self._full(app, client_id, channel, user_id):
+            return  # refused before the hook: it took nothing
+        if not await self._allowed(sub):
+            return
+        bound = self._join(app, client_id, session, state, channel, user_id, user_info)
+        if user_id is None:
+            await self._barrier(client_id)
+            frame = p.message("pusher_internal:subscription_succeeded", {}, channel)
+            api.send_to_client(client_id, frame)
+            await self._occupy(app, client_id, channel)
+            return
+        if not await self._join_presence(app, session, state, sub):
+            await self._undo_join(app, session, state, sub, bound)
+
+    def _checked(
+        self, app: PusherApp, client_id: str, state: PusherState, data: dict[str, Any]
+    ) -> tuple[str, str | None, Any] | None:
+        """``(channel, presence user_id, user_info)`` of a valid, authorised request;
+        ``None`` once the client got the error."""
         try:
             channel = p.check_channel(data.get("channel"))
         except p.ProtocolError as exc:
@@ -170,88 +186,94 @@ class Channels:
             else:
                 bad = p.error(str(exc))
             api.send_to_client(client_id, bad)
-            return
+            return None
         kind = p.kind_of(channel)
-        user_id: str | None = None
-        user_info: Any = None
+        if kind == "public":
+            return channel, None, None
         try:
-            if kind != "public":
-                channel_data = data.get("channel_data") if kind == "presence" else None
-                if channel_data is not None and not isinstance(channel_data, str):
-                    raise p.ProtocolError("channel_data must be a JSON string")
-                p.check_channel_auth(
-                    app.key, app.secret, socket_id, channel, data.get("auth"), channel_data
+            channel_data = data.get("channel_data") if kind == "presence" else None
+            if channel_data is not None and not isinstance(channel_data, str):
+                raise p.ProtocolError("channel_data must be a JSON string")
+            socket_id = p.socket_id_of(client_id)
+            auth = data.get("auth")
+            p.check_channel_auth(app.key, app.secret, socket_id, channel, auth, channel_data)
+            if kind != "presence":
+                return channel, None, None
+            user_id, user_info = p.parse_channel_data(channel_data, app.max_user_info)
+            if state.user_id is not None and state.user_id != user_id:
+                raise p.ProtocolError(
+                    f"this connection is user {state.user_id}; one connection "
+                    f"cannot join {channel} as user {user_id}"
                 )
-                if kind == "presence":
-                    user_id, user_info = p.parse_channel_data(channel_data, app.max_user_info)
-                    if state.user_id is not None and state.user_id != user_id:
-                        raise p.ProtocolError(
-                            f"this connection is user {state.user_id}; one connection "
-                            f"cannot join {channel} as user {user_id}"
-                        )
         except p.ProtocolError as exc:
             api.send_to_client(client_id, p.subscription_error(channel, str(exc), 401))
-            return
-        if channel in state.channels:  # already in: answer again, change nothing
-            await self._succeeded(app, client_id, channel, kind)
-            return
-        sub = Subscription(
-            app.id, channel, client_id, socket_id, user_id or state.user_id, user_info
-        )
-        try:
-            allowed = await _settle(self.hooks.on_subscribe(sub))
-        except Refuse as exc:
-            api.send_to_client(client_id, p.subscription_error(channel, str(exc), exc.status))
-            return
-        except Exception:
-            log.exception("pusher: on_subscribe failed for %s on %s", client_id, channel)
-            api.send_to_client(client_id, p.subscription_error(channel, "Server error", 500))
-            return
-        if allowed is False:
-            refused = p.subscription_error(channel, "Subscription refused", 403)
-            api.send_to_client(client_id, refused)
-            return
-        group = p.group_of(app.id, channel)
-        state.add(channel, user_id, user_info)
-        if user_id is not None and state.user_id is None:
-            state.user_id = user_id
-            api.bind_uid(client_id, f"{app.id}:{user_id}")
-        self.store(client_id, session, state)
-        api.join_group(client_id, group)
-        if user_id is None:
-            await self._barrier(client_id)
-            api.send_to_client(
-                client_id, p.message("pusher_internal:subscription_succeeded", {}, channel)
-            )
-            if self.webhooks.wants(app, "channel_occupied") and await self._count(group) == 1:
-                self.webhooks.emit(app, "channel_occupied", channel=channel)
-            return
-        await self._join_presence(app, client_id, session, state, sub)
+            return None
+        return channel, user_id, user_info
 
-    async def _join_presence(
+    async def _full(self, app: PusherApp, client_id: str, channel: str, user_id: str) -> bool:
+        """Refuse (``LimitReached``) when the presence channel has no room for
+        ``user_id``; checked before the hook, and again after joining (two users may
+        take the last place at once)."""
+        sessions = await self._sessions(p.group_of(app.id, channel))
+        if not is_full(sessions, client_id, channel, user_id, app.max_presence_members):
+            return False
+        api.send_to_client(client_id, _full_frame(app, channel))
+        return True
+
+    async def _allowed(self, sub: Subscription) -> bool:
+        """Ask ``on_subscribe``; on a refusal, tell the client and return ``False``."""
+        try:
+            allowed = await settle(self.hooks.on_subscribe(sub))
+        except Refuse as exc:
+            frame = p.subscription_error(sub.channel, str(exc), exc.status)
+            api.send_to_client(sub.client_id, frame)
+            return False
+        except Exception:
+            log.exception("pusher: on_subscribe failed for %s on %s", sub.client_id, sub.channel)
+            frame = p.subscription_error(sub.channel, "Server error", 500)
+            api.send_to_client(sub.client_id, frame)
+            return False
+        if allowed is False:
+            frame = p.subscription_error(sub.channel, "Subscription refused", 403)
+            api.send_to_client(sub.client_id, frame)
+            return False
+        return True
+
+    def _join(
         self,
         app: PusherApp,
         client_id: str,
         session: dict[str, Any],
         state: PusherState,
-        sub: Subscription,
-    ) -> None:
-        channel, user_id = sub.channel, str(sub.user_id)
+        channel: str,
+        user_id: str | None,
+        user_info: Any,
+    ) -> bool:
+        """Record the subscription, bind the presence user (first presence channel:
+        returns ``True``), write the session and join the group, in that order."""
+        state.add(channel, user_id, user_info)
+        bound = user_id is not None and state.user_id is None
+        if bound:
+            state.user_id = user_id
+            api.bind_uid(client_id, f"{app.id}:{user_id}")
+        self.store(client_id, session, state)
+        api.join_group(client_id, p.group_of(app.id, channel))
+        return bound
+
+    async def _join_presence(
+        self, app: PusherApp, session: dict[str, Any], state: PusherState, sub: Subscription
+    ) -> bool:
+        """Read the members (our record is in), answer with them, announce the user
+        unless another of its connections did (see :mod:`.presence`). ``False``: the
+        channel turned out full (two users took the last place at once)."""
+        client_id, channel, user_id = sub.client_id, sub.channel, str(sub.user_id)
         group = p.group_of(app.id, channel)
         sessions = await self._sessions(group)
+        if is_full(sessions, client_id, channel, user_id, app.max_presence_members):
+            return False
         found = members(sessions, channel)
-        others = len(found) - (1 if user_id in found else 0)
-        if user_id not in found or found.get(user_id) is None:
+        if found.get(user_id) is None:
             found[user_id] = sub.user_info
-        if others >= app.max_presence_members and not still_present(
-            sessions, client_id, channel, user_id
-        ):
-            state.remove(channel)
-            self.store(client_id, session, state)
-            api.leave_group(client_id, group)
-            text = f"presence channel {channel} is full ({app.max_presence_members} members)"
-            api.send_to_client(client_id, p.subscription_error(channel, text, 403, "LimitReached"))
-            return
         api.send_to_client(
             client_id,
             p.message("pusher_internal:subscription_succeeded", presence_payload(found), channel),
@@ -264,12 +286,42 @@ class Channels:
             self.webhooks.emit(app, "member_added", channel=channel, user_id=user_id)
         state.mark_joined(channel)
         self.store(client_id, session, state)
-        if len(sessions) <= 1 and self.webhooks.wants(app, "channel_occupied"):
-            self.webhooks.emit(app, "channel_occupied", channel=channel)
+        await self._occupy(app, client_id, channel)
+        return True
 
-    async def _succeeded(self, app: PusherApp, client_id: str, channel: str, kind: str) -> None:
+    async def _undo_join(
+        self,
+        app: PusherApp,
+        session: dict[str, Any],
+        state: PusherState,
+        sub: Subscription,
+        bound: bool,
+    ) -> None:
+        """Refuse a presence join that found the channel full after the hook accepted
+        it: leave, unbind the user if this subscription bound it, tell the client, and
+        give the hook its ``on_unsubscribe(sub, "refused")`` to release what it took."""
+        state.remove(sub.channel)
+        if bound:
+            state.user_id = None
+            api.unbind_uid(sub.client_id, f"{app.id}:{sub.user_id}")
+        self.store(sub.client_id, session, state)
+        api.leave_group(sub.client_id, p.group_of(app.id, sub.channel))
+        api.send_to_client(sub.client_id, _full_frame(app, sub.channel))
+        await self._unsubscribed(sub, "refused")
+
+    async def _occupy(self, app: PusherApp, client_id: str, channel: str) -> None:
+        """``channel_occupied`` unless another subscriber has marked the channel,
+        then mark it (join its marker group); see the module docstring."""
+        if not self.webhooks.wants(app, "channel_occupied"):
+            return
+        marker = p.occupied_group_of(app.id, channel)
+        if await self._count(marker) == 0:
+            self.webhooks.emit(app, "channel_occupied", channel=channel)
+        api.join_group(client_id, marker)
+
+    async def _succeeded(self, app: PusherApp, client_id: str, channel: str) -> None:
         data: dict[str, Any] = {}
-        if kind == "presence":
+        if p.kind_of(channel) == "presence":
             sessions = await self._sessions(p.group_of(app.id, channel))
             data = presence_payload(members(sessions, channel))
         frame = p.message("pusher_internal:subscription_succeeded", data, channel)
@@ -286,13 +338,14 @@ class Channels:
             return  # Pusher ignores unsubscribing from a channel one is not in
         record = state.remove(channel)
         self.store(client_id, session, state)
+        # the marker first: a marked connection is always in the channel's group
+        api.leave_group(client_id, p.occupied_group_of(app.id, channel))
         api.leave_group(client_id, p.group_of(app.id, channel))
         await self._barrier(client_id)
         await self._left(app, client_id, state, channel, record, "unsubscribe")
 
     async def close(self, app: PusherApp, client_id: str, session: dict[str, Any]) -> None:
         """The connection is gone: the leave side of every channel it was in."""
-        self.limiter.forget(client_id)
         state = self.refresh(client_id, session)
         self.fresh.pop(client_id, None)
         if state is None:
@@ -327,51 +380,11 @@ class Channels:
                 remaining = await self._count(group)
             if remaining == 0:
                 self.webhooks.emit(app, "channel_vacated", channel=channel)
-        sub = _subscription(app, client_id, state, channel, record)
-        try:
-            await _settle(self.hooks.on_unsubscribe(sub, reason))
-        except Exception:
-            log.exception("pusher: on_unsubscribe failed for %s on %s", client_id, channel)
+        await self._unsubscribed(subscription_of(app.id, client_id, state, channel, record), reason)
 
-    # ---- client events --------------------------------------------------------------
-
-    async def client_event(
-        self, app: PusherApp, client_id: str, session: dict[str, Any], msg: p.ClientMessage
-    ) -> None:
-        """A ``client-*`` event: check, rate-limit, ask the hook, relay to the others."""
-        state = PusherState.of(session)
-        assert state is not None
-        channel = msg.channel
+    async def _unsubscribed(self, sub: Subscription, reason: str) -> None:
+        """Run ``on_unsubscribe``; its errors are logged, never raised."""
         try:
-            channel = p.check_client_event(msg, state.channels, app.max_event_size)
-            if not self.limiter.allow(client_id, app.client_event_rate, time.monotonic()):
-                raise p.ProtocolError(
-                    "Client event rejected due to rate limit", p.ErrorCode.CLIENT_EVENT_REJECTED
-                )
-        except p.ProtocolError as exc:
-            api.send_to_client(client_id, p.error(str(exc), exc.code, channel))
-            return
-        record = state.channels.get(channel)
-        user_id = record.get("user_id") if isinstance(record, dict) else None
-        sub = _subscription(app, client_id, state, channel, record)
-        event = ClientEvent(msg.event, msg.data)
-        try:
-            if await _settle(self.hooks.on_client_event(sub, event)) is False:
-                return
+            await settle(self.hooks.on_unsubscribe(sub, reason))
         except Exception:
-            log.exception("pusher: on_client_event failed for %s on %s", client_id, channel)
-            return
-        extra = {"user_id": user_id} if user_id is not None else {}
-        frame = p.message(event.name, event.data, channel, **extra)
-        api.send_to_group(p.group_of(app.id, channel), frame, [client_id])
-        if self.webhooks.wants(app, "client_event"):
-            data = event.data if isinstance(event.data, str) else json.dumps(event.data)
-            fields: dict[str, Any] = {
-                "channel": channel,
-                "event": event.name,
-                "data": data,
-                "socket_id": sub.socket_id,
-            }
-            if user_id is not None:
-                fields["user_id"] = user_id
-            self.webhooks.emit(app, "client_event", **fields)
+            log.exception("pusher: on_unsubscribe failed for %s on %s", sub.client_id, sub.channel)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from pygatewayworker.register.config import ConfigError, normalize_addresses, parse_address
 
@@ -42,6 +43,13 @@ class Webhook:
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url.startswith(("http://", "https://")):
             raise ConfigError(f"Webhook url must start with http:// or https://, got {self.url!r}")
+        try:
+            parts = urlsplit(self.url)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError as exc:
+            raise ConfigError(f"Webhook url {self.url!r} is malformed: {exc}") from None
+        if not parts.hostname:
+            raise ConfigError(f"Webhook url {self.url!r} names no host")
         events = frozenset(self.events)
         unknown = events - WEBHOOK_EVENTS
         if unknown:

@@ -43,6 +43,7 @@ from pygatewayworker.businessworker.handle import api
 from pygatewayworker.businessworker.request import ConnectRequest
 from pygatewayworker.pusher import protocol as p
 from pygatewayworker.pusher.channels import Channels
+from pygatewayworker.pusher.clientevents import ClientEvents
 from pygatewayworker.pusher.config import PusherApp, check_apps
 from pygatewayworker.pusher.hooks import ClientEvent, Subscription
 from pygatewayworker.pusher.presence import PusherState
@@ -71,6 +72,7 @@ class PusherEvents:
         self._by_id = {app.id: app for app in found}
         self.webhooks = WebhookSender()
         self.channels = Channels(self, self.webhooks)
+        self.client_events = ClientEvents(self, self.webhooks)
         self._handlers: dict[str, Handler] = {
             "pusher:ping": self._ping,
             "pusher:pong": self._ignore,
@@ -85,8 +87,9 @@ class PusherEvents:
         return None
 
     def on_unsubscribe(self, sub: Subscription, reason: str) -> Any:
-        """After the connection left ``sub.channel``; ``reason``: ``"unsubscribe"`` or
-        ``"close"``."""
+        """After the connection left ``sub.channel``; ``reason``: ``"unsubscribe"``,
+        ``"close"`` or ``"refused"`` (see :mod:`.hooks`): once for every accepting
+        :meth:`on_subscribe`."""
         return None
 
     def on_client_event(self, sub: Subscription, event: ClientEvent) -> Any:
@@ -168,6 +171,7 @@ class PusherEvents:
 
     async def on_close(self, client_id: str) -> None:
         """The connection ended (also when its gateway died): leave its channels."""
+        self.client_events.forget(client_id)
         session = context.session
         state = None if session is None else self.channels.refresh(client_id, session)
         app = None if state is None else self._by_id.get(state.app_id)
@@ -204,4 +208,4 @@ class PusherEvents:
     async def _client_event(
         self, app: PusherApp, client_id: str, session: dict[str, Any], msg: p.ClientMessage
     ) -> None:
-        await self.channels.client_event(app, client_id, session, msg)
+        await self.client_events.relay(app, client_id, session, msg)

@@ -9,19 +9,26 @@ or a coroutine, and runs in the business worker with the usual ``api`` and
   checked). Return ``False`` or raise :class:`Refuse` to refuse it: the client gets
   ``pusher:subscription_error``.
 - ``on_unsubscribe(sub, reason)``: after the connection left the channel;
-  ``reason`` is ``"unsubscribe"`` or ``"close"`` (the connection ended, for any
+  ``reason`` is ``"unsubscribe"``, ``"close"`` (the connection ended, for any
   reason: the client went away, was terminated, or its gateway died, in which case
-  this runs once the worker has found the gateway gone). Runs once per channel.
+  this runs once the worker has found the gateway gone) or ``"refused"`` (your
+  ``on_subscribe`` accepted, but the subscription was refused after it: a presence
+  channel filled up meanwhile). Runs once for every ``on_subscribe`` that accepted,
+  so what ``on_subscribe`` takes (a lock, a counter) is always given back here.
 - ``on_client_event(sub, event)``: before a client event is relayed. Return
   ``False`` to drop it; change ``event.name`` or ``event.data`` to rewrite it.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["Subscription", "ClientEvent", "Refuse"]
+from pygatewayworker.pusher.presence import PusherState
+from pygatewayworker.pusher.protocol import kind_of, socket_id_of
+
+__all__ = ["Subscription", "ClientEvent", "Refuse", "Hooks", "settle", "subscription_of"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -42,8 +49,6 @@ class Subscription:
     @property
     def kind(self) -> str:
         """``"public"``, ``"private"``, ``"encrypted"`` or ``"presence"``."""
-        from pygatewayworker.pusher.protocol import kind_of
-
         return kind_of(self.channel)
 
 
@@ -62,3 +67,34 @@ class Refuse(Exception):
     def __init__(self, message: str = "Subscription refused", status: int = 403) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Hooks(Protocol):
+    """The hook methods the Pusher app calls (the user's Events class)."""
+
+    def on_subscribe(self, sub: Subscription) -> Any: ...
+
+    def on_unsubscribe(self, sub: Subscription, reason: str) -> Any: ...
+
+    def on_client_event(self, sub: Subscription, event: ClientEvent) -> Any: ...
+
+
+async def settle(result: Any) -> Any:
+    """The value of a hook that may be plain or a coroutine."""
+    return await result if inspect.isawaitable(result) else result
+
+
+def subscription_of(
+    app_id: str, client_id: str, state: PusherState, channel: str, record: Any
+) -> Subscription:
+    """What the hooks get about ``client_id`` in ``channel`` (``record``: its
+    presence record, if any)."""
+    presence = record if isinstance(record, dict) else {}
+    return Subscription(
+        app_id,
+        channel,
+        client_id,
+        socket_id_of(client_id),
+        presence.get("user_id") or state.user_id,
+        presence.get("user_info"),
+    )

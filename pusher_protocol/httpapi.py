@@ -38,7 +38,7 @@ from pygatewayworker.pusher import protocol as p
 from pygatewayworker.pusher.config import PusherApp
 from pygatewayworker.pusher.httpauth import ApiError, check_signed
 
-__all__ = ["HTTPAPI", "ApiError", "Request"]
+__all__ = ["HTTPAPI", "ApiError", "Request", "route_of"]
 
 log = logging.getLogger("pusher.api")
 
@@ -93,6 +93,11 @@ ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("POST", re.compile(rf"\A/users/{_SEGMENT}/terminate_connections\Z"), "terminate_by_key"),
 )
 """``(method, path pattern, handler name)``; the first group is the app id."""
+
+
+def route_of(path: str) -> str | None:
+    """The name of the route ``path`` (without its query) goes to, if any."""
+    return next((name for _, pattern, name in ROUTES if pattern.match(path)), None)
 
 
 class HTTPAPI:

@@ -44,6 +44,7 @@ __all__ = [
     "members",
     "announces_join",
     "still_present",
+    "is_full",
     "presence_payload",
 ]
 
@@ -149,6 +150,15 @@ def still_present(sessions: Sessions, client_id: str, channel: str, user_id: str
         if record is not None and record["user_id"] == user_id:
             return True
     return False
+
+
+def is_full(sessions: Sessions, client_id: str, channel: str, user_id: str, limit: int) -> bool:
+    """Whether ``user_id`` (subscribing on ``client_id``) must be refused: ``limit``
+    other users are in the channel and no other connection of ``user_id`` is (a user
+    already in never counts twice). ``client_id``'s own record may be in
+    ``sessions`` or not (the check runs before and after joining)."""
+    others = set(members(sessions, channel)) - {user_id}
+    return len(others) >= limit and not still_present(sessions, client_id, channel, user_id)
 
 
 def presence_payload(found: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,9 +17,13 @@ events, then POSTs them together as Pusher does::
 
 Any 2xx answer is success. Anything else (an error status, a refused connection, a
 timeout) is retried with the same body after 1, 2, 4... seconds (``max_attempts``
-in all), then dropped with a log line. A queue is bounded (``max_queue``): when a
-receiver is down long enough to fill it, the oldest events are dropped and counted.
-Deliveries never wait for any of this.
+in all), then dropped with a log line. An error that no retry can cure (a URL that
+cannot be encoded or resolved as given: ``ValueError``, ``UnicodeError``...) drops
+the batch at once. Either way the batch counts as failed and the webhook's task
+keeps serving the next one; failures are logged at most once per
+``LOG_INTERVAL`` per webhook, with the count of those not logged. A queue is
+bounded (``max_queue``): when a receiver is down long enough to fill it, the oldest
+events are dropped and counted. Deliveries never wait for any of this.
 
 Verify a webhook in your endpoint: recompute ``hmac_sha256(secret, raw_body)`` and
 compare it with ``X-Pusher-Signature``; ``X-Pusher-Key`` names the app.
@@ -51,6 +55,11 @@ MAX_BATCH = 100
 MAX_QUEUE = 10_000
 MAX_ATTEMPTS = 6
 POST_TIMEOUT = 10.0
+LOG_INTERVAL = 60.0
+"""Seconds between two log lines about the failures of one webhook."""
+RETRIABLE = (OSError, TimeoutError, h11.ProtocolError, ssl.SSLError)
+"""What a later attempt may cure (``ssl.SSLError`` and ``ConnectionError`` are
+``OSError`` too; listed for the reader)."""
 
 
 def webhook_body(events: list[dict[str, Any]], now: float | None = None) -> bytes:
@@ -105,7 +114,7 @@ async def post(url: str, body: bytes, headers: list[tuple[str, str]], timeout: f
 class _Queue:
     """The pending events of one webhook of one app, and the task that sends them."""
 
-    __slots__ = ("app", "hook", "events", "wakeup", "task", "dropped")
+    __slots__ = ("app", "hook", "events", "wakeup", "task", "dropped", "unlogged", "logged_at")
 
     def __init__(self, app: PusherApp, hook: Webhook) -> None:
         self.app = app
@@ -114,6 +123,9 @@ class _Queue:
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.dropped = 0
+        self.unlogged = 0
+        """Failed batches not logged yet (see :meth:`WebhookSender._failed`)."""
+        self.logged_at: float | None = None
 
 
 class WebhookSender:
@@ -169,7 +181,10 @@ class WebhookSender:
             await asyncio.sleep(self.batch_delay)
             while queue.events:
                 batch = [queue.events.popleft() for _ in range(min(MAX_BATCH, len(queue.events)))]
-                await self._deliver(queue, batch)
+                try:
+                    await self._deliver(queue, batch)
+                except Exception as exc:  # a bug of ours must not end the webhook's task
+                    self._failed(queue, len(batch), f"{type(exc).__name__}: {exc}", exc)
             queue.wakeup.clear()
 
     async def _deliver(self, queue: _Queue, batch: list[dict[str, Any]]) -> None:
@@ -181,21 +196,38 @@ class WebhookSender:
                 await asyncio.sleep(self.retry_base * 2 ** (attempt - 1))
             try:
                 status = await post(queue.hook.url, body, headers, POST_TIMEOUT)
-            except (OSError, TimeoutError, h11.ProtocolError, ssl.SSLError) as exc:
+            except RETRIABLE as exc:
                 why = f"{type(exc).__name__}: {exc}"
                 continue
+            except Exception as exc:  # e.g. UnicodeError, ValueError: the URL as given
+                self._failed(queue, len(batch), f"{type(exc).__name__}: {exc} (not retried)")
+                return
             if 200 <= status < 300:
                 self.sent += 1
                 return
             why = f"HTTP {status}"
+        self._failed(queue, len(batch), f"{why} after {self.max_attempts} attempts")
+
+    def _failed(
+        self, queue: _Queue, events: int, why: str, exc: BaseException | None = None
+    ) -> None:
+        """Count a dropped batch; log it unless this webhook logged less than
+        ``LOG_INTERVAL`` ago (then the next line says how many went unlogged)."""
         self.failed += 1
+        queue.unlogged += 1
+        now = time.monotonic()
+        if queue.logged_at is not None and now - queue.logged_at < LOG_INTERVAL:
+            return
+        queue.logged_at = now
+        count, queue.unlogged = queue.unlogged, 0
         log.warning(
-            "webhook %s of app %s: %d event(s) dropped after %d attempts (%s)",
+            "webhook %s of app %s: %d event(s) dropped: %s%s",
             queue.hook.url,
             queue.app.id,
-            len(batch),
-            self.max_attempts,
+            events,
             why,
+            "" if count == 1 else f" ({count - 1} earlier failed batch(es) not logged)",
+            exc_info=exc,
         )
 
     async def flush(self, timeout: float) -> None:

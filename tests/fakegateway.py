@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pygatewayworker.gateway.client_id import encode_client_id
+from pygatewayworker.gateway.linkproto import LinkRefused, LinkServer
 from pygatewayworker.gateway.protocol import (
     Cmd,
     Decoder,
@@ -201,11 +202,13 @@ class FakeGateway:
     def _handle(self, link: FakeLink, packet: list[Any]) -> bool:
         cmd = packet[0]
         if cmd is Cmd.HELLO:
-            _, role, name, secret, _pid = packet
-            if secret != self.secret:
-                link.write(encode(Cmd.ERROR, 0, "wrong secret key"))
+            proto = LinkServer(self.secret, 10.0, 30.0, now=0.0)  # the gateway's rules
+            try:
+                hello = proto.receive_hello(packet)
+            except LinkRefused as exc:
+                link.write(proto.refuse(0, str(exc), now=0.0))
                 return False
-            link.role, link.name, link.welcomed = role, name, True
+            link.role, link.name, link.welcomed = hello.role, hello.name, True
             info = {
                 "lan_ip": "127.0.0.1",
                 "port": self.port,
@@ -214,7 +217,7 @@ class FakeGateway:
                 "name": "fake",
                 "pid": os.getpid(),
             }
-            link.write(encode(Cmd.WELCOME, info))
+            link.write(proto.welcome(info))
         elif cmd is Cmd.PING:
             if self.answer_pings:
                 link.write(encode(Cmd.PONG))
@@ -225,7 +228,7 @@ class FakeGateway:
                 link.write(encode(Cmd.LEAVE_ACK))
         elif Cmd.Q_CLIENT_INFO <= cmd <= Cmd.Q_STATS:
             if self.answer_queries:
-                link.write(encode(Cmd.REPLY, packet[1], self._answer(cmd, packet[2:])))
+                link.write(LinkServer.reply(packet[1], self._answer(cmd, packet[2:])))
         else:
             self._apply(cmd, packet[1:])
         return True

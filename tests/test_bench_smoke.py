@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,10 @@ from bench.chatload import SAY_PREFIX, SAY_SUFFIX, ChatProtocol
 from bench.loadgen import Client, client_frame
 from bench.metrics import percentile
 from bench.pool import split
+from bench.pusherload import CHANNEL as PUSHER_CHANNEL
+from bench.pusherload import EVENT as PUSHER_EVENT
+from bench.pusherload import PusherProtocol
+from pygatewayworker.pusher.protocol import PING_DATA, message
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,40 +54,50 @@ def _server_frame(text: str) -> bytes:
     return bytes((0x81, 126)) + len(payload).to_bytes(2, "big") + payload
 
 
+class _Transport:
+    """What a generator's client writes."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+class _Gen:
+    """The generator state an app protocol touches (``bench.loadgen.Generator``'s)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lat: list[int] = []
+        self.echo_recv = self.bcast = self.last_ns = 0
+        self.track = False
+        self.answer_pings = True
+        self.last_error = ""
+        self.ready: list[int] = []
+
+    def on_ready(self, client: Client) -> None:
+        self.ready.append(client.index)
+
+
+def _generator_client(app: Any) -> tuple[_Gen, Client, _Transport]:
+    gen = _Gen(app)
+    client = Client(gen, 7)  # type: ignore[arg-type]
+    transport = _Transport()
+    client.transport = transport  # type: ignore[assignment]
+    return gen, client, transport
+
+
 def test_chat_protocol_logs_in_answers_pings_and_times_say() -> None:
     """The generator's chat clients (bench.chatload), fed the chat app's messages:
     login to their own room on the handshake, ready on the login reply, the page's
     pong to a ping, a ``say`` reply timed from its content, anything else counted."""
-
-    class Transport:
-        def __init__(self) -> None:
-            self.written: list[bytes] = []
-
-        def write(self, data: bytes) -> None:
-            self.written.append(data)
-
-    class Gen:
-        def __init__(self) -> None:
-            self.chat = ChatProtocol()
-            self.lat: list[int] = []
-            self.echo_recv = self.bcast = self.last_ns = 0
-            self.track = False
-            self.answer_pings = True
-            self.last_error = ""
-            self.ready: list[int] = []
-
-        def on_ready(self, client: Client) -> None:
-            self.ready.append(client.index)
-
-    gen = Gen()
-    client = Client(gen, 7)  # type: ignore[arg-type]
-    transport = Transport()
-    client.transport = transport  # type: ignore[assignment]
+    gen, client, transport = _generator_client(ChatProtocol())
     client.data_received(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
     login = b'{"type":"login","client_name":"c7","room_id":"r7"}'
     assert transport.written == [client_frame(login)]
     client.data_received(_server_frame('{"type":"init","client_id":"7f0000010b5400000001"}'))
-    assert not client.ready and gen.chat.other == 0
+    assert not client.ready and gen.app.other == 0
     client.data_received(_server_frame('{"type":"login","client_id":"x","client_list":{}}'))
     assert client.ready and gen.ready == [7]
     client.data_received(_server_frame('{"type":"ping"}'))
@@ -96,7 +111,33 @@ def test_chat_protocol_logs_in_answers_pings_and_times_say() -> None:
     client.data_received(reply[:30])  # split over two reads
     client.data_received(reply[30:] + _server_frame('{"type":"error","message":"no"}'))
     assert gen.echo_recv == 1 and len(gen.lat) == 1 and 0 <= gen.lat[0] < 10_000_000
-    assert gen.chat.other == 1 and "error" in gen.last_error
+    assert gen.app.other == 1 and "error" in gen.last_error
+
+
+def test_pusher_protocol_subscribes_answers_pings_and_counts_events() -> None:
+    """The generator's Pusher clients (bench.pusherload), fed what the Pusher app
+    sends: subscribe on connection_established, ready on subscription_succeeded,
+    pusher:pong to pusher:ping, events on the channel counted and timed."""
+    gen, client, transport = _generator_client(PusherProtocol())
+    client.data_received(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    assert transport.written == []  # the server speaks first
+    established = message("pusher:connection_established", {"socket_id": "1.1"})
+    client.data_received(_server_frame(established))
+    subscribe = json.loads(transport.written[-1][6:])  # after the head and the zero mask
+    assert subscribe == {"event": "pusher:subscribe", "data": {"channel": PUSHER_CHANNEL}}
+    client.data_received(
+        _server_frame(message("pusher_internal:subscription_succeeded", {}, PUSHER_CHANNEL))
+    )
+    assert client.ready and gen.ready == [7]
+    client.data_received(_server_frame(PING_DATA))
+    assert json.loads(transport.written[-1][6:])["event"] == "pusher:pong"
+    gen.track = True
+    event = message(PUSHER_EVENT, f"B{time.monotonic_ns():019d}" + "x" * 80, PUSHER_CHANNEL)
+    frame = _server_frame(event)
+    client.data_received(frame[:25])  # split over two reads
+    client.data_received(frame[25:] + _server_frame(message("other", "x", PUSHER_CHANNEL)))
+    assert gen.bcast == 1 and len(gen.lat) == 1 and 0 <= gen.lat[0] < 10_000_000
+    assert gen.app.other == 1 and '"other"' in gen.last_error
 
 
 @pytest.mark.timeout(180)
@@ -112,7 +153,7 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
     assert 0 <= doc["machine"]["cpu_steal"]["steal_pct"] <= 100
     for metric in ("M3", "M4", "M6", "M7"):
         assert doc["summary"][metric]["per_yardstick"] > 0, metric
-    assert set(doc["summary"]) == {f"M{i}" for i in range(1, 9)}
+    assert set(doc["summary"]) == {f"M{i}" for i in range(1, 10)}
     for metric, row in doc["summary"].items():
         assert row["value"] is not None, f"{metric} has no figure"
     results = doc["results"]
@@ -148,6 +189,11 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
     assert results["M7"]["sync"]["received"] == results["M7"]["sync"]["calls"]
     for kind in ("msgpack", "php_persistent", "php_per_call"):
         assert results["M8"][kind]["deliveries"] == results["M8"][kind]["expected"], kind
+    m9 = results["M9"]
+    assert m9["connections_held"] == m9["subscribed"] == m9["api_subscription_count"] > 0
+    for kind in ("http_events_api", "send_to_group"):
+        assert m9[kind]["deliveries"] == m9[kind]["expected"] > 0, kind
+    assert m9["http_events_api"]["calls_per_s"] > 0
     markdown = (out / "bench.md").read_text()
     for metric in doc["summary"]:
         assert f"| {metric} |" in markdown

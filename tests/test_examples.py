@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from examples.provider import DEFAULT_SECRET, post_callback, signature
+from examples.provider import DEFAULT_SECRET, callback_body, post_callback, signature
 from pygatewayworker import GatewayClient
 from tests.chromium import TIMEOUT_MS, browser  # noqa: F401 - browser is a fixture
 from tests.cluster import ROOT, AppSpec, wait_ports_free, wait_ready
@@ -42,6 +42,15 @@ from tests.ports import reserve_ports
 
 EXAMPLES = ROOT / "examples"
 PYTHON = sys.executable
+DEV_ENV = {"SHOP_DEV": "1"}
+"""Development mode: the examples' published keys are allowed (see examples/README.md)."""
+KEY_VARIABLES = (
+    "DJANGO_SECRET_KEY",
+    "FLASK_SECRET_KEY",
+    "SESSION_SECRET",
+    "PAYMENT_WEBHOOK_SECRET",
+    "GW_TOKEN_KEY",
+)
 
 
 # ---- the cluster of an example ------------------------------------------------------------
@@ -77,7 +86,12 @@ def example_cluster(folder: Path, tmp: Path) -> Iterator[ExampleCluster]:
     log_path = tmp / "cluster.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            command,
+            cwd=folder,
+            env={**os.environ, **DEV_ENV},  # Django's workers load its settings
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
     try:
         asyncio.run(wait_ready(spec, init=True))
@@ -250,8 +264,10 @@ class FastAPIShop(Shop):
         return response.status_code, response.text
 
 
-def signed(order_id: str, status: str = "paid") -> tuple[bytes, str]:
-    body = json.dumps({"order_id": order_id, "status": status}).encode()
+def signed(
+    order_id: str, status: str = "paid", timestamp: float | None = None
+) -> tuple[bytes, str]:
+    body = callback_body(order_id, status, timestamp)
     return body, signature(body, DEFAULT_SECRET)
 
 
@@ -271,6 +287,30 @@ def pay_and_expect_push(shop: Shop, ws: ClientConnection, name: str) -> None:
     answer = shop.provider(*signed(order_id))
     assert (answer.status, answer.body) == (200, {"order_id": order_id, "status": "paid"})
     assert next_message(ws) == {"type": "payment", "order_id": order_id, "status": "paid"}
+
+
+def check_replays(shop: Shop, ws: ClientConnection) -> None:
+    """Callbacks replayed or reordered cannot change a settled order: the same one
+    again is 200 with nothing pushed, another outcome 409, a stale one 403."""
+    init = next_message(ws)
+    shop.login("dave")
+    assert shop.post("/bind", {"client_id": init["client_id"]}).status == 200
+    order_id = shop.post("/orders", {}).body["order_id"]
+    stale = shop.provider(*signed(order_id, timestamp=time.time() - 600))
+    assert stale.status == 403 and "stale" in stale.error, stale.body
+    no_stamp = json.dumps({"order_id": order_id, "status": "paid"}).encode()
+    assert shop.provider(no_stamp, signature(no_stamp, DEFAULT_SECRET)).status == 403
+    assert shop.provider(*signed(order_id, status="refunded")).status == 400
+    paid = signed(order_id)
+    assert shop.provider(*paid).body == {"order_id": order_id, "status": "paid"}
+    assert next_message(ws) == {"type": "payment", "order_id": order_id, "status": "paid"}
+    again = shop.provider(*paid)  # the provider retries, or someone replays it
+    assert (again.status, again.body) == (200, {"order_id": order_id, "status": "paid"})
+    failed = shop.provider(*signed(order_id, status="failed"))
+    assert failed.status == 409 and "already paid" in failed.error, failed.body
+    assert shop.provider(*paid).body["status"] == "paid"  # still paid
+    with pytest.raises(TimeoutError):
+        next_message(ws, timeout=0.5)  # and pushed once
 
 
 def check_refusals(new_shop: Any, ws: ClientConnection) -> None:
@@ -308,7 +348,12 @@ def web_server(command: list[str], cluster: ExampleCluster, tmp: Path) -> Iterat
     """Run the example's web server as its README says (``{port}`` in ``command`` is
     replaced by a free port), pointed at ``cluster``; yield its base URL."""
     port = reserve_ports(1)
-    environment = {**os.environ, "GW_REGISTER": cluster.register, "GATEWAY_WS_URL": cluster.ws_url}
+    environment = {
+        **os.environ,
+        **DEV_ENV,
+        "GW_REGISTER": cluster.register,
+        "GATEWAY_WS_URL": cluster.ws_url,
+    }
     log_path = tmp / "web.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -424,6 +469,7 @@ class TestDjango(ExampleTests):
 
         with on_path(cls.FOLDER), pytest.MonkeyPatch.context() as env:
             env.setenv("DJANGO_SETTINGS_MODULE", "djangoshop.settings")
+            env.setenv("SHOP_DEV", "1")
             env.setenv("TZ", os.environ.get("TZ", ""))  # restored after: Django sets it
             django.setup()
             from djangoshop import push
@@ -445,6 +491,10 @@ class TestDjango(ExampleTests):
         with connect(cluster.ws_url) as ws:
             check_refusals(DjangoShop, ws)
 
+    def test_replayed_callbacks(self, cluster: ExampleCluster, django_on: None) -> None:
+        with connect(cluster.ws_url) as ws:
+            check_replays(DjangoShop(), ws)
+
     def test_workers_set_django_up(self, cluster: ExampleCluster) -> None:
         log = (cluster.spec.root / "cluster.log").read_text(errors="replace")
         assert "Django" in log and "set up with djangoshop.settings" in log, log
@@ -460,7 +510,12 @@ class TestFlask(ExampleTests):
         with on_path(cls.FOLDER):
             from flaskshop import create_app
 
-            app = create_app(GATEWAY_REGISTER=cluster.register, TESTING=True)
+            app = create_app(
+                GATEWAY_REGISTER=cluster.register,
+                TESTING=True,
+                SECRET_KEY="flask-test-session-key",
+                PAYMENT_WEBHOOK_SECRET=DEFAULT_SECRET,
+            )
             try:
                 yield app
             finally:
@@ -474,6 +529,10 @@ class TestFlask(ExampleTests):
         with connect(cluster.ws_url) as ws:
             check_refusals(lambda: FlaskShop(app), ws)
 
+    def test_replayed_callbacks(self, cluster: ExampleCluster, app: Any) -> None:
+        with connect(cluster.ws_url) as ws:
+            check_replays(FlaskShop(app), ws)
+
 
 class TestFastAPI(ExampleTests):
     FOLDER = EXAMPLES / "fastapi"
@@ -483,9 +542,15 @@ class TestFastAPI(ExampleTests):
     @classmethod
     def app(cls, cluster: ExampleCluster) -> Iterator[Any]:
         with on_path(cls.FOLDER):
-            from fastapishop import Settings, create_app
+            from fastapishop import DEV_KEYS, Settings, create_app
 
-            yield create_app(Settings(register=cluster.register))
+            settings = Settings(
+                register=cluster.register,
+                webhook_secret=DEFAULT_SECRET,
+                session_secret="fastapi-test-session-key",
+                token_key=DEV_KEYS["token_key"],  # the example cluster's, with SHOP_DEV=1
+            )
+            yield create_app(settings)
 
     def test_payment_is_pushed_in_successive_lifespans(
         self, cluster: ExampleCluster, app: Any
@@ -528,3 +593,42 @@ class TestFastAPI(ExampleTests):
                 }
             with pytest.raises(Exception, match="401"):
                 connect(f"{cluster.ws_url}?token=forged.{answer.body['token'][6:]}")
+
+    def test_replayed_callbacks(self, cluster: ExampleCluster, app: Any) -> None:
+        from fastapi.testclient import TestClient
+
+        with TestClient(app) as http, connect(cluster.ws_url) as ws:
+            check_replays(FastAPIShop(http), ws)
+
+
+# ---- the published development keys ---------------------------------------------------------
+
+START_WITHOUT_KEYS = {
+    "django": "import djangoshop.settings",
+    "flask": "from flaskshop import create_app; create_app()",
+    "fastapi": "import fastapishop; fastapishop.app",
+}
+
+
+@pytest.mark.parametrize("example", sorted(START_WITHOUT_KEYS))
+def test_no_start_with_the_published_keys_unless_in_development_mode(example: str) -> None:
+    """Without its keys set, an example refuses to start and names them; SHOP_DEV=1
+    (development mode) lets it use the published development values."""
+    environment = {k: v for k, v in os.environ.items() if k not in (*KEY_VARIABLES, "SHOP_DEV")}
+
+    def start(extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PYTHON, "-c", START_WITHOUT_KEYS[example]],
+            cwd=EXAMPLES / example,
+            env={**environment, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    refused = start({})
+    assert refused.returncode != 0
+    assert "PAYMENT_WEBHOOK_SECRET" in refused.stderr and "SHOP_DEV=1" in refused.stderr
+    assert start(DEV_ENV).returncode == 0, start(DEV_ENV).stderr
+    keys = {name: "a-long-random-test-secret" for name in KEY_VARIABLES}
+    assert start(keys).returncode == 0

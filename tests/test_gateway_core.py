@@ -268,7 +268,7 @@ def test_link_upkeep_hello_deadline_keepalive_and_timeouts() -> None:
     h.core.tick(h.clock())
     assert writer(worker).take() == [[Cmd.PING]]  # idle for a keep-alive interval
     assert writer(mute).take() == []
-    worker.last_send = worker.last_recv = h.clock()  # the shell notes the I/O
+    worker.proto.last_send = worker.proto.last_recv = h.clock()  # the shell notes the I/O
     h.clock.now += h.core.hello_timeout
     h.core.tick(h.clock())
     (error,) = writer(mute).take()
@@ -307,7 +307,7 @@ def test_a_silent_worker_is_held_then_resumed_then_dropped_with_its_losses_count
     h.core.clients.message(client, "d")
     assert events(worker) == [(Cmd.EV_MESSAGE, "d")]
 
-    worker.last_recv = h.clock()
+    worker.proto.last_recv = h.clock()
     h.clock.now += 3.5
     h.core.tick(h.clock())
     h.core.clients.message(client, "e")  # held

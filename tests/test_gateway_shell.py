@@ -301,7 +301,7 @@ def test_a_link_queues_and_writes_once_per_loop_turn() -> None:
     loop.run()
     packets = Decoder().feed(transport.take())
     assert [p[0] for p in packets] == [Cmd.WELCOME, Cmd.ROUTES, Cmd.PONG]
-    assert shell.link.last_send >= shell.link.opened
+    assert shell.link.proto.last_send >= shell.link.opened
 
 
 def test_a_link_that_sends_garbage_gets_error_then_a_half_close() -> None:

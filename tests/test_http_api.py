@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import http.client
 import json
 import logging
@@ -29,6 +28,7 @@ from tests.cluster import AppSpec, ForegroundCluster, make_app, wait_ready
 from tests.fakegateway import UNIT, FakeGateway, wait_until
 from tests.ports import refused_port, reserve_ports
 from tests.rc import RC
+from tests.slowhttp import dribble
 
 SECRET = "cluster-secret"
 TOKEN = "push-token"
@@ -685,14 +685,6 @@ async def test_pipelined_requests_are_answered_in_order_until_garbage(
     await assert_still_serving(local_api)
 
 
-async def _dribble(writer: asyncio.StreamWriter, data: bytes, pause: float) -> None:
-    with contextlib.suppress(ConnectionError):
-        for byte in data:
-            writer.write(bytes([byte]))
-            await writer.drain()
-            await asyncio.sleep(pause)
-
-
 @pytest.mark.parametrize("where", ["head", "body"])
 async def test_a_request_sent_too_slowly_gets_408_within_the_idle_timeout(
     local_api: PushAPIServer, caplog: pytest.LogCaptureFixture, where: str
@@ -701,22 +693,13 @@ async def test_a_request_sent_too_slowly_gets_408_within_the_idle_timeout(
     within ``idle_timeout``: answered 408 and closed, bounded by the timeout plus the
     one-second sweep, however long the peer keeps trickling."""
     caplog.set_level(logging.INFO, logger="pushapi")
-    loop = asyncio.get_running_loop()
-    reader, writer = await asyncio.open_connection(*local_api.address)
+    head = b""
     if where == "body":  # a complete head, then a body that trickles
         head = valid().replace(b"Content-Length: 2", b"Content-Length: 400")[:-2]
-        writer.write(head)
         slow = b"x" * 400
     else:
         slow = valid() * 10
-    started = loop.time()
-    trickle = asyncio.create_task(_dribble(writer, slow, 0.02))
-    try:
-        answer = await asyncio.wait_for(reader.read(), 2 * UNIT)
-        elapsed = loop.time() - started
-    finally:
-        trickle.cancel()
-        writer.close()
+    answer, elapsed = await dribble(local_api.address, slow, 2 * UNIT, head)
     assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
     assert elapsed < local_api.config.idle_timeout + 2 * SWEEP_INTERVAL + UNIT / 2
     lines = pushapi_lines(caplog)

@@ -20,6 +20,7 @@ RUNTIME = f"{ROOT_PACKAGE}.runtime"
 
 PURE_MODULES = (
     "gateway.protocol",
+    "gateway.linkproto",
     "gateway.client_id",
     "gateway.directory",
     "gateway.gatewayprotocol",
@@ -32,6 +33,11 @@ PURE_MODULES = (
     "pushapi.verbs",
     "pushapi.http",
     "runtime.histogram",
+    "pusher.protocol",
+    "pusher.presence",
+    "pusher.httpauth",
+    "pusher.ratelimit",
+    "pusher.hooks",
 )
 """Modules that do no I/O: bytes or values in, values out."""
 IO_MODULES = frozenset({"asyncio", "socket", "selectors", "ssl", "threading", "subprocess"})

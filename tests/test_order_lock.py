@@ -1,6 +1,7 @@
 """examples/order_lock against a real cluster: subscribing to ``private-order.{id}``
 locks the order row, a second subscriber is refused, unsubscribing unlocks, and so
-does the death (SIGKILL) of the gateway that held the subscriber's connection."""
+does the death (SIGKILL) of the gateway that held the subscriber's connection. And
+in-process: the hooks wait for a busy database in a thread, not on the event loop."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import os
 import shutil
 import signal
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pygatewayworker.pusher import Subscription
 from pygatewayworker.pusher.protocol import PING_DATA
 from tests.cluster import ROOT, AppSpec
 from tests.ports import reserve_ports
@@ -124,3 +127,40 @@ async def test_order_is_locked_while_subscribed_and_unlocked_when_its_gateway_di
     os.kill(gateways[doomed], signal.SIGKILL)
     await _wait_holder(db, 7, None, timeout=30)
     await victim.close()
+
+
+async def test_the_hooks_wait_for_a_busy_database_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the database's write lock: ``on_subscribe`` waits for it
+    (sqlite's busy timeout) in a thread while the loop keeps running, then locks."""
+    apps = tmp_path / "apps"
+    shutil.copytree(EXAMPLE, apps / "orders", ignore=shutil.ignore_patterns("__pycache__"))
+    (apps / "__init__.py").write_text("")
+    db = tmp_path / "orders.sqlite3"
+    monkeypatch.setenv("ORDER_LOCK_DB", str(db))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "apps" or m.startswith("apps.")]:
+        monkeypatch.delitem(sys.modules, name)
+    from apps.orders.Events import Events
+
+    events = Events()
+    sub = Subscription("1", "private-order.5", "00000001000100000001", "1.1")
+    await events.on_subscribe(sub)  # creates the table
+    await events.on_unsubscribe(sub, "unsubscribe")
+    blocker = sqlite3.connect(db)
+    blocker.execute("BEGIN IMMEDIATE")  # the write lock, as a busy worker would hold it
+    try:
+        subscribing = asyncio.create_task(events.on_subscribe(sub))
+        ticks = 0
+        while ticks < 10:  # the loop runs while the hook waits for the lock
+            await asyncio.sleep(0.02)
+            ticks += 1
+        assert not subscribing.done()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    await asyncio.wait_for(subscribing, 5)
+    assert _holder(db, 5) == "1.1"
+    for name in [m for m in sys.modules if m == "apps" or m.startswith("apps.")]:
+        del sys.modules[name]

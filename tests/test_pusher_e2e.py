@@ -29,6 +29,7 @@ from tests.pusher_cluster import (
     PusherClient,
     PusherCluster,
     expect_silence,
+    gateway_of,
     recv_event,
     recv_until,
     running_pusher,
@@ -286,6 +287,47 @@ async def test_presence_members_and_webhooks(
     await hooks.wait_for(lambda e: e == {"name": "channel_vacated", "channel": "presence-lobby"})
     names = [e["name"] for e in hooks.events() if e.get("user_id") == "ann"]
     assert names.count("member_added") == 1 and names.count("member_removed") == 1
+
+
+async def _one_per_gateway(cluster: PusherCluster) -> tuple[PusherClient, PusherClient]:
+    """Two clients whose connections are on different gateways."""
+    first = await PusherClient.open(cluster.ws_url())
+    for _ in range(40):
+        other = await PusherClient.open(cluster.ws_url())
+        if gateway_of(other.socket_id) != gateway_of(first.socket_id):
+            return first, other
+        await other.close()
+    await first.close()
+    raise AssertionError("no two connections landed on different gateways")
+
+
+async def test_first_subscribers_at_once_on_two_gateways_send_channel_occupied(
+    cluster: PusherCluster, hooks: WebhookReceiver
+) -> None:
+    """Each of two first subscribers may count the other in the channel: one of them
+    must still send channel_occupied, and channel_vacated comes only after it."""
+    a, b = await _one_per_gateway(cluster)
+    try:
+        for round_ in range(4):
+            channel = f"public-race-{round_}"
+            answers = await asyncio.gather(a.subscribe(channel), b.subscribe(channel))
+            assert [x["event"] for x in answers] == ["pusher_internal:subscription_succeeded"] * 2
+            await hooks.wait_for(
+                lambda e, c=channel: e == {"name": "channel_occupied", "channel": c}
+            )
+            await asyncio.gather(
+                a.send("pusher:unsubscribe", {"channel": channel}),
+                b.send("pusher:unsubscribe", {"channel": channel}),
+            )
+            await hooks.wait_for(
+                lambda e, c=channel: e == {"name": "channel_vacated", "channel": c}
+            )
+            names = [e["name"] for e in hooks.events() if e.get("channel") == channel]
+            assert names[0] == "channel_occupied", names
+            assert set(names) == {"channel_occupied", "channel_vacated"}, names
+    finally:
+        await a.close()
+        await b.close()
 
 
 async def test_client_event_webhook(cluster: PusherCluster, hooks: WebhookReceiver) -> None:

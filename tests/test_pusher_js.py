@@ -80,18 +80,31 @@ async def test_public_private_client_events_and_unsubscribe(
     await host.send("trigger", id="a", channel="news", event="client-nope", data={})
     refused = await host.wait(lambda d: d.get("id") == "a" and d.get("type") == "error")
     assert refused["data"]["code"] == 4301
-    await asyncio.sleep(0.5)
-    assert not host.of("a", "event", event="client-typing")
-    assert not host.of("b", "event", event="client-nope")
-    assert not host.of("b", "event", event="only-a")
+    # a's events run in order on one worker, whose frames reach a's gateway in order:
+    # an echo of client-typing would have come before the refusal of client-nope
+    assert not received(host, "a", "client-typing")
 
-    # unsubscribe: no more events on that channel
+    # unsubscribe: no more events on that channel. No sleep: ordered barriers.
     await host.send("unsubscribe", id="b", channel="news")
-    await asyncio.sleep(0.3)
+    # b's events also run in order, and its unsubscribe waits for b's gateway to
+    # apply the leave: when a has b's next client event, b has left news
+    await host.send("trigger", id="b", channel="private-orders", event="client-left", data={})
+    await host.wait(lambda d: d.get("id") == "a" and d.get("event") == "client-left")
+    # the HTTP API sends these in order on its link to b's gateway: had "after" (news)
+    # reached b, it would have come before the probe on a channel b is still in
     await _trigger(cluster, "news", "after", {})
+    await _trigger(cluster, "private-orders", "probe", {})
+    await host.wait(lambda d: d.get("id") == "b" and d.get("event") == "probe")
     await host.wait(lambda d: d.get("id") == "a" and d.get("event") == "after")
-    await asyncio.sleep(0.5)
-    assert not host.of("b", "event", event="after")
+    assert not received(host, "b", "after")
+    assert not received(host, "b", "only-a")  # excluded by socket_id, sent before too
+    assert not received(host, "b", "client-nope")  # refused: never relayed
+
+
+def received(host: NodeHost, client: str, event: str) -> list[dict[str, Any]]:
+    """Every frame named ``event`` that reached ``client``'s connection, also on a
+    channel pusher-js no longer has (its global binding sees every frame)."""
+    return host.of(client, "event", event=event) + host.of(client, "global", event=event)
 
 
 async def test_reconnect_resubscribes(
@@ -155,7 +168,10 @@ async def test_presence_across_gateways_with_a_gateway_killed(
     await host.wait(lambda d: d.get("id") == a1 and d.get("type") == "member_added")
     third = await host.subscribe(a2, room)  # ann again, on the other gateway
     assert (third["count"], third["ids"]) == (2, ["ann", "bob"])
-    await asyncio.sleep(0.5)
+    # a member_added for a2 would reach b1 before a2's next client event (a2's worker
+    # sends both, in order, on its link to b1's gateway)
+    await host.send("trigger", id=a2, channel=room, event="client-probe", data={})
+    await host.wait(lambda d: d.get("id") == b1 and d.get("event") == "client-probe")
     assert not host.of(b1, "member_added", user_id="ann")  # one member, announced once
 
     os.kill(pids[doomed], signal.SIGKILL)

@@ -164,8 +164,9 @@ def test_app_declarations() -> None:
     ):
         with pytest.raises(ConfigError):
             PusherApp(**{"id": "1", "key": "k", "secret": "12345678", **bad})
-    with pytest.raises(ConfigError):
-        Webhook("ftp://x")
+    for url in ("ftp://x", "http://", "http://x:99999/", "http://[::1/"):
+        with pytest.raises(ConfigError):
+            Webhook(url)
     with pytest.raises(ConfigError):
         Webhook("http://x", events=["nope"])
 

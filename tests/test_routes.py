@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pygatewayworker.gateway import core as core_module
+from pygatewayworker.gateway import linkproto
 from pygatewayworker.gateway.directory import Directory, Entry
 from pygatewayworker.gateway.protocol import (
     ROUTES_CHANGES,
@@ -66,26 +66,26 @@ def _decode(packets: list[bytes]) -> list[list[Any]]:
 
 
 def test_route_packets_split_large_states_and_changes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(core_module, "ROUTES_CHUNK", 3)
+    monkeypatch.setattr(linkproto, "ROUTES_CHUNK", 3)
     uids = [f"u{i}" for i in range(5)]
     groups = ["g1", "g2"]
-    state = _decode(core_module.route_packets(True, uids, [], groups, []))
+    state = _decode(linkproto.route_packets(True, uids, [], groups, []))
     assert [p[1] for p in state] == [ROUTES_STATE, ROUTES_STATE, ROUTES_STATE_END]
     assert [k for p in state for k in p[2]] == uids
     assert [k for p in state for k in p[4]] == groups
     assert all(len(p[2]) + len(p[3]) + len(p[4]) + len(p[5]) <= 3 for p in state)
-    empty = _decode(core_module.route_packets(True, [], [], [], []))
+    empty = _decode(linkproto.route_packets(True, [], [], [], []))
     assert empty == [[Cmd.ROUTES, ROUTES_STATE_END, [], [], [], []]]
-    assert core_module.route_packets(False, [], [], [], []) == []
-    changes = _decode(core_module.route_packets(False, ["a"], ["b", "c", "d"], [], ["g"]))
+    assert linkproto.route_packets(False, [], [], [], []) == []
+    changes = _decode(linkproto.route_packets(False, ["a"], ["b", "c", "d"], [], ["g"]))
     assert [p[1] for p in changes] == [ROUTES_CHANGES, ROUTES_CHANGES]
     assert [k for p in changes for k in p[3]] == ["b", "c", "d"]
 
 
 def test_route_packets_stay_small_whatever_the_key_lengths() -> None:
     groups = [chr(65 + i) * 100_000 for i in range(11)]
-    packets = core_module.route_packets(True, [], [], groups, [])
-    assert all(len(p) < core_module.ROUTES_CHUNK_BYTES + 4096 for p in packets)
+    packets = linkproto.route_packets(True, [], [], groups, [])
+    assert all(len(p) < linkproto.ROUTES_CHUNK_BYTES + 4096 for p in packets)
     decoded = _decode(packets)
     assert [k for p in decoded for k in p[4]] == groups
     assert decoded[-1][1] == ROUTES_STATE_END

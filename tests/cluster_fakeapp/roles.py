@@ -83,7 +83,9 @@ class FakeGateway:
         if cmd == Cmd.HELLO:
             if packet[3] != self.spec.config.secret:
                 return encode(Cmd.ERROR, 0, "wrong secret")
-            return encode(Cmd.WELCOME, {"pid": os.getpid()})
+            port = self.spec.sockets["internal"].getsockname()[1]
+            info = {"lan_ip": "127.0.0.1", "port": port, "pid": os.getpid()}
+            return encode(Cmd.WELCOME, info)  # what every link end checks
         if cmd == Cmd.Q_CONNECTIONS:
             port = self.spec.sockets["internal"].getsockname()[1]
             conn = {

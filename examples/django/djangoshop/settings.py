@@ -10,27 +10,55 @@ GW_REGISTER               register address(es) of the cluster    127.0.0.1:1280
                           (the same variable the cluster reads)
 GW_SECRET                 the cluster's secret                   (none)
 GATEWAY_WS_URL            the WebSocket URL the page opens       ws://127.0.0.1:7280/
-PAYMENT_WEBHOOK_SECRET    key of the provider's callback         dev-webhook-secret
+PAYMENT_WEBHOOK_SECRET    key of the provider's callback         required (see SHOP_DEV)
                           signature
-DJANGO_SECRET_KEY         Django's signing key                   a development key
-DJANGO_DEBUG              ``1`` serves /static/ from runserver   1
+DJANGO_SECRET_KEY         Django's signing key                   required (see SHOP_DEV)
+SHOP_DEV                  ``1``: development mode: the two keys  (off)
+                          above may be left unset, and then
+                          are the published development ones
+DJANGO_DEBUG              ``1`` serves /static/ from runserver   SHOP_DEV's value
 ========================= ===================================== ===========================
+
+The two keys have published development values (in this file and in
+``examples/provider.py``): with them, anyone could sign a session cookie or a
+payment callback. So the settings refuse to load without them unless ``SHOP_DEV=1``
+says this is a development machine (the cluster's workers load these settings too:
+set the same variables for ``gatewayworker start``).
 """
 
 import os
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-not-secret-change-me")
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+DEV = os.environ.get("SHOP_DEV") == "1"
+DEV_KEYS = {
+    "DJANGO_SECRET_KEY": "dev-only-not-secret-change-me",
+    "PAYMENT_WEBHOOK_SECRET": "dev-webhook-secret",
+}
+
+
+KEYS = {name: os.environ.get(name) or (value if DEV else "") for name, value in DEV_KEYS.items()}
+if not all(KEYS.values()):
+    raise ImproperlyConfigured(
+        f"{' and '.join(name for name, value in KEYS.items() if not value)} not set: set "
+        "each to a long random secret. (For a development machine only, SHOP_DEV=1 uses "
+        "the published development values.)"
+    )
+
+SECRET_KEY = KEYS["DJANGO_SECRET_KEY"]
+DEBUG = os.environ.get("DJANGO_DEBUG", "1" if DEV else "0") == "1"
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
 
 # The push-client settings read by djangoshop.push.
 GATEWAY_REGISTER = os.environ.get("GW_REGISTER", "127.0.0.1:1280")
 GATEWAY_SECRET = os.environ.get("GW_SECRET", "")
 GATEWAY_WS_URL = os.environ.get("GATEWAY_WS_URL", "ws://127.0.0.1:7280/")
-PAYMENT_WEBHOOK_SECRET = os.environ.get("PAYMENT_WEBHOOK_SECRET", "dev-webhook-secret")
+PAYMENT_WEBHOOK_SECRET = KEYS["PAYMENT_WEBHOOK_SECRET"]
+# A provider callback older (or newer) than this is refused: a replayed one.
+PAYMENT_CALLBACK_WINDOW = 300
 
 INSTALLED_APPS = ["django.contrib.staticfiles"]
 

@@ -26,6 +26,16 @@ and no CSRF token, so the view authenticates it by the HMAC signature of its bod
 instead (``X-Signature: sha256=<hex>``, key ``PAYMENT_WEBHOOK_SECRET``), and it acts
 for nobody's session.
 
+Replays
+-------
+A signed callback can be captured and sent again. So the signed body carries the
+provider's ``timestamp`` (Unix seconds), and one further than
+``PAYMENT_CALLBACK_WINDOW`` (5 minutes) from our clock is refused (403); and an
+order's state only moves forward, once: ``pending`` -> ``paid`` or ``failed``. The
+same callback again is answered 200 with nothing done (providers retry until they
+get a 2xx), a different outcome for a settled order 409: a replayed ``failed`` can
+never turn a paid order into a failed one.
+
 The Events of the gateway app (``apps/shop/Events.py``) only send ``init``;
 everything else happens here, in ordinary Django views.
 """
@@ -37,6 +47,8 @@ import hashlib
 import hmac
 import itertools
 import json
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -95,9 +107,24 @@ class Order:
 
 
 # One dict per process; each request does a single get or set on it, which is atomic
-# in CPython, so request threads need no lock here.
+# in CPython. Settling an order reads, then writes: that takes SETTLING.
 ORDERS: dict[str, Order] = {}
 ORDER_NUMBERS = itertools.count(1001)
+OUTCOMES = ("paid", "failed")
+SETTLING = threading.Lock()
+
+
+def settle(order: Order, status: str) -> bool:
+    """Move a pending order to ``status``: ``True``. ``False`` when it already has
+    that status (a repeated callback: nothing to do); :class:`Refused` (409) when it
+    was settled otherwise: a settled order never changes."""
+    with SETTLING:
+        if order.status == "pending":
+            order.status = status
+            return True
+    if order.status != status:
+        raise Refused(409, f"order {order.order_id} is already {order.status}")
+    return False
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -142,6 +169,17 @@ def signature_ok(body: bytes, header: str) -> bool:
     key = settings.PAYMENT_WEBHOOK_SECRET.encode()
     expected = "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(header.encode(), expected.encode())
+
+
+def check_fresh(body: dict[str, Any]) -> None:
+    """Refuse (403) a callback whose signed ``timestamp`` is missing or further than
+    ``PAYMENT_CALLBACK_WINDOW`` seconds from now: a replay, or a clock far off."""
+    stamp = body.get("timestamp")
+    window = settings.PAYMENT_CALLBACK_WINDOW
+    if not isinstance(stamp, int | float) or isinstance(stamp, bool):
+        raise Refused(403, "the signed body has no timestamp")
+    if abs(time.time() - stamp) > window:
+        raise Refused(403, f"stale callback: its timestamp is over {window} s from now")
 
 
 # ---- views ------------------------------------------------------------------------------
@@ -200,11 +238,14 @@ def payment_callback(request: HttpRequest) -> HttpResponse:
     if not signature_ok(request.body, request.headers.get("X-Signature", "")):
         raise Refused(403, "bad or missing X-Signature")
     body = json_body(request)
-    status = "paid" if body.get("status") == "paid" else "failed"
+    check_fresh(body)
+    status = body.get("status")
+    if status not in OUTCOMES:
+        raise Refused(400, f"status must be one of {', '.join(OUTCOMES)}")
     order = ORDERS.get(str(body.get("order_id")))
     if order is None:
         raise Refused(404, "no such order")
-    order.status = status
-    message = {"type": "payment", "order_id": order.order_id, "status": order.status}
-    push.client().send_to_uid(order.uid, json.dumps(message))
+    if settle(order, status):
+        message = {"type": "payment", "order_id": order.order_id, "status": order.status}
+        push.client().send_to_uid(order.uid, json.dumps(message))
     return JsonResponse({"order_id": order.order_id, "status": order.status})

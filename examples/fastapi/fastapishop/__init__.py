@@ -27,7 +27,18 @@ token. The payment callback has no session: it is authenticated by its signature
 
 Settings come from the environment (:meth:`Settings.from_env`): ``GW_REGISTER``
 (``127.0.0.1:1282``), ``GW_SECRET``, ``GATEWAY_WS_URL`` (``ws://127.0.0.1:7282/``),
-``PAYMENT_WEBHOOK_SECRET`` (``dev-webhook-secret``), ``SESSION_SECRET``.
+``PAYMENT_WEBHOOK_SECRET``, ``SESSION_SECRET`` and ``GW_TOKEN_KEY`` (the gateways'
+connect-token key). The last three are keys: :func:`create_app` refuses to make an
+app without them, unless ``SHOP_DEV=1`` says this is a development machine, where
+the published development values stand in (with a published key, anyone could sign
+a session cookie, a payment callback or a connect token for any user).
+``app`` (what ``uvicorn fastapishop:app`` serves) is made on first use, so importing
+the module needs no keys.
+
+Replays: the provider signs a ``timestamp`` into the callback's body; one further
+than ``callback_window`` (5 minutes) from our clock is refused (403). An order is
+settled once, ``pending`` -> ``paid`` or ``failed``; the same callback again gets 200
+and changes nothing, another outcome 409.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ import itertools
 import json
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -54,7 +66,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from pygatewayworker import AsyncGatewayClient, GatewayError, InvalidClientId, decode_client_id
 
-__all__ = ["Settings", "app", "create_app", "lifespan"]
+__all__ = ["Settings", "create_app", "lifespan"]
 
 EXAMPLES = Path(__file__).resolve().parents[2]  # static/ and templates/ are shared
 TEMPLATES = Jinja2Templates(directory=EXAMPLES / "templates")
@@ -63,29 +75,55 @@ MAX_NAME = 32
 AMOUNT = "9.90"
 
 
+DEV_KEYS = {
+    "webhook_secret": "dev-webhook-secret",
+    "session_secret": "dev-only-not-secret-change-me",
+    "token_key": "dev-only-connect-token-key-change-me",
+}
+"""The keys' published development values (used only with ``SHOP_DEV=1``)."""
+KEY_VARIABLES = {
+    "webhook_secret": "PAYMENT_WEBHOOK_SECRET",
+    "session_secret": "SESSION_SECRET",
+    "token_key": "GW_TOKEN_KEY",
+}
+
+
 @dataclass(slots=True, frozen=True)
 class Settings:
-    """Where the cluster is, and the app's keys."""
+    """Where the cluster is, and the app's keys (required: see :meth:`check`)."""
 
     register: str = "127.0.0.1:1282"
     secret: str = ""
     ws_url: str = "ws://127.0.0.1:7282/"
-    webhook_secret: str = "dev-webhook-secret"
-    session_secret: str = "dev-only-not-secret-change-me"
-    token_key: str = "dev-only-connect-token-key-change-me"
+    webhook_secret: str = ""
+    session_secret: str = ""
+    token_key: str = ""
     """The gateways' ``token_key`` (connect tokens, ``POST /ws-token``)."""
+    callback_window: float = 300.0
 
     @classmethod
     def from_env(cls) -> Settings:
         env, default = os.environ.get, cls()
+        dev = env("SHOP_DEV") == "1"
+        keys = {
+            name: env(variable) or (DEV_KEYS[name] if dev else "")
+            for name, variable in KEY_VARIABLES.items()
+        }
         return cls(
             register=env("GW_REGISTER", default.register),
             secret=env("GW_SECRET", default.secret),
             ws_url=env("GATEWAY_WS_URL", default.ws_url),
-            webhook_secret=env("PAYMENT_WEBHOOK_SECRET", default.webhook_secret),
-            session_secret=env("SESSION_SECRET", default.session_secret),
-            token_key=env("GW_TOKEN_KEY", default.token_key),
+            **keys,
         )
+
+    def check(self) -> None:
+        """Refuse to run without the keys (``RuntimeError`` naming the variables)."""
+        unset = [variable for name, variable in KEY_VARIABLES.items() if not getattr(self, name)]
+        if unset:
+            raise RuntimeError(
+                f"{' and '.join(unset)} not set: set each to a long random secret. (For "
+                "a development machine only, SHOP_DEV=1 uses the published values.)"
+            )
 
 
 @dataclass(slots=True)
@@ -190,6 +228,26 @@ def signature_ok(settings: Settings, body: bytes, header: str) -> bool:
     return hmac.compare_digest(header.encode(), expected.encode())
 
 
+def is_stale(settings: Settings, stamp: object) -> bool:
+    """Whether a callback's signed ``timestamp`` is missing or outside the window
+    (a replay, or a clock far off)."""
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float):
+        return True
+    return abs(time.time() - stamp) > settings.callback_window
+
+
+def settle(order: Order, status: str) -> bool:
+    """``pending`` -> ``status``: ``True``; already ``status``: ``False`` (a repeated
+    callback); else 409. No await in here: nothing runs between the read and the
+    write on the event loop."""
+    if order.status == "pending":
+        order.status = status
+        return True
+    if order.status == status:
+        return False
+    raise HTTPException(409, f"order {order.order_id} is already {order.status}")
+
+
 # ---- routes -------------------------------------------------------------------------------
 
 router = APIRouter()
@@ -259,12 +317,17 @@ async def payment_callback(
     if not signature_ok(settings, await request.body(), request.headers.get("X-Signature", "")):
         raise HTTPException(403, "bad or missing X-Signature")
     body = await json_body(request)
+    if is_stale(settings, body.get("timestamp")):
+        raise HTTPException(403, "callback timestamp missing or stale (a replay?)")
+    status = body.get("status")
+    if status not in ("paid", "failed"):
+        raise HTTPException(400, "status must be paid or failed")
     order = request.app.state.orders.get(str(body.get("order_id")))
     if order is None:
         raise HTTPException(404, "no such order")
-    order.status = "paid" if body.get("status") == "paid" else "failed"
-    message = {"type": "payment", "order_id": order.order_id, "status": order.status}
-    await push.send_to_uid(order.uid, json.dumps(message))
+    if settle(order, status):
+        message = {"type": "payment", "order_id": order.order_id, "status": order.status}
+        await push.send_to_uid(order.uid, json.dumps(message))
     return {"order_id": order.order_id, "status": order.status}
 
 
@@ -278,6 +341,7 @@ def error(status: int, message: str) -> JSONResponse:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The application; ``settings`` default to :meth:`Settings.from_env`."""
     settings = settings or Settings.from_env()
+    settings.check()
     app = FastAPI(title="fastapishop", lifespan=lifespan)
     app.state.settings = settings
     app.state.orders = {}  # in memory (a real shop has a database)
@@ -301,4 +365,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+def __getattr__(name: str) -> Any:
+    """``app``: made from the environment on first use (``uvicorn fastapishop:app``),
+    so that importing this module does not need the keys."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    made = globals()["app"] = create_app()
+    return made

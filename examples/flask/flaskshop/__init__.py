@@ -6,9 +6,14 @@ cluster with ``gatewayworker start`` in this folder. The flow and the views are 
 
 Settings come from the environment (defaults for a development machine, matching
 ``apps/shop/start_*.py``): ``GW_REGISTER`` (``127.0.0.1:1281``), ``GW_SECRET``,
-``GATEWAY_WS_URL`` (``ws://127.0.0.1:7281/``), ``PAYMENT_WEBHOOK_SECRET``
-(``dev-webhook-secret``) and ``FLASK_SECRET_KEY`` (signs the session cookie).
+``GATEWAY_WS_URL`` (``ws://127.0.0.1:7281/``), ``PAYMENT_WEBHOOK_SECRET`` (signs the
+provider's callbacks) and ``FLASK_SECRET_KEY`` (signs the session cookie).
 :func:`create_app` takes overrides as keyword arguments (tests use them).
+
+The two keys are required: :func:`create_app` refuses to make an app without them,
+unless ``SHOP_DEV=1`` says this is a development machine, where the published
+development values (``dev-only-not-secret-change-me``, ``dev-webhook-secret``) stand
+in. With a published key anyone could sign a session cookie or a payment callback.
 
 The push client
 ---------------
@@ -38,15 +43,25 @@ __all__ = ["create_app", "settings_from_env"]
 EXAMPLES = Path(__file__).resolve().parents[2]  # static/ and templates/ are shared
 
 
+KEYS = {
+    # setting: (environment variable, published development value)
+    "SECRET_KEY": ("FLASK_SECRET_KEY", "dev-only-not-secret-change-me"),
+    "PAYMENT_WEBHOOK_SECRET": ("PAYMENT_WEBHOOK_SECRET", "dev-webhook-secret"),
+}
+
+
 def settings_from_env() -> dict[str, Any]:
-    """The app's settings, from the environment or the development defaults."""
+    """The app's settings, from the environment or the development defaults (the
+    keys' only with ``SHOP_DEV=1``)."""
     env = os.environ.get
+    dev = env("SHOP_DEV") == "1"
+    keys = {name: env(var) or (value if dev else "") for name, (var, value) in KEYS.items()}
     return {
-        "SECRET_KEY": env("FLASK_SECRET_KEY", "dev-only-not-secret-change-me"),
+        **keys,
         "GATEWAY_REGISTER": env("GW_REGISTER", "127.0.0.1:1281"),
         "GATEWAY_SECRET": env("GW_SECRET", ""),
         "GATEWAY_WS_URL": env("GATEWAY_WS_URL", "ws://127.0.0.1:7281/"),
-        "PAYMENT_WEBHOOK_SECRET": env("PAYMENT_WEBHOOK_SECRET", "dev-webhook-secret"),
+        "PAYMENT_CALLBACK_WINDOW": 300,  # seconds: an older callback is a replay
         "SESSION_COOKIE_SAMESITE": "Lax",
     }
 
@@ -60,6 +75,12 @@ def create_app(**overrides: Any) -> Flask:
         template_folder=str(EXAMPLES / "templates"),
     )
     app.config.update(settings_from_env(), **overrides)
+    missing = [var for name, (var, _) in KEYS.items() if not app.config.get(name)]
+    if missing:
+        raise RuntimeError(
+            f"{' and '.join(missing)} not set: set each to a long random secret. (For a "
+            "development machine only, SHOP_DEV=1 uses the published development values.)"
+        )
     client = GatewayClient(
         register=app.config["GATEWAY_REGISTER"],
         secret=app.config["GATEWAY_SECRET"],

@@ -10,6 +10,10 @@ The flow (the same in the three examples):
 4. ``POST /payment/callback``: the provider's server says the order is paid (body
    signed with HMAC-SHA256 in ``X-Signature``); the view pushes
    ``{"type": "payment", ...}`` to the buyer's uid, and the page shows it at once.
+   Replays are harmless: the signed body's ``timestamp`` must be within
+   ``PAYMENT_CALLBACK_WINDOW`` of our clock (403), and an order is settled once,
+   ``pending`` -> ``paid`` or ``failed`` (the same outcome again: 200, nothing done;
+   another one: 409).
 
 Every POST but the callback needs the session's CSRF token (:mod:`flaskshop.csrf`).
 """
@@ -20,6 +24,8 @@ import hashlib
 import hmac
 import itertools
 import json
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,9 +61,25 @@ class Order:
 
 
 # In memory, one dict per process (a real shop has a database). Each request does a
-# single get or set, atomic in CPython, so the threaded server needs no lock here.
+# single get or set, atomic in CPython; a transition (read, then write) holds the lock.
 ORDERS: dict[str, Order] = {}
 ORDER_NUMBERS = itertools.count(1001)
+TRANSITIONS = {"pending": ("paid", "failed")}
+"""The only moves an order's status makes: a settled order stays as it is."""
+_moving = threading.Lock()
+
+
+def move(order: Order, status: str) -> bool:
+    """Apply a callback's ``status``: ``True`` when the order moved, ``False`` when it
+    was already there (the same callback again); 409 for any other move."""
+    with _moving:
+        current = order.status
+        if status in TRANSITIONS.get(current, ()):
+            order.status = status
+            return True
+    if current == status:
+        return False
+    raise Refused(409, f"order {order.order_id} is already {current}; it cannot become {status}")
 
 
 def push() -> GatewayClient:
@@ -100,6 +122,16 @@ def signature_ok(body: bytes, header: str) -> bool:
     key = current_app.config["PAYMENT_WEBHOOK_SECRET"].encode()
     expected = "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(header.encode(), expected.encode())
+
+
+def check_timestamp(body: dict[str, Any]) -> None:
+    """The signed ``timestamp`` must be within ``PAYMENT_CALLBACK_WINDOW`` seconds of
+    now: else 403 (a replayed callback, or a missing stamp)."""
+    window = current_app.config["PAYMENT_CALLBACK_WINDOW"]
+    stamp = body.get("timestamp")
+    fresh = isinstance(stamp, int | float) and not isinstance(stamp, bool)
+    if not fresh or abs(time.time() - stamp) > window:
+        raise Refused(403, f"stale callback: timestamp missing or over {window} s from now")
 
 
 @shop.get("/")
@@ -151,10 +183,14 @@ def payment_callback() -> dict[str, str]:
     if not signature_ok(request.get_data(), request.headers.get("X-Signature", "")):
         raise Refused(403, "bad or missing X-Signature")
     body = json_body()
+    check_timestamp(body)
+    status = body.get("status")
+    if status not in TRANSITIONS["pending"]:
+        raise Refused(400, "status must be paid or failed")
     order = ORDERS.get(str(body.get("order_id")))
     if order is None:
         raise Refused(404, "no such order")
-    order.status = "paid" if body.get("status") == "paid" else "failed"
-    message = {"type": "payment", "order_id": order.order_id, "status": order.status}
-    push().send_to_uid(order.uid, json.dumps(message))
+    if move(order, status):
+        message = {"type": "payment", "order_id": order.order_id, "status": order.status}
+        push().send_to_uid(order.uid, json.dumps(message))
     return {"order_id": order.order_id, "status": order.status}

@@ -8,9 +8,18 @@ import os
 
 from pygatewayworker import Gateway
 
-# The connect-token key, shared with the web app (fastapishop Settings.token_key);
-# set GW_TOKEN_KEY in production (python -c "import secrets; print(secrets.token_urlsafe(32))").
-TOKEN_KEY = os.environ.get("GW_TOKEN_KEY", "dev-only-connect-token-key-change-me")
+# The connect-token key, shared with the web app (fastapishop Settings.token_key):
+# set GW_TOKEN_KEY (python -c "import secrets; print(secrets.token_urlsafe(32))"). The
+# published development key is used only with SHOP_DEV=1: with it, anyone could mint
+# a token for any user.
+TOKEN_KEY = os.environ.get("GW_TOKEN_KEY") or (
+    "dev-only-connect-token-key-change-me" if os.environ.get("SHOP_DEV") == "1" else ""
+)
+if not TOKEN_KEY:
+    raise RuntimeError(
+        "GW_TOKEN_KEY not set: set it to a long random secret (the web app's too). "
+        "(For a development machine only, SHOP_DEV=1 uses the published development key.)"
+    )
 
 gateway = Gateway(
     listen="127.0.0.1:7282",  # the public WebSocket address (0.0.0.0: every interface)

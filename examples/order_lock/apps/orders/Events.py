@@ -7,10 +7,16 @@ The lock is released when the page unsubscribes (leaves the order) or its connec
 ends for any reason: the tab closed, the network dropped, or the gateway holding the
 connection died (the workers run ``on_unsubscribe(sub, "close")`` for its clients once
 they notice, within the BusinessWorker's ``gateway_lost_timeout``).
+
+The hooks run on the business worker's event loop, and a sqlite call can wait up to
+its busy timeout (5 s) for another process's write: so they are coroutines that run
+the sqlite calls in a thread (``asyncio.to_thread``), and the worker keeps serving
+its other connections meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 
@@ -35,12 +41,16 @@ class Events(PusherEvents):
         )
     ]
 
-    def on_subscribe(self, sub: Subscription) -> None:
+    async def on_subscribe(self, sub: Subscription) -> None:
         order = order_of(sub.channel)
-        if order is not None and not orders.lock(order, sub.socket_id):
+        if order is None:
+            return
+        if not await asyncio.to_thread(orders.lock, order, sub.socket_id):
             raise Refuse(f"order {order} is being edited by someone else", status=409)
 
-    def on_unsubscribe(self, sub: Subscription, reason: str) -> None:
+    async def on_unsubscribe(self, sub: Subscription, reason: str) -> None:
+        # reason: "unsubscribe", "close" (tab closed, network, gateway died) or
+        # "refused" (accepted here, refused after): the lock goes back in every case
         order = order_of(sub.channel)
         if order is not None:
-            orders.unlock(order, sub.socket_id)
+            await asyncio.to_thread(orders.unlock, order, sub.socket_id)
