@@ -54,10 +54,13 @@ class WorkerAPI(GatewayAPI):
         ``on_websocket_connect``: how an app refuses a connection (a bad token or
         Origin). The gateway counts these closes as ``app_close``."""
 
-    def close_client(self, client_id: str, message: Message | None = None) -> None:
-        """Optionally send a last message, then close after flushing (code 1000);
-        closing the current client from its connect callbacks counts as a refusal."""
-        super().close_client(client_id, message)
+    def close_client(
+        self, client_id: str, message: Message | None = None, code: int = 1000, reason: str = ""
+    ) -> None:
+        """Optionally send a last message, then close after flushing with ``code`` and
+        ``reason`` (see :meth:`GatewayAPI.close_client`); closing the current client
+        from its connect callbacks counts as a refusal."""
+        super().close_client(client_id, message, code, reason)
         self._note_rejection(client_id)
 
     def destroy_client(self, client_id: str) -> None:
@@ -74,9 +77,12 @@ class WorkerAPI(GatewayAPI):
         """Send to the client whose event is being handled."""
         self.send_to_client(_current_client_id("send_to_current_client"), message)
 
-    def close_current_client(self, message: Message | None = None) -> None:
-        """Optional last message, then close the current client."""
-        self.close_client(_current_client_id("close_current_client"), message)
+    def close_current_client(
+        self, message: Message | None = None, code: int = 1000, reason: str = ""
+    ) -> None:
+        """Optional last message, then close the current client (``code``, ``reason``
+        as in :meth:`close_client`)."""
+        self.close_client(_current_client_id("close_current_client"), message, code, reason)
 
     def destroy_current_client(self) -> None:
         """Drop the current client at once."""

@@ -29,7 +29,7 @@ from typing import Any
 from pygatewayworker.gateway.client_id import MAX_CONN_ID
 from pygatewayworker.gateway.directory import Directory
 from pygatewayworker.gateway.frames import binary_frame, text_frame
-from pygatewayworker.gateway.protocol import Cmd
+from pygatewayworker.gateway.protocol import Cmd, check_close
 from pygatewayworker.gateway.records import Client, Counters, Link
 from pygatewayworker.gateway.websocket import State
 
@@ -195,14 +195,18 @@ class Commands:
         self.counters.broadcast_deliveries += self.deliver(recipients, frame)
 
     def cmd_close_client(self, link: Link, packet: list[Any]) -> None:
-        _, conn_id, data = packet
+        if len(packet) == 3:
+            (_, conn_id, data), code, reason = packet, 1000, ""
+        else:
+            _, conn_id, data, code, reason = packet
+            code, reason = check_close(code, reason)
         frame = None if data is None else data_frame(data)
         client = self.directory.get(check_conn_id(conn_id))
         if client is not None:
             if frame is not None:
                 self.deliver((client,), frame)  # not a broadcast: not counted as one
             client.close_reason = client.close_reason or "app_close"
-            client.writer.close(1000)
+            client.writer.close(code, reason)
 
     def cmd_destroy_client(self, link: Link, packet: list[Any]) -> None:
         _, conn_id = packet

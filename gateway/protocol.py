@@ -49,6 +49,8 @@ __all__ = [
     "MAX_SESSION",
     "MAX_CLIENT_MESSAGE",
     "check_packet_size",
+    "check_close",
+    "MAX_CLOSE_REASON",
     "MAX_KEY_LENGTH",
     "ROUTES_CHANGES",
     "ROUTES_STATE",
@@ -86,6 +88,26 @@ def check_packet_size(size: int, cmd: Cmd | int, limit: int = DEFAULT_MAX_PACKET
             f"{name} of {size} bytes exceeds the internal link limit of {limit} bytes; "
             f"nothing was sent (send large data another way, e.g. a URL to fetch)"
         )
+
+
+MAX_CLOSE_REASON = 123
+"""Longest close reason in UTF-8 bytes (a close frame's payload is at most 125)."""
+
+
+def check_close(code: object, reason: object) -> tuple[int, str]:
+    """``(code, reason)`` of a ``close_client``, or ``ValueError``/``TypeError`` saying
+    what is wrong: ``code`` 1000 (normal) or 3000-4999 (the ranges RFC 6455 leaves to
+    libraries and applications; the others are the protocol's own or reserved),
+    ``reason`` a str of at most :data:`MAX_CLOSE_REASON` UTF-8 bytes."""
+    if type(code) is not int:
+        raise TypeError(f"close code must be an int, got {type(code).__name__}")
+    if code != 1000 and not 3000 <= code <= 4999:
+        raise ValueError(f"close code {code} is not 1000 or 3000-4999")
+    if type(reason) is not str:
+        raise TypeError(f"close reason must be a str, got {type(reason).__name__}")
+    if len(reason.encode("utf-8", "surrogatepass")) > MAX_CLOSE_REASON:
+        raise ValueError(f"close reason is over {MAX_CLOSE_REASON} bytes in UTF-8")
+    return code, reason
 
 
 class Cmd(IntEnum):
@@ -181,8 +203,12 @@ class Cmd(IntEnum):
     """``[SEND_TO_GROUP, groups, data, exclude]``; ``groups`` a list of str, ``exclude``
     ``None`` or a list of conn_ids."""
     CLOSE_CLIENT = 24
-    """``[CLOSE_CLIENT, conn_id, data]``; ``data`` ``None`` or a last message; the close
-    happens after the send buffer is flushed (close code 1000)."""
+    """``[CLOSE_CLIENT, conn_id, data]`` or ``[CLOSE_CLIENT, conn_id, data, code,
+    reason]``; ``data`` ``None`` or a last message; the close happens after the send
+    buffer is flushed, with close ``code`` (1000 or 3000-4999, see
+    :func:`check_close`; 1000 when left out) and ``reason`` (str, at most 123 UTF-8
+    bytes). Senders leave the two fields out for a plain 1000 close, so gateways
+    older than them still understand it."""
     DESTROY_CLIENT = 25
     """``[DESTROY_CLIENT, conn_id]``: drop the TCP connection at once."""
     BIND_UID = 26

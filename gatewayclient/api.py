@@ -52,6 +52,7 @@ from pygatewayworker.gateway.protocol import (
     MAX_KEY_LENGTH,
     MAX_SESSION,
     Cmd,
+    check_close,
     check_packet_size,
     encode,
     pack_session,
@@ -345,11 +346,19 @@ class GatewayAPI:
                 lambda gw: encode(Cmd.SEND_TO_GROUP, groups, message, excluded.get(gw)), groups
             )
 
-    def close_client(self, client_id: str, message: Message | None = None) -> None:
-        """Optionally send a last message, then close after flushing (code 1000)."""
+    def close_client(
+        self, client_id: str, message: Message | None = None, code: int = 1000, reason: str = ""
+    ) -> None:
+        """Optionally send a last message, then close after flushing with close
+        ``code`` (1000 or 3000-4999, else ``ValueError``) and ``reason`` (at most 123
+        UTF-8 bytes)."""
         if message is not None:
             check_message(message)
-        self._to_client(Cmd.CLOSE_CLIENT, client_id, message)
+        check_close(code, reason)
+        if code == 1000 and not reason:  # the short form: gateways of any age read it
+            self._to_client(Cmd.CLOSE_CLIENT, client_id, message)
+        else:
+            self._to_client(Cmd.CLOSE_CLIENT, client_id, message, code, reason)
 
     def destroy_client(self, client_id: str) -> None:
         """Drop the connection at once."""

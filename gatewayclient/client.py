@@ -181,9 +181,12 @@ class AsyncGatewayClient:
         (await self._ready()).send_to_group(group, message, exclude)
         await self._sent()
 
-    async def close_client(self, client_id: str, message: Message | None = None) -> None:
-        """Optional last message, then close after flushing."""
-        (await self._ready()).close_client(client_id, message)
+    async def close_client(
+        self, client_id: str, message: Message | None = None, code: int = 1000, reason: str = ""
+    ) -> None:
+        """Optional last message, then close after flushing with close ``code``
+        (1000 or 3000-4999) and ``reason``."""
+        (await self._ready()).close_client(client_id, message, code, reason)
         await self._sent()
 
     async def destroy_client(self, client_id: str) -> None:

@@ -103,6 +103,10 @@ class JsonField(StrEnum):
     """A JSON object (a session)."""
     NUMBER = "number"
     """A JSON number (seconds)."""
+    CLOSE_CODE = "close_code"
+    """A WebSocket close code: an integer, 1000 or 3000-4999."""
+    TEXT = "text"
+    """A JSON string."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +165,8 @@ _GROUP = Arg("group", Key, JsonField.KEY)
 _UIDS = Arg("uids", Iterable[Key], JsonField.KEY_LIST)
 _EXCLUDE = Arg("exclude", Iterable[str] | str | None, JsonField.CLIENT_IDS_OR_ONE, default=None)
 _SESSION = Arg("session", dict[str, Any], JsonField.OBJECT)
+_CLOSE_CODE = Arg("code", int, JsonField.CLOSE_CODE, default=1000)
+_CLOSE_REASON = Arg("reason", str, JsonField.TEXT, default="")
 
 _SEND, _QUERY = Kind.SEND, Kind.QUERY
 _T, _B, _S = Cost.T, Cost.B, Cost.S
@@ -227,17 +233,19 @@ CALLS: tuple[Call, ...] = (
         "close_client",
         _SEND,
         _T,
-        (_CLIENT_ID, _LAST_MESSAGE),
+        (_CLIENT_ID, _LAST_MESSAGE, _CLOSE_CODE, _CLOSE_REASON),
         None,
-        "Optionally send a last message, then close (1000) after flushing.",
+        "Optionally send a last message, then close after flushing, with close `code`"
+        " (1000 or 3000-4999) and `reason` (at most 123 bytes).",
     ),
     _call(
         "close_current_client",
         _SEND,
         _T,
-        (_LAST_MESSAGE,),
+        (_LAST_MESSAGE, _CLOSE_CODE, _CLOSE_REASON),
         None,
-        "Optionally send a last message, then close the current client.",
+        "Optionally send a last message, then close the current client (`code`,"
+        " `reason` as in `close_client`).",
         verb=False,
         worker_only=True,
     ),

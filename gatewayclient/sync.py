@@ -204,9 +204,12 @@ class GatewayClient:
         """Send to every member of the group(s) minus ``exclude``."""
         self._call(AsyncGatewayClient.send_to_group, group, message, exclude)
 
-    def close_client(self, client_id: str, message: Message | None = None) -> None:
-        """Optional last message, then close after flushing."""
-        self._call(AsyncGatewayClient.close_client, client_id, message)
+    def close_client(
+        self, client_id: str, message: Message | None = None, code: int = 1000, reason: str = ""
+    ) -> None:
+        """Optional last message, then close after flushing with close ``code``
+        (1000 or 3000-4999) and ``reason``."""
+        self._call(AsyncGatewayClient.close_client, client_id, message, code, reason)
 
     def destroy_client(self, client_id: str) -> None:
         """Close the connection at once."""

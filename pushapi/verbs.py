@@ -106,7 +106,7 @@ def _message(verb: str, arg: Arg, fields: dict[str, Any]) -> str | bytes | None:
     return text
 
 
-def _arg_client_id(name: str, value: Any) -> str:
+def _arg_string(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise BadRequest(f"{name!r} must be a string, got {type(value).__name__}")
     return value
@@ -133,16 +133,24 @@ def _arg_key_list(name: str, value: Any) -> list[str | int]:
 def _arg_ids(name: str, value: Any) -> list[str]:
     if not isinstance(value, list):
         raise BadRequest(f"{name!r} must be a list of client_ids, got {type(value).__name__}")
-    return [_arg_client_id(f"{name}[{i}]", item) for i, item in enumerate(value)]
+    return [_arg_string(f"{name}[{i}]", item) for i, item in enumerate(value)]
 
 
 def _arg_ids_or_one(name: str, value: Any) -> str | list[str]:
-    return _arg_client_id(name, value) if isinstance(value, str) else _arg_ids(name, value)
+    return _arg_string(name, value) if isinstance(value, str) else _arg_ids(name, value)
 
 
 def _arg_object(name: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadRequest(f"{name!r} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _arg_close_code(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{name!r} must be an integer close code, got {type(value).__name__}")
+    if value != 1000 and not 3000 <= value <= 4999:
+        raise BadRequest(f"{name!r}: close code {value} is not 1000 or 3000-4999")
     return value
 
 
@@ -153,7 +161,7 @@ def _arg_number(name: str, value: Any) -> float:
 
 
 CONVERTERS: dict[JsonField, Callable[[str, Any], Any]] = {
-    JsonField.CLIENT_ID: _arg_client_id,
+    JsonField.CLIENT_ID: _arg_string,
     JsonField.CLIENT_IDS: _arg_ids,
     JsonField.CLIENT_IDS_OR_ONE: _arg_ids_or_one,
     JsonField.KEY: _arg_key,
@@ -161,5 +169,7 @@ CONVERTERS: dict[JsonField, Callable[[str, Any], Any]] = {
     JsonField.KEY_LIST: _arg_key_list,
     JsonField.OBJECT: _arg_object,
     JsonField.NUMBER: _arg_number,
+    JsonField.CLOSE_CODE: _arg_close_code,
+    JsonField.TEXT: _arg_string,
 }
 """``(field name, JSON value) -> argument`` for every field kind but messages."""

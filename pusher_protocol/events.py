@@ -18,7 +18,8 @@ How this works
 --------------
 - ``on_websocket_connect``: the handshake path is ``/app/<key>?protocol=7...``; an
   unknown key, a missing/unsupported protocol or a refused ``Origin`` is answered
-  with ``pusher:error`` (4001, 4008/4006/4007, 4009) and the connection is closed;
+  with ``pusher:error`` (4001, 4008/4006/4007, 4009) and the connection is closed
+  with that code;
   otherwise ``pusher:connection_established`` with the connection's ``socket_id``
   (see :func:`~.protocol.socket_id_of`) and the app's ``activity_timeout``.
 - ``on_message``: each event name has its handler (``pusher:subscribe`` ->
@@ -139,10 +140,10 @@ class PusherEvents:
         api.send_to_client(client_id, p.message("pusher:connection_established", established))
 
     def _refuse(self, client_id: str, code: int, text: str) -> None:
-        # close_client closes with 1000 (it takes no close code): pusher-js reads the
-        # code of a refused handshake from the pusher:error, so it still backs off or
-        # gives up as the code says.
-        api.close_client(client_id, p.error(text, code))
+        # The pusher:error, then a close with the same code, as Pusher's servers do:
+        # pusher-js acts on the close code (4000-4099 give up, 4100-4199 back off,
+        # 4200-4299 reconnect at once).
+        api.close_client(client_id, p.error(text, code), code, p.close_reason(text))
 
     async def on_message(self, client_id: str, message: str | bytes) -> None:
         """One client frame: parse it and run its handler."""

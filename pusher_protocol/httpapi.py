@@ -298,9 +298,12 @@ class HTTPAPI:
         if not user_id:
             raise ApiError(400, "a user id is required")
         client_ids = await self.client.get_client_id_by_uid(f"{req.app.id}:{user_id}")
-        bye = p.error("Connection terminated by the server", p.ErrorCode.UNAUTHORIZED)
+        # as Pusher's servers do: pusher:error 4009, then a close with 4009, after
+        # which pusher-js does not reconnect (4000-4099: "refused")
+        text = "Connection terminated by the server"
+        bye = p.error(text, p.ErrorCode.UNAUTHORIZED)
         for client_id in client_ids:
-            await self.client.close_client(client_id, bye)
+            await self.client.close_client(client_id, bye, p.ErrorCode.UNAUTHORIZED, text)
         return {}
 
     def _channel(self, raw: str) -> str:

@@ -41,6 +41,7 @@ __all__ = [
     "message",
     "error",
     "subscription_error",
+    "close_reason",
     "kind_of",
     "check_channel",
     "check_event_name",
@@ -147,6 +148,12 @@ def message(event: str, data: Any, channel: str | None = None, **extra: Any) -> 
 def error(text: str, code: int | None = None, channel: str | None = None) -> str:
     """A ``pusher:error`` frame."""
     return message("pusher:error", {"code": code, "message": text}, channel)
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to fit a WebSocket close reason (123 bytes of UTF-8)."""
+    raw = text.encode("utf-8")
+    return text if len(raw) <= 123 else raw[:123].decode("utf-8", "ignore")
 
 
 def subscription_error(channel: str, text: str, status: int, kind: str = "AuthError") -> str:

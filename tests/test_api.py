@@ -159,6 +159,27 @@ async def test_link_coalesces_and_flushes_large_batches(pair: Pair) -> None:
 # ---- T-class -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("code", "reason", "error"),
+    [
+        (1001, "", ValueError),
+        (2999, "", ValueError),
+        (5000, "", ValueError),
+        (4000.0, "", TypeError),
+        (4000, "é" * 62, ValueError),
+        (4000, b"x", TypeError),
+    ],
+)
+async def test_close_client_refuses_a_bad_code_or_reason_before_sending(
+    pair: Pair, code: Any, reason: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match="close (code|reason)"):
+        pair.api.close_client(pair.gw2.client_id(7), None, code, reason)
+    pair.api.close_client(pair.gw2.client_id(7), None, 3000, "é" * 61)  # 122 bytes: fine
+    await pair.barrier()
+    assert pair.gw2.packets()[:-1] == [[Cmd.CLOSE_CLIENT, 7, None, 3000, "é" * 61]]
+
+
 async def test_t_class_calls_go_only_to_the_owning_gateway(pair: Pair) -> None:
     api, gw1, gw2 = pair.api, pair.gw1, pair.gw2
     cid = gw2.client_id(7)
@@ -166,6 +187,7 @@ async def test_t_class_calls_go_only_to_the_owning_gateway(pair: Pair) -> None:
     api.send_to_client(cid, b"\x00bin")
     api.close_client(cid, "bye")
     api.close_client(cid)
+    api.close_client(cid, None, 4001, "unknown app")
     api.destroy_client(cid)
     api.bind_uid(cid, 42)
     api.unbind_uid(cid, "42")
@@ -179,7 +201,8 @@ async def test_t_class_calls_go_only_to_the_owning_gateway(pair: Pair) -> None:
         [Cmd.SEND_TO_CLIENT, 7, "hi"],
         [Cmd.SEND_TO_CLIENT, 7, b"\x00bin"],
         [Cmd.CLOSE_CLIENT, 7, "bye"],
-        [Cmd.CLOSE_CLIENT, 7, None],
+        [Cmd.CLOSE_CLIENT, 7, None],  # 1000, no reason: the short form
+        [Cmd.CLOSE_CLIENT, 7, None, 4001, "unknown app"],
         [Cmd.DESTROY_CLIENT, 7],
         [Cmd.BIND_UID, 7, "42"],
         [Cmd.UNBIND_UID, 7, "42"],
@@ -188,7 +211,7 @@ async def test_t_class_calls_go_only_to_the_owning_gateway(pair: Pair) -> None:
         [Cmd.SET_SESSION, 7, pack_session({"a": 1})],
         [Cmd.UPDATE_SESSION, 7, {"b": {"c": 2}}],
     ]
-    assert api.sent == 11
+    assert api.sent == 12
 
 
 async def test_t_class_to_an_unlinked_gateway_raises(pair: Pair) -> None:

@@ -183,6 +183,8 @@ def test_each_verb_takes_its_fields_in_the_call_order(call: Call) -> None:
         JsonField.KEY_LIST: ["k3", 4],
         JsonField.OBJECT: {"a": 1},
         JsonField.NUMBER: 60.0,
+        JsonField.CLOSE_CODE: 4001,
+        JsonField.TEXT: "bye",
     }
     body = {arg.field: sample[arg.json] for arg in call.args}
     args = parse_call(call.verb, _json(body))

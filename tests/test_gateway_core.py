@@ -575,6 +575,18 @@ def test_close_client_sends_the_last_message_then_closes_and_destroy_aborts() ->
     assert writer(b).aborted and not writer(b).closed
 
 
+def test_close_client_with_a_code_and_reason_and_a_bad_code_rejects_the_link() -> None:
+    h = Harness()
+    worker = h.link()
+    a, b = h.client(), h.client()
+    h.feed(worker, [Cmd.CLOSE_CLIENT, a.conn_id, None, 4001, "unknown app"])
+    assert writer(a).closed == [(4001, "unknown app")]
+    h.feed(worker, [Cmd.CLOSE_CLIENT, b.conn_id, None, 1006, ""])
+    error = writer(worker).take()[-1]
+    assert error[0] == Cmd.ERROR and "close code 1006 is not 1000 or 3000-4999" in error[2]
+    assert writer(worker).rejected and not writer(b).closed
+
+
 def test_routes_changes_go_to_every_accepted_link_once_per_batch() -> None:
     h = Harness()
     worker = h.link()

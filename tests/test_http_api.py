@@ -184,7 +184,16 @@ def test_parse_call_converts_each_kind() -> None:
         b"\x00\x01",
     ]
     assert parse_call("send_to_all", b'{"message": "m"}') == ["m", None, None]
-    assert parse_call("close_client", b'{"client_id": "c"}') == ["c", None]
+    assert parse_call("close_client", b'{"client_id": "c"}') == ["c", None, 1000, ""]
+    assert parse_call("close_client", b'{"client_id": "c", "code": 4200, "reason": "r"}') == [
+        "c",
+        None,
+        4200,
+        "r",
+    ]
+    for bad in (b'"code": 1001', b'"code": "4000"', b'"code": true', b'"reason": 5'):
+        with pytest.raises(BadRequest, match="close_client: '(code|reason)'"):
+            parse_call("close_client", b'{"client_id": "c", ' + bad + b"}")
     assert parse_call("get_client_count_by_group", b"") == [""]
     assert parse_call("get_all_client_count", b"{}") == []
     assert parse_call("update_session", b'{"client_id": "c", "session": {"a": 1}}') == [
@@ -450,8 +459,10 @@ async def test_queries_and_sessions(cluster: tuple[AppSpec, int], two: list[RC])
 async def test_close_and_destroy(cluster: tuple[AppSpec, int], two: list[RC]) -> None:
     _, port = cluster
     a, b = two
-    await post(port, "close_client", client_id=a.client_id, message="bye")
+    await post(port, "close_client", client_id=a.client_id, message="bye", code=4100, reason="r")
     assert await a.expect() == "bye"
+    await asyncio.wait_for(a.ws.wait_closed(), 5)
+    assert (a.ws.close_code, a.ws.close_reason) == (4100, "r")
     await post(port, "destroy_client", client_id=b.client_id)
     for client in two:
         await asyncio.wait_for(client.ws.wait_closed(), 5)

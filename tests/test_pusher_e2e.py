@@ -114,7 +114,7 @@ async def test_handshake_errors_are_answered_with_the_protocol_codes(
     first, close_code = await _handshake_error(cluster.ws_url(key, query))
     assert first["event"] == "pusher:error"
     assert first["data"]["code"] == code
-    assert close_code == 1000  # close_client takes no close code (see docs/pusher.md)
+    assert close_code == code  # the close carries the error's code, as Pusher's does
 
 
 async def test_allowed_origins(cluster: PusherCluster) -> None:
@@ -401,6 +401,7 @@ async def test_server_sdk_triggers_and_queries(cluster: PusherCluster) -> None:
         bye = await recv_until(b.ws, "pusher:error")
         assert bye["data"]["code"] == 4009
         await asyncio.wait_for(b.ws.wait_closed(), 5)
+        assert b.ws.close_code == 4009
         assert (await recv_until(a.ws, "pusher_internal:member_removed"))["data"][
             "user_id"
         ] == "u-b"

@@ -101,6 +101,36 @@ async def test_public_private_client_events_and_unsubscribe(
     assert not received(host, "b", "client-nope")  # refused: never relayed
 
 
+def _states_after_disconnect(host: NodeHost, client: str, since: int = 0) -> list[str]:
+    """The states ``client`` went through after its first "disconnected" since ``since``."""
+    states = [d["current"] for d in host.seen[since:] if d.get("id") == client and "current" in d]
+    return states[states.index("disconnected") + 1 :]
+
+
+async def test_close_codes_decide_whether_pusher_js_reconnects(
+    cluster: PusherCluster, backend: AuthBackend, host: NodeHost
+) -> None:
+    """An unknown key (4001) and terminate_connections (4009) close with their codes:
+    pusher-js gives up ("refused": disconnected, no new attempt), where a close with
+    1000 made it reconnect. pusher-js moves to "connecting" at once when it means to
+    retry (its retryIn), so the order of its states is the proof, without a wait."""
+    await host.send("connect", id="k", key="no-such-key", port=cluster.ws_port)
+    await host.wait(lambda d: d.get("id") == "k" and d.get("current") == "disconnected")
+    # a barrier: the host has run every callback of "k" before this one connects
+    await host.connect("probe", KEY, cluster.ws_port, backend.url, "pia")
+    assert _states_after_disconnect(host, "k") == []  # no "connecting": it gave up
+
+    await host.connect("t", KEY, cluster.ws_port, backend.url, "tess")
+    assert (await host.subscribe("t", "presence-terminate"))["type"] == "subscribed"
+    mark = len(host.seen)
+    await asyncio.to_thread(cluster.sdk().terminate_user_connections, "tess")
+    await host.wait(lambda d: d.get("id") == "t" and d.get("current") == "disconnected")
+    error = await host.wait(lambda d: d.get("id") == "t" and d.get("type") == "error", since=mark)
+    assert error["data"]["code"] == 4009
+    await host.connect("probe2", KEY, cluster.ws_port, backend.url, "pia")  # a barrier
+    assert _states_after_disconnect(host, "t", mark) == []
+
+
 def received(host: NodeHost, client: str, event: str) -> list[dict[str, Any]]:
     """Every frame named ``event`` that reached ``client``'s connection, also on a
     channel pusher-js no longer has (its global binding sees every frame)."""
