@@ -23,10 +23,11 @@ deliveries (``Counters.broadcast_deliveries``, metrics): one add per command.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pygatewayworker.gateway.client_id import MAX_CONN_ID
+from pygatewayworker.gateway.decider import DecisionTable, check_members
 from pygatewayworker.gateway.directory import Directory
 from pygatewayworker.gateway.frames import binary_frame, text_frame
 from pygatewayworker.gateway.protocol import Cmd, check_close
@@ -134,9 +135,14 @@ class Commands:
     """The Gateway API handlers: ``cmd_*(link, packet)`` for commands (no answer),
     ``query_*(*args)`` for queries (the result is the ``REPLY``)."""
 
-    def __init__(self, directory: Directory[Client], counters: Counters) -> None:
+    def __init__(
+        self, directory: Directory[Client], counters: Counters, clock: Callable[[], float]
+    ) -> None:
         self.directory = directory
         self.counters = counters
+        self.clock = clock
+        self.decisions = DecisionTable()
+        """The keys this gateway decides (``Q_DECIDE_*``, see ``gateway.decider``)."""
 
     # ---- send commands ------------------------------------------------------------
     def deliver(self, recipients: Iterable[Client], frame: bytes) -> int:
@@ -261,3 +267,21 @@ class Commands:
 
     def query_all_uids(self) -> Any:
         return self.directory.all_uids()
+
+    # ---- the decider table (internal; see gateway.decider) ------------------------
+    def query_decide_join(self, epoch: int, key: str, member: str, conn: str) -> Any:
+        return self.decisions.join(*_decision_args(epoch, key, member, conn))
+
+    def query_decide_leave(self, epoch: int, key: str, member: str, conn: str) -> Any:
+        return self.decisions.leave(*_decision_args(epoch, key, member, conn))
+
+    def query_decide_seed(self, epoch: int, key: str, members: dict[str, list[str]]) -> Any:
+        epoch, key = _decision_args(epoch, key)
+        return self.decisions.seed(epoch, key, check_members(members), self.clock())
+
+
+def _decision_args(epoch: object, *names: object) -> tuple[Any, ...]:
+    """``(epoch, *names)`` checked: an int and strs (``TypeError`` otherwise)."""
+    if type(epoch) is not int or not all(type(n) is str for n in names):
+        raise TypeError("a decision takes an int epoch and str key, member and conn")
+    return (epoch, *names)

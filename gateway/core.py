@@ -107,7 +107,7 @@ class GatewayCore:
         self.directory: Directory[Client] = Directory(self._routes_dirty)
         self.workers = Workers(config, self.directory, clock)
         self.clients = Clients(config, self.directory, self.workers, self.counters, clock)
-        self.commands = Commands(self.directory, self.counters)
+        self.commands = Commands(self.directory, self.counters, clock)
         self.links: set[Link] = set()
         self.handlers: dict[Cmd, Callable[[Link, list[Any]], None]] = {}
         """Command handlers by command (``cmd_<name>`` here or on :attr:`commands`)."""
@@ -380,9 +380,10 @@ class GatewayCore:
     # ---- time ---------------------------------------------------------------------
     def tick(self, now: float) -> None:
         """Housekeeping (about once a second): expire events held with no worker
-        linked, and do what each link's protocol object says it needs
+        linked, sweep the decider table, and do what each link's protocol object says it needs
         (``LinkServer.upkeep``: a ping, a hello deadline, a silent peer)."""
         self.workers.expire(now)
+        self.commands.decisions.sweep(now)
         for link in list(self.links):
             upkeep = link.proto.upkeep(now)
             if upkeep is Upkeep.NOTHING:

@@ -264,6 +264,20 @@ class Cmd(IntEnum):
     """``[Q_STATS, req]`` -> dict of counters (connections, messages in/out, send
     failures, workers linked...). For operators."""
 
+    # ---- the decider table (gateway.decider), asked of a key's decider gateway -------
+    # ``epoch`` (int) names the gateway set the asker chose the decider from; ``key``,
+    # ``member`` and ``conn`` are str. Internal: not part of the Gateway API.
+    Q_DECIDE_JOIN = 48
+    """``[Q_DECIDE_JOIN, req, epoch, key, member, conn]`` -> ``[member_new, key_new]``,
+    or ``None`` when the key is unknown here (seed it, then ask again)."""
+    Q_DECIDE_LEAVE = 49
+    """``[Q_DECIDE_LEAVE, req, epoch, key, member, conn]`` -> ``[member_last,
+    key_last]``, or ``None`` when the key is unknown here."""
+    Q_DECIDE_SEED = 50
+    """``[Q_DECIDE_SEED, req, epoch, key, members]`` (``{member: [conn, ...]}``, read
+    from the live groups) -> ``True`` when taken, ``False`` when the key was already
+    held (the first seed wins)."""
+
 
 MAX_KEY_LENGTH = 1024
 """Longest uid or group name, in characters (a clear error beyond it, everywhere)."""

@@ -197,6 +197,18 @@ class GatewayAPI:
 
     # ---- plumbing ------------------------------------------------------------------
 
+    @property
+    def links(self) -> Mapping[str, GatewayLink]:
+        """The open links by gateway address (read only; for ``gatewayclient.decider``)."""
+        return self._links
+
+    @property
+    def known_gateways(self) -> frozenset[str]:
+        """Every gateway address this process knows: linked, or listed by the
+        registers and not linked right now."""
+        unlinked = self._unlinked() if self._unlinked is not None else ()
+        return frozenset((*self._links, *unlinked))
+
     def _link_of(self, client_id: object) -> tuple[GatewayLink, int]:
         gateway, conn_id = route(client_id)
         link = self._links.get(gateway)

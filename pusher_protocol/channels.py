@@ -9,26 +9,23 @@ How this works
 one ``send_to_group``. It runs inside the client's own events (one client's events
 run in order), so a connection's state never changes under its feet.
 
-The order of writes and reads matters for presence (see :mod:`.presence`): a
-subscriber writes its record and joins before it reads the group; a leaver leaves
-and waits for its own gateway's answer (a T-class query on the same link, which the
-gateway answers after applying the leave) before it reads.
+Who announces ``member_added`` / ``member_removed`` and sends the
+``channel_occupied`` / ``channel_vacated`` webhooks is decided by the channel's
+decider gateway (:mod:`.decide`, ``gateway.decider``), exactly once: a subscriber
+writes its record as *pending*, joins the group, answers the client, asks the
+decider (``join``: is the user new to the channel? is the channel new?), announces
+what the answer says, then marks its record decided. A leaver is removed from its
+gateway first (an unsubscribe waits for that gateway's answer; a closed connection
+is gone already), then asks the decider (``leave``: was that the user's last
+connection? the channel's?). The decider is asked for presence channels, and for the
+other channels only when the app has a ``channel_occupied`` or ``channel_vacated``
+webhook.
 
-``channel_occupied`` and ``channel_vacated`` follow the same discipline, with a
-marker group (:func:`~.protocol.occupied_group_of`) in place of a session flag, so
-that the check costs one count query however large the channel is. A subscriber
-joins the channel's group, reads its own gateway's answer (the barrier, or the
-presence read), counts the marker group, sends ``channel_occupied`` when it is
-empty, and only then joins the marker group; a leaver leaves the marker group
-*before* the channel's group. So a marked connection is always in the channel, and
-the first connection to be marked in an occupation counted no marker before it:
-that occupation's ``channel_occupied`` is never lost (several subscribers that count
-within one round trip of each other may each send it). A leaver that counts the
-channel's group empty after its own leave sends ``channel_vacated``; of the last
-leavers, the one that counts last sees them all gone. Every ``channel_vacated`` is
-sent after a ``channel_occupied`` of the same occupation: the leaver was in the
-channel, so its own subscribe sent one or found the marker of one that had.
-The limits of these rules are in ``docs/pusher.md`` ("the guarantee").
+When the decider cannot decide (not reachable, see :mod:`.decide`), the read rules
+of :mod:`.presence` decide instead (never lost, possibly twice): a subscriber that
+sees no other decided connection of its user (of the channel) announces; a leaver
+that sees no other connection of its user left (the channel empty) announces.
+The guarantee, and what remains not exactly once, is in ``docs/pusher.md``.
 """
 
 from __future__ import annotations
@@ -38,13 +35,17 @@ from collections.abc import Awaitable
 from typing import Any
 
 from pygatewayworker.businessworker.handle import api
+from pygatewayworker.gatewayclient.decider import DeciderLink
 from pygatewayworker.gatewayclient.errors import GatewayError, QueryTimeout
 from pygatewayworker.pusher import protocol as p
 from pygatewayworker.pusher.config import PusherApp
+from pygatewayworker.pusher.decide import Decide
 from pygatewayworker.pusher.hooks import Hooks, Refuse, Subscription, settle, subscription_of
 from pygatewayworker.pusher.presence import (
     PusherState,
+    announces_first,
     announces_join,
+    decided_members,
     is_full,
     members,
     presence_payload,
@@ -66,9 +67,10 @@ def _full_frame(app: PusherApp, channel: str) -> str:
 class Channels:
     """Channel operations of the connections a worker runs."""
 
-    def __init__(self, hooks: Hooks, webhooks: WebhookSender) -> None:
+    def __init__(self, hooks: Hooks, webhooks: WebhookSender, decide: Decide | None = None) -> None:
         self.hooks = hooks
         self.webhooks = webhooks
+        self.decide = decide if decide is not None else Decide(DeciderLink(api))
         self.fresh: dict[str, dict[str, Any]] = {}
         """client_id -> the Pusher state this worker wrote last (see :meth:`refresh`)."""
 
@@ -119,10 +121,6 @@ class Channels:
         )
         return sessions
 
-    async def _count(self, group: str) -> int:
-        count: int = await self._read(f"count of {group}", api.get_client_count_by_group(group), 0)
-        return count
-
     async def _barrier(self, client_id: str) -> None:
         """Wait until the client's gateway has applied what we sent it so far.
 
@@ -162,15 +160,27 @@ class Channels:
             return  # refused before the hook: it took nothing
         if not await self._allowed(sub):
             return
-        bound = self._join(app, client_id, session, state, channel, user_id, user_info)
+        decided = self._decided(app, channel)
+        state.add(channel, user_id, user_info, pending=decided)
+        bound = self._join(app, client_id, session, state, channel, user_id)
         if user_id is None:
             await self._barrier(client_id)
             frame = p.message("pusher_internal:subscription_succeeded", {}, channel)
             api.send_to_client(client_id, frame)
-            await self._occupy(app, client_id, channel)
+            if decided:
+                await self._announce_join(app, session, state, sub, None)
             return
         if not await self._join_presence(app, session, state, sub):
             await self._undo_join(app, session, state, sub, bound)
+
+    def _decided(self, app: PusherApp, channel: str) -> bool:
+        """Whether joins and leaves of ``channel`` go through its decider: presence
+        channels (member events), and others when the app wants channel webhooks."""
+        return (
+            p.kind_of(channel) == "presence"
+            or self.webhooks.wants(app, "channel_occupied")
+            or self.webhooks.wants(app, "channel_vacated")
+        )
 
     def _checked(
         self, app: PusherApp, client_id: str, state: PusherState, data: dict[str, Any]
@@ -247,11 +257,10 @@ class Channels:
         state: PusherState,
         channel: str,
         user_id: str | None,
-        user_info: Any,
     ) -> bool:
-        """Record the subscription, bind the presence user (first presence channel:
-        returns ``True``), write the session and join the group, in that order."""
-        state.add(channel, user_id, user_info)
+        """With the subscription recorded in ``state``: bind the presence user (first
+        presence channel: returns ``True``), write the session and join the group, in
+        that order."""
         bound = user_id is not None and state.user_id is None
         if bound:
             state.user_id = user_id
@@ -264,11 +273,10 @@ class Channels:
         self, app: PusherApp, session: dict[str, Any], state: PusherState, sub: Subscription
     ) -> bool:
         """Read the members (our record is in), answer with them, announce the user
-        unless another of its connections did (see :mod:`.presence`). ``False``: the
-        channel turned out full (two users took the last place at once)."""
+        if the decider says it is new. ``False``: the channel turned out full (two
+        users took the last place at once)."""
         client_id, channel, user_id = sub.client_id, sub.channel, str(sub.user_id)
-        group = p.group_of(app.id, channel)
-        sessions = await self._sessions(group)
+        sessions = await self._sessions(p.group_of(app.id, channel))
         if is_full(sessions, client_id, channel, user_id, app.max_presence_members):
             return False
         found = members(sessions, channel)
@@ -278,16 +286,53 @@ class Channels:
             client_id,
             p.message("pusher_internal:subscription_succeeded", presence_payload(found), channel),
         )
-        if announces_join(sessions, client_id, channel, user_id):
-            added = {"user_id": user_id, "user_info": sub.user_info}
-            api.send_to_group(
-                group, p.message("pusher_internal:member_added", added, channel), [client_id]
+        await self._announce_join(app, session, state, sub, sessions)
+        return True
+
+    async def _live(self, group: str, channel: str) -> dict[str, list[str]] | None:
+        """The decided members of ``channel`` on every gateway (a decider's seed);
+        ``None`` when a gateway did not answer (a seed must see them all)."""
+        try:
+            sessions = await api.get_client_sessions_by_group(group)
+        except GatewayError as exc:
+            log.warning("pusher: cannot rebuild %s: %s", group, exc)
+            return None
+        return decided_members(sessions, channel)
+
+    async def _announce_join(
+        self,
+        app: PusherApp,
+        session: dict[str, Any],
+        state: PusherState,
+        sub: Subscription,
+        sessions: dict[str, Any] | None,
+    ) -> None:
+        """Ask the decider whether the user (the channel) is new, announce what it
+        says, then mark the subscription decided. ``sessions``: the group as read
+        after joining, for the read rule if the decider cannot decide."""
+        client_id, channel = sub.client_id, sub.channel
+        group = p.group_of(app.id, channel)
+        member = "" if sub.kind != "presence" else str(sub.user_id)
+        answer = await self.decide.join(
+            group, member, client_id, lambda: self._live(group, channel)
+        )
+        if answer is None:
+            if sessions is None:
+                sessions = await self._sessions(group)
+            answer = (
+                bool(member) and announces_join(sessions, client_id, channel, member),
+                announces_first(sessions, client_id, channel),
             )
-            self.webhooks.emit(app, "member_added", channel=channel, user_id=user_id)
+        member_new, channel_new = answer
+        if member and member_new:
+            added = {"user_id": member, "user_info": sub.user_info}
+            frame = p.message("pusher_internal:member_added", added, channel)
+            api.send_to_group(group, frame, [client_id])
+            self.webhooks.emit(app, "member_added", channel=channel, user_id=member)
+        if channel_new:
+            self.webhooks.emit(app, "channel_occupied", channel=channel)
         state.mark_joined(channel)
         self.store(client_id, session, state)
-        await self._occupy(app, client_id, channel)
-        return True
 
     async def _undo_join(
         self,
@@ -309,16 +354,6 @@ class Channels:
         api.send_to_client(sub.client_id, _full_frame(app, sub.channel))
         await self._unsubscribed(sub, "refused")
 
-    async def _occupy(self, app: PusherApp, client_id: str, channel: str) -> None:
-        """``channel_occupied`` unless another subscriber has marked the channel,
-        then mark it (join its marker group); see the module docstring."""
-        if not self.webhooks.wants(app, "channel_occupied"):
-            return
-        marker = p.occupied_group_of(app.id, channel)
-        if await self._count(marker) == 0:
-            self.webhooks.emit(app, "channel_occupied", channel=channel)
-        api.join_group(client_id, marker)
-
     async def _succeeded(self, app: PusherApp, client_id: str, channel: str) -> None:
         data: dict[str, Any] = {}
         if p.kind_of(channel) == "presence":
@@ -338,8 +373,6 @@ class Channels:
             return  # Pusher ignores unsubscribing from a channel one is not in
         record = state.remove(channel)
         self.store(client_id, session, state)
-        # the marker first: a marked connection is always in the channel's group
-        api.leave_group(client_id, p.occupied_group_of(app.id, channel))
         api.leave_group(client_id, p.group_of(app.id, channel))
         await self._barrier(client_id)
         await self._left(app, client_id, state, channel, record, "unsubscribe")
@@ -365,22 +398,31 @@ class Channels:
         record: Any,
         reason: str,
     ) -> None:
-        group = p.group_of(app.id, channel)
-        user_id = record.get("user_id") if isinstance(record, dict) else None
-        remaining: int | None = None
-        if user_id is not None:
-            sessions = await self._sessions(group)
-            remaining = len(sessions)
-            if not still_present(sessions, client_id, channel, user_id):
-                gone = p.message("pusher_internal:member_removed", {"user_id": user_id}, channel)
-                api.send_to_group(group, gone)
-                self.webhooks.emit(app, "member_removed", channel=channel, user_id=user_id)
-        if self.webhooks.wants(app, "channel_vacated"):
-            if remaining is None:
-                remaining = await self._count(group)
-            if remaining == 0:
-                self.webhooks.emit(app, "channel_vacated", channel=channel)
+        if self._decided(app, channel):
+            user_id = record.get("user_id") if isinstance(record, dict) else None
+            await self._announce_leave(app, client_id, channel, user_id)
         await self._unsubscribed(subscription_of(app.id, client_id, state, channel, record), reason)
+
+    async def _announce_leave(
+        self, app: PusherApp, client_id: str, channel: str, user_id: str | None
+    ) -> None:
+        """Ask the decider whether that was the user's (the channel's) last
+        connection, and announce what it says."""
+        group = p.group_of(app.id, channel)
+        member = "" if user_id is None else str(user_id)
+        rebuild = lambda: self._live(group, channel)  # noqa: E731
+        answer = await self.decide.leave(group, member, client_id, rebuild)
+        if answer is None:  # the read rule: our leave is applied on our gateway
+            sessions = await self._sessions(group)
+            user_gone = bool(member) and not still_present(sessions, client_id, channel, member)
+            answer = (user_gone, not sessions)
+        member_last, channel_last = answer
+        if member and member_last:
+            gone = p.message("pusher_internal:member_removed", {"user_id": member}, channel)
+            api.send_to_group(group, gone)
+            self.webhooks.emit(app, "member_removed", channel=channel, user_id=member)
+        if channel_last:
+            self.webhooks.emit(app, "channel_vacated", channel=channel)
 
     async def _unsubscribed(self, sub: Subscription, reason: str) -> None:
         """Run ``on_unsubscribe``; its errors are logged, never raised."""

@@ -6,7 +6,8 @@ A connection's Pusher state lives in its gateway session, under ``"pusher"``::
 
     {"app": "1", "user": "42" | None,
      "channels": {"public-x": None,
-                  "presence-room": {"user_id": "42", "user_info": {...}, "joined": True}}}
+                  "presence-room": {"user_id": "42", "user_info": {...}}},
+     "pending": ["presence-room"]}     # joins the decider has not answered yet
 
 so it travels with every event to whichever worker runs it, survives worker reloads,
 and is what ``on_close`` sees (also for the clients of a gateway that died).
@@ -15,21 +16,17 @@ Presence is read, never stored apart: the members of a presence channel are the
 ``user_id`` records in the sessions of its group's connections
 (``get_client_sessions_by_group``), one member per distinct ``user_id``.
 
-Who announces ``member_added``: a subscribing connection writes its record with
-``joined: False``, joins the group, reads the group's sessions, announces unless
-another connection of the same user is already ``joined``, then marks its own record
-``joined``. The first connection of a user to mark itself joined saw no other joined
-record at any point of its read, so it announced: every arrival is announced (at
-least once). Two connections of one user subscribing within one read of each other
-(a few milliseconds) on different gateways may both announce; pusher-js keeps one
-member either way.
+Who announces is decided by the channel's decider gateway (``gateway.decider``,
+``pusher.decide``). A subscription is *pending* (its channel is listed under
+``"pending"`` in the state) from the moment it is written until the decider has
+answered for it; :func:`decided_members` (what a decider is seeded with) leaves
+pending ones out, since their own join is still on its way to the decider.
 
-Who announces ``member_removed``: a leaving connection's record is gone from its
-gateway *before* it reads (an unsubscribe waits for its gateway's answer; a closed
-connection is already gone), and it announces when no other record of the user is
-left. Of two connections of one user leaving at once, at least one sees the other
-gone, so a departure is never missed; both may announce when they leave within one
-read of each other (pusher-js ignores a second removal). Pure: no I/O.
+When the decider cannot be asked, the read rules below decide instead (at least
+once): a subscriber announces unless another connection of the same user is
+already decided (:func:`announces_join`); a leaver, whose record is gone from its
+gateway before it reads, announces when no other record of the user is left
+(:func:`still_present`). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -43,6 +40,8 @@ __all__ = [
     "PusherState",
     "members",
     "announces_join",
+    "announces_first",
+    "decided_members",
     "still_present",
     "is_full",
     "presence_payload",
@@ -93,20 +92,41 @@ class PusherState:
         channels: dict[str, Any] = self.doc["channels"]
         return channels
 
-    def add(self, channel: str, user_id: str | None = None, user_info: Any = None) -> None:
-        """Record a subscription (a presence one with ``joined`` false)."""
+    @property
+    def pending(self) -> list[str]:
+        """Channels whose join the decider has not answered yet."""
+        pending = self.doc.get("pending")
+        if not isinstance(pending, list):
+            pending = self.doc["pending"] = []
+        return pending
+
+    def add(
+        self,
+        channel: str,
+        user_id: str | None = None,
+        user_info: Any = None,
+        pending: bool = True,
+    ) -> None:
+        """Record a subscription, pending (see :attr:`pending`) unless told not."""
         record = None
         if user_id is not None:
-            record = {"user_id": user_id, "user_info": user_info, "joined": False}
+            record = {"user_id": user_id, "user_info": user_info}
         self.channels[channel] = record
+        if pending and channel not in self.pending:
+            self.pending.append(channel)
 
     def mark_joined(self, channel: str) -> None:
-        record = self.channels.get(channel)
-        if isinstance(record, dict):
-            record["joined"] = True
+        """The join of ``channel`` is decided: no longer pending."""
+        if channel in self.pending:
+            self.pending.remove(channel)
+
+    def is_pending(self, channel: str) -> bool:
+        pending = self.doc.get("pending")
+        return isinstance(pending, list) and channel in pending
 
     def remove(self, channel: str) -> Any:
         """Forget a subscription; return its record (``None`` when not presence)."""
+        self.mark_joined(channel)
         return self.channels.pop(channel, None)
 
 
@@ -129,16 +149,34 @@ def members(sessions: Sessions, channel: str) -> dict[str, Any]:
     return out
 
 
-def announces_join(sessions: Sessions, client_id: str, channel: str, user_id: str) -> bool:
-    """Whether ``client_id``'s subscription announces ``user_id`` (``member_added``):
-    no *other* connection of that user is already joined."""
-    for other, session in sessions.items():
-        if other == client_id:
+def decided_members(sessions: Sessions, channel: str) -> dict[str, list[str]]:
+    """``{member: [client_id, ...]}`` of the connections in ``channel`` whose join is
+    decided (not pending): a presence channel's members are user ids, any other
+    channel has the one member ``""``. What a decider is seeded with."""
+    out: dict[str, list[str]] = {}
+    for client_id, session in sessions.items():
+        state = PusherState.of(session)
+        if state is None or channel not in state.channels or state.is_pending(channel):
             continue
-        record = _record(session, channel)
-        if record is not None and record["user_id"] == user_id and record.get("joined"):
-            return False
-    return True
+        record = state.channels[channel]
+        member = str(record["user_id"]) if isinstance(record, dict) else ""
+        out.setdefault(member, []).append(client_id)
+    return out
+
+
+def announces_join(sessions: Sessions, client_id: str, channel: str, user_id: str) -> bool:
+    """The read rule (when the decider cannot be asked): ``client_id``'s
+    subscription announces ``user_id`` unless *another* connection of that user is
+    already decided."""
+    others = decided_members(sessions, channel).get(user_id, [])
+    return not any(other != client_id for other in others)
+
+
+def announces_first(sessions: Sessions, client_id: str, channel: str) -> bool:
+    """The read rule for ``channel_occupied``: no *other* connection of the channel
+    is decided yet."""
+    members = decided_members(sessions, channel).values()
+    return not any(other != client_id for conns in members for other in conns)
 
 
 def still_present(sessions: Sessions, client_id: str, channel: str, user_id: str) -> bool:

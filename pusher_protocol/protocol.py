@@ -47,7 +47,6 @@ __all__ = [
     "check_event_name",
     "check_client_event",
     "group_of",
-    "occupied_group_of",
     "channel_of_group",
     "group_prefix",
     "socket_id_of",
@@ -209,13 +208,6 @@ def group_prefix(app_id: str) -> str:
 def group_of(app_id: str, channel: str) -> str:
     """The Gateway API group of ``channel`` of app ``app_id``: ``pusher:<id>:<channel>``."""
     return f"pusher:{app_id}:{channel}"
-
-
-def occupied_group_of(app_id: str, channel: str) -> str:
-    """The marker group of ``channel``'s subscribers that have done their
-    ``channel_occupied`` check (see :mod:`.channels`): ``pusher-occupied:<id>:<channel>``,
-    outside the ``pusher:<id>:`` prefix, so it is never listed as a channel."""
-    return f"pusher-occupied:{app_id}:{channel}"
 
 
 def channel_of_group(app_id: str, group: str) -> str | None:

@@ -207,9 +207,10 @@ class PusherClient:
             doc["channel"] = channel
         await self.ws.send(json.dumps(doc))
 
-    async def subscribe(
-        self, channel: str, secret: str | None = SECRET, channel_data: Any = None, key: str = KEY
-    ) -> dict[str, Any]:
+    async def send_subscribe(
+        self, channel: str, channel_data: Any = None, secret: str | None = SECRET, key: str = KEY
+    ) -> None:
+        """Send ``pusher:subscribe``, signed with ``secret`` (``None``: unsigned)."""
         data: dict[str, Any] = {"channel": channel}
         encoded = None if channel_data is None else json.dumps(channel_data)
         if secret is not None and channel.startswith(("private-", "presence-")):
@@ -217,6 +218,12 @@ class PusherClient:
         if encoded is not None:
             data["channel_data"] = encoded
         await self.send("pusher:subscribe", data)
+
+    async def subscribe(
+        self, channel: str, secret: str | None = SECRET, channel_data: Any = None, key: str = KEY
+    ) -> dict[str, Any]:
+        """Subscribe; the first answer on ``channel`` (or a ``pusher:error``)."""
+        await self.send_subscribe(channel, channel_data, secret, key)
         while True:
             answer = await recv_event(self.ws)
             if answer.get("channel") == channel or answer["event"] == "pusher:error":

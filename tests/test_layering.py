@@ -23,6 +23,7 @@ PURE_MODULES = (
     "gateway.linkproto",
     "gateway.client_id",
     "gateway.directory",
+    "gateway.decider",
     "gateway.gatewayprotocol",
     "gateway.phpcommands",
     "gateway.phpserialize",
