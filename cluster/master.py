@@ -41,6 +41,7 @@ see the watchdog in :mod:`runtime.service`.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -61,6 +62,7 @@ from pygatewayworker.cluster.slots import STABLE_AFTER, Child, Slot, describe_ex
 from pygatewayworker.cluster.sockets import BindError, bind_slot_sockets
 from pygatewayworker.cluster.spawn import run_child
 from pygatewayworker.cluster.state import RunPaths, write_json_atomic
+from pygatewayworker.runtime.footprint import Imports
 from pygatewayworker.runtime.spec import ChildSpec
 
 __all__ = ["Master", "MasterOptions", "Reporter", "StartFailed", "BOOT_ORDER", "STOP_ORDER"]
@@ -137,6 +139,7 @@ class Master:
         self.generation = 0
         self.started_at = time.time()
         self.reloader = Reloader(self, options.reload_timeout)
+        self._imports = Imports()
         self._by_pid: dict[int, tuple[Slot, Child]] = {}
         self._signals: list[int] = []
         self._stop_request: str | None = None
@@ -420,6 +423,7 @@ class Master:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        _freeze_heap()
         pid = os.fork()
         if pid == 0:
             run_child(slot, spec, log_fd, closes)
@@ -551,6 +555,7 @@ class Master:
                 "log_level": logging.getLevelName(self.options.log_level).lower(),
                 "log_format": self.options.log_format,
                 "metrics_listen": self.options.metrics.listen if self.options.metrics else None,
+                **self._imports.snapshot(),
             },
             "reload": self.reloader.status,
             "reloads": self.reloader.outcomes,
@@ -573,3 +578,16 @@ class Master:
             for name in os.listdir(self.paths.stats_dir):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(self.paths.stats_dir, name))
+
+
+def _freeze_heap() -> None:
+    """Before a fork: collect the master's garbage, then move every object it has
+    left to the collector's permanent generation (``gc.freeze``).
+
+    A forked child shares the master's pages until one of them writes to a page. A
+    full collection in the child would write to the header of every object it
+    scans, the master's included, and so copy the pages it inherited; frozen objects
+    are never scanned. The master's objects live as long as the master, so nothing
+    is lost by never collecting them."""
+    gc.collect()
+    gc.freeze()
