@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["rss_bytes", "memory", "mapped_libraries", "Imports", "loaded_packages"]
+__all__ = ["rss_bytes", "memory", "mapped_libraries", "trim_heap", "Imports", "loaded_packages"]
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -68,6 +68,23 @@ def mapped_libraries(pid: int | str = "self") -> list[str]:
     except OSError:
         return []
     return sorted(found)
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free pages back to the kernel (glibc's ``malloc_trim``).
+
+    Importing leaves freed memory behind (the bytes of every ``.pyc`` read, the
+    temporaries of module bodies); the allocator keeps it mapped, so it counts in
+    RSS until reused. Called once a process has booted, and by the master before a
+    fork so that no child inherits those pages. Not glibc: nothing to do."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - another C library
+        pass
 
 
 class Imports:

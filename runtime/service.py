@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -43,7 +44,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from pygatewayworker.runtime.footprint import Imports, rss_bytes
+from pygatewayworker.runtime.footprint import Imports, rss_bytes, trim_heap
 from pygatewayworker.runtime.logs import configure_child_logging
 from pygatewayworker.runtime.spec import ChildSpec, ExitCode
 from pygatewayworker.runtime.statsfile import StatsWriter
@@ -154,6 +155,8 @@ class _ChildRuntime:
             if booted is not None:
                 return booted
             self._ready = True
+            gc.collect()  # what the imports and the boot left behind,
+            trim_heap()  # and the heap pages it leaves free, back to the kernel
             self.spec.notify_ready()
             log.info("ready (%s)", self.spec.role)
             stats_task = asyncio.create_task(self._write_stats_every_second())
