@@ -16,6 +16,7 @@ from typing import Any
 from bench.metrics import FULL, QUICK, Bench
 from bench.pusherbench import measure_pusher_fanout
 from bench.report import write_outputs
+from bench.rss import measure_rss
 from bench.soak import measure_soak
 from bench.yardstick import StealMeter, measure_yardstick
 
@@ -28,6 +29,7 @@ GROUPS: list[tuple[tuple[str, ...], str | Measure]] = [
     (("M7",), "measure_push"),
     (("M8",), "measure_php_push"),
     (("M9",), measure_pusher_fanout),  # a Bench method's name, or a function of the Bench
+    (("RSS",), measure_rss),
 ]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 

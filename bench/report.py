@@ -12,6 +12,7 @@ from typing import Any
 
 import psutil
 
+from bench.rss import rss_lines
 from bench.yardstick import ratios
 
 __all__ = ["machine", "summary", "write_outputs", "TARGETS"]
@@ -27,6 +28,7 @@ TARGETS: dict[str, str] = {
     "M8": "PHP GatewayClient's send_to_group next to the msgpack push client's (no target)",
     "M9": "Pusher HTTP events API fan-out to one 10k-subscriber channel, beside send_to_group "
     "(no target)",
+    "RSS": "fixed memory of the shipped chat cluster (6 processes, idle): RSS sum < 88 MiB",
 }
 PHP = {
     "M1": "(not published)",
@@ -38,6 +40,7 @@ PHP = {
     "M7": "-",
     "M8": "-",
     "M9": "-",
+    "RSS": "88 MiB (RSS sum)",
 }
 
 
@@ -159,6 +162,9 @@ def summary(results: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]]:
     row("M7", pushes, text, (pushes or 0) >= 30_000)
     row("M8", _get(results, "M8", "php_persistent", "calls_per_s"), _m8_text(results), None)
     row("M9", _get(results, "M9", "http_events_api", "deliveries_per_s"), _m9_text(results), None)
+    rss = _get(results, "RSS", "totals") or {}
+    text = f"RSS sum {rss.get('rss_mib')} MiB, PSS sum {rss.get('pss_mib')} MiB"
+    row("RSS", rss.get("rss_mib"), text, (rss.get("rss_mib") or 1e9) < 88)
     return rows
 
 
@@ -307,6 +313,9 @@ def _markdown(doc: dict[str, Any]) -> str:
                     f"| {call} | {size} | {r['messages']} | {r['deliveries_per_s']:,} | "
                     f"{r['cpu']['generator_cpu_pct']} | {r['cpu']['cluster_cpu_pct']} |"
                 )
+    rss = doc["results"].get("RSS")
+    if rss:
+        lines += ["", *rss_lines(rss)]
     soak = doc["results"].get("SOAK")
     if soak:
         lines += ["", *soak_lines(soak)]

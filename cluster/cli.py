@@ -14,7 +14,6 @@ says so and exits 0, so scripts can call it whatever the state.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -24,7 +23,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from click.core import ParameterSource
@@ -42,8 +41,6 @@ from pygatewayworker.cluster.overrides import (
     override_options,
 )
 from pygatewayworker.cluster.pidfile import PidFile, pid_alive
-from pygatewayworker.cluster.query import GatewayTarget, query_all
-from pygatewayworker.cluster.scaffold import AppTemplate, create_app
 from pygatewayworker.cluster.state import (
     RunPaths,
     default_apps_dir,
@@ -58,10 +55,12 @@ from pygatewayworker.cluster.status import (
     render_summary,
     totals,
 )
-from pygatewayworker.gateway.protocol import Cmd
 from pygatewayworker.register.config import ConfigError
+from pygatewayworker.runtime.footprint import rss_bytes
 from pygatewayworker.runtime.logs import LOG_FORMATS
-from pygatewayworker.runtime.service import rss_bytes
+
+if TYPE_CHECKING:
+    from pygatewayworker.cluster.query import GatewayTarget
 
 __all__ = ["main"]
 
@@ -464,6 +463,13 @@ def _status_text(paths: RunPaths, pid: int, as_json: bool) -> str:
 @run_dir_option
 def connections(as_json: bool, timeout: float, apps_dir: str | None, run_dir: str | None) -> None:
     """One line per client connection of every gateway process."""
+    # Imported here, not with the module: the master is forked from the process that
+    # runs ``start``, and it must not carry asyncio and msgpack (see docs/memory.md).
+    import asyncio
+
+    from pygatewayworker.cluster.query import query_all
+    from pygatewayworker.gateway.protocol import Cmd
+
     paths = RunPaths.at(run_dir)
     _running(paths)
     state = _state(paths)
@@ -486,6 +492,8 @@ def connections(as_json: bool, timeout: float, apps_dir: str | None, run_dir: st
 def _gateway_targets(state: dict[str, Any], apps_dir: str | None) -> list[GatewayTarget]:
     """Every running gateway process with its secret (read from the declarations the
     master was started with: secrets are not written to the run directory)."""
+    from pygatewayworker.cluster.query import GatewayTarget
+
     master = state.get("master", {})
     secrets: dict[tuple[str, str], str] = {}
     try:
@@ -526,6 +534,8 @@ def _gateway_targets(state: dict[str, Any], apps_dir: str | None) -> list[Gatewa
 def new(app: str, apps_dir: str | None, listen: str, register_port: int, start_port: int) -> None:
     """Create apps/APP/ with a working Events.py (init on connect, echo) and start
     files with every setting commented; `gatewayworker start` then serves it."""
+    from pygatewayworker.cluster.scaffold import AppTemplate, create_app
+
     try:
         template = AppTemplate(app, listen, register_port, start_port)
         folder = create_app(apps_dir or default_apps_dir(), template)

@@ -41,6 +41,8 @@ see the watchdog in :mod:`runtime.service`.
 from __future__ import annotations
 
 import contextlib
+import gc
+import importlib
 import json
 import logging
 import os
@@ -61,6 +63,7 @@ from pygatewayworker.cluster.slots import STABLE_AFTER, Child, Slot, describe_ex
 from pygatewayworker.cluster.sockets import BindError, bind_slot_sockets
 from pygatewayworker.cluster.spawn import run_child
 from pygatewayworker.cluster.state import RunPaths, write_json_atomic
+from pygatewayworker.runtime.footprint import Imports, trim_heap
 from pygatewayworker.runtime.spec import ChildSpec
 
 __all__ = ["Master", "MasterOptions", "Reporter", "StartFailed", "BOOT_ORDER", "STOP_ORDER"]
@@ -68,6 +71,14 @@ __all__ = ["Master", "MasterOptions", "Reporter", "StartFailed", "BOOT_ORDER", "
 log = logging.getLogger("cluster")
 
 BOOT_ORDER = ("register", "gateway", "businessworker", "pushapi", "pusherapi", "metrics")
+PRELOAD = ("asyncio", "ctypes", "hmac")
+"""Standard-library modules every child imports (its event loop, the parent-death
+signal, the links' handshake), imported by the master before its first fork so that
+the children share their pages instead of each building its own copy. Measured on
+the shipped chat cluster: 14 MiB less in the RSS sum and in the PSS sum
+(docs/memory.md). Never a third-party package and never a role's module: the master
+and the register load no uvloop, msgpack..., and a reload still imports new code.
+The master does not run an event loop."""
 STOP_ORDER = ("metrics", "pushapi", "pusherapi", "gateway", "businessworker", "register")
 """The metrics listener (``--metrics-listen``) starts last and stops first: its
 ``/healthz`` answers only while the whole cluster is up."""
@@ -137,6 +148,7 @@ class Master:
         self.generation = 0
         self.started_at = time.time()
         self.reloader = Reloader(self, options.reload_timeout)
+        self._imports = Imports()
         self._by_pid: dict[int, tuple[Slot, Child]] = {}
         self._signals: list[int] = []
         self._stop_request: str | None = None
@@ -152,6 +164,8 @@ class Master:
 
     def run(self) -> int:
         """Start everything, serve until stopped, stop everything."""
+        for name in PRELOAD:
+            importlib.import_module(name)
         try:
             self._setup()
         except (AlreadyRunning, OSError) as exc:
@@ -420,6 +434,7 @@ class Master:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        _prepare_fork()
         pid = os.fork()
         if pid == 0:
             run_child(slot, spec, log_fd, closes)
@@ -551,6 +566,7 @@ class Master:
                 "log_level": logging.getLevelName(self.options.log_level).lower(),
                 "log_format": self.options.log_format,
                 "metrics_listen": self.options.metrics.listen if self.options.metrics else None,
+                **self._imports.snapshot(),
             },
             "reload": self.reloader.status,
             "reloads": self.reloader.outcomes,
@@ -573,3 +589,18 @@ class Master:
             for name in os.listdir(self.paths.stats_dir):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(self.paths.stats_dir, name))
+
+
+def _prepare_fork() -> None:
+    """Before a fork: import :data:`PRELOAD`, collect the master's garbage, then move
+    every object it has left to the collector's permanent generation (``gc.freeze``).
+
+    A forked child shares the master's pages until one of them writes to a page. A
+    full collection in the child would write to the header of every object it
+    scans, the master's included, and so copy the pages it inherited; frozen objects
+    are never scanned. The master's objects live as long as the master, so nothing
+    is lost by never collecting them. The pages the collection freed go back to
+    the kernel first (:func:`trim_heap`), so that no child maps them."""
+    gc.collect()
+    trim_heap()
+    gc.freeze()

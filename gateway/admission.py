@@ -38,7 +38,7 @@ from urllib.parse import parse_qs
 from pygatewayworker.gateway.config import Gateway
 from pygatewayworker.gateway.http11 import Request
 from pygatewayworker.gateway.origins import OriginPolicy
-from pygatewayworker.gateway.tokens import Grant, TokenError, verify_token
+from pygatewayworker.gateway.tokens import Grant, TokenError, load_codec, verify_token
 
 __all__ = ["Admission", "Refusal", "TokenBucket", "REPORT_INTERVAL"]
 
@@ -85,6 +85,8 @@ class Admission:
         self.config = config
         self.origins = OriginPolicy(config.allowed_origins) if config.allowed_origins else None
         self.token_key = config.token_key.encode() if config.token_key else b""
+        if self.token_key:
+            load_codec()  # now, not on the first connection that brings a token
         self.handshakes = (
             TokenBucket(config.handshake_rate, config.handshake_burst, now)
             if config.handshake_rate

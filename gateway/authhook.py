@@ -29,13 +29,16 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pygatewayworker.gateway.config import Gateway
 from pygatewayworker.gateway.protocol import MAX_SESSION, Cmd, encode, unpack_session
-from pygatewayworker.gateway.records import Client, Link
 from pygatewayworker.gateway.tokens import Grant, check_name
-from pygatewayworker.gateway.workers import Workers
+
+if TYPE_CHECKING:  # annotations only: a business worker imports the checks below
+    # (check_grant, check_refusal) and must not load the gateway's connection records
+    from pygatewayworker.gateway.config import Gateway
+    from pygatewayworker.gateway.records import Client, Link
+    from pygatewayworker.gateway.workers import Workers
 
 __all__ = [
     "AuthHook",

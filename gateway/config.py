@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pygatewayworker.gateway.limits import DEFAULT_MAX_PACKET, MAX_CLIENT_MESSAGE, MAX_SESSION
 from pygatewayworker.gateway.origins import OriginPolicy
-from pygatewayworker.gateway.protocol import DEFAULT_MAX_PACKET, MAX_CLIENT_MESSAGE, MAX_SESSION
 from pygatewayworker.gateway.tokens import check_token_key
 from pygatewayworker.register.config import (
     ConfigError,

@@ -10,7 +10,11 @@ connection's state.
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
+import os
 import struct
+from collections.abc import Callable
 
 __all__ = [
     "OP_CONT",
@@ -37,10 +41,36 @@ OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
 
-try:  # the C helper from the websockets package, when it is built for this Python
-    from websockets.speedups import apply_mask as _c_apply_mask
-except ImportError:  # pragma: no cover - depends on the installed wheel
-    _c_apply_mask = None  # type: ignore[assignment]
+
+def _load_c_apply_mask() -> Callable[[bytes | bytearray | memoryview, bytes], bytes] | None:
+    """The C ``apply_mask`` of the websockets package, when it is built for this Python.
+
+    Loaded from its file alone: ``import websockets.speedups`` would first run the
+    package's ``__init__``, which reads the installed packages' metadata (email,
+    zipfile, csv...: 4 MiB more in every gateway process) for a version string."""
+    try:
+        package = importlib.util.find_spec("websockets")
+    except (ImportError, ValueError):  # pragma: no cover - depends on the environment
+        return None
+    for folder in (package.submodule_search_locations or ()) if package else ():
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(folder, "speedups" + suffix)
+            if not os.path.isfile(path):
+                continue
+            loader = importlib.machinery.ExtensionFileLoader("websockets.speedups", path)
+            spec = importlib.util.spec_from_loader("websockets.speedups", loader)
+            if spec is None:  # pragma: no cover
+                return None
+            try:
+                module = importlib.util.module_from_spec(spec)
+                loader.exec_module(module)
+            except ImportError:  # pragma: no cover - a wheel built for another Python
+                return None
+            return module.apply_mask  # type: ignore[no-any-return]
+    return None  # pragma: no cover - websockets without its C extension
+
+
+_c_apply_mask = _load_c_apply_mask()
 
 
 def _py_apply_mask(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:

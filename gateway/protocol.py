@@ -36,6 +36,13 @@ from typing import Any
 
 import msgpack
 
+from pygatewayworker.gateway.limits import (
+    DEFAULT_MAX_PACKET,
+    MAX_CLIENT_MESSAGE,
+    MAX_KEY_LENGTH,
+    MAX_SESSION,
+)
+
 __all__ = [
     "Cmd",
     "ProtocolError",
@@ -58,15 +65,6 @@ __all__ = [
 ]
 
 HEADER = struct.Struct("!I")
-DEFAULT_MAX_PACKET = 10 * 1024 * 1024  # internal links: 10 MiB per packet
-MAX_SESSION = 4 * 1024 * 1024
-"""Largest packed session (bytes). A session travels with every event of its client,
-so session and message together must fit in one packet: see :data:`MAX_CLIENT_MESSAGE`."""
-MAX_CLIENT_MESSAGE = DEFAULT_MAX_PACKET - MAX_SESSION - 64 * 1024
-"""Largest ``max_message_size`` a gateway accepts (about 5.9 MiB): a client message
-of that size, the largest session and the event's other fields (64 KiB of room: the
-handshake head is at most 16 KiB) always fit in one packet, so a client message can
-never make an oversized internal packet."""
 
 
 class ProtocolError(Exception):
@@ -278,9 +276,6 @@ class Cmd(IntEnum):
     from the live groups) -> ``True`` when taken, ``False`` when the key was already
     held (the first seed wins)."""
 
-
-MAX_KEY_LENGTH = 1024
-"""Longest uid or group name, in characters (a clear error beyond it, everywhere)."""
 
 ROUTES_CHANGES = 0
 """``ROUTES`` kind: keys that appeared or vanished."""

@@ -18,6 +18,12 @@ connection exists for anyone else.
 The signature and the claims are checked by PyJWT (a maintained library: we do not
 write our own JWT parsing), with the algorithm pinned to ``HS256`` so that a token
 cannot choose ``none`` or another algorithm. Pure: no I/O.
+
+PyJWT (and with it ``cryptography`` when installed: 20 MiB of a process's memory) is
+imported on the first token made or checked, not with this module: every gateway
+imports :class:`Grant` and :func:`check_name`, and most run without ``token_key``.
+A gateway that has a key loads it at startup (:func:`load_codec`), so the first
+connection does not pay for the import.
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jwt
+from pygatewayworker.gateway.limits import MAX_KEY_LENGTH
 
-from pygatewayworker.gateway.protocol import MAX_KEY_LENGTH
+if TYPE_CHECKING:
+    from types import ModuleType
 
 __all__ = [
     "ALGORITHM",
@@ -40,6 +47,7 @@ __all__ = [
     "check_token_key",
     "client_token",
     "create_token",
+    "load_codec",
     "verify_token",
 ]
 
@@ -49,6 +57,13 @@ MIN_KEY_LENGTH = 32
 hash output)."""
 LEEWAY = 5.0
 """Seconds of clock skew tolerated between the backend and the gateways."""
+
+
+def load_codec() -> ModuleType:
+    """PyJWT, imported now (the first call pays for the import)."""
+    import jwt
+
+    return jwt
 
 
 class TokenError(ValueError):
@@ -109,7 +124,7 @@ def create_token(
         if not isinstance(session, dict):
             raise ValueError("session must be a dict")
         claims["session"] = session
-    return jwt.encode(claims, raw, algorithm=ALGORITHM)
+    return load_codec().encode(claims, raw, algorithm=ALGORITHM)
 
 
 def client_token(
@@ -131,6 +146,7 @@ def verify_token(key: bytes, token: str) -> Grant:
     :class:`Grant` it carries. :class:`TokenError` for anything wrong."""
     if not token or len(token) > 8192:
         raise TokenError("malformed token")
+    jwt = load_codec()
     try:
         claims = jwt.decode(
             token,

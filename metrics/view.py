@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pygatewayworker.cluster.state import RunPaths, read_json, read_stats
-from pygatewayworker.runtime.service import rss_bytes
+from pygatewayworker.runtime.footprint import rss_bytes
 
 __all__ = ["ClusterView", "process_labels", "MASTER_LABELS"]
 

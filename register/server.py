@@ -379,4 +379,5 @@ class RegisterServer:
 def serve(spec: ChildSpec) -> int:
     """Child entry point: run one register process until it is told to stop."""
     server = RegisterServer(spec.config, spec.sockets.get("listen"))
-    return int(run_service(spec, server))
+    # A few lines a second: asyncio's own loop serves it, without uvloop's memory.
+    return int(run_service(spec, server, fast_loop=False))

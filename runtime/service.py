@@ -23,7 +23,8 @@ no orphan keeps a port.
 
 Stats: every second and on ``SIGUSR2`` the child writes ``service.stats()`` plus
 ``pid``, ``role``, ``name``, ``app``, ``index``, ``generation``, ``started_at``,
-``updated_at`` and ``rss`` (bytes) to ``spec.stats_path()``. For every key of
+``updated_at``, ``rss`` (bytes), ``modules`` (the size of ``sys.modules``) and
+``packages`` (the third-party packages loaded) to ``spec.stats_path()``. For every key of
 :data:`RATE_KEYS` the service reports (monotonic counters), it adds
 ``<key>_per_s``, the rate over the last interval. ``start.py status`` shows the keys
 ``connections``, ``messages_in``, ``messages_out``, ``send_failures`` and the rates.
@@ -34,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -42,11 +44,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from pygatewayworker.runtime.footprint import Imports, rss_bytes, trim_heap
 from pygatewayworker.runtime.logs import configure_child_logging
 from pygatewayworker.runtime.spec import ChildSpec, ExitCode
 from pygatewayworker.runtime.statsfile import StatsWriter
 
-__all__ = ["Service", "run_service", "RATE_KEYS", "new_event_loop", "rss_bytes"]
+__all__ = ["Service", "run_service", "RATE_KEYS", "new_event_loop"]
 
 log = logging.getLogger("cluster")  # lifecycle lines keep the supervisor's logger name
 
@@ -60,7 +63,6 @@ the service's ``stop_limit`` is larger)."""
 RATE_KEYS = ("messages_in", "messages_out")
 _MIN_RATE_INTERVAL = 0.5
 _PR_SET_PDEATHSIG = 1
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class Service(Protocol):
@@ -82,24 +84,20 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run_service(spec: ChildSpec, service: Service) -> int:
-    """Run ``service`` in this process until asked to stop; return the exit code."""
+def run_service(spec: ChildSpec, service: Service, *, fast_loop: bool = True) -> int:
+    """Run ``service`` in this process until asked to stop; return the exit code.
+
+    ``fast_loop``: run on uvloop when it is installed (:func:`new_event_loop`); a role
+    whose traffic is a few lines a second (the register) passes ``False`` and runs on
+    asyncio's own loop, which spares the process uvloop's memory."""
     configure_child_logging(spec.name, level=spec.log_level, fmt=spec.log_format)
     if spec.master_pid:
         _set_parent_death_signal(signal.SIGTERM)
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+    factory = new_event_loop if fast_loop else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
         return int(runner.run(_ChildRuntime(spec, service).run()))
-
-
-def rss_bytes(pid: int | str = "self") -> int:
-    """Resident memory of ``pid`` in bytes (0 if unknown)."""
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as fh:
-            return int(fh.read().split()[1]) * _PAGE_SIZE
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def _set_parent_death_signal(sig: int) -> None:
@@ -130,6 +128,7 @@ class _ChildRuntime:
         self._stats_writer = StatsWriter(spec)
         self._lag_max = 0.0
         self._lag_peak = 0.0
+        self._imports = Imports()
 
     def request_stop(self, graceful: bool) -> None:
         """Signal handler of SIGTERM/SIGQUIT, and the watchdog's exit."""
@@ -156,6 +155,8 @@ class _ChildRuntime:
             if booted is not None:
                 return booted
             self._ready = True
+            gc.collect()  # what the imports and the boot left behind,
+            trim_heap()  # and the heap pages it leaves free, back to the kernel
             self.spec.notify_ready()
             log.info("ready (%s)", self.spec.role)
             stats_task = asyncio.create_task(self._write_stats_every_second())
@@ -260,6 +261,7 @@ class _ChildRuntime:
             started_at=self.started_at,
             updated_at=time.time(),
             rss=rss_bytes(),
+            **self._imports.snapshot(),
             loop_lag_max_ms=round(self._lag_max * 1000, 2),
             loop_lag_peak_ms=round(self._lag_peak * 1000, 2),
         )

@@ -153,7 +153,7 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
     assert 0 <= doc["machine"]["cpu_steal"]["steal_pct"] <= 100
     for metric in ("M3", "M4", "M6", "M7"):
         assert doc["summary"][metric]["per_yardstick"] > 0, metric
-    assert set(doc["summary"]) == {f"M{i}" for i in range(1, 10)}
+    assert set(doc["summary"]) == {f"M{i}" for i in range(1, 10)} | {"RSS"}
     for metric, row in doc["summary"].items():
         assert row["value"] is not None, f"{metric} has no figure"
     results = doc["results"]
@@ -194,6 +194,7 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
     for kind in ("http_events_api", "send_to_group"):
         assert m9[kind]["deliveries"] == m9[kind]["expected"] > 0, kind
     assert m9["http_events_api"]["calls_per_s"] > 0
+    check_rss(results["RSS"], markdown=(out / "bench.md").read_text())
     markdown = (out / "bench.md").read_text()
     for metric in doc["summary"]:
         assert f"| {metric} |" in markdown
@@ -201,6 +202,28 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
     assert "Yardstick: loopback send" in markdown
     png = (out / "latency.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def check_rss(rss: dict[str, Any], markdown: str) -> None:
+    """The RSS section: the six processes of the shipped chat cluster, each read."""
+    roles = sorted(p["role"] for p in rss["processes"])
+    assert roles == ["businessworker"] * 2 + ["gateway"] * 2 + ["master", "register"]
+    for p in rss["processes"]:
+        assert p["rss_mib"] >= p["pss_mib"] >= p["uss_mib"] > 0, p
+        assert p["modules"] > 0 and set(p["loaded"]) >= {"uvloop", "msgpack", "h11", "jwt"}, p
+    totals = rss["totals"]
+    assert totals["rss_mib"] == round(sum(p["rss_mib"] for p in rss["processes"]), 1)
+    assert totals["pss_mib"] > 0 and rss["php_rss_mib"] == 88
+    assert "| RSS |" in markdown and "| process | RSS | PSS | USS | modules |" in markdown
+
+
+@pytest.mark.timeout(120)
+def test_quick_rss_reads_every_process_of_the_shipped_chat(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    run_quick(out, "--only", "RSS", timeout=110)
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["errors"] == [] and doc["config"]["RSS"]["app"] == "chat"
+    check_rss(doc["results"]["RSS"], (out / "bench.md").read_text())
 
 
 @pytest.mark.timeout(120)

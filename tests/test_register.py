@@ -382,8 +382,8 @@ async def test_stats_and_given_socket():
 def test_serve_hands_the_server_to_run_service(monkeypatch):
     seen: dict[str, Any] = {}
 
-    def run_service(spec: ChildSpec, service: Any) -> int:
-        seen["spec"], seen["service"] = spec, service
+    def run_service(spec: ChildSpec, service: Any, *, fast_loop: bool = True) -> int:
+        seen["spec"], seen["service"], seen["fast_loop"] = spec, service, fast_loop
         return 0
 
     monkeypatch.setattr(register_server, "run_service", run_service)
@@ -394,6 +394,7 @@ def test_serve_hands_the_server_to_run_service(monkeypatch):
         assert isinstance(seen["service"], RegisterServer)
         assert seen["service"].config is spec.config
         assert seen["service"]._sock is sock
+        assert seen["fast_loop"] is False  # asyncio's own loop: no uvloop in the register
     finally:
         sock.close()
 
