@@ -23,9 +23,9 @@ from bench.yardstick import StealMeter, measure_yardstick
 Measure = Callable[[Bench], Awaitable[dict[str, Any]]]
 GROUPS: list[tuple[tuple[str, ...], str | Measure]] = [
     (("M1", "M2", "M3"), "measure_connections"),
-    (("M3",), "measure_connect_rate"),
+    (("M3", "M3_TOKENS"), "measure_connect_rate"),  # plain, then with connect tokens
     (("M4", "M5"), "measure_fanout"),
-    (("M6",), "measure_round_trip"),
+    (("M6", "M6_LIMITS"), "measure_round_trip"),  # M6_LIMITS alone: inline and limits
     (("M7",), "measure_push"),
     (("M8",), "measure_php_push"),
     (("M9",), measure_pusher_fanout),  # a Bench method's name, or a function of the Bench
@@ -40,15 +40,15 @@ def _log(text: str) -> None:
 
 async def run(quick: bool, only: set[str], out: Path, command: str, metrics: bool = False) -> int:
     """Run the selected measurements and write the reports; 0 when all ran."""
-    bench = Bench(QUICK if quick else FULL, _log, metrics=metrics)
+    bench = Bench(QUICK if quick else FULL, _log, metrics=metrics, only=frozenset(only))
     results: dict[str, Any] = {}
     errors: list[str] = []
     steal = StealMeter()
     steal.start()
     stick = await asyncio.to_thread(measure_yardstick, quick)
     _log(f"yardstick: {stick}")
-    for metrics, method in GROUPS:
-        if only and not only.intersection(metrics):
+    for names, method in GROUPS:
+        if only and not only.intersection(names):
             continue
         measure: Callable[[], Awaitable[dict[str, Any]]] = (
             getattr(bench, method) if isinstance(method, str) else functools.partial(method, bench)
@@ -56,12 +56,12 @@ async def run(quick: bool, only: set[str], out: Path, command: str, metrics: boo
         try:
             found = await measure()
         except Exception as exc:
-            _log(f"{'/'.join(metrics)} failed: {exc!r}")
+            _log(f"{'/'.join(names)} failed: {exc!r}")
             traceback.print_exc()
-            errors.append(f"{'/'.join(metrics)}: {exc.__class__.__name__}: {exc}")
+            errors.append(f"{'/'.join(names)}: {exc.__class__.__name__}: {exc}")
             continue
-        if metrics in (("M6",), ("M7",), ("M8",)):
-            results[metrics[0]] = found
+        if names[0] in ("M6", "M7", "M8"):
+            results[names[0]] = found
         else:
             results.update(found)
     if "M3_storm" in results:  # measured on the M1 cluster, reported under M3
@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     cmd = sub.add_parser("run", help="run the benchmark suite")
     cmd.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     cmd.add_argument(
-        "--only", default="", help="comma-separated metrics, e.g. M4,M6; soak: the churn soak"
+        "--only",
+        default="",
+        help="comma-separated metrics, e.g. M4,M6; M3_TOKENS: M3 plain and with connect "
+        "tokens; M6_LIMITS: M6 inline plain and with the limits; soak: the churn soak",
     )
     cmd.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
     cmd.add_argument(

@@ -35,6 +35,26 @@ APPS: dict[str, Path] = {
 protocol app (M9, run by ``bench.pusherbench.PusherBenchCluster``)."""
 
 
+TOKEN_KEY = "bench-connect-token-key-not-a-secret-0123456789"
+"""``Gateway(token_key=...)`` of the ``"tokens"`` clusters (the generators sign with it)."""
+ORIGIN = "http://bench.example"
+"""The ``Origin`` the generators send to the ``"limits"`` clusters, which allow it."""
+SECURITY: dict[str, str] = {
+    "": "",
+    "tokens": f"token_key={TOKEN_KEY!r}",
+    "limits": (
+        "message_rate=100_000, message_burst=100_000, "
+        "byte_rate=100_000_000, byte_burst=4_194_304, "
+        "max_connections_per_ip=20_000, handshake_rate=100_000, handshake_burst=100_000, "
+        f"allowed_origins=[{ORIGIN!r}]"
+    ),
+}
+"""Extra ``Gateway(...)`` arguments of each :attr:`ClusterConfig.security`: connect
+tokens verified at every handshake (``token_required``, the default), or every
+limit configured so high that it never triggers (the measurement checks it did not),
+with the origin check on."""
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
     """What the cluster of one measurement looks like."""
@@ -51,9 +71,13 @@ class ClusterConfig:
     metrics: bool = False
     """Start with ``--metrics-listen`` and scrape ``/metrics`` every
     :data:`SCRAPE_INTERVAL` seconds while the cluster runs (``--metrics``)."""
+    security: str = ""
+    """A key of :data:`SECURITY`: ``"tokens"`` or ``"limits"`` (``""``: neither)."""
 
     def describe(self) -> dict[str, Any]:
+        options = SECURITY[self.security].replace(repr(TOKEN_KEY), "<48 bytes>")
         return {
+            "security": options or "none",
             "gateways": self.gateways,
             "workers": self.workers,
             "ping_interval": self.ping_interval,
@@ -149,7 +173,7 @@ class BenchCluster:
             f"gateway = Gateway(listen='127.0.0.1:{self.public_port}', count={cfg.gateways}, "
             f"lan_ip='127.0.0.1', start_port={self.start_port}, register={reg!r}, "
             f"ping_interval={cfg.ping_interval}, ping_not_response_limit={cfg.ping_limit}, "
-            f"ping_data={self.ping_data!r})\n"
+            f"ping_data={self.ping_data!r}, {SECURITY[cfg.security]})\n"
         )
         (dest / "start_businessworker.py").write_text(
             "from pygatewayworker import BusinessWorker\n"
@@ -209,19 +233,38 @@ class BenchCluster:
         """Wait until every gateway reports every worker linked (stats files)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            stats_dir = self.run_dir / "stats"
-            linked = []
-            for path in stats_dir.glob("*.json") if stats_dir.is_dir() else []:
-                try:
-                    data = json.loads(path.read_text())
-                except (OSError, ValueError):
-                    continue
-                if data.get("role") == "gateway":
-                    linked.append(data.get("workers", 0))
+            linked = [data.get("workers", 0) for data in self.stats_of("gateway")]
             if len(linked) >= self.config.gateways and min(linked) >= self.config.workers:
                 return
             time.sleep(0.2)
         raise RuntimeError("the workers did not link to every gateway in time")
+
+    def stats_of(self, role: str) -> list[dict[str, Any]]:
+        """The stats files of the processes of ``role`` (each rewritten every second)."""
+        stats_dir = self.run_dir / "stats"
+        found = []
+        for path in stats_dir.glob("*.json") if stats_dir.is_dir() else []:
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if data.get("role") == role:
+                found.append(data)
+        return found
+
+    def limits_hit(self) -> dict[str, int]:
+        """How often the gateways' limits and checks acted, summed: clients closed
+        for a rate limit and handshakes refused (a ``"limits"`` or ``"tokens"``
+        cluster must show none; the stats files are at most a second old)."""
+        gateways = self.stats_of("gateway")
+        return {
+            "rate_limit_closes": sum(
+                g.get("closed_by_reason", {}).get("rate_limit", 0) for g in gateways
+            ),
+            "handshakes_refused": sum(
+                sum(g.get("handshakes_refused", {}).values()) for g in gateways
+            ),
+        }
 
     def processes(self) -> list[psutil.Process]:
         """The master and every child."""

@@ -24,6 +24,11 @@ their headers only. Messages are recognised by their first byte:
 - anything else (the heartbeat ``ping_data``): answered with a pong frame, which the
   gateway counts as activity.
 
+A connect command may carry ``token_key``: each client ``i`` then connects with a
+signed connect token for uid ``u<i>`` (``?token=``, created before the clock starts,
+so the generator's signing is not in the timed phase), and ``origin``: an
+``Origin`` header on every upgrade request (for ``allowed_origins``).
+
 Every socket is bound to one of this process's source addresses (127.0.0.x) with
 ``IP_BIND_ADDRESS_NO_PORT`` before connecting, so 100k connections do not exhaust the
 ephemeral ports of one address pair. Latencies are kept in ``array('q')`` (µs) and
@@ -45,6 +50,8 @@ from array import array
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
+from pygatewayworker.gateway.tokens import create_token
+
 __all__ = ["Client", "Generator", "main", "client_frame"]
 
 _KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -52,6 +59,11 @@ _MASK = b"\x00\x00\x00\x00"
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 _now_ns = time.monotonic_ns
 _B, _E, _I, _J = ord("B"), ord("E"), ord("I"), ord("{")
+
+
+def _tokens(key: str, indexes: range) -> dict[int, str]:
+    """A connect token (uid ``u<i>``, valid for an hour) for each client index."""
+    return {i: create_token(key, f"u{i}") for i in indexes}
 
 
 def client_frame(payload: bytes, opcode: int = 1) -> bytes:
@@ -194,6 +206,8 @@ class Generator:
         self.clients: dict[int, Client] = {}  # ready clients by index
         self.handshaking: dict[int, Client] = {}
         self.query: dict[str, str] = {}
+        self.tokens: dict[int, str] = {}  # connect tokens by client index (op_connect)
+        self.origin = ""
         self.answer_pings = True
         self.app: AppProtocol | None = None  # an app's JSON protocol (op_connect)
         self.path = "/"
@@ -217,9 +231,14 @@ class Generator:
     def request(self, index: int) -> bytes:
         """The upgrade request of client ``index`` (query from the connect command)."""
         query = "&".join(f"{k}={v.format(i=index)}" for k, v in self.query.items())
+        if self.tokens:
+            query = (
+                f"{query}&token={self.tokens[index]}" if query else f"token={self.tokens[index]}"
+            )
+        origin = f"Origin: {self.origin}\r\n" if self.origin else ""
         return (
             f"GET {self.path}?{query} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"{origin}Upgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
 
@@ -297,6 +316,9 @@ class Generator:
         self.app = _app_protocol(cmd.get("protocol", "bench"))
         self.path = cmd.get("path", "/")
         count, first = cmd["count"], cmd.get("first", 0)
+        self.origin = cmd.get("origin", "")
+        if cmd.get("token_key"):
+            self.tokens.update(_tokens(cmd["token_key"], range(first, first + count)))
         self._slots = asyncio.Semaphore(cmd.get("concurrency", 100))
         ready0, failed0 = len(self.clients), self.failed
         started = time.monotonic()

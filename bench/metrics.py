@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 
 from bench.chatload import SAY_PREFIX, SAY_SUFFIX
-from bench.cluster import BenchCluster, ClusterConfig
+from bench.cluster import ORIGIN, TOKEN_KEY, BenchCluster, ClusterConfig
 from bench.phppush import PhpPusher, php_cli_burst
 from bench.pool import GenPool, latencies, split
 from bench.stalls import StallSampler
@@ -193,12 +193,18 @@ class Bench:
     """One benchmark run: the current cluster and generators, and the results."""
 
     def __init__(
-        self, sizes: Sizes, log: Callable[[str], None] = print, metrics: bool = False
+        self,
+        sizes: Sizes,
+        log: Callable[[str], None] = print,
+        metrics: bool = False,
+        only: frozenset[str] = frozenset(),
     ) -> None:
         self.sizes = sizes
         self.log = log
         self.metrics = metrics
         """Run every cluster with the metrics listener, scraped every second."""
+        self.only = only
+        """The ``--only`` selection (empty: everything)."""
         self.cluster: BenchCluster | None = None
         self.pool: GenPool | None = None
         self.configs: dict[str, dict[str, Any]] = {}
@@ -235,13 +241,16 @@ class Bench:
         reconnect: bool = False,
         protocol: str = "bench",
         path: str = "/",
+        security: str = "",
     ) -> dict[str, Any]:
         """Open ``total`` clients over the generators; figures of the connect phase,
         with the cluster's CPU per connection (handshake, ``on_connect`` in a worker,
         and for ``protocol="chat"`` the chat's login). ``protocol``: what the clients
         speak, the bench app's (ready on ``I...``), the chat app's
         (:mod:`bench.chatload`) or Pusher's (:mod:`bench.pusherload`, on ``path``
-        ``/app/<key>``)."""
+        ``/app/<key>``). ``security``: the cluster's (``bench.cluster.SECURITY``):
+        with ``"tokens"`` every client sends a signed connect token, with
+        ``"limits"`` an allowed ``Origin``."""
         assert self.pool is not None
         counts = split(total, len(self.pool))
         firsts = [sum(counts[:i]) for i in range(len(counts))]
@@ -254,6 +263,8 @@ class Bench:
                 "reconnect": reconnect,
                 "protocol": protocol,
                 "path": path,
+                "token_key": TOKEN_KEY if security == "tokens" else "",
+                "origin": ORIGIN if security == "limits" else "",
                 "concurrency": self.sizes.conn_concurrency,
                 "timeout": 30 + total / 1000,
             }
@@ -319,17 +330,37 @@ class Bench:
 
     async def measure_connect_rate(self) -> dict[str, Any]:
         """M3 connections/s (connect + handshake + on_connect in a worker) on a
-        cluster with as many processes as this machine has cores to spare."""
+        cluster with as many processes as this machine has cores to spare; then the
+        same on the same kind of cluster with connect tokens (``"tokens"``: every
+        client sends a valid signed token, the gateway verifies it and binds its
+        uid before the ``101``)."""
         s = self.sizes
         config = ClusterConfig(s.rate_gateways, 1, s.ping_interval, 2)
-        with self.setup("M3", config, s.rate_gens):
-            connect = await self.connect(s.rate_conns)
+        plain = await self._connect_rate("M3", config)
+        tokens = await self._connect_rate("M3 tokens", replace(config, security="tokens"))
+        return {"M3": {**plain, "tokens": tokens}}
+
+    async def _connect_rate(self, label: str, config: ClusterConfig) -> dict[str, Any]:
+        with self.setup(label, config, self.sizes.rate_gens):
+            connect = await self.connect(self.sizes.rate_conns, security=config.security)
             self.log(
-                f"M3: {connect['ready']} connections at {connect['per_s']}/s, "
+                f"{label}: {connect['ready']} connections at {connect['per_s']}/s, "
                 f"{connect['cluster_cpu_us_per_connection']} us cluster CPU per connection"
             )
+            if config.security:
+                connect["limits_hit"] = await self._limits_hit()
             await self.close_all()
-        return {"M3": connect}
+        return connect
+
+    async def _limits_hit(self) -> dict[str, int]:
+        """The gateways' rate-limit closes and refused handshakes so far (once their
+        stats files caught up): a secured cluster's measurement must show none."""
+        assert self.cluster is not None
+        await asyncio.sleep(1.5)  # stats files are rewritten every second
+        hit = self.cluster.limits_hit()
+        if any(hit.values()):
+            self.log(f"limits or checks acted during the measurement: {hit}")
+        return hit
 
     async def _storm(self, held: int) -> dict[str, Any]:
         """Restart every gateway process (SIGTERM; the master respawns them) and time
@@ -612,10 +643,33 @@ class Bench:
         """M6 echo round trips at fixed offered rates (open loop), with the bench
         app's plain ``on_message`` run inline (the figures at the top level, which
         the target is about), then in thread mode (under ``"thread"``), then with the
-        shipped chat app (under ``"chat"``, see :meth:`_chat_round_trips`)."""
+        shipped chat app (under ``"chat"``, see :meth:`_chat_round_trips`), then
+        inline again with every gateway limit configured (under ``"limits"``, see
+        :meth:`_limited_round_trips`). ``--only M6_LIMITS``: the inline and the
+        limits series only."""
         inline = await self._round_trips("inline")
+        if "M6" not in self.only and "M6_LIMITS" in self.only:
+            return {**inline, "limits": await self._limited_round_trips()}
         thread = await self._round_trips("thread")
-        return {**inline, "thread": thread, "chat": await self._chat_round_trips()}
+        chat = await self._chat_round_trips()
+        return {
+            **inline,
+            "thread": thread,
+            "chat": chat,
+            "limits": await self._limited_round_trips(),
+        }
+
+    async def _limited_round_trips(self) -> dict[str, Any]:
+        """M6 inline, ``rtt_clients[0]`` clients, on a cluster with the message and
+        byte rate limits, the per-IP connection limit, the handshake rate limit and
+        ``allowed_origins`` configured (``bench.cluster.SECURITY["limits"]``: so high
+        that none triggers; ``limits_hit`` shows they did not), the clients sending
+        an allowed ``Origin``."""
+        s = self.sizes
+        config = ClusterConfig(
+            s.rtt_gateways, s.rtt_workers, s.ping_interval, 2, "inline", security="limits"
+        )
+        return await self._round_trips("inline", config, "M6 limits", (s.rtt_clients[0],))
 
     async def _chat_round_trips(self) -> dict[str, Any]:
         """M6 with the shipped chat app (``apps/chat/Events.py``, its ``async
@@ -649,7 +703,9 @@ class Bench:
         with self.setup(label, config, s.rtt_gens):
             assert self.pool is not None
             for clients in client_counts:
-                connects[str(clients)] = await self.connect(clients, protocol=protocol)
+                connects[str(clients)] = await self.connect(
+                    clients, protocol=protocol, security=config.security
+                )
                 points: list[dict[str, Any]] = []
                 series[str(clients)] = points
                 for rate in s.rtt_rates:
@@ -659,6 +715,7 @@ class Bench:
                     if point["p99_ms"] > 200 or point["received"] < 0.8 * point["sent"]:
                         break  # saturated: higher rates only queue
                 await self.close_all()
+            hit = await self._limits_hit() if config.security else None
         best: dict[str, int] = {}
         for clients_label, points in series.items():
             ok = [
@@ -671,6 +728,8 @@ class Bench:
         found = {"series": series, "best_rate_p99_under_10ms": best, "low_load": low}
         if protocol != "bench":
             found["connect"] = connects[str(client_counts[0])]
+        if hit is not None:
+            found["limits_hit"] = hit
         return found
 
     async def _echo(self, rate: int, prefix: bytes = b"", suffix: bytes = b"") -> dict[str, Any]:

@@ -119,6 +119,7 @@ def summary(results: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]]:
     per_conn = _get(results, "M3", "cluster_cpu_us_per_connection")
     parts = [f"{_n(rate)}/s ({_n(per_conn)} us cluster CPU per connection)", _storm_text(results)]
     row("M3", rate, "; ".join(p for p in parts if p) if rate else "", (rate or 0) >= 5000)
+    _m3_tokens(rows["M3"], results)
     sustained = _get(results, "M4", "sustained")
     if sustained:
         size = "10000" if "10000" in sustained else max(sustained, key=int)
@@ -153,6 +154,7 @@ def summary(results: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]]:
         )
     row("M6", low, text, low is not None and low < 0.4 and (best100 or 0) >= 20_000)
     _m6_chat(rows["M6"], results)
+    _m6_limits(rows["M6"], results)
     pushes = _get(results, "M7", "async", "delivered_per_s")
     calls = _get(results, "M7", "async", "calls_per_s")
     sync = _get(results, "M7", "sync", "calls_per_s")
@@ -211,6 +213,109 @@ def _m6_chat(row: dict[str, Any], results: dict[str, Any]) -> None:
     if inline_cpu is not None:
         text += f" (bench app inline: {_n(inline_cpu)} us)"
     row["result"] = f"{row['result']}; {text}" if row["value"] is not None else text
+
+
+def _append(row: dict[str, Any], text: str) -> None:
+    row["result"] = f"{row['result']}; {text}" if row["value"] is not None else text
+
+
+def _m3_tokens(row: dict[str, Any], results: dict[str, Any]) -> None:
+    """Add M3 with connect tokens (``results["M3"]["tokens"]``) to the M3 row."""
+    tokens = _get(results, "M3", "tokens") or {}
+    if not tokens.get("per_s"):
+        return
+    row["tokens"] = {
+        "per_s": tokens["per_s"],
+        "cluster_cpu_us_per_connection": tokens.get("cluster_cpu_us_per_connection"),
+        "limits_hit": tokens.get("limits_hit"),
+    }
+    _append(
+        row,
+        f"with connect tokens: {_n(tokens['per_s'])}/s "
+        f"({_n(tokens.get('cluster_cpu_us_per_connection'))} us per connection)",
+    )
+
+
+def _m6_limits(row: dict[str, Any], results: dict[str, Any]) -> None:
+    """Add M6 with the limits configured (``results["M6"]["limits"]``) to the M6 row."""
+    limits = _get(results, "M6", "limits") or {}
+    low = limits.get("low_load")
+    if not low:
+        return
+    clients = next(iter(limits.get("series") or {"": 0}))
+    best = (limits.get("best_rate_p99_under_10ms") or {}).get(clients)
+    row["limits"] = {
+        "low_load_offered_per_s": low["offered_per_s"],
+        "low_load_p50_ms": low["p50_ms"],
+        "low_load_cluster_cpu_us_per_msg": low.get("cluster_cpu_us_per_msg"),
+        "best_rate_p99_under_10ms": best,
+        "limits_hit": limits.get("limits_hit"),
+    }
+    _append(
+        row,
+        f"with limits configured: p50 {low['p50_ms']} ms at {_n(low['offered_per_s'])}/s, "
+        f"{_n(low.get('cluster_cpu_us_per_msg'))} us per round trip, "
+        f"{_n(best)}/s with p99 < 10 ms",
+    )
+
+
+def security_pairs(results: dict[str, Any]) -> list[str]:
+    """The ``bench.md`` table of the plain measurements beside their secured twins
+    (M3 with connect tokens, M6 with the limits), or nothing when neither ran."""
+    m3, m6 = _get(results, "M3") or {}, _get(results, "M6") or {}
+    tokens, limits = m3.get("tokens") or {}, m6.get("limits") or {}
+    rows: list[tuple[str, Any, Any]] = []
+    if tokens:
+        rows += [
+            ("M3 connections/s (tokens)", m3.get("per_s"), tokens.get("per_s")),
+            (
+                "M3 cluster CPU us per connection (tokens)",
+                m3.get("cluster_cpu_us_per_connection"),
+                tokens.get("cluster_cpu_us_per_connection"),
+            ),
+        ]
+    plain_low, limited_low = m6.get("low_load") or {}, limits.get("low_load") or {}
+    if limited_low:
+        clients = next(iter(limits.get("series") or {"": 0}))
+        rows += [
+            (
+                f"M6 p50 ms at {_n(limited_low.get('offered_per_s'))}/s, {clients} clients (limits)",
+                plain_low.get("p50_ms"),
+                limited_low.get("p50_ms"),
+            ),
+            ("M6 p99 ms, same point (limits)", plain_low.get("p99_ms"), limited_low.get("p99_ms")),
+            (
+                "M6 cluster CPU us per round trip, same point (limits)",
+                plain_low.get("cluster_cpu_us_per_msg"),
+                limited_low.get("cluster_cpu_us_per_msg"),
+            ),
+            (
+                "M6 best rate with p99 < 10 ms (limits)",
+                (m6.get("best_rate_p99_under_10ms") or {}).get(clients),
+                (limits.get("best_rate_p99_under_10ms") or {}).get(clients),
+            ),
+        ]
+    if not rows:
+        return []
+    lines = [
+        "Security on and off, same cluster shape (tokens: every client sends a signed "
+        "connect token, verified by the gateway; limits: message/byte rate, per-IP, "
+        "handshake rate and origin checks configured, none triggering):",
+        "",
+        "| measurement | plain | secured | change |",
+        "|---|---|---|---|",
+    ]
+    for name, plain, secured in rows:
+        lines.append(f"| {name} | {_n(plain)} | {_n(secured)} | {_change(plain, secured)} |")
+    hit = [f"{k} {v.get('limits_hit')}" for k, v in (("M3", tokens), ("M6", limits)) if v]
+    lines += ["", "Limits and checks that acted in the secured runs (must be 0): " + "; ".join(hit)]
+    return lines
+
+
+def _change(plain: Any, secured: Any) -> str:
+    if not isinstance(plain, int | float) or not isinstance(secured, int | float) or not plain:
+        return "-"
+    return f"{100 * (secured - plain) / plain:+.1f} %"
 
 
 def _m8_text(results: dict[str, Any]) -> str:
@@ -285,6 +390,9 @@ def _markdown(doc: dict[str, Any]) -> str:
                     f"{p['cpu']['generator_cpu_pct']} | {p['cpu']['cluster_cpu_pct']} | "
                     f"{_n(p.get('cluster_cpu_us_per_msg'))} | {_stall(p)} |"
                 )
+    pairs = security_pairs(doc["results"])
+    if pairs:
+        lines += ["", *pairs]
     m4 = _get(doc["results"], "M4") or {}
     if m4.get("sustained"):
         lines += ["", "Fan-out (M4), sustained: send_to_group, one message per call, paced:", ""]

@@ -99,6 +99,11 @@ class CallbackThreads:
         """Threads running a job right now."""
         return sum(job is not None for job in self.running)
 
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a free thread."""
+        return self._jobs.qsize()
+
     def start(self) -> None:
         """Start the threads; they wait for jobs."""
         for thread in self._threads:

@@ -272,7 +272,9 @@ class WorkerProcess:
         """Counters for ``status``: ``links`` (gateways linked), ``events_in`` per kind,
         ``messages_in`` (every event received), ``messages_out`` (packets sent by the
         API and session write-backs), ``callback_errors``, ``clients`` (clients with
-        queued events), ``threads_busy`` (callback threads running a callback),
+        queued events), ``threads`` (callback threads in thread mode, else 0),
+        ``threads_busy`` (those running a callback), ``threads_queued`` (callbacks
+        waiting for a free thread),
         ``slow_callbacks`` (watchdog reports) and ``uptime`` (s)."""
         pool, dispatcher, threads = self._pool, self._dispatcher, self._threads
         uptime = time.monotonic() - self._started_at if self._started_at else 0.0
@@ -286,7 +288,9 @@ class WorkerProcess:
             "callback_errors": dispatcher.callback_errors if dispatcher else 0,
             "clients": dispatcher.clients if dispatcher else 0,
             "orphan_closes": dispatcher.memory.orphan_closes if dispatcher else 0,
+            "threads": threads.size if threads else 0,
             "threads_busy": threads.busy if threads else 0,
+            "threads_queued": threads.queued if threads else 0,
             "slow_callbacks": self._watchdog.reports if self._watchdog else 0,
             "authenticate": dict(self._authenticator.counts) if self._authenticator else {},
             "uptime": round(uptime, 1),

@@ -33,6 +33,7 @@ never one line per event: a connect storm must not become a log storm.
 from __future__ import annotations
 
 import logging
+from typing import Any
 from urllib.parse import parse_qs
 
 from pygatewayworker.gateway.config import Gateway
@@ -153,9 +154,16 @@ class Admission:
         else:
             self.per_ip.pop(remote_ip, None)
 
-    def stats(self) -> dict[str, int]:
-        """Counters for ``status``."""
-        return dict(self.counts)
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``status``, and ``handshakes_refused``: the ``refused_*`` ones
+        by reason (``origin``, ``token``, ``auth``...) for the metrics."""
+        counts: dict[str, Any] = dict(self.counts)
+        counts["handshakes_refused"] = {
+            name.removeprefix("refused_"): n
+            for name, n in self.counts.items()
+            if name.startswith("refused_")
+        }
+        return counts
 
     def report(self, now: float) -> None:
         """At most once per :data:`REPORT_INTERVAL`: one log line with what was

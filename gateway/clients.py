@@ -192,10 +192,16 @@ class Clients:
     def refused(self, client: Client, status: int, reason: str) -> None:
         """``client``'s request head was refused with ``status`` (answered, closing):
         logged and counted by status."""
+        self.count_refusal(status)
+        self.log(logging.INFO, "rejected request from %s: %d %s", client.remote_ip, status, reason)
+
+    def count_refusal(self, status: int) -> None:
+        """An upgrade request answered with ``status`` instead of ``101``, counted by
+        status (a refusal of the admission or the ``authenticate`` hook is logged in
+        the admission's summary line, once per interval, not here)."""
         failures = self.counters.handshake_failures
         key = str(status)
         failures[key] = failures.get(key, 0) + 1
-        self.log(logging.INFO, "rejected request from %s: %d %s", client.remote_ip, status, reason)
 
     def peer_closed(self, client: Client) -> None:
         """``client`` sent a close frame (its own, or its answer to ours: then the

@@ -297,6 +297,8 @@ class ClientConnection(asyncio.Protocol):
     def _limited(self, reason: str, counter: str) -> None:
         """Over a rate limit: close with 1008 (what it sent since is dropped)."""
         self.port.admission.counts[counter] += 1
+        client = self.client
+        client.close_reason = client.close_reason or "rate_limit"
         self.close(1008, reason)
 
     def _not_open(self, data: bytes) -> None:
@@ -415,6 +417,7 @@ class ClientConnection(asyncio.Protocol):
     def _refuse(self, status: int, body: str | bytes, headers: tuple[tuple[str, str], ...]) -> None:
         """Answer an upgrade request that was refused (``body``: a ``str`` reason or
         the hook's bytes), and close."""
+        self.port.clients.count_refusal(status)
         if isinstance(body, str):
             body = body.encode() + b"\n"
         content_type = "text/plain; charset=utf-8"

@@ -40,6 +40,7 @@ CLOSE_REASONS = (
     "send_buffer_limit",
     "send_timeout",
     "size_limit",
+    "rate_limit",
     "protocol_error",
     "app_close",
     "shutdown",

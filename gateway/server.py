@@ -133,7 +133,7 @@ class GatewayServer:
         self.config = config
         self.index = index
         self.core = GatewayCore(config, index)
-        self.client_port = ClientPort(self.core.clients, flush_routes=self.core.send_route_changes)
+        self.client_port = ClientPort(self.core.clients, flush_routes=self._flush_routes)
         self.core.send_buffers = self.client_port.send_buffers  # stats (metrics)
         self.fd_watch = FdWatch()
         self._public_sock = public_sock
@@ -295,6 +295,17 @@ class GatewayServer:
             await asyncio.sleep(0.01)
         for link in list(core.links):
             link.writer.abort()
+
+    def _flush_routes(self) -> None:
+        """Announce the uid and groups a handshake bound (a token's or the
+        ``authenticate`` hook's) and write them to the links now, before the ``101``
+        that goes straight to the client: links queue to the end of the loop turn,
+        and a push client that saw the ``101``'s effects (the browser told the
+        backend) before the ``ROUTES`` would drop a ``send_to_uid`` to it."""
+        self.core.send_route_changes()
+        for link in self.core.links:
+            if isinstance(link.writer, InternalLink):
+                link.writer.flush()
 
     def _internal_link(self) -> InternalLink:
         """A new link on the internal port (the factory ``php_links`` calls)."""

@@ -12,10 +12,10 @@ The tables below say which stats key of which role becomes which metric. A key a
 child does not report (an older version) is skipped; a labelled key (a dict such as
 ``closed_by_reason``) gives one sample per entry. Every metric carries the labels
 ``app``, ``role`` and ``index`` of its process and at most one more from a small
-fixed set (``reason``, ``status``, ``kind``, ``state``, ``verb``), and label values
-from a stats dict are capped (:data:`MAX_LABEL_VALUES`, :data:`MAX_LABEL_LENGTH`), so
-the number of series stays bounded whatever a child reports: never a client_id, uid
-or group.
+fixed set (``reason``, ``status``, ``kind``, ``state``, ``verb``, ``outcome``), and
+label values from a stats dict are capped (:data:`MAX_LABEL_VALUES`,
+:data:`MAX_LABEL_LENGTH`), so the number of series stays bounded whatever a child
+reports: never a client_id, uid or group.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ SPECS: tuple[Spec, ...] = (
         "gateway_connections_closed",
         COUNTER,
         "WebSocket connections closed, by reason: client_close, client_gone, "
-        "heartbeat_timeout, send_buffer_limit, send_timeout, size_limit, protocol_error, "
+        "heartbeat_timeout, send_buffer_limit, send_timeout, size_limit, rate_limit, "
+        "protocol_error, "
         "app_close, shutdown, gateway_lost.",
         label="reason",
     ),
@@ -91,6 +92,15 @@ SPECS: tuple[Spec, ...] = (
         COUNTER,
         "HTTP upgrade requests refused, by the HTTP status answered.",
         label="status",
+    ),
+    Spec(
+        "gateway",
+        "handshakes_refused",
+        "gateway_handshakes_refused",
+        COUNTER,
+        "Upgrade requests refused before 101 by the admission checks or the authenticate "
+        "hook, by reason: handshake_rate, ip_limit, origin, token, auth, auth_unavailable.",
+        label="reason",
     ),
     Spec("gateway", "messages_in", "gateway_messages_received", COUNTER, "Client messages in."),
     Spec("gateway", "messages_out", "gateway_messages_sent", COUNTER, "Frames sent to clients."),
@@ -193,6 +203,35 @@ SPECS: tuple[Spec, ...] = (
         "worker_busy_clients",
         GAUGE,
         "Clients with an event running or queued.",
+    ),
+    Spec(
+        "businessworker",
+        "threads",
+        "worker_callback_threads",
+        GAUGE,
+        "Callback threads of the worker (thread mode; 0 when callbacks run inline).",
+    ),
+    Spec(
+        "businessworker",
+        "threads_busy",
+        "worker_callback_threads_busy",
+        GAUGE,
+        "Callback threads running a callback now.",
+    ),
+    Spec(
+        "businessworker",
+        "threads_queued",
+        "worker_callback_threads_queued",
+        GAUGE,
+        "Callbacks waiting for a free callback thread.",
+    ),
+    Spec(
+        "businessworker",
+        "authenticate",
+        "worker_authenticate",
+        COUNTER,
+        "Runs of the app's authenticate hook, by outcome: accepted, rejected, failed.",
+        label="outcome",
     ),
     Spec(
         "businessworker",

@@ -169,16 +169,19 @@ class ForegroundCluster:
             self.proc.wait(10)
 
 
-async def wait_ready(spec: AppSpec, timeout: float = 30.0, init: bool = True) -> None:
+async def wait_ready(
+    spec: AppSpec, timeout: float = 30.0, init: bool = True, query: str = ""
+) -> None:
     """Wait until a client can connect and (with ``init``) gets the app's ``init``
     message, i.e. a worker is linked to the gateway that accepted it. Tries several
-    connections so that every gateway process is seen serving."""
+    connections so that every gateway process is seen serving; ``query`` (``"?..."``)
+    is added to their URL (a connect token, say)."""
     deadline = time.monotonic() + timeout
     seen: set[str] = set()
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            async with connect(spec.ws_url, open_timeout=2) as ws:
+            async with connect(spec.ws_url + query, open_timeout=2) as ws:
                 if not init:
                     return
                 message = json.loads(await asyncio.wait_for(ws.recv(), 2))

@@ -185,6 +185,7 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
         cpu = [p["cluster_cpu_us_per_msg"] for s in series["series"].values() for p in s]
         assert all(isinstance(c, float) and c >= 0 for c in cpu) and sum(cpu) > 0
     assert results["M3"]["cluster_cpu_us_per_connection"] > 0
+    _check_security_pairs(doc, (out / "bench.md").read_text())
     assert results["M7"]["async"]["received"] == results["M7"]["async"]["calls"]
     assert results["M7"]["sync"]["received"] == results["M7"]["sync"]["calls"]
     for kind in ("msgpack", "php_persistent", "php_per_call"):
@@ -226,6 +227,27 @@ def test_quick_rss_reads_every_process_of_the_shipped_chat(tmp_path: Path) -> No
     check_rss(doc["results"]["RSS"], (out / "bench.md").read_text())
 
 
+def _check_security_pairs(doc: dict[str, Any], markdown: str) -> None:
+    """M3 with connect tokens and M6 with the limits ran beside their plain twins, no
+    limit or check acted on them, and bench.md shows the pairs."""
+    results = doc["results"]
+    tokens = results["M3"]["tokens"]
+    assert tokens["ready"] == results["M3"]["ready"] > 0 and tokens["failed"] == 0
+    assert tokens["cluster_cpu_us_per_connection"] > 0
+    assert doc["config"]["M3 tokens"]["security"].startswith("token_key=<")
+    limits = results["M6"]["limits"]
+    points = [p for series in limits["series"].values() for p in series]
+    assert points and all(p["received"] == p["sent"] > 0 for p in points)
+    assert all(p["cluster_cpu_us_per_msg"] is not None for p in points)
+    assert "allowed_origins" in doc["config"]["M6 limits"]["security"]
+    for secured in (tokens, limits):
+        assert secured["limits_hit"] == {"rate_limit_closes": 0, "handshakes_refused": 0}
+    assert doc["summary"]["M3"]["tokens"]["per_s"] == tokens["per_s"]
+    assert doc["summary"]["M6"]["limits"]["low_load_p50_ms"] == limits["low_load"]["p50_ms"]
+    assert "| M3 connections/s (tokens) |" in markdown
+    assert "| M6 cluster CPU us per round trip, same point (limits) |" in markdown
+
+
 @pytest.mark.timeout(120)
 def test_quick_soak_reports_the_drift_of_every_process(tmp_path: Path) -> None:
     out = tmp_path / "results"
@@ -240,9 +262,12 @@ def test_quick_soak_reports_the_drift_of_every_process(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_quick_run_with_metrics_on(tmp_path: Path) -> None:
-    """``--metrics`` starts every cluster with the metrics listener and scrapes it."""
+    """``--metrics`` starts every cluster with the metrics listener and scrapes it;
+    ``--only M3_TOKENS,M6_LIMITS`` runs just the security pairs."""
     out = tmp_path / "results"
-    run_quick(out, "--only", "M6", "--metrics", timeout=110)
+    run_quick(out, "--only", "M3_TOKENS,M6_LIMITS", "--metrics", timeout=110)
     doc = json.loads((out / "bench.json").read_text())
     assert doc["errors"] == []
     assert doc["config"] and all(c["metrics"] for c in doc["config"].values()), doc["config"]
+    assert set(doc["config"]) == {"M3", "M3 tokens", "M6", "M6 limits"}
+    _check_security_pairs(doc, (out / "bench.md").read_text())

@@ -304,6 +304,9 @@ async def test_a_client_over_its_byte_rate_is_closed_with_1008() -> None:
             await client.send(b"x" * 60_000)
         assert await close_code(client) == 1008
         assert server.stats()["closed_byte_rate"] == 1
+        # the close is counted once, by its first reason (not the client's close frame)
+        await wait_until(lambda: server.stats()["closed_by_reason"]["rate_limit"] == 1)
+        assert server.stats()["closed_by_reason"]["client_close"] == 0
 
 
 async def test_connections_per_ip_are_limited_with_429() -> None:
@@ -315,6 +318,8 @@ async def test_connections_per_ip_are_limited_with_429() -> None:
         await wait_until(lambda: len(server.directory) == 1)
         third = await ws(server)  # a place was freed
         assert server.stats()["refused_ip_limit"] == 1
+        assert server.stats()["handshakes_refused"]["ip_limit"] == 1
+        assert server.stats()["handshake_failures"] == {"429": 1}
         await second.close()
         await third.close()
 

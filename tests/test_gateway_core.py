@@ -688,6 +688,7 @@ def test_each_close_is_counted_once_by_its_first_reason() -> None:
         "send_buffer_limit": 1,
         "send_timeout": 1,
         "size_limit": 1,
+        "rate_limit": 0,  # decided by the shell: tests/test_connection_security.py
         "protocol_error": 1,
         "app_close": 2,
         "shutdown": 0,

@@ -66,8 +66,9 @@ def cluster_stats() -> dict[str, dict[str, Any]]:
             **fresh,
             "connections": 3,
             "connections_opened": 5,
-            "closed_by_reason": {"client_close": 1, "heartbeat_timeout": 1},
-            "handshake_failures": {"400": 2},
+            "closed_by_reason": {"client_close": 1, "heartbeat_timeout": 1, "rate_limit": 1},
+            "handshake_failures": {"400": 2, "401": 1},
+            "handshakes_refused": {"auth": 1, "origin": 0},
             "messages_in": 7,
             "messages_in_per_s": 1.5,
             "messages_out_per_s": 2.0,
@@ -80,6 +81,10 @@ def cluster_stats() -> dict[str, dict[str, Any]]:
             "callback_seconds": histogram(0.0001, 0.02, 3.0),
             "gateways": ["127.0.0.1:2300", "127.0.0.1:2301"],
             "gateway_links": {"linked": 2, "paused": 0, "unlinked": 0},
+            "threads": 8,
+            "threads_busy": 3,
+            "threads_queued": 2,
+            "authenticate": {"accepted": 4, "rejected": 1, "failed": 0},
         },
         "chat.pushapi.0": {
             "pid": 14,
@@ -128,6 +133,14 @@ def test_collector_turns_stats_into_labelled_metrics() -> None:
     assert value(closed, name, reason="heartbeat_timeout", index="0") == 1
     failures = got["gatewayworker_gateway_handshake_failures"]
     assert value(failures, "gatewayworker_gateway_handshake_failures_total", status="400") == 2
+    assert value(closed, name, reason="rate_limit", index="0") == 1
+    refused = got["gatewayworker_gateway_handshakes_refused"]
+    assert value(refused, "gatewayworker_gateway_handshakes_refused_total", reason="auth") == 1
+    for gauge, number in (("", 8), ("_busy", 3), ("_queued", 2)):
+        family = f"gatewayworker_worker_callback_threads{gauge}"
+        assert value(got[family], family) == number
+    auth = got["gatewayworker_worker_authenticate"]
+    assert value(auth, "gatewayworker_worker_authenticate_total", outcome="rejected") == 1
     events = got["gatewayworker_worker_events"]
     assert value(events, "gatewayworker_worker_events_total", kind="message") == 7
     hist = got["gatewayworker_worker_callback_duration_seconds"]

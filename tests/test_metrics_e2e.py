@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from pygatewayworker.cluster.pidfile import pid_alive
 from tests.chromium import browser  # noqa: F401 - the fixture
@@ -121,16 +122,23 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 def metrics_cluster(tmp_path: Path) -> Iterator[Callable[..., MetricsCluster]]:
     started: list[MetricsCluster] = []
 
-    def start(*extra: str) -> MetricsCluster:
+    def start(
+        *extra: str,
+        source: str = "rc",
+        workers: int = 2,
+        gateway_options: str = "ping_interval=1.5, ping_not_response_limit=1",
+        worker_options: str = "",
+    ) -> MetricsCluster:
         spec = make_app(
             tmp_path / f"c{len(started)}",
-            "rc",
+            source,
             gateways=2,
-            workers=2,
-            gateway_options="ping_interval=1.5, ping_not_response_limit=1",
+            workers=workers,
+            gateway_options=gateway_options,
+            worker_options=worker_options,
         )
         push_port = reserve_ports(1)
-        (spec.apps_dir / "rc" / "start_pushapi.py").write_text(
+        (spec.apps_dir / source / "start_pushapi.py").write_text(
             "from pygatewayworker import PushAPI\n"
             f"push = PushAPI(listen='127.0.0.1:{push_port}', "
             f"register='127.0.0.1:{spec.register_port}', token={PUSH_TOKEN!r})\n"
@@ -173,6 +181,19 @@ def bad_upgrade(port: int) -> int:
         )
         head = sock.recv(4096).decode("latin-1")
     return int(head.split()[1])
+
+
+async def flood(url: str, messages: int) -> int:
+    """A client that sends ``messages`` echo requests at once; its close code."""
+    ws = await connect(url, ping_interval=None)
+    await asyncio.wait_for(ws.recv(), 10)  # init
+    request = json.dumps({"id": 0, "op": "echo", "args": [], "kwargs": {}})
+    with contextlib.suppress(ConnectionClosed):
+        for _ in range(messages):
+            await ws.send(request)
+        while True:  # read the replies up to the close frame
+            await asyncio.wait_for(ws.recv(), 10)
+    return int(ws.close_code or 0)
 
 
 def worker_pid(cluster: MetricsCluster, index: int) -> int:
@@ -285,6 +306,71 @@ async def test_metrics_move_by_what_the_test_causes(
     assert any(d.get("worker") == "rc.businessworker.0" for d in docs)
     assert any(d.get("gateway", "").startswith("127.0.0.1:") for d in docs)
     assert {d["process"] for d in docs} >= {"master", "rc.gateway.0", "gatewayworker.metrics.0"}
+
+
+async def test_limits_refusals_and_callback_threads_have_their_series(
+    metrics_cluster: Callable[..., MetricsCluster],
+) -> None:
+    """A rate-limited client moves ``reason="rate_limit"`` by exactly one, an
+    oversized message ``size_limit`` by one, a refused origin the refusal counters by
+    one; the worker's callback threads show as busy and queued while they are."""
+    cluster = metrics_cluster(
+        source="rcsync",
+        workers=1,
+        gateway_options=(
+            "max_message_size=4096, message_rate=20, message_burst=20, "
+            "allowed_origins=['http://ok.example']"
+        ),
+        worker_options="threads=2",
+    )
+    url = cluster.spec.ws_url
+    closed = "gatewayworker_gateway_connections_closed_total"
+    before = cluster.scrape()
+
+    def delta(name: str, **labels: str) -> float:
+        return total(cluster.scrape(), name, **labels) - total(before, name, **labels)
+
+    assert await flood(url, 200) == 1008
+    big = await connect(url, ping_interval=None, additional_headers={"Origin": "http://ok.example"})
+    await asyncio.wait_for(big.recv(), 10)
+    await big.send("x" * 5000)
+    await asyncio.wait_for(big.wait_closed(), 10)
+    assert big.close_code == 1009
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(url, additional_headers={"Origin": "http://evil.example"})
+    assert refused.value.response.status_code == 403
+    expected = {
+        (closed, "rate_limit"): 1,
+        (closed, "size_limit"): 1,
+        ("gatewayworker_gateway_handshakes_refused_total", "origin"): 1,
+    }
+
+    def moved() -> dict[tuple[str, str], float]:
+        return {(n, r): delta(n, reason=r) for n, r in expected}
+
+    await asyncio.to_thread(wait_for, lambda: moved() == expected, 20, "the limit closes")
+    failures = "gatewayworker_gateway_handshake_failures_total"
+    assert delta(failures, status="403") == 1
+    assert delta(closed) == 2  # nothing else closed, nothing counted twice
+    assert total(cluster.scrape(), "gatewayworker_worker_callback_threads") == 2
+
+    # four clients' callbacks block: two threads busy, two callbacks waiting for one
+    sleepers = [await open_client(url) for _ in range(4)]
+    sleep = json.dumps({"id": 1, "op": "sleep", "args": [4], "kwargs": {}})
+    for client in sleepers:
+        await client.ws.send(sleep)
+
+    def gauges() -> tuple[float, float]:
+        now = cluster.scrape()
+        return (
+            total(now, "gatewayworker_worker_callback_threads_busy"),
+            total(now, "gatewayworker_worker_callback_threads_queued"),
+        )
+
+    await asyncio.to_thread(wait_for, lambda: gauges() == (2, 2), 20, "2 busy, 2 queued")
+    await asyncio.to_thread(wait_for, lambda: gauges() == (0, 0), 30, "the threads idle again")
+    for client in sleepers:
+        await client.close()
 
 
 # ---- probes and the operator page -----------------------------------------------------------
