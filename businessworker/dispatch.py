@@ -35,10 +35,12 @@ blocks: coroutine callbacks interleave where they await, thread-mode callbacks
 run in parallel up to the number of threads, and an inline callback holds up every
 client of the worker until it returns.
 
-For each event the task sets the context (``businessworker.context``), calls the
-callback (plain function or coroutine), and afterwards, except for ``on_close``,
-sends ``SET_SESSION`` to the client's gateway if the session changed (the re-packed
-dict differs from the bytes that came with the event). An exception in a callback
+Each event runs in a copy of the context of its own (what a callback sets in a
+context variable stays with its event), with the event set
+(``businessworker.context``). After the callback (plain function or coroutine)
+settled, except for ``on_close``, the dispatcher sends ``SET_SESSION`` to the
+client's gateway if the session changed (the re-packed dict differs from the bytes
+that came with the event). An exception in a callback
 is logged with the client_id and traceback and counted; the worker keeps serving,
 and the session of a failed callback is not written back.
 
