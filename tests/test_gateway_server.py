@@ -304,6 +304,22 @@ async def test_ws_pings_are_answered_and_count_as_activity() -> None:
         await worker.close()
 
 
+async def test_client_sockets_get_the_small_send_buffer() -> None:
+    """``send_socket_buffer`` is set once on the listening socket; every accepted
+    client socket inherits it (Linux reports twice the size asked for)."""
+    async with running(send_socket_buffer=16384) as server:
+        worker = await FakeLink.linked(server)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.public_port)
+        writer.write(request(upgrade_lines()))
+        await reader.readuntil(b"\r\n\r\n")
+        conn_id = (await worker.expect(Cmd.EV_CONNECT))[1]
+        conn = server.directory.get(conn_id).writer
+        sock = conn.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) in (16384, 2 * 16384)
+        writer.close()
+        await worker.close()
+
+
 async def test_slow_consumer_is_closed_and_counted() -> None:
     async with running(send_buffer_limit=64 * 1024) as server:
         server.client_port.close_timeout = 0.5
