@@ -11,17 +11,15 @@ The link reader calls :meth:`Dispatcher.on_event` for every ``EV_*`` packet.
   functions that only send, and this saves the cost of a task per event (about a
   sixth of a round trip). Should the plain function return an awaitable, the rest of
   the event continues in a task, and the client's later events queue behind it.
-* A coroutine callback (``async def``, in either mode) with nothing queued for its
-  client is also started inline: its coroutine runs in the reader until it first
-  really suspends (awaits a query, a sleep...), like ``asyncio.eager_task_factory``.
-  One that never suspends (the usual ``on_message`` that only sends) finishes there
-  and costs no task at all; one that suspends is carried on by a task from where it
-  stopped (:func:`_carry_on`), and the client's later events queue behind it. An
-  exception it raises before suspending is logged and counted like any other.
-* Otherwise (the client has events queued or running, or the worker is not open
-  yet) the event is appended to the client's queue, and one task drains it. The
+* Otherwise (a coroutine callback) a queue and one task to drain it are created. The
   task runs the client's events one after another and ends, dropping the queue,
-  when the queue is empty: an idle client costs nothing.
+  when the queue is empty: an idle client costs nothing. A coroutine always runs in
+  a task (``asyncio.timeout()`` and HTTP clients' timeouts need
+  ``asyncio.current_task()``). On Python 3.12+ that task starts eagerly
+  (``eager_start``): it runs at once, in the reader's turn of the loop, until the
+  coroutine first really suspends, so an ``on_message`` that only sends finishes
+  without being scheduled (no extra turn of the loop, no ``epoll_wait``); on 3.11
+  it starts at the next turn.
 * In thread mode (``BusinessWorker(callbacks="thread")``, ``threads`` given as a
   :class:`~businessworker.threads.CallbackThreads`), plain functions are never run
   inline: their events go through the queue and task like coroutines, and the task
@@ -35,12 +33,10 @@ blocks: coroutine callbacks interleave where they await, thread-mode callbacks
 run in parallel up to the number of threads, and an inline callback holds up every
 client of the worker until it returns.
 
-Each event runs in a copy of the context of its own (what a callback sets in a
-context variable stays with its event), with the event set
-(``businessworker.context``). After the callback (plain function or coroutine)
-settled, except for ``on_close``, the dispatcher sends ``SET_SESSION`` to the
-client's gateway if the session changed (the re-packed dict differs from the bytes
-that came with the event). An exception in a callback
+For each event the task sets the context (``businessworker.context``), calls the
+callback (plain function or coroutine), and afterwards, except for ``on_close``,
+sends ``SET_SESSION`` to the client's gateway if the session changed (the re-packed
+dict differs from the bytes that came with the event). An exception in a callback
 is logged with the client_id and traceback and counted; the worker keeps serving,
 and the session of a failed callback is not written back.
 
@@ -68,9 +64,9 @@ import contextvars
 import functools
 import inspect
 import logging
-import types
+import sys
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
@@ -137,10 +133,10 @@ class Dispatcher:
         self._inline = frozenset(
             cmd
             for cmd, callback in self._callbacks.items()
-            if callback is None or cmd not in self._threaded
+            if callback is None or (cmd in plain and cmd not in self._threaded)
         )
-        """Commands whose callback starts inline when its client has nothing queued:
-        coroutine callbacks, plain ones in inline mode, and the missing ones (a no-op)."""
+        """Commands whose callback runs inline when its client has nothing queued
+        (in thread mode: only the missing callbacks, a no-op)."""
         self._queues: dict[str, Queue] = {}
         self._owners: dict[str, tuple[GatewayLink, int]] = {}  # busy client -> link, conn_id
         self._unacked: dict[str, tuple[GatewayLink, bytes, int]] = {}
@@ -149,6 +145,9 @@ class Dispatcher:
         self.on_idle: Callable[[GatewayLink, int], None] | None = None
         """Called with (link, conn_id) when a client's last queued event finished."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The worker's loop, kept: ``asyncio.get_running_loop()`` costs a
+        ``getpid()`` system call on Python 3.11, once per event here."""
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._open = False
         self.events_in: dict[str, int] = dict.fromkeys(KINDS.values(), 0)
@@ -253,7 +252,13 @@ class Dispatcher:
         self._spawn(self._drain(client_id, queue))
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        task = _new_task(loop, coro)
+        if task.done():  # started eagerly and finished already: nothing to track
+            self._task_done(task)
+            return
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -314,38 +319,39 @@ class Dispatcher:
         _log_failure(cmd, client_id)
 
     def _run_inline(self, client_id: str, link: GatewayLink, packet: list[Any]) -> None:
-        """Run a callback now, in the reader (the client has nothing queued), in a
-        fresh copy of the context: what the callback sets in context variables stays
-        with this event, as it would in a task of its own. A coroutine runs until it
-        first suspends (see the module docstring)."""
+        """Run a plain-function callback now, in the reader (the client has nothing
+        queued), in a fresh copy of the context: what the callback sets in context
+        variables stays with this event, as it would in a task of its own."""
         if self._callbacks[packet[0]] is not None:
-            started = perf_counter()  # metrics: timed until the callback settled
-            if self._call_inline(client_id, link, packet):
-                self.callback_seconds.observe(perf_counter() - started)
+            started = perf_counter()  # metrics: timed until the function returns
+            contextvars.copy_context().run(self._call_inline, client_id, link, packet)
+            self.callback_seconds.observe(perf_counter() - started)
 
-    def _call_inline(self, client_id: str, link: GatewayLink, packet: list[Any]) -> bool:
-        """Call the callback; ``False`` when the rest of the event went to a task."""
+    def _call_inline(self, client_id: str, link: GatewayLink, packet: list[Any]) -> None:
         cmd, conn_id, _, _, _, payload = packet
         callback = self._callbacks[cmd]
         assert callback is not None
         event, blob = self._context(client_id, link, packet)
-        ctx = contextvars.copy_context()
+        enter_event(event)
+        use_api(self._api)
         try:
-            args = _arguments(cmd, client_id, payload)
-            result = ctx.run(_begin, ctx, self._api, event, callback, args)
+            result = (
+                callback(client_id)
+                if cmd in _ONE_ARG
+                else callback(client_id, _argument(cmd, payload))
+            )
         except (Exception, asyncio.CancelledError):  # not a task: a cancel is its error
             self._failed(cmd, client_id)
-            return True
-        if result is not None:
-            # The rest of this event runs in a task (in ctx, see _carry_on); the
+            return
+        if result is not None and inspect.isawaitable(result):
+            # The rest of this event runs in a task (it copies this context); the
             # client's next events queue behind it.
             queue = self._queues[client_id] = deque()
             self._owners[client_id] = (link, conn_id)
             self._spawn(self._resume(client_id, queue, link, packet, event, blob, result))
-            return False
+            return
         if cmd is not Cmd.EV_CLOSE:
             self._write_back(link, client_id, conn_id, blob, event.session)
-        return True
 
     async def _resume(
         self,
@@ -357,14 +363,10 @@ class Dispatcher:
         blob: bytes | None,
         result: Any,
     ) -> None:
-        """Await what an inline callback returned (or the rest of its coroutine),
-        then drain the client's queue."""
+        """Await what an inline callback returned, then drain the client's queue."""
         cmd, conn_id = packet[0], packet[1]
-        started = perf_counter()  # metrics: the part after the inline one
         try:
-            ok = await self._settle(cmd, client_id, result)
-            self.callback_seconds.observe(perf_counter() - started)
-            if ok and cmd is not Cmd.EV_CLOSE:
+            if await self._settle(cmd, client_id, result) and cmd is not Cmd.EV_CLOSE:
                 self._write_back(link, client_id, conn_id, blob, event.session)
         except BaseException:  # this task is being cancelled: release the client
             self._forget(client_id, queue)
@@ -411,22 +413,24 @@ class Dispatcher:
         event: EventContext,
         payload: Any,
     ) -> bool:
-        """Run the callback on the loop, driven by this task but in a context of its
-        own (as inline: what it sets stays with this event); ``False`` when it
-        failed. A coroutine starts eagerly, like an inline one."""
-        ctx = contextvars.copy_context()  # this task's: nothing a callback set
+        """Run the callback on the loop, in this task; ``False`` when it failed."""
+        token = enter_event(event)
         started = perf_counter()  # metrics: timed until the callback settled
         try:
             try:
-                args = _arguments(cmd, client_id, payload)
-                rest = ctx.run(_begin, ctx, self._api, event, callback, args)
-            except (Exception, asyncio.CancelledError):  # raised by the callback itself
+                result = (
+                    callback(client_id)
+                    if cmd in _ONE_ARG
+                    else callback(client_id, _argument(cmd, payload))
+                )
+            except Exception:
                 self._failed(cmd, client_id)
                 return False
-            if rest is not None:
-                return await self._settle(cmd, client_id, rest)
+            if result is not None and inspect.isawaitable(result):
+                return await self._settle(cmd, client_id, result)
             return True
         finally:
+            exit_event(token)
             self.callback_seconds.observe(perf_counter() - started)
 
     async def _call_in_thread(
@@ -443,7 +447,7 @@ class Dispatcher:
         threads = self._threads
         assert threads is not None
         try:
-            args = _arguments(cmd, client_id, payload)
+            args = (client_id,) if cmd in _ONE_ARG else (client_id, _argument(cmd, payload))
         except Exception:
             self._failed(cmd, client_id)
             return False
@@ -490,63 +494,18 @@ class Dispatcher:
                 queued[2] = packed
 
 
-def _arguments(cmd: int, client_id: str, payload: Any) -> tuple[Any, ...]:
-    """The callback's arguments for an event of ``cmd``."""
-    return (client_id,) if cmd in _ONE_ARG else (client_id, _argument(cmd, payload))
+if sys.version_info >= (3, 12):
 
+    def _new_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[None]:
+        """A task for ``coro``, started eagerly: it runs now until it first suspends
+        (and is done already when it never does)."""
+        return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg]
 
-def _begin(
-    ctx: contextvars.Context,
-    api: WorkerAPI,
-    event: EventContext,
-    callback: Callable[..., Any],
-    args: tuple[Any, ...],
-) -> Any:
-    """Inside ``ctx`` (the event's own context): set the API and the event, call the
-    callback; run a coroutine it returns (or a coroutine awaiting another awaitable
-    it returns) until it first suspends. Returns ``None`` when the event is done,
-    else what is left to await (:func:`_carry_on`). What the callback raises
-    before suspending propagates."""
-    use_api(api)
-    enter_event(event)
-    result = callback(*args)
-    if type(result) is not types.CoroutineType:
-        if result is None or not inspect.isawaitable(result):
-            return None
-        result = _awaiting(result)
-    try:
-        yielded = result.send(None)
-    except StopIteration:
-        return None
-    return _carry_on(result, yielded, ctx)
+else:
 
-
-async def _awaiting(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
-
-
-@types.coroutine
-def _carry_on(
-    coro: Coroutine[Any, Any, Any], yielded: Any, ctx: contextvars.Context
-) -> Generator[Any, Any, Any]:
-    """Hand ``yielded`` (what ``coro`` suspended on: a future, or ``None`` for a bare
-    yield) to the task awaiting this, then relay what the task sends or throws in
-    (a result, a cancellation) to ``coro``, each step in ``ctx``, until it returns:
-    the task runs the coroutine on from where :func:`_begin` left it, in the
-    event's own context, as if it had started it."""
-    while True:
-        try:
-            sent = yield yielded
-        except BaseException as exc:  # thrown in by the task (a cancel) or by close()
-            try:
-                yielded = ctx.run(coro.throw, exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                yielded = ctx.run(coro.send, sent)
-            except StopIteration as stop:
-                return stop.value
+    def _new_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[None]:
+        """A task for ``coro`` (Python 3.11 has no eager start)."""
+        return loop.create_task(coro)
 
 
 def _log_failure(cmd: int, client_id: str) -> None:

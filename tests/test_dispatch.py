@@ -1,8 +1,8 @@
-"""businessworker.dispatch: coroutine callbacks started eagerly in the link reader
-(run until their first real suspension, no task when they never suspend), against
-the fake gateways of test_worker.py, in both callback modes: order per client,
-session write-back, context variables per event, exceptions before and after the
-first suspension, cancellation, and the graceful stop waiting for a suspended one."""
+"""businessworker.dispatch: coroutine callbacks, run by a task (started eagerly on
+Python 3.12+), against the fake gateways of test_worker.py, in both callback
+modes: order per client, a current task from the first line (``asyncio.timeout``),
+session write-back, context variables, exceptions before and after the first
+suspension, cancellation, and the graceful stop waiting for a suspended one."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ EVENTS = "tests.test_dispatch:AsyncEvents"
 
 class AsyncEvents:
     """``async def`` callbacks; the message says what to do. Every entry of ``log``
-    records whether the callback ran in a task (``asyncio.current_task()``)."""
+    records whether the callback ran in a task (``asyncio.current_task()``), and
+    each message event runs inside ``asyncio.timeout()``, which needs one."""
 
     log: ClassVar[list[tuple[Any, ...]]] = []
     finished: ClassVar[list[str]] = []
@@ -34,6 +35,10 @@ class AsyncEvents:
         self.log.append(("connect", client_id, _in_task()))
 
     async def on_message(self, client_id: str, message: Any) -> None:
+        async with asyncio.timeout(30):  # needs a current task from the first line
+            await self._message(client_id, message)
+
+    async def _message(self, client_id: str, message: Any) -> None:
         before = (_in_task(), APP_VAR.get())
         APP_VAR.set(message)  # set and never reset: stays with this event
         session = context.session
@@ -45,7 +50,7 @@ class AsyncEvents:
             raise asyncio.CancelledError
         if message in ("slow", "slow boom", "hang"):
             try:
-                await asyncio.sleep(0.2 if message != "hang" else 60)
+                await asyncio.sleep(0.2 if message != "hang" else 20)
             finally:
                 self.finished.append(message)
             assert context.client_id == client_id and APP_VAR.get() == message
@@ -74,10 +79,9 @@ def _messages(client_id: str) -> list[tuple[Any, ...]]:
     return [e for e in AsyncEvents.log if e[:2] == ("message", client_id)]
 
 
-async def test_coroutines_run_eagerly_in_order_per_client(env: Env) -> None:
-    """One that never suspends runs in the reader (no task); one that suspends goes
-    on in a task, and its client's next events wait for it while another client's
-    do not."""
+async def test_coroutines_run_in_order_per_client_in_a_task(env: Env) -> None:
+    """Each coroutine runs in a task from its first line; one that suspends holds
+    up its client's next events, not another client's."""
     worker = await env.start_worker(EVENTS)
     gw1 = env.gw1
     cid, other = gw1.client_id(1), gw1.client_id(2)
@@ -91,28 +95,33 @@ async def test_coroutines_run_eagerly_in_order_per_client(env: Env) -> None:
     await wait_until(lambda: ("close", cid, True) in AsyncEvents.log)
     assert [e[2] for e in _messages(cid)] == ["fast", "slow", "after slow", "query"]
     entries = {e[2]: e for e in _messages(cid) + _messages(other)}
-    assert AsyncEvents.log[0] == ("connect", cid, False)  # eager: no task
-    assert entries["fast"][3:] == ((False, "unset"), False)
-    assert entries["slow"][3:] == ((False, "unset"), True)  # went on in a task
-    # queued behind "slow": drained by that task, from a fresh context
-    assert entries["after slow"][3:] == ((True, "unset"), True)
-    assert entries["other"][3:] == ((False, "unset"), False)
+    assert AsyncEvents.log[0] == ("connect", cid, True)
+    # an event that finds its client idle starts a task, from a fresh context (the
+    # events queued behind it run one after another in that task, in its context)
+    for message in ("fast", "other"):
+        assert entries[message][3:] == ((True, "unset"), True), message
+    assert all(e[3][0] and e[4] for e in entries.values())  # always in a task
+    await wait_until(lambda: worker.stats()["clients"] == 0)
+    gw1.emit(Cmd.EV_MESSAGE, 1, "later")  # nothing a callback set leaked to it
+    await wait_until(lambda: len(_messages(cid)) == 5)
+    assert _messages(cid)[-1][3:] == ((True, "unset"), True)
     log = AsyncEvents.log
     assert log.index(entries["other"]) < log.index(entries["slow"])
-    await wait_until(lambda: len(gw1.packets(Cmd.SEND_TO_CLIENT)) == 6)
+    await wait_until(lambda: len(gw1.packets(Cmd.SEND_TO_CLIENT)) == 7)
     assert [p[2] for p in gw1.packets(Cmd.SEND_TO_CLIENT) if p[1] == 1] == [
         f"init:{cid}",
         "echo:fast",
         "echo:slow",
         "echo:after slow",
         "echo:query",
+        "echo:later",
     ]
     await wait_until(lambda: worker.stats()["clients"] == 0)
     assert worker.stats()["callback_errors"] == 0
     assert context.client_id is None and APP_VAR.get() == "unset"  # nothing leaked
 
 
-async def test_eager_session_write_back(env: Env) -> None:
+async def test_session_write_back_around_a_suspension(env: Env) -> None:
     """Sessions changed before or after a suspension are written back once, and an
     event queued behind a suspended one starts from the session it wrote."""
     await env.start_worker(EVENTS)
@@ -130,7 +139,7 @@ async def test_eager_session_write_back(env: Env) -> None:
     )
 
 
-async def test_eager_exceptions_are_logged_once_and_the_client_goes_on(
+async def test_exceptions_are_logged_once_and_the_client_goes_on(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Raised before the first suspension (in the reader), after it (in the task),
@@ -150,13 +159,14 @@ async def test_eager_exceptions_are_logged_once_and_the_client_goes_on(
     raised = [r for r in caplog.records if f"on_message of client {cid} raised" in r.message]
     assert len(raised) == 3
     assert "boom before suspending" in caplog.text and "boom after suspending" in caplog.text
+    await wait_until(lambda: bool(gw1.packets(Cmd.SET_SESSION)))  # only the last one's
     assert gw1.packets(Cmd.SET_SESSION) == [[Cmd.SET_SESSION, 5, pack_session({"after": True})]]
     assert worker.stats()["links"] == 2
 
 
-async def test_stop_cancels_a_suspended_eager_coroutine(env: Env) -> None:
-    """A coroutine suspended after its eager start belongs to a task the worker
-    cancels on a hard stop: it sees the CancelledError (its ``finally`` runs)."""
+async def test_stop_cancels_a_suspended_coroutine(env: Env) -> None:
+    """A suspended coroutine (also one started eagerly) belongs to a task the
+    worker cancels on a hard stop: it sees the CancelledError (its ``finally`` runs)."""
     worker = await env.start_worker(EVENTS)
     env.gw1.emit(Cmd.EV_MESSAGE, 6, "hang")
     await wait_until(lambda: worker.stats()["clients"] == 1)
@@ -166,9 +176,9 @@ async def test_stop_cancels_a_suspended_eager_coroutine(env: Env) -> None:
     assert _messages(env.gw1.client_id(6)) == []
 
 
-async def test_graceful_stop_waits_for_a_suspended_eager_coroutine(env: Env) -> None:
+async def test_graceful_stop_waits_for_a_suspended_coroutine(env: Env) -> None:
     """No overlap on reload: the old worker's graceful stop returns only once the
-    events it received (one suspended after its eager start) have finished."""
+    events it received (one of them suspended) have finished."""
     worker = await env.start_worker(EVENTS)
     cid = env.gw1.client_id(8)
     env.gw1.events_before_ack = [event(Cmd.EV_MESSAGE, 8, "slow"), event(Cmd.EV_MESSAGE, 8, "late")]
