@@ -13,7 +13,10 @@ the chat page (``apps/chat/web/index.html``):
 - a ``say`` reply is timed: the request's ``content`` is ``E<19-digit monotonic ns>``
   (:data:`SAY_PREFIX` + that + :data:`SAY_SUFFIX`, sent by ``op_echo``), which the
   app copies, HTML-escaped (digits and letters are unchanged), into the reply;
-- ``init`` needs no answer; anything else (an ``error``...) is counted in
+- ``init`` needs no answer, except with ``protocol="chat-connect"``
+  (``ChatProtocol(login=False)``, M3's chat series): there the client does not log
+  in, and ``init`` makes it ready (a plain connect: handshake plus the worker's
+  ``on_connect`` and its ``init`` send); anything else (an ``error``...) is counted in
   ``ChatProtocol.other`` and kept as the generator's ``last_error``.
 
 The server's JSON is compact with ``type`` first (``apps/chat/Events.py``'s
@@ -48,13 +51,17 @@ _PONG_TEXT = client_frame(b'{"type":"pong"}')
 class ChatProtocol:
     """The chat page's side of the conversation, for every client of a generator."""
 
-    __slots__ = ("other",)
+    __slots__ = ("other", "login")
 
-    def __init__(self) -> None:
+    def __init__(self, login: bool = True) -> None:
         self.other = 0
+        self.login = login
+        """Log in on the handshake (else the client is ready on ``init``)."""
 
     def opened(self, client: Client) -> None:
-        """The handshake is done: log in to the client's own room."""
+        """The handshake is done: log in to the client's own room (if ``login``)."""
+        if not self.login:
+            return
         login = {"type": "login", "client_name": f"c{client.index}", "room_id": f"r{client.index}"}
         client.transport.write(client_frame(json.dumps(login, separators=(",", ":")).encode()))
 
@@ -81,6 +88,9 @@ class ChatProtocol:
                 gen.on_ready(client)
             return
         elif data.startswith(_INIT, start, end):
+            if not self.login and not client.ready:
+                client.ready = True
+                gen.on_ready(client)
             return
         self.other += 1
         gen.last_error = data[start : min(end, start + 200)].decode("utf-8", "replace")

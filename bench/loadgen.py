@@ -92,10 +92,10 @@ class AppProtocol(Protocol):
 def _app_protocol(name: str) -> AppProtocol | None:
     """The protocol the clients speak (imported in the generator process): ``None``
     for the bench app's."""
-    if name == "chat":
+    if name in ("chat", "chat-connect"):
         from bench.chatload import ChatProtocol
 
-        return ChatProtocol()
+        return ChatProtocol(login=name == "chat")
     if name == "pusher":
         from bench.pusherload import PusherProtocol
 

@@ -49,6 +49,7 @@ class Sizes:
     rate_conns: int = 20_000  # M3: a cluster sized for the 2 cores (few processes)
     rate_gateways: int = 2
     rate_gens: int = 2
+    rate_chat_conns: int = 10_000  # M3 chat: plain connects (no login) to the chat app
     ping_interval: float = 10.0
     hold: float = 25.0  # > 2 ping intervals: the heartbeat really runs
     fanout_sizes: tuple[int, ...] = (1_000, 10_000, 50_000)
@@ -92,6 +93,7 @@ QUICK = Sizes(
     conn_workers=1,
     conn_gens=2,
     rate_conns=300,
+    rate_chat_conns=300,
     ping_interval=1.0,
     hold=2.5,
     fanout_sizes=(100, 300),
@@ -330,19 +332,28 @@ class Bench:
 
     async def measure_connect_rate(self) -> dict[str, Any]:
         """M3 connections/s (connect + handshake + on_connect in a worker) on a
-        cluster with as many processes as this machine has cores to spare; then the
-        same on the same kind of cluster with connect tokens (``"tokens"``: every
-        client sends a valid signed token, the gateway verifies it and binds its
-        uid before the ``101``)."""
+        cluster with as many processes as this machine has cores to spare: with the
+        bench app; then the same with connect tokens (``"tokens"``: every client sends
+        a valid signed token, the gateway verifies it and binds its uid before the
+        ``101``); then (under ``"chat"``) ``rate_chat_conns`` plain connects to the
+        shipped chat app, whose ``on_connect`` sends ``init`` from the worker (no
+        login: the client is ready on ``init``)."""
         s = self.sizes
         config = ClusterConfig(s.rate_gateways, 1, s.ping_interval, 2)
-        plain = await self._connect_rate("M3", config)
-        tokens = await self._connect_rate("M3 tokens", replace(config, security="tokens"))
-        return {"M3": {**plain, "tokens": tokens}}
+        plain = await self._connect_rate("M3", config, s.rate_conns, "bench")
+        tokens = await self._connect_rate(
+            "M3 tokens", replace(config, security="tokens"), s.rate_conns, "bench"
+        )
+        chat = await self._connect_rate(
+            "M3 chat", replace(config, app="chat"), s.rate_chat_conns, "chat-connect"
+        )
+        return {"M3": {**plain, "tokens": tokens, "chat": chat}}
 
-    async def _connect_rate(self, label: str, config: ClusterConfig) -> dict[str, Any]:
+    async def _connect_rate(
+        self, label: str, config: ClusterConfig, total: int, protocol: str
+    ) -> dict[str, Any]:
         with self.setup(label, config, self.sizes.rate_gens):
-            connect = await self.connect(self.sizes.rate_conns, security=config.security)
+            connect = await self.connect(total, protocol=protocol, security=config.security)
             self.log(
                 f"{label}: {connect['ready']} connections at {connect['per_s']}/s, "
                 f"{connect['cluster_cpu_us_per_connection']} us cluster CPU per connection"

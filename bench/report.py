@@ -118,6 +118,10 @@ def summary(results: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]]:
     rate = _get(results, "M3", "per_s")
     per_conn = _get(results, "M3", "cluster_cpu_us_per_connection")
     parts = [f"{_n(rate)}/s ({_n(per_conn)} us cluster CPU per connection)", _storm_text(results)]
+    chat_rate = _get(results, "M3", "chat", "per_s")
+    if chat_rate is not None:
+        chat_cpu = _get(results, "M3", "chat", "cluster_cpu_us_per_connection")
+        parts.insert(1, f"chat app (init sent): {_n(chat_rate)}/s ({_n(chat_cpu)} us)")
     row("M3", rate, "; ".join(p for p in parts if p) if rate else "", (rate or 0) >= 5000)
     _m3_tokens(rows["M3"], results)
     sustained = _get(results, "M4", "sustained")

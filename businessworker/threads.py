@@ -89,6 +89,9 @@ class CallbackThreads:
         self._name = name
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._stopped = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The worker's loop, kept: ``asyncio.get_running_loop()`` costs a
+        ``getpid()`` system call on Python 3.11, and :meth:`run` runs per event."""
         self._threads = [
             threading.Thread(target=self._work, args=(i,), name=f"{name}.cb{i}", daemon=True)
             for i in range(size)
@@ -138,7 +141,10 @@ class CallbackThreads:
         exception, in the thread). It runs in a copy of the caller's context with
         ``event`` entered and ``api`` the thread-safe one; ``what`` names it for
         the watchdog."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         job = functools.partial(
             contextvars.copy_context().run, self._run_event, future, callback, args, event, on_error
         )

@@ -77,7 +77,7 @@ from pygatewayworker.businessworker.threadapi import (
 )
 from pygatewayworker.businessworker.threads import CallbackThreads
 from pygatewayworker.businessworker.watchdog import SlowCallbackWatchdog
-from pygatewayworker.gateway.protocol import Cmd, encode
+from pygatewayworker.gateway.protocol import NO_WS_CONNECT, Cmd, encode
 from pygatewayworker.gatewayclient.link import GatewayLink
 from pygatewayworker.gatewayclient.pool import LinkPool, WatcherFactory
 from pygatewayworker.runtime.service import run_service
@@ -216,6 +216,8 @@ class WorkerProcess:
             self._authenticator = Authenticator(hook, api, self._threads)
             pool.hooks = (HOOK_NAME,)
             pool.on_authenticate = self._authenticator.on_authenticate
+        if getattr(self._events, "on_websocket_connect", None) is None:
+            pool.hooks += (NO_WS_CONNECT,)  # spare the gateways encoding every request
         self.worker = WorkerInfo(self.name, self.index, os.getpid(), api, config)
         await pool.start()
         try:

@@ -10,7 +10,8 @@ per TCP connection and reports what happens to it here:
   :attr:`Clients.admission`, ``gateway.admission``). The client gets a
   connection id (counting up from a random start, so that a restarted gateway does
   not reuse the client_ids of its previous life), a directory entry, and its worker
-  gets ``EV_CONNECT`` and ``EV_WS_CONNECT``; a connect token's uid, groups and
+  gets ``EV_CONNECT`` and ``EV_WS_CONNECT`` (unless the worker said in its
+  ``HELLO`` that its app has no ``on_websocket_connect``); a connect token's uid, groups and
   session are bound first, so the worker's events and every later command see them.
 - :meth:`Clients.message`: one ``EV_MESSAGE`` packet to the client's worker, written
   out flat for the common case: this is the path of every client message. A packet
@@ -54,7 +55,13 @@ from pygatewayworker.gateway.commands import data_frame
 from pygatewayworker.gateway.config import Gateway
 from pygatewayworker.gateway.directory import Directory
 from pygatewayworker.gateway.http11 import Request, parse_cookies
-from pygatewayworker.gateway.protocol import Cmd, PacketTooLarge, encode, pack_session
+from pygatewayworker.gateway.protocol import (
+    NO_WS_CONNECT,
+    Cmd,
+    PacketTooLarge,
+    encode,
+    pack_session,
+)
 from pygatewayworker.gateway.records import Client, Counters
 from pygatewayworker.gateway.tokens import Grant
 from pygatewayworker.gateway.websocket import State
@@ -120,7 +127,9 @@ class Clients:
     def opened(self, client: Client, request: Request, grant: Grant | None = None) -> None:
         """``client`` completed its WebSocket handshake: it gets a conn_id and a
         directory entry, is bound to what its token ``grant`` carries, and its worker
-        gets ``EV_CONNECT`` and ``EV_WS_CONNECT``."""
+        gets ``EV_CONNECT`` and ``EV_WS_CONNECT`` (not when the worker it was given
+        announced :data:`~gateway.protocol.NO_WS_CONNECT`; when none is linked yet,
+        the later one might want it)."""
         conn_id = client.conn_id = self.new_conn_id()
         directory = self.directory
         directory.add(client)
@@ -134,7 +143,9 @@ class Clients:
                 directory.join_group(conn_id, group)
         send = self.workers.send
         send(client, Cmd.EV_CONNECT, None)
-        send(client, Cmd.EV_WS_CONNECT, request_info(client, request))
+        worker = client.worker
+        if worker is None or NO_WS_CONNECT not in worker.hooks:
+            send(client, Cmd.EV_WS_CONNECT, request_info(client, request))
 
     def new_conn_id(self) -> int:
         """Ids count up from a random start (:func:`first_conn_id`), so a restarted

@@ -42,15 +42,15 @@ transport's high-water mark (``pause_writing``, at :data:`~gateway.config.BACKLO
 unsent bytes), which costs nothing per write: a backlogged connection enters a third
 table, which the sweep checks against ``send_buffer_limit`` (bytes) and
 ``send_timeout`` (time), and leaves it when its output drains (``resume_writing``).
-Each client socket gets a small kernel send buffer (``send_socket_buffer``), so the
-backlog is in the transport, where these limits see it.
+Each client socket gets a small kernel send buffer (``send_socket_buffer``, set on
+the listening socket, whose accepted sockets inherit it), so the backlog is in the
+transport, where these limits see it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import Callable
 from operator import attrgetter, methodcaller
@@ -260,10 +260,6 @@ class ClientConnection(asyncio.Protocol):
         config = port.config
         mark = min(BACKLOG_MARK, config.send_buffer_limit)
         transport.set_write_buffer_limits(high=mark, low=mark // 2)
-        if config.send_socket_buffer:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.send_socket_buffer)
         if not port.accepting:
             transport.abort()
             return

@@ -62,6 +62,7 @@ __all__ = [
     "ROUTES_CHANGES",
     "ROUTES_STATE",
     "ROUTES_STATE_END",
+    "NO_WS_CONNECT",
 ]
 
 HEADER = struct.Struct("!I")
@@ -117,9 +118,11 @@ class Cmd(IntEnum):
     ``[HELLO, role, name, secret, pid, features]``. ``role`` is ``"worker"``
     (receives client events) or ``"client"`` (push client, receives none). A wrong
     secret gets ``ERROR`` then close. ``features`` (optional, a dict) is sent only
-    by a worker whose app has hooks: ``{"hooks": ["authenticate"]}`` (it answers
-    :attr:`AUTHENTICATE`). Gateways older than the hook refuse a 6-field
-    ``HELLO``, so a worker sends it only when its Events define a hook."""
+    by a worker that has some: ``{"hooks": [...]}`` with ``"authenticate"`` (its
+    app has the hook: it answers :attr:`AUTHENTICATE`) and/or
+    :data:`NO_WS_CONNECT` (its app has no ``on_websocket_connect``: the gateway
+    does not send it :attr:`EV_WS_CONNECT`). Gateways older than the hooks refuse
+    a 6-field ``HELLO``; a gateway that does not know a feature ignores it."""
     WELCOME = 2
     """gateway -> link: ``[WELCOME, info]``; ``info`` is a dict with ``lan_ip``,
     ``port`` (internal), ``public_host``, ``public_port``, ``name``, ``pid``."""
@@ -276,6 +279,9 @@ class Cmd(IntEnum):
     from the live groups) -> ``True`` when taken, ``False`` when the key was already
     held (the first seed wins)."""
 
+NO_WS_CONNECT = "no_websocket_connect"
+"""The ``HELLO`` feature of a worker whose app has no ``on_websocket_connect``: its
+gateways skip ``EV_WS_CONNECT`` (the request's headers, encoded for every connect)."""
 
 ROUTES_CHANGES = 0
 """``ROUTES`` kind: keys that appeared or vanished."""

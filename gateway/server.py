@@ -217,6 +217,13 @@ class GatewayServer:
         if self._internal_sock is None:
             host, port = cfg.internal_bind_address(self.index)
             self._internal_sock = bind_socket(host, port if cfg.start_port else 0, False)
+        if cfg.send_socket_buffer:
+            # Accepted sockets inherit the listener's SO_SNDBUF (Linux and the BSDs):
+            # set once here, not per connection (a syscall, plus uvloop making a
+            # socket object for get_extra_info, on every connect).
+            self._public_sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, cfg.send_socket_buffer
+            )
         core, client_port = self.core, self.client_port
         self._internal_server = await loop.create_server(
             self.php_links.accept, sock=self._internal_sock

@@ -100,8 +100,9 @@ class GatewayLink(asyncio.Protocol):
     - ``on_close(link)``: the link is closed, for whatever reason;
     - ``on_flow(link, paused)``: the transport crossed its write high-water mark;
     - ``on_authenticate(link, packet)``: an ``AUTHENTICATE`` packet
-      ``[AUTHENTICATE, req, info]`` (a worker that announced ``hooks``: the app hooks
-      it runs, sent as the optional last field of ``HELLO``).
+      ``[AUTHENTICATE, req, info]`` (a worker that announced ``hooks``: its
+      features, e.g. the app hooks it runs, sent as the optional last field of
+      ``HELLO``).
     """
 
     def __init__(

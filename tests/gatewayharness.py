@@ -70,9 +70,16 @@ class FakeLink:
         return cls(reader, writer)
 
     @classmethod
-    async def linked(cls, server: GatewayServer, role: str = "worker", name: str = "w") -> FakeLink:
+    async def linked(
+        cls,
+        server: GatewayServer,
+        role: str = "worker",
+        name: str = "w",
+        hooks: tuple[str, ...] = (),
+    ) -> FakeLink:
         link = await cls.open(server)
-        link.send(Cmd.HELLO, role, name, SECRET, os.getpid())
+        features = ({"hooks": list(hooks)},) if hooks else ()
+        link.send(Cmd.HELLO, role, name, SECRET, os.getpid(), *features)
         welcome = await link.expect(Cmd.WELCOME)
         assert welcome[1]["port"] == server.internal_port
         assert welcome[1]["public_port"] == server.public_port

@@ -114,6 +114,16 @@ def test_chat_protocol_logs_in_answers_pings_and_times_say() -> None:
     assert gen.app.other == 1 and "error" in gen.last_error
 
 
+def test_chat_protocol_without_login_is_ready_on_init() -> None:
+    """``protocol="chat-connect"`` (M3's chat series): no login on the handshake;
+    the worker's ``init`` makes the client ready."""
+    gen, client, transport = _generator_client(ChatProtocol(login=False))
+    client.data_received(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    assert transport.written == [] and not client.ready
+    client.data_received(_server_frame('{"type":"init","client_id":"7f0000010b5400000001"}'))
+    assert client.ready and gen.ready == [7] and gen.app.other == 0
+
+
 def test_pusher_protocol_subscribes_answers_pings_and_counts_events() -> None:
     """The generator's Pusher clients (bench.pusherload), fed what the Pusher app
     sends: subscribe on connection_established, ready on subscription_succeeded,
@@ -186,6 +196,10 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
         assert all(isinstance(c, float) and c >= 0 for c in cpu) and sum(cpu) > 0
     assert results["M3"]["cluster_cpu_us_per_connection"] > 0
     _check_security_pairs(doc, (out / "bench.md").read_text())
+    # plain connects to the chat app (ready on the worker's init, no login)
+    assert results["M3"]["chat"]["ready"] > 0 and results["M3"]["chat"]["failed"] == 0
+    assert results["M3"]["chat"]["cluster_cpu_us_per_connection"] > 0
+    assert doc["config"]["M3 chat"]["app"] == "chat"
     assert results["M7"]["async"]["received"] == results["M7"]["async"]["calls"]
     assert results["M7"]["sync"]["received"] == results["M7"]["sync"]["calls"]
     for kind in ("msgpack", "php_persistent", "php_per_call"):

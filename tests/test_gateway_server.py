@@ -14,7 +14,13 @@ import pytest
 import uvloop
 
 from pygatewayworker.gateway.client_id import decode_client_id
-from pygatewayworker.gateway.protocol import Cmd, encode, pack_session, unpack_session
+from pygatewayworker.gateway.protocol import (
+    NO_WS_CONNECT,
+    Cmd,
+    encode,
+    pack_session,
+    unpack_session,
+)
 from pygatewayworker.gateway.server import GatewayServer
 from tests.gatewayharness import (
     TIMEOUT,
@@ -68,6 +74,20 @@ async def test_events_have_the_documented_shapes() -> None:
         await wait_until(lambda: len(server.directory) == 0)
         stats = server.stats()
         assert stats["messages_in"] == 2 and stats["workers"] == 1
+        await worker.close()
+
+
+async def test_no_ws_connect_for_a_worker_that_said_it_has_no_such_callback() -> None:
+    """A worker whose HELLO announced NO_WS_CONNECT gets EV_CONNECT, the messages
+    and EV_CLOSE of its clients, but no EV_WS_CONNECT."""
+    async with running() as server:
+        worker = await FakeLink.linked(server, hooks=(NO_WS_CONNECT,))
+        client = await ws(server, "/chat")
+        cid = (await worker.expect(Cmd.EV_CONNECT))[1]
+        await client.send("first")
+        assert (await worker.recv())[:2] == [Cmd.EV_MESSAGE, cid]  # nothing in between
+        await client.close()
+        assert (await worker.recv())[:2] == [Cmd.EV_CLOSE, cid]
         await worker.close()
 
 
@@ -301,6 +321,22 @@ async def test_ws_pings_are_answered_and_count_as_activity() -> None:
             await asyncio.sleep(0.1)
         assert len(server.directory) == 1  # pings kept it alive for 4 intervals
         await client.close()
+        await worker.close()
+
+
+async def test_client_sockets_get_the_small_send_buffer() -> None:
+    """``send_socket_buffer`` is set once on the listening socket; every accepted
+    client socket inherits it (Linux reports twice the size asked for)."""
+    async with running(send_socket_buffer=16384) as server:
+        worker = await FakeLink.linked(server)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.public_port)
+        writer.write(request(upgrade_lines()))
+        await reader.readuntil(b"\r\n\r\n")
+        conn_id = (await worker.expect(Cmd.EV_CONNECT))[1]
+        conn = server.directory.get(conn_id).writer
+        sock = conn.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) in (16384, 2 * 16384)
+        writer.close()
         await worker.close()
 
 

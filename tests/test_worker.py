@@ -16,7 +16,7 @@ import pytest
 import pygatewayworker.businessworker.worker as worker_module
 from pygatewayworker import BusinessWorker, api, context
 from pygatewayworker.businessworker.worker import WorkerBootError, WorkerProcess
-from pygatewayworker.gateway.protocol import Cmd, pack_session
+from pygatewayworker.gateway.protocol import NO_WS_CONNECT, Cmd, pack_session
 from pygatewayworker.gatewayclient.errors import NoRegister
 from tests.fakegateway import (
     UNIT,
@@ -472,3 +472,16 @@ async def test_plain_callbacks_cancel_and_context_variables(
     # the awaitable of "cancelled future" and ran in that event's task
     assert [seen[m] for m in ("cancel inline", "cancelled future", "other client")] == ["unset"] * 3
     assert worker.stats()["links"] == 2  # the link survived the inline cancel
+
+
+async def test_hello_tells_the_gateways_whether_the_app_wants_ws_connect(env: Env) -> None:
+    """A worker whose app has no ``on_websocket_connect`` announces NO_WS_CONNECT in
+    its HELLO (the gateways then skip EV_WS_CONNECT); one whose app has it, nothing."""
+    worker = await env.start_worker()  # RecordingEvents.on_websocket_connect
+    assert [len(p) for p in env.gw1.packets(Cmd.HELLO)] == [5]
+    await worker.stop(graceful=False)
+    env.worker = None
+    env.gw1.received.clear()
+    await env.start_worker("tests.test_worker:PlainEvents")
+    await wait_until(lambda: bool(env.gw1.packets(Cmd.HELLO)))
+    assert env.gw1.packets(Cmd.HELLO)[0][5] == {"hooks": [NO_WS_CONNECT]}
