@@ -279,6 +279,7 @@ class Cmd(IntEnum):
     from the live groups) -> ``True`` when taken, ``False`` when the key was already
     held (the first seed wins)."""
 
+
 NO_WS_CONNECT = "no_websocket_connect"
 """The ``HELLO`` feature of a worker whose app has no ``on_websocket_connect``: its
 gateways skip ``EV_WS_CONNECT`` (the request's headers, encoded for every connect)."""
