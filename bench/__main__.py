@@ -64,6 +64,7 @@ async def run(quick: bool, only: set[str], out: Path, command: str, metrics: boo
             results[names[0]] = found
         else:
             results.update(found)
+    errors.extend(bench.errors)
     if "M3_storm" in results:  # measured on the M1 cluster, reported under M3
         results.setdefault("M3", {})["reconnect_storm"] = results.pop("M3_storm")
     if "SOAK" in only:  # only on request: minutes long

@@ -73,6 +73,10 @@ class ClusterConfig:
     :data:`SCRAPE_INTERVAL` seconds while the cluster runs (``--metrics``)."""
     security: str = ""
     """A key of :data:`SECURITY`: ``"tokens"`` or ``"limits"`` (``""``: neither)."""
+    send_buffer_limit: int | None = None
+    """``Gateway(send_buffer_limit=...)``; ``None``: the gateway's default (1 MiB).
+    A burst that puts more than that on each member while the generators fall
+    behind gets the members closed as slow consumers (1008)."""
 
     def describe(self) -> dict[str, Any]:
         options = SECURITY[self.security].replace(repr(TOKEN_KEY), "<48 bytes>")
@@ -85,6 +89,7 @@ class ClusterConfig:
             "callbacks": self.callbacks,
             "app": self.app,
             "metrics": self.metrics,
+            "send_buffer_limit": self.send_buffer_limit,
         }
 
 
@@ -165,6 +170,7 @@ class BenchCluster:
             APPS[cfg.app], dest, ignore=shutil.ignore_patterns("__pycache__", "web", "start_*.py")
         )
         reg = f"127.0.0.1:{self.register_port}"
+        limit = f", send_buffer_limit={cfg.send_buffer_limit}" if cfg.send_buffer_limit else ""
         (dest / "start_register.py").write_text(
             f"from pygatewayworker import Register\nregister = Register(listen={reg!r})\n"
         )
@@ -173,7 +179,7 @@ class BenchCluster:
             f"gateway = Gateway(listen='127.0.0.1:{self.public_port}', count={cfg.gateways}, "
             f"lan_ip='127.0.0.1', start_port={self.start_port}, register={reg!r}, "
             f"ping_interval={cfg.ping_interval}, ping_not_response_limit={cfg.ping_limit}, "
-            f"ping_data={self.ping_data!r}, {SECURITY[cfg.security]})\n"
+            f"ping_data={self.ping_data!r}{limit}, {SECURITY[cfg.security]})\n"
         )
         (dest / "start_businessworker.py").write_text(
             "from pygatewayworker import BusinessWorker\n"
@@ -265,6 +271,24 @@ class BenchCluster:
                 sum(g.get("handshakes_refused", {}).values()) for g in gateways
             ),
         }
+
+    def log_offset(self) -> int:
+        """The size of the cluster's log file now (see :meth:`log_since`)."""
+        try:
+            return (self.run_dir / "gatewayworker.log").stat().st_size
+        except OSError:
+            return 0
+
+    def log_since(self, offset: int, limit: int = 20) -> list[str]:
+        """The last ``limit`` lines the cluster logged after :meth:`log_offset` gave
+        ``offset``."""
+        try:
+            with open(self.run_dir / "gatewayworker.log", "rb") as file:
+                file.seek(offset)
+                text = file.read().decode(errors="replace")
+        except OSError as exc:
+            return [f"(no log: {exc})"]
+        return text.splitlines()[-limit:]
 
     def processes(self) -> list[psutil.Process]:
         """The master and every child."""

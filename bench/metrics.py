@@ -142,6 +142,12 @@ def _payload(size: int = 100) -> str:
     return "x" * (size - 20)
 
 
+def _m8_send_buffer_limit(calls: int) -> int:
+    """M8's ``send_buffer_limit``: twice a whole burst of ``calls`` messages (100
+    bytes and a frame header each) per member, and never below the default 1 MiB."""
+    return max(1 << 20, 2 * calls * 128)
+
+
 @dataclass
 class CpuMeter:
     """CPU used by the generators, the runner and the cluster over a window."""
@@ -210,6 +216,9 @@ class Bench:
         self.cluster: BenchCluster | None = None
         self.pool: GenPool | None = None
         self.configs: dict[str, dict[str, Any]] = {}
+        self.errors: list[str] = []
+        """Failures found inside a measurement that still returned its other figures
+        (reported as the run's errors)."""
 
     # ---- plumbing ------------------------------------------------------------------
     @contextmanager
@@ -884,9 +893,21 @@ class Bench:
         the gateway's internal port) next to the msgpack push client, same cluster and
         group: calls/s as the sender made them and deliveries/s at the members. PHP
         side: one persistent link (``$persistentConnection``), one connection per call
-        (GatewayClient's default), and php-cli itself when installed."""
+        (GatewayClient's default), and php-cli itself when installed.
+
+        Each burst puts ``m8_calls`` messages (about 2.2 MB at full size) on every
+        member, more than the gateway's default ``send_buffer_limit`` (1 MiB): when
+        the one generator process falls behind the sender, the gateway rightly
+        closes the members as slow consumers, and every later phase measured
+        nothing. M8 measures the senders, so its gateway holds a whole burst per
+        member (:func:`_m8_send_buffer_limit`). A phase that still loses messages or
+        members is an error with the gateway's log lines (:meth:`_checked`), never a
+        figure."""
         s = self.sizes
-        with self.setup("M8", ClusterConfig(1, 1, s.ping_interval, 2), 1):
+        config = ClusterConfig(
+            1, 1, s.ping_interval, 2, send_buffer_limit=_m8_send_buffer_limit(s.m8_calls)
+        )
+        with self.setup("M8", config, 1):
             assert self.cluster is not None
             register = f"127.0.0.1:{self.cluster.register_port}"
             address = f"127.0.0.1:{self.cluster.start_port}"
@@ -894,23 +915,66 @@ class Bench:
             client = AsyncGatewayClient(register, timeout=10)
             await client.connect()
             try:
-                result = {"msgpack": await self._calls(client.send_to_group, members, s.m8_calls)}
+                result = {
+                    "msgpack": await self._checked(
+                        "M8 msgpack",
+                        members,
+                        self._calls(client.send_to_group, members, s.m8_calls),
+                    )
+                }
             finally:
                 await client.close()
             php = PhpPusher(address)
             await php.open()
             try:
-                result["php_persistent"] = await self._calls(php.send_to_group, members, s.m8_calls)
+                result["php_persistent"] = await self._checked(
+                    "M8 php_persistent",
+                    members,
+                    self._calls(php.send_to_group, members, s.m8_calls),
+                )
             finally:
                 await php.close()
-            result["php_per_call"] = await self._calls(
-                php.send_to_group_once, members, s.m8_per_call_calls
+            result["php_per_call"] = await self._checked(
+                "M8 php_per_call",
+                members,
+                self._calls(php.send_to_group_once, members, s.m8_per_call_calls),
             )
             php_cli = shutil.which("php")
             if php_cli:
-                result["php_cli"] = await self._php_cli(php_cli, address, members, s.m8_calls)
+                result["php_cli"] = await self._checked(
+                    "M8 php_cli", members, self._php_cli(php_cli, address, members, s.m8_calls)
+                )
             await self.close_all()
         self.log(f"M8: {result}")
+        return result
+
+    async def _checked(
+        self, name: str, members: int, phase: Awaitable[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Run one burst (a :meth:`_delivered` result) to ``members`` clients. When it
+        did not deliver everything, or members were closed, it is an error (in
+        :attr:`errors`, with the cluster's log lines of the phase and how many
+        members are still open), and its rates are left out: a burst to nobody is
+        fast and must not read as a figure."""
+        assert self.cluster is not None and self.pool is not None
+        offset = self.cluster.log_offset()
+        result = await phase
+        status = await self.pool.call({"op": "status"})
+        still_open = sum(r["open"] for r in status)
+        result["members_open_after"] = still_open
+        if result["deliveries"] >= result["expected"] and still_open >= members:
+            return result
+        log = self.cluster.log_since(offset, 5)
+        reason = (
+            f"{name}: {result['deliveries']} of {result['expected']} delivered, "
+            f"{still_open} of {members} members still open; the cluster logged: "
+            f"{' | '.join(log) if log else 'nothing'}"
+        )
+        self.log(reason)
+        self.errors.append(reason)
+        result["error"] = reason
+        for figure in ("deliveries_per_s", "calls_per_s"):
+            result.pop(figure, None)
         return result
 
     async def _calls(

@@ -324,6 +324,8 @@ def _change(plain: Any, secured: Any) -> str:
 
 def _m8_text(results: dict[str, Any]) -> str:
     def figures(kind: str) -> str:
+        if _get(results, "M8", kind, "error"):
+            return "FAILED (see errors)"
         calls = _get(results, "M8", kind, "calls_per_s")
         delivered = _get(results, "M8", kind, "deliveries_per_s")
         return f"{_n(calls)} calls/s ({_n(delivered)}/s delivered)"

@@ -63,10 +63,12 @@ log = logging.getLogger("gateway")
 
 _monotonic = time.monotonic
 ACCEPT_BACKLOG = 65535
-"""Listen backlog of the public port (the kernel caps it at ``net.core.somaxconn``):
-after a gateway restart every client reconnects at once, and connections beyond
-the backlog are dropped and retried by the client's TCP with backoff (1, 3, 7, 15
-s...), which makes the storm last seconds longer."""
+"""Listen backlog of the public and internal ports (the kernel caps it at
+``net.core.somaxconn``): after a gateway restart every client reconnects at once,
+and connections beyond the backlog are dropped and retried by the client's TCP with
+backoff (1, 3, 7, 15 s...), which makes the storm last seconds longer. On the
+internal port, PHP's GatewayClient opens a connection per call by default: with
+asyncio's default of 100, a moment of load cost PHP requests a second each."""
 HEARTBEAT_SLICES = 10
 """The heartbeat sweeps a tenth of the clients every tenth of ``ping_interval``."""
 
@@ -226,7 +228,7 @@ class GatewayServer:
             )
         core, client_port = self.core, self.client_port
         self._internal_server = await loop.create_server(
-            self.php_links.accept, sock=self._internal_sock
+            self.php_links.accept, sock=self._internal_sock, backlog=ACCEPT_BACKLOG
         )
         self._public_server = await loop.create_server(
             lambda: ClientConnection(client_port),

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from bench.chatload import SAY_PREFIX, SAY_SUFFIX, ChatProtocol
+from bench.cluster import ClusterConfig
 from bench.loadgen import Client, client_frame
-from bench.metrics import percentile
+from bench.metrics import QUICK, Bench, _m8_send_buffer_limit, percentile
 from bench.pool import split
 from bench.pusherload import CHANNEL as PUSHER_CHANNEL
 from bench.pusherload import EVENT as PUSHER_EVENT
@@ -204,6 +205,8 @@ def test_quick_run_writes_every_report(tmp_path: Path) -> None:
     assert results["M7"]["sync"]["received"] == results["M7"]["sync"]["calls"]
     for kind in ("msgpack", "php_persistent", "php_per_call"):
         assert results["M8"][kind]["deliveries"] == results["M8"][kind]["expected"], kind
+        assert results["M8"][kind]["members_open_after"] == results["M8"][kind]["members"]
+    assert doc["config"]["M8"]["send_buffer_limit"] >= 1 << 20
     m9 = results["M9"]
     assert m9["connections_held"] == m9["subscribed"] == m9["api_subscription_count"] > 0
     for kind in ("http_events_api", "send_to_group"):
@@ -233,6 +236,32 @@ def check_rss(rss: dict[str, Any], markdown: str) -> None:
 
 
 @pytest.mark.timeout(120)
+async def test_a_burst_that_lost_its_members_is_an_error_not_a_figure() -> None:
+    """M8's check after a burst: the members were closed (here by the generators,
+    as the gateway closes slow consumers), so the burst is an error that says so,
+    with the cluster's log lines, and carries no rate."""
+    logged: list[str] = []
+    bench = Bench(QUICK, logged.append)
+    with bench.setup("M8", ClusterConfig(1, 1, 5.0, 2), 1):
+        assert bench.pool is not None
+        members = (await bench.connect(3, {"g": "m8"}))["ready"]
+        assert members == 3
+
+        async def burst_to_nobody() -> dict[str, Any]:
+            assert bench.pool is not None
+            await bench.pool.call({"op": "close_all"})
+            return {"deliveries": 30, "expected": 30, "calls_per_s": 1, "deliveries_per_s": 1}
+
+        result = await bench._checked("M8 test", members, burst_to_nobody())
+    assert result["members_open_after"] == 0
+    assert "calls_per_s" not in result and "deliveries_per_s" not in result
+    assert result["error"].startswith("M8 test: 30 of 30 delivered, 0 of 3 members still open")
+    assert bench.errors == [result["error"]] and result["error"] in logged
+    # a whole burst per member fits M8's limit (twice over), never below the default
+    assert _m8_send_buffer_limit(20_000) >= 2 * 20_000 * 110
+    assert _m8_send_buffer_limit(10) == 1 << 20
+
+
 def test_quick_rss_reads_every_process_of_the_shipped_chat(tmp_path: Path) -> None:
     out = tmp_path / "results"
     run_quick(out, "--only", "RSS", timeout=110)

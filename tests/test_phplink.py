@@ -5,6 +5,7 @@ tests.gatewayharness) and real WebSocket clients."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 
 import pytest
@@ -108,6 +109,36 @@ async def test_php_and_msgpack_links_share_the_internal_port() -> None:
         link.close()
         await client.close()
         await pusher.close()
+        await worker.close()
+
+
+async def test_connections_per_call_wait_in_the_backlog_not_in_syn_retries() -> None:
+    """GatewayClient's default is a new connection per call: with many php-fpm workers
+    a gateway busy for a moment has hundreds of them waiting to be accepted. They must
+    wait in the listen queue (the public port's), not be dropped by the kernel and
+    retried by TCP one second later (asyncio's default backlog is 100)."""
+    async with running() as server:
+        worker = await FakeLink.linked(server)
+        client, conn_id = await open_client(server, worker)
+        calls = 300
+        socks: list[socket.socket] = []
+        try:
+            # the loop (and so the gateway) is blocked here: nothing is accepted
+            for i in range(calls):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.settimeout(0.5)  # a dropped SYN is only retried after 1 s
+                try:
+                    sock.connect(("127.0.0.1", server.internal_port))
+                except TimeoutError:
+                    pytest.fail(f"connection {i} was dropped by the full listen queue")
+                sock.sendall(AUTH + packet(php.SEND_TO_ONE, conn_id, b"", f"call {i}"))
+        finally:
+            for sock in socks:
+                sock.close()
+        received = {await recv(client) for _ in range(calls)}
+        assert received == {f"call {i}" for i in range(calls)}
+        await client.close()
         await worker.close()
 
 
