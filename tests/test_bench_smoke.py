@@ -312,5 +312,5 @@ def test_quick_run_with_metrics_on(tmp_path: Path) -> None:
     doc = json.loads((out / "bench.json").read_text())
     assert doc["errors"] == []
     assert doc["config"] and all(c["metrics"] for c in doc["config"].values()), doc["config"]
-    assert set(doc["config"]) == {"M3", "M3 tokens", "M6", "M6 limits"}
+    assert set(doc["config"]) == {"M3", "M3 tokens", "M3 chat", "M6", "M6 limits"}
     _check_security_pairs(doc, (out / "bench.md").read_text())
