@@ -297,15 +297,18 @@ class Decoder:
         """Bytes held waiting for the rest of a packet."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[list[Any]]:
-        """Add ``data`` and return every packet it completes, in order."""
+    def feed(self, data: bytes, limit: int | None = None) -> list[list[Any]]:
+        """Add ``data`` and return every packet it completes, in order; with
+        ``limit``, at most that many (the rest stay buffered: ``feed(b"", n)`` takes
+        the next ones; ``limit=0`` only buffers). A gateway decodes a large read in
+        bounded batches this way (``gateway.pacing``)."""
         buf = self._buf
         buf += data
         out: list[list[Any]] = []
         pos = 0
         size = len(buf)
         need = self._need
-        while True:
+        while limit is None or len(out) < limit:
             if need < 0:
                 if size - pos < 4:
                     break
