@@ -189,14 +189,17 @@ class GatewayCore:
                 packets, link.inbox = link.inbox, []
                 self._handle(link, packets)
                 continue
+            limit = min(INPUT_BATCH, pacer.budget)
             try:
-                packets = link.decoder.feed(b"", min(INPUT_BATCH, pacer.budget))
+                packets = link.decoder.feed(b"", limit)
             except ProtocolError as exc:
                 self.link_garbage(link, str(exc))
                 return True
             if not packets:
                 return True
             self.link_received(link, packets)
+            if len(packets) < limit and not link.inbox:
+                return True  # the decoder holds no whole packet more
         link.inbox = []
         return True
 
