@@ -73,8 +73,9 @@ __all__ = ["GatewayCore", "INPUT_BATCH"]
 log = logging.getLogger("gateway")
 
 INPUT_BATCH = 256
-"""Packets decoded from a link at a time (also bounded by the turn's budget): a
-256 KiB read holds about 2,000 small packets, some 6 ms of decoding and merging."""
+"""Packets decoded from a link at a time, when the turn has that much budget left
+(at most the budget of a whole turn): a 256 KiB read holds about 2,000 small
+packets, some 6 ms of decoding and merging."""
 
 
 class GatewayCore:
@@ -182,14 +183,18 @@ class GatewayCore:
         """Handle ``link``'s buffered input in batches while the turn's budget lasts
         and no job is queued; True when it is all handled (or the link is gone)."""
         pacer = self.pacer
+        # a whole batch or none: the broadcasts of a batch are merged (coalesce), and
+        # a remnant of a turn's budget would merge only a few
+        limit = min(INPUT_BATCH, pacer.per_turn or INPUT_BATCH)
         while not (link.closed or link.rejected):
-            if pacer.jobs or pacer.budget <= 0:
+            if pacer.jobs:
                 return False
             if link.inbox:
                 packets, link.inbox = link.inbox, []
                 self._handle(link, packets)
                 continue
-            limit = min(INPUT_BATCH, pacer.budget)
+            if pacer.budget < limit:
+                return False
             try:
                 packets = link.decoder.feed(b"", limit)
             except ProtocolError as exc:

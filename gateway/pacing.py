@@ -171,8 +171,9 @@ class Pacer:
             if done:
                 jobs.popleft()
         while not jobs and waiting and self.budget > 0:
-            if waiting[0]():
-                waiting.popleft()
+            if not waiting[0]():
+                break  # its next batch needs a new turn; the others stay behind it
+            waiting.popleft()
         if jobs or waiting:
             self._ask_turn()
 

@@ -259,6 +259,17 @@ def test_broadcasts_in_one_batch_are_still_coalesced_per_recipient() -> None:
     assert h.core.counters.broadcast_deliveries == 125
 
 
+def test_broadcasts_that_waited_behind_a_broadcast_are_merged_in_a_whole_batch() -> None:
+    h = Counted()
+    push = h.link("client", "push")
+    members = h.clients(25)
+    h.data(push, [Cmd.SEND_TO_GROUP, ["g"], "first", None])
+    h.data(push, *[[Cmd.SEND_TO_GROUP, ["g"], f"m{i}", None] for i in range(BUDGET)])
+    h.turns()
+    merged = b"".join(text_frame(f"m{i}") for i in range(BUDGET))
+    assert all(texts(c) == [text_frame("first"), merged] for c in members)
+
+
 def test_waiting_input_keeps_the_link_alive() -> None:
     h = Counted()
     push = h.link("client", "push")
