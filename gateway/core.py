@@ -169,14 +169,26 @@ class GatewayCore:
         turn's budget goes and no sliced broadcast is unfinished; the rest waits for
         later turns with the link's reading paused (``gateway.pacing``)."""
         pacer = self.pacer
-        if not pacer.idle:
+        if pacer.turn_due or pacer.jobs or pacer.waiting:  # not idle: wait behind
             link.decoder.feed(data, 0)
             if not link.waiting:
                 self._wait(link)
             return
-        pacer.fresh()
-        link.decoder.feed(data, 0)
-        if not self._drain(link) and not link.waiting:
+        # the common case (this runs for every read), written out: a fresh budget,
+        # one batch holds the whole read
+        per_turn = pacer.per_turn
+        pacer.budget = per_turn or pacer.budget
+        limit = INPUT_BATCH if per_turn >= INPUT_BATCH else per_turn or INPUT_BATCH
+        try:
+            packets = link.decoder.feed(data, limit)
+        except ProtocolError as exc:
+            self.link_garbage(link, str(exc))
+            return
+        if len(packets) == 1:
+            self._handle(link, packets)
+        elif packets:
+            self._handle(link, coalesce(packets))
+        if (len(packets) == limit or link.inbox) and not self._drain(link) and not link.waiting:
             self._wait(link)
 
     def _drain(self, link: Link) -> bool:
@@ -185,7 +197,7 @@ class GatewayCore:
         pacer = self.pacer
         # a whole batch or none: the broadcasts of a batch are merged (coalesce), and
         # a remnant of a turn's budget would merge only a few
-        limit = min(INPUT_BATCH, pacer.per_turn or INPUT_BATCH)
+        limit = INPUT_BATCH if pacer.per_turn >= INPUT_BATCH else pacer.per_turn or INPUT_BATCH
         while not (link.closed or link.rejected):
             if pacer.jobs:
                 return False
@@ -240,11 +252,11 @@ class GatewayCore:
         pacer.budget -= len(packets)
         jobs = pacer.jobs
         handle = self.link_packet
-        for i, packet in enumerate(packets):
+        for done, packet in enumerate(packets):
             if link.closed or link.rejected:
                 return
             if jobs:
-                link.inbox = packets[i:]
+                link.inbox = packets[done:]
                 if not link.waiting:
                     self._wait(link)
                 return

@@ -106,7 +106,7 @@ class Pacer:
     """The per-turn budget and the queues of work left over (see the module
     docstring). ``defer(fn)`` runs ``fn`` on a later loop turn."""
 
-    __slots__ = ("per_turn", "budget", "defer", "jobs", "waiting", "_turn_due")
+    __slots__ = ("per_turn", "budget", "defer", "jobs", "waiting", "turn_due")
 
     def __init__(
         self, defer: Callable[[Callable[[], None]], object] | None, per_turn: int = TURN_BUDGET
@@ -117,7 +117,8 @@ class Pacer:
         self.budget = self.per_turn or 1 << 62
         self.jobs: deque[Job] = deque()
         self.waiting: deque[Callable[[], bool]] = deque()
-        self._turn_due = False
+        self.turn_due = False
+        """A turn was asked for (``defer(next_turn)``) and has not run yet."""
 
     def use(self, defer: Callable[[Callable[[], None]], object]) -> None:
         """Pace with ``defer`` from now on (the shell's ``loop.call_soon``)."""
@@ -128,7 +129,7 @@ class Pacer:
     @property
     def idle(self) -> bool:
         """Nothing queued and no turn asked for: input may be handled at once."""
-        return not self._turn_due and not self.jobs and not self.waiting
+        return not self.turn_due and not self.jobs and not self.waiting
 
     def fresh(self) -> None:
         """Start a new budget (an idle pacer, new input: a new loop turn)."""
@@ -159,7 +160,7 @@ class Pacer:
 
     def next_turn(self) -> None:
         """One loop turn of left-over work: jobs first, then waiting input."""
-        self._turn_due = False
+        self.turn_due = False
         self.budget = self.per_turn
         jobs, waiting = self.jobs, self.waiting
         while jobs and self.budget > 0:
@@ -178,6 +179,6 @@ class Pacer:
             self._ask_turn()
 
     def _ask_turn(self) -> None:
-        if not self._turn_due and self.defer is not None:
-            self._turn_due = True
+        if not self.turn_due and self.defer is not None:
+            self.turn_due = True
             self.defer(self.next_turn)

@@ -308,7 +308,8 @@ class Decoder:
         pos = 0
         size = len(buf)
         need = self._need
-        while limit is None or len(out) < limit:
+        left = -1 if limit is None else limit  # packets still wanted; -1: all
+        while left:
             if need < 0:
                 if size - pos < 4:
                     break
@@ -326,6 +327,7 @@ class Decoder:
             pos += need
             need = -1
             out.append(_unpack_packet(body))
+            left -= 1
         self._need = need
         if pos:
             del buf[:pos]
