@@ -228,8 +228,12 @@ class GatewayCore:
     def _resume_input(self, link: Link) -> bool:
         """A later turn for ``link``'s input (``Pacer.wait``)."""
         link.proto.last_recv = self.clock()  # its packets are news from it
-        if not self._drain(link):
-            return False
+        try:
+            if not self._drain(link):
+                return False
+        except Exception:  # a bug, not the peer's: never leave the input stuck
+            log.exception("%r: handling its input failed; dropping the link", link)
+            link.writer.abort()
         link.waiting = False
         if not link.closed:  # a rejected link reads on: its input is discarded till EOF
             link.writer.resume_reading()

@@ -172,8 +172,11 @@ class Pacer:
             if done:
                 jobs.popleft()
         while not jobs and waiting and self.budget > 0:
-            if not waiting[0]():
-                break  # its next batch needs a new turn; the others stay behind it
+            try:
+                if not waiting[0]():
+                    break  # its next batch needs a new turn; the others stay behind it
+            except Exception:
+                log.exception("%r failed", waiting[0])
             waiting.popleft()
         if jobs or waiting:
             self._ask_turn()

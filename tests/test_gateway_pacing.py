@@ -248,6 +248,23 @@ def test_garbage_in_waiting_input_rejects_the_link_when_reached() -> None:
     assert not writer(push).paused  # it reads on, discarding, until the peer closes
 
 
+def test_a_failure_while_handling_waiting_input_drops_only_that_link(caplog: Any) -> None:
+    h = Counted()
+    bad, good = h.link("client", "bad"), h.link("client", "good")
+    (client,) = h.clients(1)
+    h.data(bad, *[[Cmd.SEND_TO_CLIENT, client.conn_id, str(i)] for i in range(BUDGET * 2)])
+    h.data(bad, [Cmd.UNGROUP, "g"])  # waits; its handler fails (a bug, not the peer's)
+    h.data(good, [Cmd.SEND_TO_CLIENT, client.conn_id, "good"])
+
+    def broken(link: Link, packet: list[Any]) -> None:
+        raise RuntimeError("bug")
+
+    h.core.handlers[Cmd.UNGROUP] = broken
+    h.turns()
+    assert writer(bad).aborted and "dropping the link" in caplog.text
+    assert texts(client)[-1] == text_frame("good") and not writer(good).paused
+
+
 def test_broadcasts_in_one_batch_are_still_coalesced_per_recipient() -> None:
     h = Counted()
     push = h.link("client", "push")
