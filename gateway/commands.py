@@ -30,7 +30,8 @@ frames in command order.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from typing import Any
+from types import GeneratorType
+from typing import Any, cast
 
 from pygatewayworker.gateway.client_id import MAX_CONN_ID
 from pygatewayworker.gateway.directory import Directory
@@ -172,13 +173,17 @@ class Commands:
         at once when the turn's budget allows and nothing is queued, else as a
         sliced :class:`~gateway.pacing.Delivery`."""
         pacer = self.pacer
-        if not isinstance(recipients, Collection):
-            recipients = list(recipients)
-        if not pacer.jobs and len(recipients) <= pacer.budget:
-            pacer.budget -= len(recipients)
-            self.counters.broadcast_deliveries += self.deliver(recipients, frame)
+        found = (  # the directory gives dict views, lists, or generators (filtered)
+            list(recipients)
+            if type(recipients) is GeneratorType
+            else cast(Collection[Client], recipients)
+        )
+        if not pacer.jobs and len(found) <= pacer.budget:
+            pacer.budget -= len(found)
+            self.counters.broadcast_deliveries += self.deliver(found, frame)
             return
-        pacer.add(Delivery(list(recipients), frame, self._deliver_counted))
+        snapshot = found if type(found) is list else list(found)  # views change
+        pacer.add(Delivery(snapshot, frame, self._deliver_counted))
 
     def _deliver_counted(self, recipients: Collection[Client], frame: bytes) -> None:
         self.counters.broadcast_deliveries += self.deliver(recipients, frame)
