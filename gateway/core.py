@@ -222,20 +222,34 @@ class GatewayCore:
 
     def _wait(self, link: Link) -> None:
         link.waiting = True
-        link.writer.pause_reading()
+        self._pause(link)
         self.pacer.wait(partial(self._resume_input, link))
 
+    def _pause(self, link: Link) -> None:
+        if not link.paused:
+            link.paused = True
+            link.writer.pause_reading()
+
     def _resume_input(self, link: Link) -> bool:
-        """A later turn for ``link``'s input (``Pacer.wait``)."""
+        """A later turn for ``link``'s input (``Pacer.wait``). Its reading resumes
+        one turn before its input is handled: what the sender queued meanwhile is
+        read first and its broadcasts merge with those that waited (coalescing)."""
         link.proto.last_recv = self.clock()  # its packets are news from it
+        if link.paused and not (link.closed or link.rejected):
+            link.paused = False
+            link.writer.resume_reading()
+            return False
         try:
             if not self._drain(link):
+                if not (link.closed or link.rejected):
+                    self._pause(link)
                 return False
         except Exception:  # a bug, not the peer's: never leave the input stuck
             log.exception("%r: handling its input failed; dropping the link", link)
             link.writer.abort()
         link.waiting = False
-        if not link.closed:  # a rejected link reads on: its input is discarded till EOF
+        if link.paused and not link.closed:  # a rejected link reads on till EOF
+            link.paused = False
             link.writer.resume_reading()
         return True
 

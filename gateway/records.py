@@ -180,6 +180,7 @@ class Link:
         "decoder",
         "inbox",
         "waiting",
+        "paused",
     )
 
     def __init__(self, writer: LinkWriter, peer: str = "", now: float = 0.0) -> None:
@@ -190,6 +191,8 @@ class Link:
         """Packets decoded but not handled yet: they wait behind a sliced broadcast."""
         self.waiting = False
         """Its input waits for a later loop turn (its reading is paused meanwhile)."""
+        self.paused = False
+        """Its reading is paused (``LinkWriter.pause_reading``)."""
         self.peer = peer
         self.role = ""
         """``"worker"`` or ``"client"`` once ``HELLO`` is accepted; ``""`` before."""

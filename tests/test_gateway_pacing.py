@@ -287,6 +287,23 @@ def test_broadcasts_that_waited_behind_a_broadcast_are_merged_in_a_whole_batch()
     assert all(texts(c) == [text_frame("first"), merged] for c in members)
 
 
+def test_reading_resumes_a_turn_early_so_what_the_sender_queued_merges_too() -> None:
+    h = Counted()
+    push = h.link("client", "push")
+    members = h.clients(25)
+    h.data(push, [Cmd.SEND_TO_GROUP, ["g"], "first", None])
+    h.data(push, [Cmd.SEND_TO_GROUP, ["g"], "m0", None])  # read before the pause
+    assert writer(push).paused
+    while writer(push).paused:  # the broadcast's slices, then the early resume
+        h.turn()
+    assert push.waiting and push.decoder.buffered  # "m0" not handled yet
+    h.data(push, [Cmd.SEND_TO_GROUP, ["g"], "m1", None])  # what the sender queued
+    h.turns()
+    merged = text_frame("m0") + text_frame("m1")
+    assert all(texts(c) == [text_frame("first"), merged] for c in members)
+    assert not writer(push).paused and not push.waiting
+
+
 def test_waiting_input_keeps_the_link_alive() -> None:
     h = Counted()
     push = h.link("client", "push")
