@@ -195,6 +195,9 @@ class CpuMeter:
             if stalls:
                 self.result["loop_stall_max_ms"] = stalls["max_ms"]
                 self.result["loop_stall_by_process_ms"] = stalls["by_process"]
+                if "own_max_ms" in stalls:
+                    self.result["loop_stall_own_max_ms"] = stalls["own_max_ms"]
+                    self.result["loop_stall_own_by_process_ms"] = stalls["own_by_process"]
 
 
 class Bench:

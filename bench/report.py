@@ -463,12 +463,19 @@ def soak_lines(soak: dict[str, Any]) -> list[str]:
 
 
 def _stall(point: dict[str, Any]) -> str:
-    """The longest loop stall of any cluster process during a point, and whose."""
-    by = point.get("cpu", {}).get("loop_stall_by_process_ms") or {}
+    """The longest loop stall of any cluster process during a point, and whose; then
+    the longest not spent waiting for a CPU ("own")."""
+    cpu = point.get("cpu", {})
+    by = cpu.get("loop_stall_by_process_ms") or {}
     if not by:
         return "-"
     name = max(by, key=lambda n: by[n])
-    return f"{by[name]} ({name.split('.', 1)[-1]})"
+    text = f"{by[name]} ({name.split('.', 1)[-1]})"
+    own = cpu.get("loop_stall_own_by_process_ms") or {}
+    if own:
+        name = max(own, key=lambda n: own[n])
+        text += f"; own {own[name]} ({name.split('.', 1)[-1]})"
+    return text
 
 
 def _yardstick_text(m: dict[str, Any]) -> str:

@@ -33,7 +33,8 @@ and refused are counted too. Plain integer adds on objects at hand, none per
 message.
 
 :meth:`Clients.heartbeat` is the heartbeat decision, called by the shell's timer in
-slices: every open client's silence grows by one interval per sweep (any message,
+slices (:meth:`Clients.heartbeat_sweep`, a job for the gateway's ``gateway.pacing``
+pacer, which sweeps a bounded number of clients per loop turn): every open client's silence grows by one interval per sweep (any message,
 and a ping or pong when ``pong_is_activity``, resets it); a client silent for a
 whole interval gets ``ping_data``; one silent for more than
 ``ping_not_response_limit`` intervals is dropped.
@@ -55,6 +56,7 @@ from pygatewayworker.gateway.commands import data_frame
 from pygatewayworker.gateway.config import Gateway
 from pygatewayworker.gateway.directory import Directory
 from pygatewayworker.gateway.http11 import Request, parse_cookies
+from pygatewayworker.gateway.pacing import Pacer
 from pygatewayworker.gateway.protocol import (
     NO_WS_CONNECT,
     Cmd,
@@ -68,7 +70,7 @@ from pygatewayworker.gateway.websocket import State
 from pygatewayworker.gateway.workers import Workers
 from pygatewayworker.runtime.ratelog import RateLimitedLog
 
-__all__ = ["Clients", "request_info", "first_conn_id", "FIRST_CONN_ID_LIMIT"]
+__all__ = ["Clients", "HeartbeatSweep", "request_info", "first_conn_id", "FIRST_CONN_ID_LIMIT"]
 
 log = logging.getLogger("gateway")
 
@@ -300,33 +302,26 @@ class Clients:
 
     def heartbeat(self, part: int = 0, parts: int = 1) -> None:
         """One heartbeat sweep of the clients whose ``conn_id % parts == part``
-        (default: all); see the module docstring."""
-        limit = self.config.ping_not_response_limit
-        ping = self._ping_frame
-        size = len(ping)
-        pinged = 0
-        dead: list[Client] = []
-        is_open = _OPEN
-        for client in self.directory.entries():
-            if client.ws.state is not is_open or (parts > 1 and client.conn_id % parts != part):
-                continue
-            silent = client.silent + 1
-            client.silent = silent
-            if silent <= 0:
-                continue
-            if limit and silent > limit:
-                dead.append(client)
-            elif size:
-                client.writer.write(ping)
-                client.bytes_out += size
-                pinged += 1
-        self.counters.messages_out += pinged
-        self.counters.bytes_out += pinged * size
+        (default: all), at once; see the module docstring."""
+        Pacer(None).add(self.heartbeat_sweep(part, parts))
+
+    def heartbeat_sweep(self, part: int = 0, parts: int = 1) -> HeartbeatSweep:
+        """The same sweep as a job for the gateway's pacer (``gateway.pacing``): a
+        slice of the clients per loop turn, so that pinging thousands of silent
+        clients never stalls the loop."""
+        return HeartbeatSweep(self, list(self.directory.entries()), part, parts)
+
+    def heartbeat_done(self, dead: list[Client]) -> None:
+        """Drop the clients a sweep found silent for too long."""
         for client in dead:
             client.close_reason = client.close_reason or "heartbeat_timeout"
             client.writer.abort()
         if dead:
-            log.info("closed %d clients silent for more than %d ping intervals", len(dead), limit)
+            log.info(
+                "closed %d clients silent for more than %d ping intervals",
+                len(dead),
+                self.config.ping_not_response_limit,
+            )
 
     def rows(self, lan_ip: str, internal_port: int) -> list[dict[str, Any]]:
         """``Q_CONNECTIONS``: one row per client (for ``connections``)."""
@@ -343,3 +338,55 @@ class Clients:
             }
             for client in self.directory.entries()
         ]
+
+
+class HeartbeatSweep:
+    """One heartbeat sweep over the clients taken when it started (a client gone
+    since is skipped: it is no longer ``OPEN``), a slice per :meth:`step`: a ping
+    costs one unit of the turn's budget, looking at a client an eighth."""
+
+    __slots__ = ("owner", "clients", "pos", "part", "parts", "dead")
+
+    def __init__(self, owner: Clients, clients: list[Client], part: int, parts: int) -> None:
+        self.owner = owner
+        self.clients = clients
+        self.pos = 0
+        self.part = part
+        self.parts = parts
+        self.dead: list[Client] = []
+
+    def step(self, pacer: Pacer) -> bool:
+        """Sweep on from where the last step stopped; True when done."""
+        owner = self.owner
+        limit = owner.config.ping_not_response_limit
+        ping = owner._ping_frame
+        size = len(ping)
+        part, parts = self.part, self.parts
+        clients, pos, end = self.clients, self.pos, len(self.clients)
+        budget = max(1, pacer.budget) * 8
+        pinged = 0
+        is_open = _OPEN
+        while pos < end and pos - self.pos + pinged * 8 < budget:
+            client = clients[pos]
+            pos += 1
+            if client.ws.state is not is_open or (parts > 1 and client.conn_id % parts != part):
+                continue
+            silent = client.silent + 1
+            client.silent = silent
+            if silent <= 0:
+                continue
+            if limit and silent > limit:
+                self.dead.append(client)
+            elif size:
+                client.writer.write(ping)
+                client.bytes_out += size
+                pinged += 1
+        pacer.budget -= (pos - self.pos) // 8 + pinged
+        self.pos = pos
+        counters = owner.counters
+        counters.messages_out += pinged
+        counters.bytes_out += pinged * size
+        if pos < end:
+            return False
+        owner.heartbeat_done(self.dead)
+        return True

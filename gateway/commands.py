@@ -16,20 +16,28 @@ answers ``ERROR`` and closes that link only.
 Sends are the hot path: a broadcast encodes its WebSocket frame once
 (:func:`data_frame`) and writes the same bytes object to every open recipient
 (:meth:`Commands.deliver`), with no per-recipient allocation; consecutive broadcasts
-to the same recipients that arrive in one read are merged first (:func:`coalesce`),
-so each recipient gets one write for all of them. The broadcasts count their
-deliveries (``Counters.broadcast_deliveries``, metrics): one add per command.
+to the same recipients that arrive in one batch of link input are merged first
+(:func:`coalesce`), so each recipient gets one write for all of them. The broadcasts
+count their deliveries (``Counters.broadcast_deliveries``, metrics).
+
+Every write to clients goes through the gateway's :class:`~gateway.pacing.Pacer`:
+a broadcast to more recipients than the loop turn has budget for is cut into
+slices (``pacing.Delivery``), and while one is unfinished the writes of later
+commands (unicasts, closes, broadcasts) queue behind it, so each client gets its
+frames in command order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Collection, Iterable
+from types import GeneratorType
+from typing import Any, cast
 
 from pygatewayworker.gateway.client_id import MAX_CONN_ID
 from pygatewayworker.gateway.decider import DecisionTable, check_members
 from pygatewayworker.gateway.directory import Directory
 from pygatewayworker.gateway.frames import binary_frame, text_frame
+from pygatewayworker.gateway.pacing import Call, Delivery, Pacer
 from pygatewayworker.gateway.protocol import Cmd, check_close
 from pygatewayworker.gateway.records import Client, Counters, Link
 from pygatewayworker.gateway.websocket import State
@@ -136,13 +144,19 @@ class Commands:
     ``query_*(*args)`` for queries (the result is the ``REPLY``)."""
 
     def __init__(
-        self, directory: Directory[Client], counters: Counters, clock: Callable[[], float]
+        self,
+        directory: Directory[Client],
+        counters: Counters,
+        clock: Callable[[], float],
+        pacer: Pacer | None = None,
     ) -> None:
         self.directory = directory
         self.counters = counters
         self.clock = clock
         self.decisions = DecisionTable()
         """The keys this gateway decides (``Q_DECIDE_*``, see ``gateway.decider``)."""
+        self.pacer = pacer if pacer is not None else Pacer(None)
+        """Cuts large broadcasts into slices and keeps later writes behind them."""
 
     # ---- send commands ------------------------------------------------------------
     def deliver(self, recipients: Iterable[Client], frame: bytes) -> int:
@@ -162,13 +176,40 @@ class Commands:
         counters.bytes_out += sent * size
         return sent * count
 
+    def broadcast(self, recipients: Iterable[Client], frame: bytes) -> None:
+        """Deliver ``frame`` to ``recipients`` (taken now) and count the deliveries:
+        at once when the turn's budget allows and nothing is queued, else as a
+        sliced :class:`~gateway.pacing.Delivery`."""
+        pacer = self.pacer
+        found = (  # the directory gives dict views, lists, or generators (filtered)
+            list(recipients)
+            if type(recipients) is GeneratorType
+            else cast(Collection[Client], recipients)
+        )
+        if not pacer.jobs and len(found) <= pacer.budget:
+            pacer.budget -= len(found)
+            self.counters.broadcast_deliveries += self.deliver(found, frame)
+            return
+        snapshot = found if type(found) is list else list(found)  # views change
+        pacer.add(Delivery(snapshot, frame, self._deliver_counted))
+
+    def _deliver_counted(self, recipients: Collection[Client], frame: bytes) -> None:
+        self.counters.broadcast_deliveries += self.deliver(recipients, frame)
+
     def cmd_send_to_client(self, link: Link, packet: list[Any]) -> None:
         _, conn_id, data = packet
         frame = data_frame(data)
         if type(conn_id) is not int or not 0 < conn_id <= MAX_CONN_ID:
             check_conn_id(conn_id)  # raises: a malformed command
         client = self.directory.get(conn_id)
-        if client is not None and client.ws.state is _OPEN:
+        if client is None:
+            return
+        pacer = self.pacer
+        if pacer.jobs:  # behind an unfinished broadcast
+            pacer.add(Delivery([client], frame, self.deliver))
+            return
+        pacer.budget -= 1
+        if client.ws.state is _OPEN:
             client.writer.write(frame)
             size = len(frame)
             client.bytes_out += size
@@ -183,22 +224,21 @@ class Commands:
             _int_list(conn_ids, "conn_ids")
         if exclude is not None:
             _int_list(exclude, "exclude")
-        recipients = self.directory.recipients_all(conn_ids, exclude)
-        self.counters.broadcast_deliveries += self.deliver(recipients, frame)
+        self.broadcast(self.directory.recipients_all(conn_ids, exclude), frame)
 
     def cmd_send_to_uid(self, link: Link, packet: list[Any]) -> None:
         _, uids, data = packet
         frame = data_frame(data)
-        recipients = self.directory.recipients_uids(_str_list(uids, "uids"))
-        self.counters.broadcast_deliveries += self.deliver(recipients, frame)
+        self.broadcast(self.directory.recipients_uids(_str_list(uids, "uids")), frame)
 
     def cmd_send_to_group(self, link: Link, packet: list[Any]) -> None:
         _, groups, data, exclude = packet
         frame = data_frame(data)
         if exclude is not None:
             _int_list(exclude, "exclude")
-        recipients = self.directory.recipients_groups(_str_list(groups, "groups"), exclude)
-        self.counters.broadcast_deliveries += self.deliver(recipients, frame)
+        self.broadcast(
+            self.directory.recipients_groups(_str_list(groups, "groups"), exclude), frame
+        )
 
     def cmd_close_client(self, link: Link, packet: list[Any]) -> None:
         if len(packet) == 3:
@@ -209,17 +249,23 @@ class Commands:
         frame = None if data is None else data_frame(data)
         client = self.directory.get(check_conn_id(conn_id))
         if client is not None:
-            if frame is not None:
-                self.deliver((client,), frame)  # not a broadcast: not counted as one
-            client.close_reason = client.close_reason or "app_close"
-            client.writer.close(code, reason)
+            self.pacer.add(Call(self._close, client, frame, code, reason))
+
+    def _close(self, client: Client, frame: bytes | None, code: int, reason: str) -> None:
+        if frame is not None:
+            self.deliver((client,), frame)  # not a broadcast: not counted as one
+        client.close_reason = client.close_reason or "app_close"
+        client.writer.close(code, reason)
 
     def cmd_destroy_client(self, link: Link, packet: list[Any]) -> None:
         _, conn_id = packet
         client = self.directory.get(check_conn_id(conn_id))
         if client is not None:
-            client.close_reason = client.close_reason or "app_close"
-            client.writer.abort()
+            self.pacer.add(Call(self._abort, client))
+
+    def _abort(self, client: Client) -> None:
+        client.close_reason = client.close_reason or "app_close"
+        client.writer.abort()
 
     # ---- state commands -----------------------------------------------------------
     def cmd_bind_uid(self, link: Link, packet: list[Any]) -> None:

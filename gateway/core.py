@@ -46,6 +46,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from pygatewayworker.gateway.clients import Clients
@@ -61,14 +62,20 @@ from pygatewayworker.gateway.linkproto import (
     Upkeep,
     route_packets,
 )
+from pygatewayworker.gateway.pacing import Pacer
 from pygatewayworker.gateway.protocol import Cmd, PacketTooLarge, ProtocolError, encode
 from pygatewayworker.gateway.records import Client, Counters, Link
 from pygatewayworker.gateway.workers import Workers
 from pygatewayworker.register.config import parse_address
 
-__all__ = ["GatewayCore"]
+__all__ = ["GatewayCore", "INPUT_BATCH"]
 
 log = logging.getLogger("gateway")
+
+INPUT_BATCH = 256
+"""Packets decoded from a link at a time, when the turn has that much budget left
+(at most the budget of a whole turn): a 256 KiB read holds about 2,000 small
+packets, some 6 ms of decoding and merging."""
 
 
 class GatewayCore:
@@ -93,7 +100,10 @@ class GatewayCore:
         self.config = config
         self.index = index
         self.clock = clock
-        self.defer: Callable[[Callable[[], None]], object] = defer or _now
+        self.pacer = Pacer(defer)
+        """The per-turn budget: sliced broadcasts, link input in batches
+        (``gateway.pacing``); unbounded until a ``defer`` is given."""
+        self._defer: Callable[[Callable[[], None]], object] = defer or _now
         self.public_port = 0
         self.internal_port = 0
         self.started = 0.0
@@ -107,7 +117,7 @@ class GatewayCore:
         self.directory: Directory[Client] = Directory(self._routes_dirty)
         self.workers = Workers(config, self.directory, clock)
         self.clients = Clients(config, self.directory, self.workers, self.counters, clock)
-        self.commands = Commands(self.directory, self.counters, clock)
+        self.commands = Commands(self.directory, self.counters, clock, self.pacer)
         self.links: set[Link] = set()
         self.handlers: dict[Cmd, Callable[[Link, list[Any]], None]] = {}
         """Command handlers by command (``cmd_<name>`` here or on :attr:`commands`)."""
@@ -124,6 +134,17 @@ class GatewayCore:
             )
             if handler is not None:
                 self.handlers[cmd] = handler
+
+    @property
+    def defer(self) -> Callable[[Callable[[], None]], object]:
+        """Runs a function once the current batch of input is handled (the shell's
+        ``loop.call_soon``); setting it also paces the work per loop turn."""
+        return self._defer
+
+    @defer.setter
+    def defer(self, fn: Callable[[Callable[[], None]], object]) -> None:
+        self._defer = fn
+        self.pacer.use(fn)
 
     @property
     def internal_address(self) -> str:
@@ -143,17 +164,119 @@ class GatewayCore:
             return
         self.links.add(link)
 
+    def link_data(self, link: Link, data: bytes) -> None:
+        """Bytes read from ``link``: decoded and handled now, as far as the loop
+        turn's budget goes and no sliced broadcast is unfinished; the rest waits for
+        later turns with the link's reading paused (``gateway.pacing``)."""
+        pacer = self.pacer
+        if pacer.turn_due or pacer.jobs or pacer.waiting:  # not idle: wait behind
+            link.decoder.feed(data, 0)
+            if not link.waiting:
+                self._wait(link)
+            return
+        # the common case (this runs for every read), written out: a fresh budget,
+        # one batch holds the whole read
+        per_turn = pacer.per_turn
+        pacer.budget = per_turn or pacer.budget
+        limit = INPUT_BATCH if per_turn >= INPUT_BATCH else per_turn or INPUT_BATCH
+        try:
+            packets = link.decoder.feed(data, limit)
+        except ProtocolError as exc:
+            self.link_garbage(link, str(exc))
+            return
+        if len(packets) == 1:
+            self._handle(link, packets)
+        elif packets:
+            self._handle(link, coalesce(packets))
+        if (len(packets) == limit or link.inbox) and not self._drain(link) and not link.waiting:
+            self._wait(link)
+
+    def _drain(self, link: Link) -> bool:
+        """Handle ``link``'s buffered input in batches while the turn's budget lasts
+        and no job is queued; True when it is all handled (or the link is gone)."""
+        pacer = self.pacer
+        # a whole batch or none: the broadcasts of a batch are merged (coalesce), and
+        # a remnant of a turn's budget would merge only a few
+        limit = INPUT_BATCH if pacer.per_turn >= INPUT_BATCH else pacer.per_turn or INPUT_BATCH
+        while not (link.closed or link.rejected):
+            if pacer.jobs:
+                return False
+            if link.inbox:
+                packets, link.inbox = link.inbox, []
+                self._handle(link, packets)
+                continue
+            if pacer.budget < limit:
+                return False
+            try:
+                packets = link.decoder.feed(b"", limit)
+            except ProtocolError as exc:
+                self.link_garbage(link, str(exc))
+                return True
+            if not packets:
+                return True
+            self.link_received(link, packets)
+            if len(packets) < limit and not link.inbox:
+                return True  # the decoder holds no whole packet more
+        link.inbox = []
+        return True
+
+    def _wait(self, link: Link) -> None:
+        link.waiting = True
+        self._pause(link)
+        self.pacer.wait(partial(self._resume_input, link))
+
+    def _pause(self, link: Link) -> None:
+        if not link.paused:
+            link.paused = True
+            link.writer.pause_reading()
+
+    def _resume_input(self, link: Link) -> bool:
+        """A later turn for ``link``'s input (``Pacer.wait``). Its reading resumes
+        one turn before its input is handled: what the sender queued meanwhile is
+        read first and its broadcasts merge with those that waited (coalescing)."""
+        link.proto.last_recv = self.clock()  # its packets are news from it
+        if link.paused and not (link.closed or link.rejected):
+            link.paused = False
+            link.writer.resume_reading()
+            return False
+        try:
+            if not self._drain(link):
+                if not (link.closed or link.rejected):
+                    self._pause(link)
+                return False
+        except Exception:  # a bug, not the peer's: never leave the input stuck
+            log.exception("%r: handling its input failed; dropping the link", link)
+            link.writer.abort()
+        link.waiting = False
+        if link.paused and not link.closed:  # a rejected link reads on till EOF
+            link.paused = False
+            link.writer.resume_reading()
+        return True
+
     def link_received(self, link: Link, packets: list[list[Any]]) -> None:
         """Packets decoded from ``link``, in order. Consecutive broadcasts to the same
         recipients are merged first (write coalescing, ``commands.coalesce``)."""
+        if len(packets) > 1:
+            packets = coalesce(packets)
+        self._handle(link, packets)
+
+    def _handle(self, link: Link, packets: list[list[Any]]) -> None:
+        """Dispatch ``packets`` until one leaves a sliced broadcast unfinished: the
+        rest wait in ``link.inbox`` behind it."""
         link.unanswered = 0
         if link.stalled:
             self._resume(link)
-        if len(packets) > 1:
-            packets = coalesce(packets)
+        pacer = self.pacer
+        pacer.budget -= len(packets)
+        jobs = pacer.jobs
         handle = self.link_packet
-        for packet in packets:
+        for done, packet in enumerate(packets):
             if link.closed or link.rejected:
+                return
+            if jobs:
+                link.inbox = packets[done:]
+                if not link.waiting:
+                    self._wait(link)
                 return
             handle(link, packet)
 

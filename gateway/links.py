@@ -3,9 +3,10 @@ push client connection.
 
 How this works
 --------------
-An :class:`InternalLink` is a thin ``asyncio.Protocol``: it decodes what it reads
-(``gateway.protocol.Decoder``, bounded) and hands the packets to the core
-(``GatewayCore.link_received``); a decoding error goes to ``link_garbage``. It is
+An :class:`InternalLink` is a thin ``asyncio.Protocol``: it hands what it reads to
+the core (``GatewayCore.link_data``), which decodes and handles it in bounded
+batches and pauses the link's reading (:meth:`~InternalLink.pause_reading`) while
+some of it waits for a later loop turn (``gateway.pacing``). It is
 the link's :class:`~gateway.records.LinkWriter`: :meth:`~InternalLink.send` queues
 and one write at the end of the loop turn carries everything queued (events of many
 clients in one syscall). The handshake, dispatch, keep-alive decisions and routing
@@ -24,7 +25,6 @@ import time
 from typing import cast
 
 from pygatewayworker.gateway.core import GatewayCore
-from pygatewayworker.gateway.protocol import DEFAULT_MAX_PACKET, Decoder, ProtocolError
 from pygatewayworker.gateway.records import Link
 
 __all__ = ["InternalLink"]
@@ -47,13 +47,12 @@ def _peer(transport: asyncio.BaseTransport) -> str:
 class InternalLink(asyncio.Protocol):
     """One business worker or push client connected to the internal port."""
 
-    __slots__ = ("core", "loop", "transport", "decoder", "link", "_out", "_writable")
+    __slots__ = ("core", "loop", "transport", "link", "_out", "_writable")
 
     def __init__(self, core: GatewayCore, loop: asyncio.AbstractEventLoop) -> None:
         self.core = core
         self.loop = loop
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.decoder = Decoder(DEFAULT_MAX_PACKET)
         self.link = Link(self, now=_monotonic())
         self._out: list[bytes] = []
         self._writable = True  # False once closed, rejected or lost
@@ -72,12 +71,7 @@ class InternalLink(asyncio.Protocol):
         if link.rejected:
             return  # discard until the peer closes (see reject)
         link.proto.last_recv = _monotonic()
-        try:
-            packets = self.decoder.feed(data)
-        except ProtocolError as exc:
-            self.core.link_garbage(link, str(exc))
-            return
-        self.core.link_received(link, packets)
+        self.core.link_data(link, data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._writable = False
@@ -127,6 +121,16 @@ class InternalLink(asyncio.Protocol):
     def abort(self) -> None:
         """Drop the link now."""
         self.transport.abort()
+
+    def pause_reading(self) -> None:
+        """Stop reading while the core has this link's input waiting."""
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read again: the core handled the input it had."""
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def peer_acked(self, within: float) -> bool:
         """From ``TCP_INFO`` (Linux): the time since the last ACK from the peer's

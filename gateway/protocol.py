@@ -339,15 +339,19 @@ class Decoder:
         """Bytes held waiting for the rest of a packet."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[list[Any]]:
-        """Add ``data`` and return every packet it completes, in order."""
+    def feed(self, data: bytes, limit: int | None = None) -> list[list[Any]]:
+        """Add ``data`` and return every packet it completes, in order; with
+        ``limit``, at most that many (the rest stay buffered: ``feed(b"", n)`` takes
+        the next ones; ``limit=0`` only buffers). A gateway decodes a large read in
+        bounded batches this way (``gateway.pacing``)."""
         buf = self._buf
         buf += data
         out: list[list[Any]] = []
         pos = 0
         size = len(buf)
         need = self._need
-        while True:
+        left = -1 if limit is None else limit  # packets still wanted; -1: all
+        while left:
             if need < 0:
                 if size - pos < 4:
                     break
@@ -365,6 +369,7 @@ class Decoder:
             pos += need
             need = -1
             out.append(_unpack_packet(body))
+            left -= 1
         self._need = need
         if pos:
             del buf[:pos]

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from pygatewayworker.gateway.directory import Entry
 from pygatewayworker.gateway.linkproto import LinkServer
-from pygatewayworker.gateway.protocol import Cmd
+from pygatewayworker.gateway.protocol import DEFAULT_MAX_PACKET, Cmd, Decoder
 from pygatewayworker.gateway.websocket import ServerConnection
 
 __all__ = [
@@ -87,6 +87,13 @@ class LinkWriter(Protocol):
 
     def abort(self) -> None:
         """Drop the link now."""
+
+    def pause_reading(self) -> None:
+        """Stop reading from the link (its input waits for a later loop turn): TCP
+        back-pressure reaches the sender."""
+
+    def resume_reading(self) -> None:
+        """Read from the link again."""
 
     def peer_acked(self, within: float) -> bool:
         """Whether the peer's *kernel* acknowledged our data within ``within``
@@ -171,10 +178,22 @@ class Link:
         "stalled",
         "unanswered",
         "hooks",
+        "decoder",
+        "inbox",
+        "waiting",
+        "paused",
     )
 
     def __init__(self, writer: LinkWriter, peer: str = "", now: float = 0.0) -> None:
         self.writer = writer
+        self.decoder = Decoder(DEFAULT_MAX_PACKET)
+        """The link's input not yet handled, as bytes (``GatewayCore.link_data``)."""
+        self.inbox: list[list[Any]] = []
+        """Packets decoded but not handled yet: they wait behind a sliced broadcast."""
+        self.waiting = False
+        """Its input waits for a later loop turn (its reading is paused meanwhile)."""
+        self.paused = False
+        """Its reading is paused (``LinkWriter.pause_reading``)."""
         self.peer = peer
         self.role = ""
         """``"worker"`` or ``"client"`` once ``HELLO`` is accepted; ``""`` before."""

@@ -337,7 +337,8 @@ class GatewayServer:
         while True:
             await asyncio.sleep(step)
             try:
-                self.core.clients.heartbeat(part, HEARTBEAT_SLICES)
+                core = self.core
+                core.pacer.start(core.clients.heartbeat_sweep(part, HEARTBEAT_SLICES))
             except Exception:  # never let one bad sweep stop the heartbeat
                 log.exception("heartbeat sweep failed")
             part = (part + 1) % HEARTBEAT_SLICES

@@ -71,6 +71,7 @@ class LinkWriter:
         self.packets: list[list[Any]] = []
         self.closed = self.rejected = self.aborted = False
         self.host_up = True  # peer_acked: its kernel acknowledges our data
+        self.paused = False
 
     def send(self, packet: bytes) -> None:
         self.packets.extend(self.decoder.feed(packet))
@@ -86,6 +87,14 @@ class LinkWriter:
 
     def peer_acked(self, within: float) -> bool:
         return self.host_up
+
+    def pause_reading(self) -> None:
+        assert not self.paused
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        assert self.paused
+        self.paused = False
 
     def take(self, *skip: Cmd) -> list[list[Any]]:
         """Every packet since the last call, except those of the ``skip`` kinds."""

@@ -14,6 +14,7 @@ import pytest
 import uvloop
 
 from pygatewayworker.gateway.client_id import decode_client_id
+from pygatewayworker.gateway.links import InternalLink
 from pygatewayworker.gateway.protocol import (
     NO_WS_CONNECT,
     Cmd,
@@ -130,6 +131,53 @@ async def test_commands_deliver_and_preserve_text_and_binary() -> None:
         for client in (a, b, c):
             await client.close()
         await worker.close()
+
+
+async def test_a_large_read_is_handled_in_turns_with_the_link_paused() -> None:
+    """Thousands of packets in one write: the gateway pauses reading the link while
+    they wait for later loop turns (back-pressure), and handles every one in order;
+    a query sent last is answered after all of them."""
+    paused: list[int] = []
+    pause = InternalLink.pause_reading
+
+    def recorded(self: InternalLink) -> None:
+        paused.append(1)
+        pause(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(InternalLink, "pause_reading", recorded)
+        await _large_read(paused)
+
+
+async def _large_read(paused: list[int]) -> None:
+    async with running() as server:
+        worker = await FakeLink.linked(server)
+        a, id_a = await open_client(server, worker)
+        b, id_b = await open_client(server, worker)
+        for conn_id in (id_a, id_b):
+            worker.send(Cmd.JOIN_GROUP, conn_id, "room")
+        push = await FakeLink.linked(server, "client", "push")
+        count = 3000
+        push.writer.write(
+            b"".join(
+                encode(Cmd.SEND_TO_CLIENT, id_a, f"a{i}")
+                if i % 3
+                else encode(Cmd.SEND_TO_GROUP, ["room"], f"g{i}", None)
+                for i in range(count)
+            )
+        )
+        stats = await push.query(Cmd.Q_STATS)
+        assert stats["messages_out"] >= count
+        assert paused, "the link's reading was never paused"
+        for i in range(count):
+            assert await recv(a) == (f"a{i}" if i % 3 else f"g{i}")
+        for i in range(0, count, 3):
+            assert await recv(b) == f"g{i}"
+        assert not server.core.pacer.jobs and not server.core.pacer.waiting
+        for client in (a, b):
+            await client.close()
+        await worker.close()
+        await push.close()
 
 
 async def test_queries_answer_every_shape() -> None:
@@ -598,6 +646,7 @@ UVLOOP_SCENARIOS = [
     test_slow_consumer_is_closed_and_counted,
     test_events_are_held_until_a_worker_links,
     test_worker_leave_reroutes_and_acks,
+    test_a_large_read_is_handled_in_turns_with_the_link_paused,
     test_no_static_dir_gives_404_and_frames_after_the_head_are_read,
     functools.partial(test_stop_closes_clients_and_reports_closes, True, 1001),
 ]

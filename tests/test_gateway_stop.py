@@ -13,7 +13,7 @@ import pytest
 from pygatewayworker.gateway import clients as clients_mod
 from pygatewayworker.gateway import server as server_mod
 from pygatewayworker.gateway.client_id import MAX_CONN_ID
-from pygatewayworker.gateway.clients import first_conn_id
+from pygatewayworker.gateway.clients import HeartbeatSweep, first_conn_id
 from pygatewayworker.gateway.protocol import Cmd
 from pygatewayworker.gateway.records import Client
 from pygatewayworker.gateway.server import GatewayServer
@@ -248,9 +248,13 @@ def test_heartbeat_sweeps_one_slice_of_the_clients_at_a_time() -> None:
 async def test_heartbeat_task_walks_the_slices_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     server = GatewayServer(make_config(ping_interval=0.2, ping_data="p"))
     calls: list[tuple[int, int]] = []
-    monkeypatch.setattr(
-        server.core.clients, "heartbeat", lambda part, parts: calls.append((part, parts))
-    )
+    sweep = server.core.clients.heartbeat_sweep
+
+    def recorded(part: int, parts: int) -> HeartbeatSweep:
+        calls.append((part, parts))
+        return sweep(part, parts)
+
+    monkeypatch.setattr(server.core.clients, "heartbeat_sweep", recorded)
     task = asyncio.create_task(server._heartbeat())
     try:
         async with asyncio.timeout(TIMEOUT):

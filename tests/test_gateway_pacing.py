@@ -1,0 +1,328 @@
+"""Bounded work per loop turn (``gateway.pacing`` and ``GatewayCore.link_data``), with
+no sockets: broadcasts cut into slices with each client's order kept, link input in
+batches with the link's reading paused meanwhile, the heartbeat sweep in slices.
+
+A "turn" here is one deferred callback run by hand (the shell's ``call_soon``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pygatewayworker.gateway.frames import text_frame
+from pygatewayworker.gateway.pacing import Call, Delivery, Pacer
+from pygatewayworker.gateway.protocol import Cmd, encode
+from pygatewayworker.gateway.records import Client, Link
+from pygatewayworker.gateway.websocket import State
+from tests.test_gateway_core import Harness, events, writer
+
+BUDGET = 10
+
+
+class Counted(Harness):
+    """A harness with a small turn budget, counting the client writes of each turn."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.core.pacer.per_turn = self.core.pacer.budget = BUDGET
+        self.writes = 0
+
+    def clients(self, n: int, group: str = "g") -> list[Client]:
+        made = []
+        for _ in range(n):
+            client = self.client()
+            self.core.directory.join_group(client.conn_id, group)
+            inner = writer(client).write
+
+            def write(data: bytes, inner: Any = inner) -> None:
+                self.writes += 1
+                inner(data)
+
+            writer(client).write = write
+            made.append(client)
+        self.run_deferred()  # the ROUTES changes
+        return made
+
+    def data(self, link: Link, *packets: list[Any]) -> None:
+        """Packets from ``link`` as one read, through the bounded input path."""
+        self.writes = 0
+        self.core.link_data(link, b"".join(encode(p[0], *p[1:]) for p in packets))
+
+    def turn(self) -> int:
+        """Run one loop turn; the client writes it made."""
+        self.writes = 0
+        self.deferred.pop(0)()
+        return self.writes
+
+    def turns(self) -> list[int]:
+        """Run turns until nothing is left; the writes of each."""
+        done = []
+        while self.deferred:
+            done.append(self.turn())
+        return done
+
+
+def texts(client: Client) -> list[bytes]:
+    return writer(client).take()
+
+
+# ---- the pacer ----------------------------------------------------------------------
+
+
+def test_a_delivery_is_written_a_budget_at_a_time_and_later_jobs_wait_behind_it() -> None:
+    turns: list[Any] = []
+    pacer = Pacer(turns.append, per_turn=3)
+    written: list[tuple[list[int], bytes]] = []
+    pacer.add(Delivery(list(range(8)), b"a", lambda c, f: written.append((list(c), f))))
+    pacer.add(Call(written.append, "after"))
+    assert written == [([0, 1, 2], b"a")] and len(turns) == 1
+    turns.pop()()
+    assert written[-1] == ([3, 4, 5], b"a")
+    turns.pop()()
+    assert written[-2:] == [([6, 7], b"a"), "after"]
+    assert not turns and pacer.idle
+
+
+def test_without_defer_nothing_is_cut() -> None:
+    pacer = Pacer(None)
+    written: list[int] = []
+    pacer.add(Delivery(list(range(10_000)), b"a", lambda c, f: written.extend(c)))
+    assert len(written) == 10_000 and pacer.idle
+
+
+def test_a_failing_job_is_logged_and_dropped(caplog: Any) -> None:
+    turns: list[Any] = []
+    pacer = Pacer(turns.append, per_turn=1)
+    done: list[str] = []
+    pacer.add(Call(done.append, "first"))
+    pacer.add(Call(_boom))
+    pacer.add(Call(done.append, "last"))
+    while turns:
+        turns.pop()()
+    assert done == ["first", "last"] and "failed" in caplog.text
+
+
+def _boom() -> None:
+    raise RuntimeError("boom")
+
+
+# ---- sliced broadcasts ----------------------------------------------------------------
+
+
+def test_a_large_broadcast_is_written_in_slices_once_to_every_member() -> None:
+    h = Counted()
+    push = h.link("client", "push")
+    members = h.clients(35)
+    h.data(push, [Cmd.SEND_TO_GROUP, ["g"], "hi", None])
+    assert 0 < h.writes <= BUDGET
+    assert all(n <= BUDGET for n in h.turns())
+    assert all(texts(c) == [text_frame("hi")] for c in members)
+    assert h.core.counters.broadcast_deliveries == 35
+
+
+def test_order_per_client_across_slices_with_unicasts_and_a_second_broadcast() -> None:
+    h = Counted()
+    push, worker = h.link("client", "push"), h.link("worker", "w")
+    members = h.clients(25)
+    last = members[-1]
+    h.data(
+        push,
+        [Cmd.SEND_TO_GROUP, ["g"], "a", None],
+        [Cmd.SEND_TO_CLIENT, last.conn_id, "u1"],
+        [Cmd.SEND_TO_GROUP, ["g"], "b", None],
+    )
+    assert texts(last) == []  # still in the unfinished slices
+    h.data(worker, [Cmd.SEND_TO_CLIENT, last.conn_id, "u2"])  # another link, meanwhile
+    assert writer(worker).paused and writer(push).paused
+    h.turns()
+    assert texts(last) == [text_frame(m) for m in ("a", "u1", "b", "u2")]
+    assert all(texts(c) == [text_frame("a"), text_frame("b")] for c in members[:-1])
+    assert not writer(worker).paused and not writer(push).paused
+
+
+def test_a_client_closed_mid_broadcast_is_skipped() -> None:
+    h = Counted()
+    push = h.link("client", "push")
+    members = h.clients(30)
+    h.data(push, [Cmd.SEND_TO_GROUP, ["g"], "hi", None])
+    gone = members[-1]
+    gone.ws.state = State.CLOSED
+    h.core.clients.closed(gone)
+    h.turns()
+    assert texts(gone) == []
+    assert all(texts(c) == [text_frame("hi")] for c in members[:-1])
+
+
+def test_membership_is_taken_when_the_broadcast_is_handled() -> None:
+    h = Counted()
+    push, worker = h.link("client", "push"), h.link("worker", "w")
+    members = h.clients(30)
+    events(worker)
+    leaver = members[-1]
+    h.data(push, [Cmd.SEND_TO_GROUP, ["g"], "hi", None])
+    h.data(worker, [Cmd.LEAVE_GROUP, leaver.conn_id, "g"])  # waits behind the broadcast
+    (joiner,) = h.clients(1)  # joined directly, after the broadcast was handled
+    h.turns()
+    assert texts(leaver) == [text_frame("hi")] and texts(joiner) == []
+    assert h.core.directory.groups_info(["g"], "count") == {"g": 30}  # the leave was done
+    h.data(push, [Cmd.SEND_TO_GROUP, ["g"], "next", None])
+    h.turns()
+    assert texts(leaver) == [] and texts(joiner) == [text_frame("next")]
+
+
+def test_close_and_destroy_wait_behind_the_broadcast() -> None:
+    h = Counted()
+    push = h.link("client", "push")
+    members = h.clients(30)
+    closed, destroyed = members[-1], members[-2]
+    h.data(
+        push,
+        [Cmd.SEND_TO_GROUP, ["g"], "bye", None],
+        [Cmd.CLOSE_CLIENT, closed.conn_id, "last"],
+        [Cmd.DESTROY_CLIENT, destroyed.conn_id],
+    )
+    assert not writer(closed).closed and not writer(destroyed).aborted
+    h.turns()
+    assert texts(closed) == [text_frame("bye"), text_frame("last")]
+    assert writer(closed).closed == [(1000, "")]
+    assert texts(destroyed) == [text_frame("bye")] and writer(destroyed).aborted
+
+
+def test_worker_leave_and_release_behind_a_broadcast_keep_the_held_events() -> None:
+    h = Counted()
+    push = h.link("client", "push")
+    old = h.link("worker", "old")
+    members = h.clients(30)
+    assert all(c.worker is old for c in members)
+    new = h.link("worker", "new")
+    events(old)
+    h.data(push, [Cmd.SEND_TO_GROUP, ["g"], "hi", None])
+    h.data(old, [Cmd.WORKER_LEAVE])
+    assert not old.leaving  # its input waits behind the broadcast
+    h.core.clients.message(members[0], "m1")  # client events go on meanwhile
+    h.turns()
+    assert old.leaving and writer(old).take()[-1][0] == Cmd.LEAVE_ACK
+    h.core.clients.message(members[0], "m2")  # held for the leaving worker
+    assert events(new) == []
+    h.data(push, [Cmd.SEND_TO_GROUP, ["g"], "again", None])
+    h.data(old, [Cmd.RELEASE, [members[0].conn_id], False])
+    h.turns()
+    assert [e for e in events(new) if e[0] == Cmd.EV_MESSAGE] == [(Cmd.EV_MESSAGE, "m2")]
+    assert texts(members[0]) == [text_frame("hi"), text_frame("again")]
+
+
+# ---- bounded link input -------------------------------------------------------------------
+
+
+def test_link_input_is_handled_in_batches_with_its_reading_paused() -> None:
+    h = Counted()
+    push = h.link("client", "push")
+    (client,) = h.clients(1)
+    h.data(push, *[[Cmd.SEND_TO_CLIENT, client.conn_id, str(i)] for i in range(45)])
+    assert writer(push).paused and 0 < len(writer(client).written) < 45
+    assert all(n <= BUDGET for n in h.turns())
+    assert texts(client) == [text_frame(str(i)) for i in range(45)]
+    assert not writer(push).paused and push.waiting is False
+
+
+def test_input_of_several_links_is_handled_in_arrival_order() -> None:
+    h = Counted()
+    first, second = h.link("client", "a"), h.link("client", "b")
+    (client,) = h.clients(1)
+    h.data(first, *[[Cmd.SEND_TO_CLIENT, client.conn_id, f"a{i}"] for i in range(30)])
+    h.data(second, [Cmd.SEND_TO_CLIENT, client.conn_id, "b"])
+    assert writer(second).paused  # it waits behind the first link's input
+    h.turns()
+    assert texts(client)[-1] == text_frame("b") and len(writer(client).written) == 0
+
+
+def test_garbage_in_waiting_input_rejects_the_link_when_reached() -> None:
+    h = Counted()
+    push = h.link("client", "push")
+    (client,) = h.clients(1)
+    good = b"".join(encode(Cmd.SEND_TO_CLIENT, client.conn_id, str(i)) for i in range(25))
+    h.core.link_data(push, good + b"\x00\x00\x00\x03\xc1\xc1\xc1")
+    h.turns()
+    # the batches before the one holding the garbage were handled (that batch is not)
+    assert BUDGET <= len(texts(client)) < 25
+    assert push.rejected and writer(push).take()[-1][0] == Cmd.ERROR
+    assert not writer(push).paused  # it reads on, discarding, until the peer closes
+
+
+def test_a_failure_while_handling_waiting_input_drops_only_that_link(caplog: Any) -> None:
+    h = Counted()
+    bad, good = h.link("client", "bad"), h.link("client", "good")
+    (client,) = h.clients(1)
+    h.data(bad, *[[Cmd.SEND_TO_CLIENT, client.conn_id, str(i)] for i in range(BUDGET * 2)])
+    h.data(bad, [Cmd.UNGROUP, "g"])  # waits; its handler fails (a bug, not the peer's)
+    h.data(good, [Cmd.SEND_TO_CLIENT, client.conn_id, "good"])
+
+    def broken(link: Link, packet: list[Any]) -> None:
+        raise RuntimeError("bug")
+
+    h.core.handlers[Cmd.UNGROUP] = broken
+    h.turns()
+    assert writer(bad).aborted and "dropping the link" in caplog.text
+    assert texts(client)[-1] == text_frame("good") and not writer(good).paused
+
+
+def test_broadcasts_in_one_batch_are_still_coalesced_per_recipient() -> None:
+    h = Counted()
+    push = h.link("client", "push")
+    members = h.clients(25)
+    h.data(push, *[[Cmd.SEND_TO_GROUP, ["g"], f"m{i}", None] for i in range(5)])
+    h.turns()
+    merged = b"".join(text_frame(f"m{i}") for i in range(5))
+    assert all(texts(c) == [merged] for c in members)
+    assert h.core.counters.broadcast_deliveries == 125
+
+
+def test_broadcasts_that_waited_behind_a_broadcast_are_merged_in_a_whole_batch() -> None:
+    h = Counted()
+    push = h.link("client", "push")
+    members = h.clients(25)
+    h.data(push, [Cmd.SEND_TO_GROUP, ["g"], "first", None])
+    h.data(push, *[[Cmd.SEND_TO_GROUP, ["g"], f"m{i}", None] for i in range(BUDGET)])
+    h.turns()
+    merged = b"".join(text_frame(f"m{i}") for i in range(BUDGET))
+    assert all(texts(c) == [text_frame("first"), merged] for c in members)
+
+
+def test_reading_resumes_a_turn_early_so_what_the_sender_queued_merges_too() -> None:
+    h = Counted()
+    push = h.link("client", "push")
+    members = h.clients(25)
+    h.data(push, [Cmd.SEND_TO_GROUP, ["g"], "first", None])
+    h.data(push, [Cmd.SEND_TO_GROUP, ["g"], "m0", None])  # read before the pause
+    assert writer(push).paused
+    while writer(push).paused:  # the broadcast's slices, then the early resume
+        h.turn()
+    assert push.waiting and push.decoder.buffered  # "m0" not handled yet
+    h.data(push, [Cmd.SEND_TO_GROUP, ["g"], "m1", None])  # what the sender queued
+    h.turns()
+    merged = text_frame("m0") + text_frame("m1")
+    assert all(texts(c) == [text_frame("first"), merged] for c in members)
+    assert not writer(push).paused and not push.waiting
+
+
+def test_waiting_input_keeps_the_link_alive() -> None:
+    h = Counted()
+    push = h.link("client", "push")
+    members = h.clients(30)
+    h.data(push, [Cmd.SEND_TO_GROUP, ["g"], "a", None], [Cmd.PING])
+    h.clock.now += 1000
+    h.turns()
+    assert push.proto.last_recv == h.clock.now
+    assert all(texts(c) == [text_frame("a")] for c in members)
+
+
+# ---- the heartbeat --------------------------------------------------------------------------
+
+
+def test_the_heartbeat_sweep_pings_a_slice_per_turn() -> None:
+    h = Counted(ping_interval=10, ping_data="p", ping_not_response_limit=0)
+    members = h.clients(40)
+    for c in members:
+        c.silent = 0  # silent for a whole interval at the next sweep
+    h.core.pacer.start(h.core.clients.heartbeat_sweep())
+    assert all(n <= BUDGET for n in h.turns())
+    assert all(texts(c) == [text_frame("p")] for c in members)
