@@ -50,7 +50,7 @@ class ConnectRequest:
         if not isinstance(info, dict):
             return cls()
         raw = str(info.get("query") or "")
-        lists = parse_qs(raw, keep_blank_values=True)
+        lists = parse_qs(raw, keep_blank_values=True) if raw else {}  # most have none
         headers = info.get("headers")
         cookies = info.get("cookies")
         return cls(

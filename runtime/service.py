@@ -163,10 +163,10 @@ class _ChildRuntime:
             self.spec.notify_ready()
             log.info("ready (%s)", self.spec.role)
             stats_task = asyncio.create_task(self._write_stats_every_second())
-            lag_task = asyncio.create_task(self._probe_loop_lag())
+            lag_probe = _LagProbe(self)
             await self._stop.wait()
             stats_task.cancel()
-            lag_task.cancel()
+            lag_probe.close()
             await self._stop_service()
             return self.exit_code
         finally:
@@ -223,31 +223,6 @@ class _ChildRuntime:
             self.write_stats()
             await asyncio.sleep(STATS_INTERVAL)
 
-    async def _probe_loop_lag(self) -> None:
-        """How late the loop wakes a timer: the longest stall of the loop (by our own
-        housekeeping or anyone's) within each stats interval, reported as
-        ``loop_lag_max_ms`` (and ``loop_lag_peak_ms`` since start). On a machine with
-        more runnable processes than cores much of that is time spent waiting for a
-        CPU; ``loop_lag_own_max_ms`` is the lag minus the loop thread's run-queue
-        wait over the same period (Linux ``/proc/thread-self/schedstat``): what our
-        own callbacks cost, a lower bound when the wait fell before the due time."""
-        loop = asyncio.get_running_loop()
-        waited = _RunQueueWait()
-        try:
-            while True:
-                due = loop.time() + LAG_PROBE_INTERVAL
-                wait0 = waited()
-                await asyncio.sleep(LAG_PROBE_INTERVAL)
-                lag = loop.time() - due
-                if lag > self._lag_max:
-                    self._lag_max = lag
-                    self._lag_peak = max(self._lag_peak, lag)
-                own = lag - (waited() - wait0)
-                if own > self._lag_own_max:
-                    self._lag_own_max = own
-        finally:
-            waited.close()
-
     def write_stats(self) -> None:
         """Hand this child's stats snapshot to the writer thread (once the service is
         ready): the loop only builds the JSON text, the file is written off the loop."""
@@ -295,6 +270,51 @@ class _ChildRuntime:
                 if key in last[1]:
                     self._rates[f"{key}_per_s"] = round(max(0.0, value - last[1][key]) / elapsed, 2)
         self._last_counts = (now, counts)
+
+
+class _LagProbe:
+    """How late the loop wakes a timer: the longest stall of the loop (by our own
+    housekeeping or anyone's) within each stats interval, reported as
+    ``loop_lag_max_ms`` (and ``loop_lag_peak_ms`` since start). On a machine with
+    more runnable processes than cores much of that is time spent waiting for a
+    CPU; ``loop_lag_own_max_ms`` is the lag minus the loop thread's run-queue
+    wait over the same period (Linux ``/proc/thread-self/schedstat``): what our
+    own callbacks cost, a lower bound when the wait fell before the due time.
+
+    A plain timer callback that re-arms itself every :data:`LAG_PROBE_INTERVAL`
+    (not a task sleeping in a loop: no future and no task step per probe), with one
+    run-queue reading per probe that also starts the next probe's period: it runs
+    20 times a second in every child, idle or busy."""
+
+    __slots__ = ("_child", "_loop", "_waited", "_timer")
+
+    def __init__(self, child: _ChildRuntime) -> None:
+        self._child = child
+        self._loop = asyncio.get_running_loop()
+        self._waited = _RunQueueWait()
+        self._timer = self._arm(self._loop.time(), self._waited())
+
+    def _arm(self, now: float, wait: float) -> asyncio.TimerHandle:
+        due = now + LAG_PROBE_INTERVAL
+        return self._loop.call_at(due, self._probe, due, wait)
+
+    def _probe(self, due: float, wait0: float) -> None:
+        now = self._loop.time()
+        wait = self._waited()
+        lag = now - due
+        child = self._child
+        if lag > child._lag_max:
+            child._lag_max = lag
+            child._lag_peak = max(child._lag_peak, lag)
+        own = lag - (wait - wait0)
+        if own > child._lag_own_max:
+            child._lag_own_max = own
+        self._timer = self._arm(now, wait)
+
+    def close(self) -> None:
+        """Stop probing (the child stops)."""
+        self._timer.cancel()
+        self._waited.close()
 
 
 class _RunQueueWait:
