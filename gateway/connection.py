@@ -54,7 +54,7 @@ import logging
 import time
 from collections.abc import Callable
 from operator import attrgetter, methodcaller
-from typing import cast
+from typing import Any, cast
 
 from pygatewayworker.gateway.admission import TokenBucket
 from pygatewayworker.gateway.authhook import Verdict, merge_grants
@@ -144,6 +144,8 @@ class ClientPort:
         """Connections with unsent output over the backlog mark, and since when."""
         self.counters = clients.counters
         self.on_message = clients.message  # looked up once, used per message
+        self._survey: _BufferSurvey | None = None
+        self._surveyed = {"send_buffer_bytes": 0, "send_buffer_max_bytes": 0}
 
     def track_closing(self, conn: ClientConnection) -> None:
         """Give a closing client ``close_timeout`` before it is dropped."""
@@ -197,15 +199,77 @@ class ClientPort:
 
     def send_buffers(self) -> dict[str, int]:
         """Bytes queued for the clients in their transports: the sum and the largest
-        (``GatewayCore.send_buffers``, read by ``stats`` once a second). One walk over
-        the clients, in C (``map`` of ``attrgetter``/``methodcaller``, no Python frame
-        per client): about 1.3 ms with 10,000 idle clients (0.13 % of a core at one
-        stats write a second; a Python loop took 1.45 ms), linear in the clients."""
-        sizes = list(map(_buffer_size, map(_transport, self.clients.directory.entries())))
-        return {
-            "send_buffer_bytes": sum(sizes),
-            "send_buffer_max_bytes": max(sizes, default=0),
-        }
+        (``GatewayCore.send_buffers``, read by ``stats`` once a second).
+
+        Up to :data:`SURVEY_CHUNK` clients: one walk now, in C (``map`` of
+        ``attrgetter``/``methodcaller``, no Python frame per client; about 0.3 ms
+        for 2,000 clients). More: the figures of the last finished survey (the
+        first call gives zeros), and a new survey starts that reads a chunk of
+        clients per loop turn (:class:`_BufferSurvey`), so that the stats of a
+        gateway with 50,000 clients never hold its loop for milliseconds."""
+        directory = self.clients.directory
+        entries = directory.entries()
+        if len(directory) <= SURVEY_CHUNK:
+            sizes = list(map(_buffer_size, map(_transport, entries)))
+            return {
+                "send_buffer_bytes": sum(sizes),
+                "send_buffer_max_bytes": max(sizes, default=0),
+            }
+        if self._survey is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a tool, a test): the whole walk now
+                survey = _BufferSurvey(list(entries))
+                while not survey.step():
+                    pass
+                return survey.result()
+            self._survey = _BufferSurvey(list(entries))
+            loop.call_soon(self._survey_step, loop)
+        return self._surveyed
+
+    def _survey_step(self, loop: asyncio.AbstractEventLoop) -> None:
+        survey = self._survey
+        if survey is None:
+            return
+        if survey.step():
+            self._surveyed = survey.result()
+            self._survey = None
+        else:
+            loop.call_soon(self._survey_step, loop)
+
+
+SURVEY_CHUNK = 2048
+"""Clients whose send buffers are read in one go (``ClientPort.send_buffers``)."""
+
+
+class _BufferSurvey:
+    """The send buffers of the clients taken when it started, a chunk per
+    :meth:`step`; a client gone since counts 0."""
+
+    __slots__ = ("clients", "pos", "total", "largest")
+
+    def __init__(self, clients: list[Any]) -> None:
+        self.clients = clients
+        self.pos = 0
+        self.total = 0
+        self.largest = 0
+
+    def step(self) -> bool:
+        """Read the next chunk; True when done."""
+        end = self.pos + SURVEY_CHUNK
+        sizes = list(map(_queued, self.clients[self.pos : end]))
+        self.pos = end
+        self.total += sum(sizes)
+        self.largest = max(self.largest, max(sizes, default=0))
+        return end >= len(self.clients)
+
+    def result(self) -> dict[str, int]:
+        return {"send_buffer_bytes": self.total, "send_buffer_max_bytes": self.largest}
+
+
+def _queued(client: Any) -> int:
+    transport = getattr(client.writer, "transport", None)
+    return transport.get_write_buffer_size() if transport is not None else 0
 
 
 _transport = attrgetter("writer.transport")

@@ -177,7 +177,9 @@ class GatewayCore:
         # the common case (this runs for every read), written out: a fresh budget,
         # one batch holds the whole read
         per_turn = pacer.per_turn
-        pacer.budget = per_turn or pacer.budget
+        if per_turn:
+            pacer.budget = per_turn
+            pacer.deadline = pacer.clock() + pacer.turn_time
         limit = INPUT_BATCH if per_turn >= INPUT_BATCH else per_turn or INPUT_BATCH
         try:
             packets = link.decoder.feed(data, limit)
@@ -205,7 +207,7 @@ class GatewayCore:
                 packets, link.inbox = link.inbox, []
                 self._handle(link, packets)
                 continue
-            if pacer.budget < limit:
+            if pacer.budget < limit or pacer.late():
                 return False
             try:
                 packets = link.decoder.feed(b"", limit)

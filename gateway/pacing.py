@@ -9,7 +9,11 @@ members is 10,000 ``send()`` calls (about 100 ms), and a push client's read of
 waits (and the loop-lag probe of ``runtime.service`` reports the stall).
 
 A :class:`Pacer` gives each loop turn a budget of :data:`TURN_BUDGET` units (one
-unit: one write to a client, or one packet handled) and keeps, in order:
+unit: one write to a client, or one packet handled) and of :data:`TURN_TIME`
+seconds, whichever runs out first (the clock is read between slices of at most
+:data:`CHUNK` writes, and between input batches: a unit costs more on a slower or
+busier machine, with larger frames, or when a garbage collection falls into the
+turn), and keeps, in order:
 
 - **jobs**: client writes that did not fit the turn. A broadcast to more recipients
   than the budget left becomes a :class:`Delivery`: its recipients are taken (a
@@ -32,17 +36,24 @@ only when work is left over; an idle gateway pays nothing for it. Without a
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
-__all__ = ["Pacer", "Job", "Delivery", "Call", "TURN_BUDGET"]
+__all__ = ["Pacer", "Job", "Delivery", "Call", "TURN_BUDGET", "TURN_TIME", "CHUNK"]
 
 log = logging.getLogger("gateway")
 
 TURN_BUDGET = 256
 """Units of work (client writes, packets handled) per loop turn: a few hundred
 ``send()`` calls of about 7-10 us each, a few milliseconds."""
+
+TURN_TIME = 0.002
+"""Seconds of paced work per loop turn: a turn ends early once they have passed."""
+
+CHUNK = 64
+"""Client writes between two readings of the clock (a fraction of a millisecond)."""
 
 
 class Delivery:
@@ -66,15 +77,26 @@ class Delivery:
         self.pos = 0
 
     def step(self, pacer: Pacer) -> bool:
-        """Write the next slice (at most the budget left, at least one client);
-        True when every client had its turn."""
+        """Write the next slice (at least one client, at most the budget left, in
+        chunks of :data:`CHUNK` until the turn's time is up); True when every client
+        had its turn."""
         clients = self.clients
-        start = self.pos
-        end = min(len(clients), start + max(1, pacer.budget))
-        self.write(clients[start:end] if start or end < len(clients) else clients, self.frame)
-        pacer.budget -= end - start
-        self.pos = end
-        return end >= len(clients)
+        total = len(clients)
+        pos = self.pos
+        if not pos and total <= pacer.budget and total <= CHUNK:
+            self.write(clients, self.frame)  # the whole of a small delivery
+            pacer.budget -= total
+            self.pos = total
+            return True
+        while True:
+            end = min(total, pos + max(1, min(pacer.budget, CHUNK)))
+            self.write(clients[pos:end], self.frame)
+            pacer.budget -= end - pos
+            pos = end
+            if pos >= total or pacer.budget <= 0 or pacer.late():
+                break
+        self.pos = pos
+        return pos >= total
 
 
 class Call:
@@ -106,15 +128,33 @@ class Pacer:
     """The per-turn budget and the queues of work left over (see the module
     docstring). ``defer(fn)`` runs ``fn`` on a later loop turn."""
 
-    __slots__ = ("per_turn", "budget", "defer", "jobs", "waiting", "turn_due")
+    __slots__ = (
+        "per_turn",
+        "budget",
+        "defer",
+        "jobs",
+        "waiting",
+        "turn_due",
+        "turn_time",
+        "deadline",
+        "clock",
+    )
 
     def __init__(
-        self, defer: Callable[[Callable[[], None]], object] | None, per_turn: int = TURN_BUDGET
+        self,
+        defer: Callable[[Callable[[], None]], object] | None,
+        per_turn: int = TURN_BUDGET,
+        turn_time: float = TURN_TIME,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.defer = defer
         self.per_turn = per_turn if defer is not None else 0
         """Units per turn; 0: unbounded (no ``defer``: everything at once)."""
         self.budget = self.per_turn or 1 << 62
+        self.turn_time = turn_time
+        self.clock = clock
+        self.deadline = clock() + turn_time
+        """When the current turn's time is up (see :meth:`late`)."""
         self.jobs: deque[Job] = deque()
         self.waiting: deque[Callable[[], bool]] = deque()
         self.turn_due = False
@@ -135,6 +175,15 @@ class Pacer:
         """Start a new budget (an idle pacer, new input: a new loop turn)."""
         if self.per_turn:
             self.budget = self.per_turn
+            self.deadline = self.clock() + self.turn_time
+
+    def late(self) -> bool:
+        """The turn's time is up: its budget is spent (0) and True. Never for an
+        unbounded pacer."""
+        if self.per_turn and self.clock() >= self.deadline:
+            self.budget = 0
+            return True
+        return False
 
     def add(self, job: Job) -> None:
         """Run ``job`` now as far as the budget goes, unless jobs are queued before
@@ -161,7 +210,7 @@ class Pacer:
     def next_turn(self) -> None:
         """One loop turn of left-over work: jobs first, then waiting input."""
         self.turn_due = False
-        self.budget = self.per_turn
+        self.fresh()
         jobs, waiting = self.jobs, self.waiting
         while jobs and self.budget > 0:
             try:
@@ -171,7 +220,9 @@ class Pacer:
                 done = True
             if done:
                 jobs.popleft()
-        while not jobs and waiting and self.budget > 0:
+            if self.late():
+                break
+        while not jobs and waiting and self.budget > 0 and not self.late():
             try:
                 if not waiting[0]():
                     break  # its next batch needs a new turn; the others stay behind it

@@ -48,6 +48,7 @@ from pygatewayworker.gateway.phplink import PhpLinks
 from pygatewayworker.gateway.records import Client
 from pygatewayworker.register.config import is_loopback, parse_address
 from pygatewayworker.register.discovery import GatewayAnnouncer
+from pygatewayworker.runtime.gcfreeze import FrozenHeap
 from pygatewayworker.runtime.spec import ChildSpec
 
 __all__ = [
@@ -138,6 +139,9 @@ class GatewayServer:
         self.client_port = ClientPort(self.core.clients, flush_routes=self._flush_routes)
         self.core.send_buffers = self.client_port.send_buffers  # stats (metrics)
         self.fd_watch = FdWatch()
+        self.heap: FrozenHeap | None = None
+        """Set in a gateway process (:func:`serve`): what survives a housekeeping
+        tick is frozen, so the collector's pauses stay short (``runtime.gcfreeze``)."""
         self._public_sock = public_sock
         self._internal_sock = internal_sock
         self._public_server: asyncio.Server | None = None
@@ -322,8 +326,11 @@ class GatewayServer:
         return InternalLink(self.core, self._loop)
 
     def stats(self) -> dict[str, Any]:
-        """Counters for ``status`` (the same as ``Q_STATS``)."""
-        return self.core.stats()
+        """Counters for ``status`` (the same as ``Q_STATS``), and the frozen heap's."""
+        stats = self.core.stats()
+        if self.heap is not None:
+            stats.update(self.heap.stats())
+        return stats
 
     # ---- timers --------------------------------------------------------------------
     async def _heartbeat(self) -> None:
@@ -358,6 +365,8 @@ class GatewayServer:
         self.client_port.sweep(now)
         self.core.tick(now)
         self.fd_watch.check(now)
+        if self.heap is not None:
+            self.heap.tick()
 
 
 def serve(spec: ChildSpec) -> int:
@@ -367,4 +376,5 @@ def serve(spec: ChildSpec) -> int:
     server = GatewayServer(
         spec.config, spec.index, spec.sockets.get("public"), spec.sockets.get("internal")
     )
+    server.heap = FrozenHeap()
     return run_service(spec, server)

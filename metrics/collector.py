@@ -150,6 +150,27 @@ SPECS: tuple[Spec, ...] = (
         GAUGE,
         "Client events held while no business worker can take them.",
     ),
+    Spec(
+        "gateway",
+        "gc_frozen_objects",
+        "gateway_gc_frozen_objects",
+        GAUGE,
+        "Objects moved out of the cycle collector's automatic passes (runtime/gcfreeze.py).",
+    ),
+    Spec(
+        "gateway",
+        "gc_full_collections",
+        "gateway_gc_full_collections",
+        COUNTER,
+        "Full cycle collections run because the frozen objects doubled.",
+    ),
+    Spec(
+        "gateway",
+        "gc_reclaimed_objects",
+        "gateway_gc_reclaimed_objects",
+        COUNTER,
+        "Objects found in garbage cycles by those full collections (0 when nothing leaks).",
+    ),
     Spec("gateway", "workers", "gateway_linked_workers", GAUGE, "Business workers linked."),
     Spec("gateway", "clients", "gateway_push_clients", GAUGE, "Push clients linked."),
     # ---- business workers

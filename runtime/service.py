@@ -25,7 +25,8 @@ Stats: every second and on ``SIGUSR2`` the child writes ``service.stats()`` plus
 ``pid``, ``role``, ``name``, ``app``, ``index``, ``generation``, ``started_at``,
 ``updated_at``, ``rss`` (bytes), ``modules`` (the size of ``sys.modules``),
 ``packages`` (the third-party packages loaded) and the loop-lag probe's figures
-(``loop_lag_max_ms``, ``loop_lag_own_max_ms``, ``loop_lag_peak_ms``) to
+(``loop_lag_max_ms``, ``loop_lag_own_max_ms``, ``loop_lag_peak_ms``, and
+``loop_lag_since``: the wall-clock time the interval of the first two began) to
 ``spec.stats_path()``. For every key of
 :data:`RATE_KEYS` the service reports (monotonic counters), it adds
 ``<key>_per_s``, the rate over the last interval. ``start.py status`` shows the keys
@@ -132,6 +133,7 @@ class _ChildRuntime:
         self._lag_peak = 0.0
         self._imports = Imports()
         self._lag_own_max = 0.0
+        self._lag_since = time.time()
 
     def request_stop(self, graceful: bool) -> None:
         """Signal handler of SIGTERM/SIGQUIT, and the watchdog's exit."""
@@ -255,8 +257,10 @@ class _ChildRuntime:
             loop_lag_max_ms=round(self._lag_max * 1000, 2),
             loop_lag_peak_ms=round(self._lag_peak * 1000, 2),
             loop_lag_own_max_ms=round(self._lag_own_max * 1000, 2),
+            loop_lag_since=self._lag_since,
         )
         self._lag_max = self._lag_own_max = 0.0
+        self._lag_since = stats["updated_at"]
         return stats
 
     def _update_rates(self, stats: dict[str, Any], now: float) -> None:

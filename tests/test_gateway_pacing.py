@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pygatewayworker.gateway.core import INPUT_BATCH
 from pygatewayworker.gateway.frames import text_frame
-from pygatewayworker.gateway.pacing import Call, Delivery, Pacer
+from pygatewayworker.gateway.pacing import CHUNK, Call, Delivery, Pacer
 from pygatewayworker.gateway.protocol import Cmd, encode
 from pygatewayworker.gateway.records import Client, Link
 from pygatewayworker.gateway.websocket import State
@@ -80,6 +81,56 @@ def test_a_delivery_is_written_a_budget_at_a_time_and_later_jobs_wait_behind_it(
     turns.pop()()
     assert written[-2:] == [([6, 7], b"a"), "after"]
     assert not turns and pacer.idle
+
+
+class Clock:
+    """A clock that moves only when told (``tick``) or, with ``per_read``, by that
+    much at every reading."""
+
+    def __init__(self, per_read: float = 0.0) -> None:
+        self.now = 100.0
+        self.per_read = per_read
+
+    def __call__(self) -> float:
+        self.now += self.per_read
+        return self.now
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_turn_ends_when_its_time_is_up_in_chunks_and_in_order() -> None:
+    """A budget of units far above the delivery, but every chunk of writes takes
+    1 ms and a turn has 2.5 ms: three chunks a turn, each client once, in order."""
+    clock = Clock()
+    turns: list[Any] = []
+    pacer = Pacer(turns.append, per_turn=100_000, turn_time=0.0025, clock=clock)
+    pacer.fresh()
+    written: list[list[int]] = []
+
+    def write(clients: Any, frame: bytes) -> None:
+        written.append(list(clients))
+        clock.tick(0.001)
+
+    pacer.add(Delivery(list(range(1000)), b"a", write))
+    pacer.add(Call(written.append, "after"))
+    per_turn = [len(written)]
+    while turns:
+        before = len(written)
+        turns.pop()()
+        per_turn.append(len(written) - before)
+    assert all(len(chunk) <= CHUNK for chunk in written[:-1])
+    assert per_turn[:-1] == [3] * (len(per_turn) - 1) and per_turn[-1] <= 4
+    assert [c for chunk in written[:-1] for c in chunk] == list(range(1000))
+    assert written[-1] == "after" and pacer.idle
+
+
+def test_an_unbounded_pacer_is_never_late() -> None:
+    clock = Clock(per_read=1.0)
+    pacer = Pacer(None, clock=clock)
+    written: list[int] = []
+    pacer.add(Delivery(list(range(10_000)), b"a", lambda c, f: written.extend(c)))
+    assert len(written) == 10_000 and not pacer.late() and pacer.idle
 
 
 def test_without_defer_nothing_is_cut() -> None:
@@ -221,6 +272,26 @@ def test_link_input_is_handled_in_batches_with_its_reading_paused() -> None:
     assert writer(push).paused and 0 < len(writer(client).written) < 45
     assert all(n <= BUDGET for n in h.turns())
     assert texts(client) == [text_frame(str(i)) for i in range(45)]
+    assert not writer(push).paused and push.waiting is False
+
+
+def test_link_input_stops_at_a_batch_boundary_when_the_turn_time_is_up() -> None:
+    """Plenty of units, but each reading of the clock moves it 1 ms and a turn has
+    2.5 ms: a large read is handled over several turns, its reading paused between,
+    and nothing is lost or reordered."""
+    h = Counted()
+    pacer = h.core.pacer
+    pacer.per_turn = pacer.budget = 100_000
+    push = h.link("client", "push")
+    (client,) = h.clients(1)
+    pacer.clock = Clock(per_read=0.001)
+    pacer.turn_time = 0.0025
+    count = 5 * INPUT_BATCH
+    h.data(push, *[[Cmd.SEND_TO_CLIENT, client.conn_id, str(i)] for i in range(count)])
+    first = len(writer(client).written)
+    assert writer(push).paused and 0 < first < count and first % INPUT_BATCH == 0
+    assert len(h.turns()) > 2
+    assert texts(client) == [text_frame(str(i)) for i in range(count)]
     assert not writer(push).paused and push.waiting is False
 
 

@@ -388,23 +388,28 @@ async def test_client_sockets_get_the_small_send_buffer() -> None:
         await worker.close()
 
 
+async def slow_reader(server: Any, worker: FakeLink) -> tuple[int, Any, asyncio.StreamWriter]:
+    """A client that reads little (small receive buffer, and its gateway-side socket
+    gets a small send buffer, so the kernel does not absorb what is written): its
+    conn_id, the gateway's connection, our writer."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.public_port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(request(upgrade_lines()))
+    await reader.readuntil(b"\r\n\r\n")
+    conn_id = (await worker.expect(Cmd.EV_CONNECT))[1]
+    conn = server.directory.get(conn_id).writer
+    conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return conn_id, conn, writer
+
+
 async def test_slow_consumer_is_closed_and_counted() -> None:
     async with running(send_buffer_limit=64 * 1024) as server:
         server.client_port.close_timeout = 0.5
         worker = await FakeLink.linked(server)
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.public_port))
-        reader, writer = await asyncio.open_connection(sock=sock)
-        writer.write(request(upgrade_lines()))
-        await reader.readuntil(b"\r\n\r\n")
-        conn_id = (await worker.expect(Cmd.EV_CONNECT))[1]
-        # Keep the kernel from absorbing everything so the gateway's buffer fills.
-        conn = server.directory.get(conn_id).writer
-        conn.transport.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
-        )
+        conn_id, _, writer = await slow_reader(server, worker)
         for _ in range(20):  # the client never reads
             worker.send(Cmd.SEND_TO_CLIENT, conn_id, b"z" * 500_000)
         await wait_until(lambda: server.stats()["send_failures"] == 1)
@@ -660,3 +665,42 @@ def _name(scenario: Any) -> str:
 def test_on_uvloop(scenario) -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(asyncio.wait_for(scenario(), 30))
+
+
+async def test_send_buffers_of_many_clients_are_surveyed_a_chunk_per_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Over ``SURVEY_CHUNK`` clients (2 here, 5 clients) the stats give the last
+    finished survey, which reads a chunk per loop turn: the first call starts one and
+    gives zeros; once it finishes the figures are those of the transports."""
+    from pygatewayworker.gateway import connection
+
+    monkeypatch.setattr(connection, "SURVEY_CHUNK", 2)
+    async with running() as server:
+        worker = await FakeLink.linked(server)
+        conns, writers = [], []
+        for _ in range(5):
+            conn_id, conn, writer = await slow_reader(server, worker)
+            await worker.expect(Cmd.EV_WS_CONNECT)
+            conns.append((conn_id, conn))
+            writers.append(writer)
+        for n, (conn_id, _) in enumerate(conns[:2]):  # two clients that never read
+            worker.send(Cmd.SEND_TO_CLIENT, conn_id, b"z" * (100_000 * (n + 1)))
+
+        def queued() -> list[int]:
+            return [conn.transport.get_write_buffer_size() for _, conn in conns]
+
+        await wait_until(lambda: sum(queued()) > 0)
+        await asyncio.sleep(0.2)  # what the kernel takes is taken
+        sizes = queued()
+        assert max(sizes) > 10_000
+        first = server.stats()
+        assert first["send_buffer_bytes"] == first["send_buffer_max_bytes"] == 0
+        assert server.client_port._survey is not None  # not done in that call
+        await wait_until(lambda: server.stats()["send_buffer_bytes"] > 0)
+        stats = server.stats()
+        assert stats["send_buffer_bytes"] == sum(sizes) == sum(queued())
+        assert stats["send_buffer_max_bytes"] == max(sizes)
+        for writer in writers:
+            writer.close()
+        await worker.close()
