@@ -60,6 +60,7 @@ from pygatewayworker.gateway.linkproto import (
     LinkRefused,
     LinkServer,
     Upkeep,
+    iter_route_packets,
     route_packets,
 )
 from pygatewayworker.gateway.pacing import Pacer
@@ -379,11 +380,18 @@ class GatewayCore:
         if hello.hooks:
             link.hooks = hello.hooks
         link.writer.send(link.proto.welcome(self._welcome_info()))
-        uids, groups = self.directory.route_keys()
-        for routes in route_packets(True, uids, [], groups, []):
-            link.writer.send(routes)
         log.info("%r linked (pid %d)", link, hello.pid, extra=_worker_field(link))
-        if hello.role == "worker":
+        uids, groups = self.directory.route_keys()
+        link.route_backlog = []
+        self.pacer.add(RouteState(self, link, uids, groups))
+
+    def routes_sent(self, link: Link) -> None:
+        """``link``'s first full ``ROUTES`` state is sent (``RouteState``): the
+        changes held meanwhile follow it, and a worker starts taking client events."""
+        backlog, link.route_backlog = link.route_backlog, None
+        for packet in backlog or ():
+            link.writer.send(packet)
+        if link.role == "worker":
             self.workers.add(link)
 
     def _welcome_info(self) -> dict[str, Any]:
@@ -499,6 +507,9 @@ class GatewayCore:
             return
         for link in self.links:
             if link.role and not link.rejected:
+                if link.route_backlog is not None:  # its state is still being sent
+                    link.route_backlog.extend(packets)
+                    continue
                 for packet in packets:
                     link.writer.send(packet)
 
@@ -590,3 +601,38 @@ def _worker_field(link: Link) -> dict[str, str] | None:
 
 def _no_send_buffers() -> dict[str, int]:
     return {"send_buffer_bytes": 0, "send_buffer_max_bytes": 0}
+
+
+ROUTE_KEYS_PER_UNIT = 64
+"""Keys of a ``ROUTES`` state packet that cost one unit of a loop turn's budget
+(cutting and encoding a key takes about 0.13 us)."""
+
+
+class RouteState:
+    """A new link's first ``ROUTES``: the full state of uids and groups taken at its
+    ``HELLO``, cut and encoded a packet at a time (``ROUTES_CHUNK`` keys each) as
+    the loop turns' budget allows, so a gateway holding 50,000 uids never spends
+    7 ms on it in one go; then ``GatewayCore.routes_sent``. Changes made meanwhile
+    wait in ``link.route_backlog`` (the link sees them after the state, as before),
+    and a worker takes no client event before its state is complete."""
+
+    __slots__ = ("core", "link", "packets")
+
+    def __init__(self, core: GatewayCore, link: Link, uids: list[str], groups: list[str]) -> None:
+        self.core = core
+        self.link = link
+        self.packets = iter_route_packets(True, uids, [], groups, [])
+
+    def step(self, pacer: Pacer) -> bool:
+        link = self.link
+        if link.closed or link.rejected:
+            link.route_backlog = None
+            return True
+        send = link.writer.send
+        for packet, keys in self.packets:
+            send(packet)
+            pacer.budget -= 1 + keys // ROUTE_KEYS_PER_UNIT
+            if pacer.budget <= 0 or pacer.late():
+                return False  # the rest on a later turn (at worst, only the end)
+        self.core.routes_sent(link)
+        return True

@@ -37,7 +37,7 @@ object in the wrong state (a bug here, not the peer's).
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Any
@@ -74,6 +74,7 @@ __all__ = [
     "PONG",
     "HELLO_TIMEOUT",
     "route_packets",
+    "iter_route_packets",
     "ROUTES_CHUNK",
     "ROUTES_CHUNK_BYTES",
 ]
@@ -284,31 +285,46 @@ def route_packets(
     the key lengths). A full state (``full``) is one or more packets, the last marked
     ``ROUTES_STATE_END``, and at least one even when empty (an empty state is news
     too); changes are ``ROUTES_CHANGES`` packets, none when nothing changed."""
+    return [
+        packet
+        for packet, _ in iter_route_packets(
+            full, uids_added, uids_removed, groups_added, groups_removed
+        )
+    ]
+
+
+def iter_route_packets(
+    full: bool,
+    uids_added: list[str],
+    uids_removed: list[str],
+    groups_added: list[str],
+    groups_removed: list[str],
+) -> Iterator[tuple[bytes, int]]:
+    """:func:`route_packets` one packet at a time, each with the number of keys it
+    holds: a large state is cut and encoded as it is sent (``GatewayCore``'s
+    ``RouteState``, a packet per loop turn)."""
     lists = [uids_added, uids_removed, groups_added, groups_removed]
     if not full and not any(lists):
-        return []
-    chunks: list[list[list[str]]] = []
+        return
+    kind = ROUTES_STATE if full else ROUTES_CHANGES
+    held: list[list[str]] | None = None  # a whole chunk, sent once we know it is not the last
+    held_count = 0
     parts: list[list[str]] = [[], [], [], []]
     count = size = 0
     for i, keys in enumerate(lists):
         for key in keys:
             cost = len(key.encode()) + 8
             if count and (count >= ROUTES_CHUNK or size + cost > ROUTES_CHUNK_BYTES):
-                chunks.append(parts)
+                if held is not None:
+                    yield encode(Cmd.ROUTES, kind, *held), held_count
+                held, held_count = parts, count
                 parts, count, size = [[], [], [], []], 0, 0
             parts[i].append(key)
             count += 1
             size += cost
-    chunks.append(parts)
-    last = len(chunks) - 1
-    return [
-        encode(
-            Cmd.ROUTES,
-            (ROUTES_STATE_END if n == last else ROUTES_STATE) if full else ROUTES_CHANGES,
-            *chunk,
-        )
-        for n, chunk in enumerate(chunks)
-    ]
+    if held is not None:
+        yield encode(Cmd.ROUTES, kind, *held), held_count
+    yield encode(Cmd.ROUTES, ROUTES_STATE_END if full else ROUTES_CHANGES, *parts), count
 
 
 # ---- the other end: what LinkClient.receive returns -----------------------------------

@@ -182,6 +182,7 @@ class Link:
         "inbox",
         "waiting",
         "paused",
+        "route_backlog",
     )
 
     def __init__(self, writer: LinkWriter, peer: str = "", now: float = 0.0) -> None:
@@ -194,6 +195,9 @@ class Link:
         """Its input waits for a later loop turn (its reading is paused meanwhile)."""
         self.paused = False
         """Its reading is paused (``LinkWriter.pause_reading``)."""
+        self.route_backlog: list[bytes] | None = None
+        """``ROUTES`` changes held while its first full state is still being sent
+        (``core.RouteState``); ``None``: the state is sent, changes go at once."""
         self.peer = peer
         self.role = ""
         """``"worker"`` or ``"client"`` once ``HELLO`` is accepted; ``""`` before."""

@@ -14,7 +14,7 @@ from pygatewayworker.gateway.pacing import CHUNK, Call, Delivery, Pacer
 from pygatewayworker.gateway.protocol import Cmd, encode
 from pygatewayworker.gateway.records import Client, Link
 from pygatewayworker.gateway.websocket import State
-from tests.test_gateway_core import Harness, events, writer
+from tests.test_gateway_core import SECRET, Harness, events, writer
 
 BUDGET = 10
 
@@ -397,3 +397,63 @@ def test_the_heartbeat_sweep_pings_a_slice_per_turn() -> None:
     h.core.pacer.start(h.core.clients.heartbeat_sweep())
     assert all(n <= BUDGET for n in h.turns())
     assert all(texts(c) == [text_frame("p")] for c in members)
+
+
+# ---- a new link's route state ------------------------------------------------------------
+
+
+def linking_with_uids(
+    monkeypatch: Any, chunk: int, per_turn: int, uids: int, groups: tuple[str, ...] = ()
+) -> tuple[Counted, Link, list[Client]]:
+    """A harness whose ``uids`` clients bound a uid each (the first joined
+    ``groups`` too), ``ROUTES_CHUNK`` = ``chunk``, ``per_turn`` units a turn; then a
+    worker's ``HELLO`` (at the start of a turn)."""
+    from pygatewayworker.gateway import linkproto
+
+    monkeypatch.setattr(linkproto, "ROUTES_CHUNK", chunk)
+    h = Counted()
+    h.core.pacer.per_turn = h.core.pacer.budget = per_turn
+    members = h.clients(uids)
+    for n, client in enumerate(members):
+        h.core.directory.bind_uid(client.conn_id, f"u{n}")
+    for name in groups:
+        h.core.directory.join_group(members[0].conn_id, name)
+    h.run_deferred()
+    link = h.link(hello=False)
+    h.core.pacer.fresh()
+    h.feed(link, [Cmd.HELLO, "worker", "w1", SECRET, 42])
+    return h, link, members
+
+
+def test_a_large_route_state_goes_a_few_packets_a_turn_and_changes_wait_for_its_end(
+    monkeypatch: Any,
+) -> None:
+    """ROUTES_CHUNK 10 keys, 2 units a turn: 35 uids and 3 groups take 4 packets
+    over 2 turns. A uid bound meanwhile reaches the new link only after the state's
+    end, and the worker takes client events only then."""
+    from pygatewayworker.gateway.linkproto import ROUTES_CHANGES, ROUTES_STATE, ROUTES_STATE_END
+
+    h, link, _ = linking_with_uids(monkeypatch, 10, 2, 35, ("a", "b"))
+    sent = writer(link).take()
+    assert sent[0][0] == Cmd.WELCOME and [p[1] for p in sent[1:]] == [ROUTES_STATE]
+    assert link.route_backlog == [] and h.core.workers.linked == []
+    late = h.client()
+    h.core.directory.bind_uid(late.conn_id, "late")
+    h.run_deferred()  # the changes (held), then the rest of the state
+    routes = [p for p in writer(link).take() if p[0] == Cmd.ROUTES]  # (held events follow)
+    assert [p[1] for p in routes] == [ROUTES_STATE] * 2 + [ROUTES_STATE_END, ROUTES_CHANGES]
+    state = sent[1:] + routes[:-1]
+    assert sorted(k for p in state for k in p[2]) == sorted(f"u{n}" for n in range(35))
+    assert sorted(k for p in state for k in p[4]) == ["a", "b", "g"]
+    assert routes[-1][2] == ["late"]
+    assert link.route_backlog is None and h.core.workers.linked == [link]
+
+
+def test_a_link_gone_during_its_route_state_is_left_out(monkeypatch: Any) -> None:
+    h, link, _ = linking_with_uids(monkeypatch, 1, 1, 3)
+    assert link.route_backlog == []  # the HELLO took the turn: the state waits
+    assert [p[0] for p in writer(link).take()] == [Cmd.WELCOME]
+    h.core.link_closed(link)
+    h.run_deferred()
+    assert link.route_backlog is None and h.core.workers.linked == []
+    assert writer(link).take() == []
