@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.metrics import FULL, QUICK, Bench
+from bench.phpcompare import CompareOptions, compare
 from bench.pusherbench import measure_pusher_fanout
 from bench.report import write_outputs
 from bench.rss import measure_rss
@@ -98,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run every cluster with --metrics-listen and scrape /metrics every second",
     )
+    _add_php_compare(sub)
     args = parser.parse_args(argv)
-    only = {m.strip().upper() for m in args.only.split(",") if m.strip()}
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
@@ -108,7 +109,38 @@ def main(argv: list[str] | None = None) -> int:
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
+    if args.command == "php-compare":
+        if args.php_start is not None and not args.php_start.is_file():
+            parser.error(f"--php-start {args.php_start}: no such file")
+        if args.rounds < 1:
+            parser.error("--rounds must be at least 1")
+        options = CompareOptions(
+            args.php_start, args.php_ws_port, args.rounds, args.quick, args.out, command
+        )
+        return int(runner(compare(options, _log)))
+    only = {m.strip().upper() for m in args.only.split(",") if m.strip()}
     return int(runner(run(args.quick, only, args.out, command, args.metrics)))
+
+
+def _add_php_compare(sub: Any) -> None:
+    cmd = sub.add_parser(
+        "php-compare",
+        help="our chat cluster beside your GatewayWorker chat app, same machine",
+        description="Start your GatewayWorker chat app (php START start -d), measure it, stop "
+        "it, then our chat cluster of the same shape the same way, ROUNDS times, and write "
+        "php-compare.json and php-compare.md. The PHP cluster gets free ports in "
+        "PHPYARD_REGISTER_PORT, PHPYARD_WS_PORT and PHPYARD_START_PORT; without "
+        "--php-start (or without php) only our side runs.",
+    )
+    cmd.add_argument("--php-start", type=Path, help="the start.php of your GatewayWorker chat app")
+    cmd.add_argument(
+        "--php-ws-port",
+        type=int,
+        help="the websocket port your start file listens on, if it does not read PHPYARD_WS_PORT",
+    )
+    cmd.add_argument("--rounds", type=int, default=2, help="PHP then ours, this many times")
+    cmd.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    cmd.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
 
 
 if __name__ == "__main__":

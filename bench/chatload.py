@@ -16,7 +16,10 @@ the chat page (``apps/chat/web/index.html``):
 - ``init`` needs no answer, except with ``protocol="chat-connect"``
   (``ChatProtocol(login=False)``, M3's chat series): there the client does not log
   in, and ``init`` makes it ready (a plain connect: handshake plus the worker's
-  ``on_connect`` and its ``init`` send); anything else (an ``error``...) is counted in
+  ``on_connect`` and its ``init`` send); with ``protocol="chat-upgrade"``
+  (``ChatProtocol(login=False, ready_on_upgrade=True)``, ``python -m bench
+  php-compare``'s connects) the client is ready at its ``101``, as the PHP original's
+  chat sends nothing on connect; anything else (an ``error``...) is counted in
   ``ChatProtocol.other`` and kept as the generator's ``last_error``.
 
 The server's JSON is compact with ``type`` first (``apps/chat/Events.py``'s
@@ -51,16 +54,22 @@ _PONG_TEXT = client_frame(b'{"type":"pong"}')
 class ChatProtocol:
     """The chat page's side of the conversation, for every client of a generator."""
 
-    __slots__ = ("other", "login")
+    __slots__ = ("other", "login", "ready_on_upgrade")
 
-    def __init__(self, login: bool = True) -> None:
+    def __init__(self, login: bool = True, ready_on_upgrade: bool = False) -> None:
         self.other = 0
         self.login = login
         """Log in on the handshake (else the client is ready on ``init``)."""
+        self.ready_on_upgrade = ready_on_upgrade
+        """Without ``login``: the client is ready at its ``101`` (not on ``init``)."""
 
     def opened(self, client: Client) -> None:
-        """The handshake is done: log in to the client's own room (if ``login``)."""
+        """The handshake is done: log in to the client's own room (if ``login``),
+        or be ready now (if ``ready_on_upgrade``)."""
         if not self.login:
+            if self.ready_on_upgrade:
+                client.ready = True
+                client.gen.on_ready(client)
             return
         login = {"type": "login", "client_name": f"c{client.index}", "room_id": f"r{client.index}"}
         client.transport.write(client_frame(json.dumps(login, separators=(",", ":")).encode()))

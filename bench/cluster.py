@@ -230,6 +230,13 @@ class BenchCluster:
             raise RuntimeError(f"status failed: {result.stderr or result.stdout}")
         return dict(json.loads(result.stdout))
 
+    def process_names(self) -> dict[int, str]:
+        """Pid -> name (``start.py status``) of the master and every child."""
+        status = self.status()
+        names = {int(status["master"]["pid"]): "master"}
+        names.update({int(p["pid"]): str(p["name"]) for p in status["processes"] if p.get("pid")})
+        return names
+
     def pids(self, role: str) -> list[int]:
         """Pids of the processes of ``role`` (``gateway``, ``businessworker``...)."""
         rows = self.status()["processes"]

@@ -18,7 +18,8 @@ their headers only. Messages are recognised by their first byte:
 - ``E<19-digit monotonic ns>...`` an echo: timed (client -> worker -> client);
 - ``{...`` JSON, when the clients speak an app's protocol (``op_connect``'s
   ``protocol``): ``"chat"``, handed to :mod:`bench.chatload`, which logs in, answers
-  the heartbeat and times the ``say`` replies; ``"pusher"`` (with ``path``
+  the heartbeat and times the ``say`` replies (``"chat-connect"``, ``"chat-upgrade"``:
+  no login, ready on the worker's ``init`` or at the ``101``); ``"pusher"`` (with ``path``
   ``/app/<key>``), handed to :mod:`bench.pusherload`, which subscribes to one
   channel and counts its events as broadcasts;
 - anything else (the heartbeat ``ping_data``): answered with a pong frame, which the
@@ -92,10 +93,10 @@ class AppProtocol(Protocol):
 def _app_protocol(name: str) -> AppProtocol | None:
     """The protocol the clients speak (imported in the generator process): ``None``
     for the bench app's."""
-    if name in ("chat", "chat-connect"):
+    if name in ("chat", "chat-connect", "chat-upgrade"):
         from bench.chatload import ChatProtocol
 
-        return ChatProtocol(login=name == "chat")
+        return ChatProtocol(login=name == "chat", ready_on_upgrade=name == "chat-upgrade")
     if name == "pusher":
         from bench.pusherload import PusherProtocol
 

@@ -34,7 +34,7 @@ from bench.pool import GenPool, latencies, split
 from bench.stalls import StallSampler
 from pygatewayworker.gatewayclient import AsyncGatewayClient, GatewayClient
 
-__all__ = ["Sizes", "FULL", "QUICK", "Bench", "percentile"]
+__all__ = ["Sizes", "FULL", "QUICK", "Bench", "percentile", "per_unit_us"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +129,7 @@ def _ms(us: float) -> float:
     return round(us / 1000, 3)
 
 
-def _per_unit_us(cpu: dict[str, Any], units: int) -> float | None:
+def per_unit_us(cpu: dict[str, Any], units: int) -> float | None:
     """Cluster CPU microseconds per unit (message, connection) of a
     :class:`CpuMeter` result; ``None`` without units or without a CPU figure."""
     seconds = cpu.get("cluster_cpu_s")
@@ -162,7 +162,8 @@ class CpuMeter:
 
     def __enter__(self) -> CpuMeter:
         cluster = self.bench.cluster
-        self.stalls = StallSampler(cluster.run_dir if cluster else None).__enter__()
+        sampled = cluster.run_dir if cluster and self.bench.sample_stalls else None
+        self.stalls = StallSampler(sampled).__enter__()
         self.wall = time.monotonic()
         self.gens0 = self.bench.pool.cpu_seconds() if self.bench.pool else []
         times = psutil.Process().cpu_times()
@@ -209,6 +210,7 @@ class Bench:
         log: Callable[[str], None] = print,
         metrics: bool = False,
         only: frozenset[str] = frozenset(),
+        sample_stalls: bool = True,
     ) -> None:
         self.sizes = sizes
         self.log = log
@@ -216,6 +218,9 @@ class Bench:
         """Run every cluster with the metrics listener, scraped every second."""
         self.only = only
         """The ``--only`` selection (empty: everything)."""
+        self.sample_stalls = sample_stalls
+        """Sample the cluster's loop stalls over each measured window
+        (:class:`bench.stalls.StallSampler`, which signals every process)."""
         self.cluster: BenchCluster | None = None
         self.pool: GenPool | None = None
         self.configs: dict[str, dict[str, Any]] = {}
@@ -232,17 +237,24 @@ class Bench:
         the body."""
         config = replace(config, metrics=self.metrics)
         self.log(f"{metric}: starting {config.gateways} gateway(s), {config.workers} worker(s)")
-        self.cluster = kind(config)
         self.configs[metric] = {**config.describe(), "generator_processes": gens}
+        with self.running(kind(config), gens):
+            yield
+
+    @contextmanager
+    def running(self, cluster: BenchCluster, gens: int) -> Iterator[None]:
+        """Start ``cluster`` and ``gens`` generator processes aimed at its public
+        port for the body; stop both after it."""
+        self.cluster = cluster
         try:
-            self.cluster.start()
-            self.pool = GenPool(gens, "127.0.0.1", self.cluster.public_port)
+            cluster.start()
+            self.pool = GenPool(gens, "127.0.0.1", cluster.public_port)
             yield
         finally:
             if self.pool is not None:
                 self.pool.close()
                 self.pool = None
-            self.cluster.stop()
+            cluster.stop()
             self.cluster = None
 
     def cpu(self) -> CpuMeter:
@@ -295,7 +307,7 @@ class Bench:
             "elapsed_s": round(elapsed, 3),
             "per_s": round(ready / elapsed) if elapsed else 0,
             "errors": errors[:3],
-            "cluster_cpu_us_per_connection": _per_unit_us(meter.result, ready),
+            "cluster_cpu_us_per_connection": per_unit_us(meter.result, ready),
             "cpu": meter.result,
         }
 
@@ -732,7 +744,7 @@ class Bench:
                 points: list[dict[str, Any]] = []
                 series[str(clients)] = points
                 for rate in s.rtt_rates:
-                    point = await self._echo(rate, prefix, suffix)
+                    point = await self.echo(rate, prefix, suffix)
                     points.append(point)
                     self.log(f"{label}: {clients} clients, {rate}/s: {point}")
                     if point["p99_ms"] > 200 or point["received"] < 0.8 * point["sent"]:
@@ -755,7 +767,7 @@ class Bench:
             found["limits_hit"] = hit
         return found
 
-    async def _echo(self, rate: int, prefix: bytes = b"", suffix: bytes = b"") -> dict[str, Any]:
+    async def echo(self, rate: int, prefix: bytes = b"", suffix: bytes = b"") -> dict[str, Any]:
         """One M6 point; ``prefix``/``suffix`` wrap each timed request (the chat's
         ``say``). ``cluster_cpu_us_per_msg``: the cluster's CPU over the point
         divided by the round trips completed."""
@@ -779,7 +791,7 @@ class Bench:
             "p90_ms": _ms(percentile(lat, 90)),
             "p99_ms": _ms(percentile(lat, 99)),
             "max_ms": _ms(max(lat, default=0)),
-            "cluster_cpu_us_per_msg": _per_unit_us(meter.result, received),
+            "cluster_cpu_us_per_msg": per_unit_us(meter.result, received),
             "cpu": meter.result,
         }
 

@@ -125,6 +125,16 @@ def test_chat_protocol_without_login_is_ready_on_init() -> None:
     assert client.ready and gen.ready == [7] and gen.app.other == 0
 
 
+def test_chat_protocol_ready_on_upgrade_counts_the_101() -> None:
+    """``protocol="chat-upgrade"`` (php-compare's connects): ready at the ``101``,
+    no login sent; a later ``init`` (our chat's) changes nothing."""
+    gen, client, transport = _generator_client(ChatProtocol(login=False, ready_on_upgrade=True))
+    client.data_received(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    assert transport.written == [] and client.ready and gen.ready == [7]
+    client.data_received(_server_frame('{"type":"init","client_id":"7f0000010b5400000001"}'))
+    assert gen.ready == [7] and gen.app.other == 0
+
+
 def test_pusher_protocol_subscribes_answers_pings_and_counts_events() -> None:
     """The generator's Pusher clients (bench.pusherload), fed what the Pusher app
     sends: subscribe on connection_established, ready on subscription_succeeded,
