@@ -364,7 +364,15 @@ class GatewayServer:
         """Deadlines of handshakes and closes, held events, link upkeep."""
         self.client_port.sweep(now)
         self.core.tick(now)
-        self.fd_watch.check(now)
+        port = self.client_port
+        self.fd_watch.check(
+            now,
+            len(self.core.directory)
+            + len(self.core.links)
+            + len(port.handshaking)
+            + len(port.authenticating)
+            + len(port.closing),
+        )
         if self.heap is not None:
             self.heap.tick()
 

@@ -152,17 +152,10 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec(
         "gateway",
-        "gc_frozen_objects",
-        "gateway_gc_frozen_objects",
-        GAUGE,
-        "Objects moved out of the cycle collector's automatic passes (runtime/gcfreeze.py).",
-    ),
-    Spec(
-        "gateway",
         "gc_full_collections",
         "gateway_gc_full_collections",
         COUNTER,
-        "Full cycle collections run because the frozen objects doubled.",
+        "Full cycle collections run because the gateway's memory doubled (runtime/gcfreeze.py).",
     ),
     Spec(
         "gateway",

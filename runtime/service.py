@@ -59,7 +59,17 @@ log = logging.getLogger("cluster")  # lifecycle lines keep the supervisor's logg
 STATS_INTERVAL = 1.0
 WATCHDOG_INTERVAL = 1.0
 LAG_PROBE_INTERVAL = 0.05
-"""How often the loop-lag probe wakes: 20 cheap wake-ups a second."""
+"""How often the loop-lag probe wakes while the loop works: 20 times a second."""
+LAG_PROBE_IDLE_INTERVAL = 0.5
+"""How often it wakes while the loop is idle (it used less than
+:data:`LAG_PROBE_IDLE_CPU` of CPU since the last probe): each wake-up of an idle
+process costs some 100 us of CPU on a small VM, timer and context switch."""
+LAG_PROBE_IDLE_CPU = 0.0005
+"""Seconds of CPU since the last probe below which the loop may count as idle..."""
+LAG_PROBE_IDLE_WAKEUPS = 10.0
+"""... when it was also woken, besides the probe, at most this often a second
+(housekeeping timers; a loop blocked in a ``sleep`` uses no CPU but was busy
+being woken before)."""
 SELF_STOP_LIMIT = 60.0
 """Upper bound for ``service.stop`` when no master is left to enforce one (unless
 the service's ``stop_limit`` is larger)."""
@@ -285,45 +295,57 @@ class _LagProbe:
     wait over the same period (Linux ``/proc/thread-self/schedstat``): what our
     own callbacks cost, a lower bound when the wait fell before the due time.
 
-    A plain timer callback that re-arms itself every :data:`LAG_PROBE_INTERVAL`
-    (not a task sleeping in a loop: no future and no task step per probe), with one
-    run-queue reading per probe that also starts the next probe's period: it runs
-    20 times a second in every child, idle or busy."""
+    A plain timer callback that re-arms itself (not a task sleeping in a loop: no
+    future and no task step per probe), with one ``schedstat`` reading per probe
+    that also starts the next probe's period: every :data:`LAG_PROBE_INTERVAL`
+    while the loop thread works, every :data:`LAG_PROBE_IDLE_INTERVAL` while it is
+    idle (since the last probe it used under :data:`LAG_PROBE_IDLE_CPU` of CPU and
+    was woken for nothing but a few timers, :data:`LAG_PROBE_IDLE_WAKEUPS`: a stall
+    needs a callback to run, and the first probe after work began comes at most that
+    late). Like any timer probe it sees a stall only when a probe falls due during
+    it: its figures are lower bounds."""
 
-    __slots__ = ("_child", "_loop", "_waited", "_timer")
+    __slots__ = ("_child", "_loop", "_read", "_timer")
 
     def __init__(self, child: _ChildRuntime) -> None:
         self._child = child
         self._loop = asyncio.get_running_loop()
-        self._waited = _RunQueueWait()
-        self._timer = self._arm(self._loop.time(), self._waited())
+        self._read = _SchedStat()
+        self._timer = self._arm(self._loop.time(), LAG_PROBE_INTERVAL, self._read())
 
-    def _arm(self, now: float, wait: float) -> asyncio.TimerHandle:
-        due = now + LAG_PROBE_INTERVAL
-        return self._loop.call_at(due, self._probe, due, wait)
+    def _arm(self, now: float, wait: float, stat: tuple[float, float, int]) -> asyncio.TimerHandle:
+        due = now + wait
+        return self._loop.call_at(due, self._probe, due, wait, stat)
 
-    def _probe(self, due: float, wait0: float) -> None:
+    def _probe(self, due: float, wait: float, stat0: tuple[float, float, int]) -> None:
         now = self._loop.time()
-        wait = self._waited()
+        stat = self._read()
+        ran, waited, woken = stat
         lag = now - due
         child = self._child
         if lag > child._lag_max:
             child._lag_max = lag
             child._lag_peak = max(child._lag_peak, lag)
-        own = lag - (wait - wait0)
+        own = lag - (waited - stat0[1])
         if own > child._lag_own_max:
             child._lag_own_max = own
-        self._timer = self._arm(now, wait)
+        idle = (
+            ran - stat0[0] < LAG_PROBE_IDLE_CPU
+            and woken - stat0[2] - 1 <= LAG_PROBE_IDLE_WAKEUPS * (wait + lag)
+            and woken > 0
+        )
+        self._timer = self._arm(now, LAG_PROBE_IDLE_INTERVAL if idle else LAG_PROBE_INTERVAL, stat)
 
     def close(self) -> None:
         """Stop probing (the child stops)."""
         self._timer.cancel()
-        self._waited.close()
+        self._read.close()
 
 
-class _RunQueueWait:
-    """Seconds the calling thread has spent runnable but waiting for a CPU (field 2
-    of Linux's ``/proc/thread-self/schedstat``; always 0 where it is missing). One
+class _SchedStat:
+    """The calling thread's seconds on a CPU, seconds runnable but waiting for one,
+    and times it was put on a CPU (its wake-ups and preemptions): the three fields
+    of Linux's ``/proc/thread-self/schedstat`` (zeros where it is missing). One
     ``pread`` on a file kept open: about half a microsecond."""
 
     def __init__(self) -> None:
@@ -332,13 +354,14 @@ class _RunQueueWait:
         except OSError:
             self._fd = -1
 
-    def __call__(self) -> float:
+    def __call__(self) -> tuple[float, float, int]:
         if self._fd < 0:
-            return 0.0
+            return 0.0, 0.0, 0
         try:
-            return int(os.pread(self._fd, 64, 0).split()[1]) / 1e9
+            fields = os.pread(self._fd, 64, 0).split()
+            return int(fields[0]) / 1e9, int(fields[1]) / 1e9, int(fields[2])
         except (OSError, ValueError, IndexError):
-            return 0.0
+            return 0.0, 0.0, 0
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -50,6 +50,18 @@ def test_counting_sees_the_limit(
     assert watch.reached == 1 and "file-descriptor limit reached" in caplog.text
 
 
+def test_no_count_while_the_known_sockets_are_far_below_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fdwatch, "fd_limit", lambda: 1000)
+    monkeypatch.setattr(fdwatch, "open_fds", lambda: 995)  # what a count would find
+    watch = FdWatch()
+    watch.check(0.0, known=100)  # far below: not counted
+    assert watch.reached == 0
+    watch.check(fdwatch.CHECK_INTERVAL + 1, known=900)  # near: counted, at the limit
+    assert watch.reached == 1
+
+
 async def test_a_server_at_its_limit_logs_it(caplog: pytest.LogCaptureFixture) -> None:
     loop = asyncio.get_running_loop()
     watch = FdWatch()
