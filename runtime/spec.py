@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import socket
-import tempfile
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -105,9 +104,14 @@ class ChildSpec:
         if not self.run_dir:
             return
         path = self.stats_path()
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        # one writer per child (its stats thread), so a fixed temporary name is
+        # enough: no mkstemp, whose name search and checks cost more than the write
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, path)
