@@ -104,7 +104,9 @@ the reader's next turn, so an iteration does about twice the reader's own work (
 
 TURN_SECONDS = 0.002
 """A loop turn of the reader ends once it has run this long (checked every
-:data:`CHECK_EVERY` packets), so slow callbacks run inline make shorter turns."""
+:data:`CHECK_EVERY` packets), so slow callbacks run inline make shorter turns. On a
+fresh read the clock starts once its batch is decoded (most reads hold a packet or
+two and never look at the clock); a later turn's starts with the turn."""
 
 CHECK_EVERY = 32
 """Packets handled between two readings of the clock."""
