@@ -27,6 +27,24 @@ callbacks must not block or wait: they enqueue, or run a plain function that
 returns at once (the business worker runs plain-function callbacks inline); nothing
 that awaits a reply on this very link may run in the reader, or it would deadlock.
 
+The reader is paced like the gateway's side (``gateway.pacing``): one read can hold
+thousands of packets (uvloop reads up to 256 KiB), and handling them all in one
+callback would stall the loop for every other task. A loop turn handles at most
+:data:`TURN_PACKETS` packets and stops early once :data:`TURN_SECONDS` have passed
+(the clock is read every :data:`CHECK_EVERY` packets). What is left is *kept*: the
+packets already decoded in a list, the rest as bytes in the decoder. Reading is
+paused meanwhile (TCP back-pressure reaches the gateway) and the next turn
+(``call_soon``) goes on where this one stopped; reading resumes once nothing is
+kept. Nothing is reordered: a read that arrives while packets are kept (a transport
+may deliver one more after the pause) goes behind them in the decoder.
+
+When the link closes while packets are kept: :meth:`~GatewayLink.close` (graceful)
+and a close by the gateway (``connection_lost``) first handle every kept packet at
+once, in order (they were received; a worker that leaves gracefully must not lose
+events the gateway already handed it); :meth:`~GatewayLink.abort` and a protocol
+violation drop them (the link is being torn down; whatever they carried is as lost
+as the bytes still in the socket).
+
 Keep-alive is one timer per link (there is one link per gateway, so a handful) that
 asks the protocol object (``LinkClient.keepalive``): it sends ``PING`` when nothing
 was written for ``keepalive_interval`` (or nothing heard for that long), and drops the
@@ -49,6 +67,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -69,12 +88,31 @@ from pygatewayworker.gateway.protocol import DEFAULT_MAX_PACKET, Cmd, Decoder, P
 from pygatewayworker.gatewayclient.errors import LinkClosed, LinkError, QueryTimeout, RemoteError
 from pygatewayworker.register.config import parse_address
 
-__all__ = ["GatewayLink", "FLUSH_BYTES", "EVENT_COMMANDS"]
+__all__ = ["GatewayLink", "FLUSH_BYTES", "EVENT_COMMANDS", "TURN_PACKETS", "TURN_SECONDS"]
 
 logger = logging.getLogger("gatewayclient")
 
 FLUSH_BYTES = 64 * 1024
 """A coalesced batch this large is written at once instead of at the next loop turn."""
+
+TURN_PACKETS = 128
+"""Packets handled per loop turn at most. Half the gateway's budget
+(``gateway.pacing.TURN_BUDGET``): an async callback (the shipped chat's
+``on_message``) becomes a task that runs in the loop's next iteration together with
+the reader's next turn, so an iteration does about twice the reader's own work (with
+256, a worker of the chat app under overload still stalled 7 ms; with 128, 3-4 ms)."""
+
+TURN_SECONDS = 0.002
+"""A loop turn of the reader ends once it has run this long (checked every
+:data:`CHECK_EVERY` packets), so slow callbacks run inline make shorter turns. On a
+fresh read the clock starts once its batch is decoded (most reads hold a packet or
+two and never look at the clock); a later turn's starts with the turn."""
+
+CHECK_EVERY = 32
+"""Packets handled between two readings of the clock."""
+
+_NEVER = float("inf")  # the deadline of turns that handle everything kept (a close)
+_clock = time.perf_counter
 
 EVENT_COMMANDS = frozenset({Cmd.EV_CONNECT, Cmd.EV_WS_CONNECT, Cmd.EV_MESSAGE, Cmd.EV_CLOSE})
 """Client events, delivered to the ``on_event`` callback."""
@@ -167,6 +205,14 @@ class GatewayLink(asyncio.Protocol):
         self._welcome: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._kept: list[list[Any]] = []
+        """Decoded packets left for a later turn (more may wait in the decoder)."""
+        self._turn_due = False
+        """Input is kept and the next turn (``_next_turn``) is scheduled."""
+        self._reading_paused = False
+        self._handling = False
+        self._halted = False
+        """Aborted or closed: no packet is handled any more."""
 
     def __repr__(self) -> str:
         return f"<GatewayLink {self.address} {self.role} {self._state}>"
@@ -304,8 +350,12 @@ class GatewayLink(asyncio.Protocol):
         return await self.request_future(cmd, *args, timeout=timeout)
 
     def close(self, reason: str = "closed by us") -> None:
-        """Flush what is queued and close the connection."""
+        """Handle every packet kept for a later turn (see the module docstring),
+        flush what is queued and close the connection."""
         if self._state is _CLOSED:
+            return
+        self._handle_kept()
+        if self._halted:  # a kept packet was garbage, or a callback aborted
             return
         self.flush()
         self._by_us = True
@@ -316,9 +366,11 @@ class GatewayLink(asyncio.Protocol):
             self._set_closed()
 
     def abort(self, reason: str) -> None:
-        """Drop the connection at once (queued data is discarded)."""
+        """Drop the connection at once (queued data and kept input are discarded)."""
         if self._state is _CLOSED:
             return
+        self._halted = True
+        self._kept = []
         self._by_us = True
         self.close_reason = self.close_reason or reason
         if self._transport is not None:
@@ -343,27 +395,104 @@ class GatewayLink(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._proto.last_recv = self._loop.time()  # type: ignore[union-attr]
-        try:
-            packets = self._decoder.feed(data)
-        except ProtocolError as exc:
-            self._violation(str(exc))
+        if self._turn_due:
+            self._decoder.feed(data, 0)  # behind the kept input (limit 0: only buffer)
+        elif not self._take(data, None):
+            self._defer()
+
+    def _next_turn(self) -> None:
+        """A later loop turn for the kept input."""
+        self._turn_due = False
+        if self._halted:
             return
+        self._proto.last_recv = self._loop.time()  # type: ignore[union-attr]  # news from it
+        if self._take(b"", _clock() + TURN_SECONDS):
+            self._resume_reading()
+        else:
+            self._defer()
+
+    def _take(self, data: bytes, deadline: float | None) -> bool:
+        """One turn of input: the kept packets, then those the decoder completes
+        (with ``data``), :data:`TURN_PACKETS` at most, until ``deadline`` (``None``:
+        :data:`TURN_SECONDS` from now; the clock is read every :data:`CHECK_EVERY`
+        packets). True when no input is left (or the link is done); False when some
+        is kept (in :attr:`_kept` or in the decoder) for the next turn.
+
+        One function on purpose: it is the reader's hot path (most reads hold one
+        packet), and every call saved there is measurable."""
+        kept = self._kept
+        wanted = TURN_PACKETS - len(kept)
+        try:
+            packets = self._decoder.feed(data, wanted)
+        except ProtocolError as exc:
+            self._violation(str(exc))  # drops the kept packets too (an abort)
+            return True
+        more = len(packets) == wanted  # the decoder may hold more whole packets
+        if kept:
+            packets = kept + packets
+            self._kept = []
+        count = len(packets)
+        if deadline is None:  # the clock matters only past CHECK_EVERY packets
+            deadline = _clock() + TURN_SECONDS if count > CHECK_EVERY else 0.0
         receive = self._proto.receive
-        for packet in packets:
-            if self._state is _CLOSED:
-                return
-            try:
-                if packet[0] in EVENT_COMMANDS:
-                    self._packet_event(packet)
-                elif packet[0] == Cmd.AUTHENTICATE:
-                    self._packet_authenticate(packet)
-                else:
-                    event = receive(packet)
-                    if event is not None:
-                        _REACTIONS[event.__class__](self, event)
-            except ProtocolError as exc:
-                self._violation(str(exc))
-                return
+        done = 0
+        self._handling = True
+        try:
+            while True:
+                # CHECK_EVERY packets between two readings of the clock
+                for packet in (
+                    packets if count <= CHECK_EVERY else packets[done : done + CHECK_EVERY]
+                ):
+                    if self._halted:
+                        return True
+                    try:
+                        if packet[0] in EVENT_COMMANDS:
+                            self._packet_event(packet)
+                        elif packet[0] == Cmd.AUTHENTICATE:
+                            self._packet_authenticate(packet)
+                        else:
+                            event = receive(packet)
+                            if event is not None:
+                                _REACTIONS[event.__class__](self, event)
+                    except ProtocolError as exc:
+                        self._violation(str(exc))
+                        return True
+                    done += 1
+                if done >= count:
+                    return not more or self._halted
+                if _clock() > deadline:
+                    if self._halted:
+                        return True
+                    self._kept = packets[done:]
+                    return False
+        finally:
+            self._handling = False
+
+    def _defer(self) -> None:
+        """Some input is kept: pause reading and ask for the next turn."""
+        if not self._reading_paused:
+            self._reading_paused = True
+            if not self._transport.is_closing():  # type: ignore[union-attr]
+                self._transport.pause_reading()  # type: ignore[union-attr]
+        self._turn_due = True
+        self._loop.call_soon(self._next_turn)  # type: ignore[union-attr]
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            transport = self._transport
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
+
+    def _handle_kept(self) -> None:
+        """Handle every kept packet now, without a bound (a graceful close, or the
+        gateway closed the link: they were received before, so they count). Not
+        from inside the reader (a callback that closes the link): that turn goes on
+        in order and ``connection_lost`` handles what it kept."""
+        if self._handling or self._halted or not (self._turn_due or self._kept):
+            return
+        while not self._take(b"", _NEVER):
+            pass
 
     def eof_received(self) -> bool | None:
         self.close_reason = self.close_reason or "closed by the gateway"
@@ -372,6 +501,10 @@ class GatewayLink(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and not self.close_reason:
             self.close_reason = str(exc) or exc.__class__.__name__
+        # input kept for a later turn was received before the close: handle it now
+        # (unless we aborted); the transport is gone, so nothing is written meanwhile
+        self._transport = None
+        self._handle_kept()
         was_open = self._state is _OPEN
         self._set_closed()
         if was_open and not self._by_us:
@@ -540,6 +673,8 @@ class GatewayLink(asyncio.Protocol):
         if self._state is _CLOSED:
             return
         self._state = _CLOSED
+        self._halted = True
+        self._kept = []
         reason = self.close_reason or "closed"
         if self._timer is not None:
             self._timer.cancel()

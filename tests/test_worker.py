@@ -293,6 +293,21 @@ async def test_graceful_stop_handles_events_sent_before_leave_ack(env: Env) -> N
         api.send_to_all("after stop")
 
 
+async def test_graceful_stop_handles_a_burst_of_events_sent_before_leave_ack(env: Env) -> None:
+    # thousands of events in few reads: the link handles them over several loop
+    # turns (gatewayclient.link's pacing); LEAVE_ACK, behind them, must not overtake
+    # them, and the close that follows the stop loses none
+    worker = await env.start_worker()
+    burst = 3000
+    env.gw1.events_before_ack = [event(Cmd.EV_MESSAGE, 1 + i % 20, f"b{i}") for i in range(burst)]
+    await worker.stop(graceful=True)
+    env.worker = None
+    for conn_id in range(1, 21):
+        expected = [f"b{i}" for i in range(conn_id - 1, burst, 20)]
+        assert env.messages(env.gw1.client_id(conn_id)) == expected
+    assert RecordingEvents.log[-1] == ("worker_stop", "t.businessworker.3")
+
+
 async def test_stop_without_leave_ack_is_bounded(
     env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
