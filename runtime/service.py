@@ -59,17 +59,22 @@ log = logging.getLogger("cluster")  # lifecycle lines keep the supervisor's logg
 STATS_INTERVAL = 1.0
 WATCHDOG_INTERVAL = 1.0
 LAG_PROBE_INTERVAL = 0.05
-"""How often the loop-lag probe wakes while the loop works: 20 times a second."""
+"""How often the loop-lag probe wakes while the loop works: 20 times a second (its
+periods alternate 45 and 55 ms, so that it never keeps step with a 50 ms timer of
+the service's and takes that timer's wake-ups for its own)."""
 LAG_PROBE_IDLE_INTERVAL = 0.5
-"""How often it wakes while the loop is idle (it used less than
-:data:`LAG_PROBE_IDLE_CPU` of CPU since the last probe): each wake-up of an idle
-process costs some 100 us of CPU on a small VM, timer and context switch."""
-LAG_PROBE_IDLE_CPU = 0.0005
-"""Seconds of CPU since the last probe below which the loop may count as idle..."""
-LAG_PROBE_IDLE_WAKEUPS = 10.0
-"""... when it was also woken, besides the probe, at most this often a second
-(housekeeping timers; a loop blocked in a ``sleep`` uses no CPU but was busy
-being woken before)."""
+"""How often it wakes once the loop is idle: each wake-up of an idle process costs
+some 100 us of CPU on a small VM (timer, context switch), 20 a second in each of six
+processes about 17 ms/s of an idle cluster."""
+LAG_PROBE_IDLE_AFTER = 5
+"""Consecutive quiet periods (below) after which the loop counts as idle; one
+period that is not quiet makes it busy again."""
+LAG_PROBE_QUIET_CPU = 0.01
+"""A quiet period: the loop thread used under this share of it on a CPU..."""
+LAG_PROBE_QUIET_WAKEUPS = 15.0
+"""... and was woken for nothing but the probe (in a 50 ms period), or at most this
+many times a second besides it (once idle: the housekeeping timers of a worker,
+a gateway, the register)."""
 SELF_STOP_LIMIT = 60.0
 """Upper bound for ``service.stop`` when no master is left to enforce one (unless
 the service's ``stop_limit`` is larger)."""
@@ -298,19 +303,22 @@ class _LagProbe:
     A plain timer callback that re-arms itself (not a task sleeping in a loop: no
     future and no task step per probe), with one ``schedstat`` reading per probe
     that also starts the next probe's period: every :data:`LAG_PROBE_INTERVAL`
-    while the loop thread works, every :data:`LAG_PROBE_IDLE_INTERVAL` while it is
-    idle (since the last probe it used under :data:`LAG_PROBE_IDLE_CPU` of CPU and
-    was woken for nothing but a few timers, :data:`LAG_PROBE_IDLE_WAKEUPS`: a stall
-    needs a callback to run, and the first probe after work began comes at most that
-    late). Like any timer probe it sees a stall only when a probe falls due during
-    it: its figures are lower bounds."""
+    while the loop works, every :data:`LAG_PROBE_IDLE_INTERVAL` once it is idle
+    (:data:`LAG_PROBE_IDLE_AFTER` quiet periods in a row: hardly any CPU, woken
+    for nothing but the probe; in an idle period, a few housekeeping timers a
+    second are allowed). A stall needs a callback that runs, so it comes in a busy
+    loop, or ends an idle one: then the probe due next (at most 0.5 s later) sees
+    it and the probe goes back to 50 ms. Like any timer probe it sees a stall only
+    when a probe falls due during it: its figures are lower bounds."""
 
-    __slots__ = ("_child", "_loop", "_read", "_timer")
+    __slots__ = ("_child", "_loop", "_read", "_timer", "_quiet", "_flip")
 
     def __init__(self, child: _ChildRuntime) -> None:
         self._child = child
         self._loop = asyncio.get_running_loop()
         self._read = _SchedStat()
+        self._quiet = 0
+        self._flip = False
         self._timer = self._arm(self._loop.time(), LAG_PROBE_INTERVAL, self._read())
 
     def _arm(self, now: float, wait: float, stat: tuple[float, float, int]) -> asyncio.TimerHandle:
@@ -329,12 +337,20 @@ class _LagProbe:
         own = lag - (waited - stat0[1])
         if own > child._lag_own_max:
             child._lag_own_max = own
-        idle = (
-            ran - stat0[0] < LAG_PROBE_IDLE_CPU
-            and woken - stat0[2] - 1 <= LAG_PROBE_IDLE_WAKEUPS * (wait + lag)
-            and woken > 0
+        period = wait + lag
+        idle = self._quiet >= LAG_PROBE_IDLE_AFTER
+        quiet = (
+            woken > 0  # schedstat is there
+            and ran - stat0[0] < LAG_PROBE_QUIET_CPU * period
+            and woken - stat0[2] - 1 <= (int(LAG_PROBE_QUIET_WAKEUPS * period) if idle else 0)
         )
-        self._timer = self._arm(now, LAG_PROBE_IDLE_INTERVAL if idle else LAG_PROBE_INTERVAL, stat)
+        self._quiet = self._quiet + 1 if quiet else 0
+        if self._quiet >= LAG_PROBE_IDLE_AFTER:
+            wait = LAG_PROBE_IDLE_INTERVAL
+        else:
+            self._flip = not self._flip
+            wait = LAG_PROBE_INTERVAL * (0.9 if self._flip else 1.1)
+        self._timer = self._arm(now, wait, stat)
 
     def close(self) -> None:
         """Stop probing (the child stops)."""

@@ -32,7 +32,8 @@ SCRIPT = textwrap.dedent(
         async def start(self):
             if os.environ.get("FAIL"):
                 raise RuntimeError(os.environ["FAIL"])
-            asyncio.get_running_loop().call_soon(self.count)
+            if not os.environ.get("QUIET"):
+                asyncio.get_running_loop().call_soon(self.count)
 
         def count(self):
             self.messages_in += 5
@@ -60,7 +61,9 @@ SCRIPT = textwrap.dedent(
 
 
 class ChildProc:
-    def __init__(self, tmp: Path, master_pid: int, fail: str = "", block: str = "") -> None:
+    def __init__(
+        self, tmp: Path, master_pid: int, fail: str = "", block: str = "", quiet: bool = False
+    ) -> None:
         self.read_fd, write_fd = os.pipe()
         self.stats = tmp / "run" / "stats" / "t.register.0.json"
         self.stopped = tmp / "stopped.json"
@@ -73,6 +76,7 @@ class ChildProc:
             "MASTER_PID": str(master_pid),
             "FAIL": fail,
             "BLOCK": block,
+            "QUIET": "1" if quiet else "",
         }
         self.proc = subprocess.Popen(
             [PYTHON, "-c", SCRIPT],
@@ -205,3 +209,28 @@ def test_the_stats_writer_writes_the_newest_snapshot_off_the_caller(tmp_path: Pa
         writer.submit({"n": n})
     writer.close()
     assert json.loads(Path(spec.stats_path()).read_text()) == {"n": 199}
+
+
+def _wakeups(pid: int) -> int:
+    """Times the process's main (loop) thread was put on a CPU (schedstat)."""
+    return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[2])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/thread-self/schedstat"), reason="Linux schedstat")
+def test_the_lag_probe_wakes_an_idle_loop_rarely_and_a_busy_one_often(tmp_path: Path) -> None:
+    """Idle (nothing but the stats timer and the master watchdog): the probe slows
+    to a wake-up every 0.5 s; a loop with a 50 ms timer of its own keeps the probe
+    at 20 a second (its own 20 wake-ups and the probe's)."""
+    rates = {}
+    for quiet in (True, False):
+        proc = ChildProc(tmp_path / str(quiet), master_pid=os.getpid(), quiet=quiet)
+        try:
+            assert proc.status_line()["kind"] == "ready"
+            time.sleep(1.5)  # settled
+            before = _wakeups(proc.proc.pid)
+            time.sleep(3)
+            rates[quiet] = (_wakeups(proc.proc.pid) - before) / 3
+        finally:
+            proc.close()
+    assert rates[True] < 8, rates
+    assert rates[False] > 30, rates
