@@ -616,12 +616,13 @@ class RouteState:
     wait in ``link.route_backlog`` (the link sees them after the state, as before),
     and a worker takes no client event before its state is complete."""
 
-    __slots__ = ("core", "link", "packets")
+    __slots__ = ("core", "link", "packets", "next")
 
     def __init__(self, core: GatewayCore, link: Link, uids: list[str], groups: list[str]) -> None:
         self.core = core
         self.link = link
         self.packets = iter_route_packets(True, uids, [], groups, [])
+        self.next = next(self.packets)  # there is always one (the state's end)
 
     def step(self, pacer: Pacer) -> bool:
         link = self.link
@@ -629,10 +630,15 @@ class RouteState:
             link.route_backlog = None
             return True
         send = link.writer.send
-        for packet, keys in self.packets:
+        while True:
+            packet, keys = self.next
             send(packet)
             pacer.budget -= 1 + keys // ROUTE_KEYS_PER_UNIT
+            following = next(self.packets, None)
+            if following is None:
+                break
+            self.next = following
             if pacer.budget <= 0 or pacer.late():
-                return False  # the rest on a later turn (at worst, only the end)
+                return False  # the rest on a later turn
         self.core.routes_sent(link)
         return True

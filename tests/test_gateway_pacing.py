@@ -457,3 +457,12 @@ def test_a_link_gone_during_its_route_state_is_left_out(monkeypatch: Any) -> Non
     h.run_deferred()
     assert link.route_backlog is None and h.core.workers.linked == []
     assert writer(link).take() == []
+
+
+def test_a_small_route_state_goes_at_once_even_late_in_a_turn() -> None:
+    """One packet of state: sent with the WELCOME and the worker linked at once,
+    whatever is left of the turn (the end of a state is never put off alone)."""
+    h = Counted()
+    h.core.pacer.deadline = 0.0  # the turn's time is long up
+    link = h.link()  # asserts WELCOME then ROUTES
+    assert link.route_backlog is None and h.core.workers.linked == [link]
