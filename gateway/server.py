@@ -374,7 +374,10 @@ class GatewayServer:
             + len(port.closing),
         )
         if self.heap is not None:
-            self.heap.tick()
+            counters = self.core.counters
+            self.heap.tick(
+                counters.messages_in + counters.messages_out + counters.connections_opened
+            )
 
 
 def serve(spec: ChildSpec) -> int:

@@ -22,9 +22,11 @@ resident memory has doubled, and grown by at least :data:`FULL_MIN_GROWTH`
 bytes, since the last one (read from ``/proc/self/statm``: counting the frozen
 objects instead, ``gc.get_freeze_count()``, walks all of them, some 2 ms for
 20,000 cold objects): a gateway growing from 0 to 50,000 clients runs a few; one
-whose memory is flat runs none. Each logs one line with what it found (a warning
-when it found cycles: something to look into) and is counted
-(``gc_full_collections``, ``gc_reclaimed_objects``).
+whose memory is flat runs none. Such a pass is one pause of about 1 ms per 1,000
+clients, so once due it waits for a quiet tick (at most :data:`QUIET_ACTIVITY`
+messages and connects since the last one), or :data:`MAX_DELAY` seconds. Each
+logs one line with what it found (a warning when it found cycles: something to
+look into) and is counted (``gc_full_collections``, ``gc_reclaimed_objects``).
 
 A full collection unfreezes everything, including what the master froze before it
 forked the process (``cluster.master``): the collector then writes to the headers
@@ -41,7 +43,7 @@ from typing import Any
 
 from pygatewayworker.runtime.footprint import rss_bytes
 
-__all__ = ["FrozenHeap", "FULL_MIN_GROWTH"]
+__all__ = ["FrozenHeap", "FULL_MIN_GROWTH", "QUIET_ACTIVITY", "MAX_DELAY"]
 
 log = logging.getLogger("cluster")
 
@@ -49,11 +51,18 @@ FULL_MIN_GROWTH = 32 * 1024 * 1024
 """Bytes of resident memory the process must have grown by (as well as doubled)
 since the last full collection before the next one: some 15,000 clients."""
 
+QUIET_ACTIVITY = 100
+"""A tick is quiet when the gateway handled at most this many messages and connects
+since the one before: a due full collection runs then."""
+
+MAX_DELAY = 600.0
+"""Seconds a due full collection waits for a quiet tick at most."""
+
 
 class FrozenHeap:
     """Call :meth:`tick` about once a second from the event loop."""
 
-    __slots__ = ("base", "full_collections", "reclaimed", "clock", "rss")
+    __slots__ = ("base", "full_collections", "reclaimed", "clock", "rss", "due", "activity")
 
     def __init__(self, clock: Any = time.perf_counter, rss: Callable[[], int] = rss_bytes) -> None:
         self.clock = clock
@@ -64,14 +73,26 @@ class FrozenHeap:
         frozen, ``runtime.service``)."""
         self.full_collections = 0
         self.reclaimed = 0
+        self.due: float | None = None
+        """When a full collection became due (it waits for a quiet tick)."""
+        self.activity = 0
 
-    def tick(self) -> None:
-        """Freeze what has survived until now; a full collection when due."""
+    def tick(self, activity: int = 0) -> None:
+        """Freeze what has survived until now; a full collection when due and the
+        tick is quiet. ``activity``: a count that grows with the work done
+        (messages and connects so far)."""
         gc.freeze()
-        rss = self.rss()
+        quiet = activity - self.activity <= QUIET_ACTIVITY
+        self.activity = activity
         if self.base < 0:
-            self.base = rss
-        elif rss > max(2 * self.base, self.base + FULL_MIN_GROWTH):
+            self.base = self.rss()
+            return
+        if self.due is None:
+            if self.rss() <= max(2 * self.base, self.base + FULL_MIN_GROWTH):
+                return
+            self.due = self.clock()
+        if quiet or self.clock() - self.due >= MAX_DELAY:
+            self.due = None
             self.collect_all()
 
     def collect_all(self) -> int:

@@ -74,18 +74,34 @@ def test_frozen_cycles_wait_for_a_full_collection_which_logs_them(
     assert record.levelno == logging.WARNING and f"{found} of" in record.message
 
 
-def test_a_full_collection_runs_once_the_memory_doubled_and_grew(
+def test_a_full_collection_runs_once_the_memory_doubled_and_grew_at_a_quiet_tick(
     heap: FrozenHeap, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(gcfreeze, "FULL_MIN_GROWTH", 1 << 20)
     heap.tick()
-    assert heap.full_collections == 0
+    assert heap.full_collections == 0 and heap.due is None
     ballast = bytearray(heap.base + (8 << 20))  # resident once written
     ballast[::4096] = b"x" * len(ballast[::4096])
-    heap.tick()  # over double, and grown by more than 1 MiB
+    heap.tick(activity=10_000)  # over double and grown by more than 1 MiB, but busy
+    assert heap.full_collections == 0 and heap.due is not None
+    heap.tick(activity=20_000)  # still busy
+    assert heap.full_collections == 0
+    heap.tick(activity=20_050)  # quiet: 50 since the last tick
+    assert heap.full_collections == 1 and heap.due is None
+    assert heap.base > len(ballast)  # the new base includes the ballast
+    heap.tick(activity=20_060)
     assert heap.full_collections == 1
-    assert heap.base > 2 * (len(ballast) // 2)  # the new base includes the ballast
-    heap.tick()
+    del ballast
+
+
+def test_a_due_full_collection_waits_for_a_quiet_tick_at_most_max_delay(
+    heap: FrozenHeap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gcfreeze, "FULL_MIN_GROWTH", 1 << 20)
+    monkeypatch.setattr(gcfreeze, "MAX_DELAY", 0.0)
+    ballast = bytearray(heap.base + (8 << 20))
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    heap.tick(activity=10_000)  # due and busy, but it has waited long enough
     assert heap.full_collections == 1
     del ballast
 
