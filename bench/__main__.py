@@ -129,14 +129,14 @@ def _add_php_compare(sub: Any) -> None:
         description="Start your GatewayWorker chat app (php START start -d), measure it, stop "
         "it, then our chat cluster of the same shape the same way, ROUNDS times, and write "
         "php-compare.json and php-compare.md. The PHP cluster gets free ports in "
-        "PHPYARD_REGISTER_PORT, PHPYARD_WS_PORT and PHPYARD_START_PORT; without "
+        "BENCH_PHP_REGISTER_PORT, BENCH_PHP_WS_PORT and BENCH_PHP_START_PORT; without "
         "--php-start (or without php) only our side runs.",
     )
     cmd.add_argument("--php-start", type=Path, help="the start.php of your GatewayWorker chat app")
     cmd.add_argument(
         "--php-ws-port",
         type=int,
-        help="the websocket port your start file listens on, if it does not read PHPYARD_WS_PORT",
+        help="the websocket port your start file listens on, if it does not read BENCH_PHP_WS_PORT",
     )
     cmd.add_argument("--rounds", type=int, default=2, help="PHP then ours, this many times")
     cmd.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")

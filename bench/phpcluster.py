@@ -21,7 +21,7 @@ from bench.cluster import BenchCluster, ClusterConfig
 
 __all__ = ["PORT_ENV", "PhpChatCluster", "event_loop_of", "php_info"]
 
-PORT_ENV = ("PHPYARD_REGISTER_PORT", "PHPYARD_WS_PORT", "PHPYARD_START_PORT")
+PORT_ENV = ("BENCH_PHP_REGISTER_PORT", "BENCH_PHP_WS_PORT", "BENCH_PHP_START_PORT")
 """The environment variables that carry the PHP cluster's ports (register, websocket,
 the gateways' first ``startPort``)."""
 EVENT_EXTENSIONS = {"event": "Event (ext-event)", "libevent": "Libevent", "ev": "Ev", "uv": "Uv"}

@@ -13,7 +13,7 @@ start_file=<START>``) and measures the master and its children
 (:class:`bench.phpcluster.PhpChatCluster`).
 
 Ports: the command picks free ports and passes them in the environment as
-``PHPYARD_REGISTER_PORT``, ``PHPYARD_WS_PORT`` and ``PHPYARD_START_PORT`` (the
+``BENCH_PHP_REGISTER_PORT``, ``BENCH_PHP_WS_PORT`` and ``BENCH_PHP_START_PORT`` (the
 gateways' ``startPort``; the second gateway takes the next); a start file that reads
 them with ``getenv`` listens there. A start file with fixed ports is measured at
 ``--php-ws-port``.
