@@ -70,7 +70,13 @@ LAG_PROBE_IDLE_AFTER = 5
 """Consecutive quiet periods (below) after which the loop counts as idle; one
 period that is not quiet makes it busy again."""
 LAG_PROBE_QUIET_CPU = 0.01
-"""A quiet period: the loop thread used under this share of it on a CPU..."""
+"""A quiet period: the loop thread used under this share of it on a CPU, plus
+:data:`LAG_PROBE_WAKE_CPU` for each time it was woken..."""
+LAG_PROBE_WAKE_CPU = 0.003
+"""... for the CPU a wake-up itself is charged: on a small VM a thread that slept
+is charged 0.05-0.7 ms for waking from a bare ``time.sleep``, and 1-3 ms for the
+probe's wake-ups at times (measured with schedstat), more than 1 % of a 50 ms
+period; a callback that runs for longer than this is work, not a wake-up..."""
 LAG_PROBE_QUIET_WAKEUPS = 15.0
 """... and was woken for nothing but the probe (in a 50 ms period), or at most this
 many times a second besides it (once idle: the housekeeping timers of a worker,
@@ -339,11 +345,7 @@ class _LagProbe:
             child._lag_own_max = own
         period = wait + lag
         idle = self._quiet >= LAG_PROBE_IDLE_AFTER
-        quiet = (
-            woken > 0  # schedstat is there
-            and ran - stat0[0] < LAG_PROBE_QUIET_CPU * period
-            and woken - stat0[2] - 1 <= (int(LAG_PROBE_QUIET_WAKEUPS * period) if idle else 0)
-        )
+        quiet = woken > 0 and period_is_quiet(period, ran - stat0[0], woken - stat0[2], idle)
         self._quiet = self._quiet + 1 if quiet else 0
         if self._quiet >= LAG_PROBE_IDLE_AFTER:
             wait = LAG_PROBE_IDLE_INTERVAL
@@ -356,6 +358,18 @@ class _LagProbe:
         """Stop probing (the child stops)."""
         self._timer.cancel()
         self._read.close()
+
+
+def period_is_quiet(period: float, ran: float, woken: int, idle: bool) -> bool:
+    """Whether a probe period of ``period`` seconds, in which the loop thread ran
+    for ``ran`` seconds and was put on a CPU ``woken`` times (the probe's own
+    wake-up included), was quiet: no wake-up besides the probe's while the probe
+    runs every 50 ms (a few a second once idle), and no more CPU than those
+    wake-ups cost."""
+    extra = woken - 1
+    if extra > (int(LAG_PROBE_QUIET_WAKEUPS * period) if idle else 0):
+        return False
+    return ran < LAG_PROBE_QUIET_CPU * period + LAG_PROBE_WAKE_CPU * max(woken, 1)
 
 
 class _SchedStat:
