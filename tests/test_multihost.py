@@ -70,9 +70,11 @@ declared in its handshake (``RegisterServer._adopt_keepalive``); the peer gives 
 on a silent register after as long (``register.discovery.SILENCE_FACTOR``)."""
 IDLE = 1.5 * max(LINK_TIMEOUT, REGISTER_DROP)
 """An idle period longer than every timeout of the internal links."""
-DROP_BOUND = LINK_TIMEOUT + 3
-"""A vanished peer is dropped within ``link_timeout``, plus the housekeeping tick,
-the 1 s stats writer and our polling."""
+DROP_BOUND = LINK_TIMEOUT + 5
+"""A vanished peer is dropped within ``link_timeout``, plus the keep-alive tick (a
+quarter of the timeout), the 1 s stats writer, our polling and up to 2 s of
+scheduling delay on a loaded 2-core machine (five hosts' processes; a drop took
+8.06 s once under a full test run, where ``link_timeout + 3`` was the bound)."""
 LINK_EVENTS = re.compile(
     r"silent|lost|dropping|is gone|left|joined|linked|leaving|closing|closed|"
     r"retrying|unreachable|is back|announced|subscribed"
@@ -566,8 +568,7 @@ async def scenario(
         LINK_TIMEOUT + 10,
         "the workers dropping the vanished gateway",
     )
-    # link_timeout, plus the keep-alive sweep period and the 1 s stats writer
-    assert took <= LINK_TIMEOUT + 3, took
+    assert took <= DROP_BOUND, took
     assert await a1.call("get_all_client_count") == 4  # no QueryTimeout: c is dropped
     await b1.call("send_to_group", "room", note("after"))
     await asyncio.gather(a1.got("after"), b2.got("after"))
