@@ -68,6 +68,7 @@ import sys
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
+from types import CoroutineType
 from typing import Any
 
 from pygatewayworker.businessworker.context import EventContext, enter_event, exit_event
@@ -284,11 +285,53 @@ class Dispatcher:
         return [conn_id for owner, conn_id in self._owners.values() if owner is link]
 
     async def _drain(self, client_id: str, queue: Queue) -> None:
+        """The client's task: run its queued events one after another, then forget
+        the client. Each callback is called and awaited right here, in this one
+        coroutine: nested coroutines would cost an object and a frame each, per
+        event (the slow-callback watchdog reads ``cmd`` and ``client_id`` from this
+        frame)."""
         use_api(self._api)  # this task's context: businessworker.api -> our API
+        callbacks = self._callbacks
         try:
             while queue:
                 link, packet = queue.popleft()
-                await self._handle(client_id, link, packet)
+                cmd, conn_id, _, _, _, payload = packet
+                callback = callbacks[cmd]
+                if callback is None:
+                    continue
+                event, blob = self._context(client_id, link, packet)
+                started = perf_counter()  # metrics: timed until the callback settled
+                if cmd in self._threaded:
+                    ok = await self._call_in_thread(callback, cmd, client_id, event, payload)
+                    self.callback_seconds.observe(perf_counter() - started)
+                else:
+                    token = enter_event(event)
+                    ok = False
+                    try:
+                        result = (
+                            callback(client_id)
+                            if cmd in _ONE_ARG
+                            else callback(client_id, _argument(cmd, payload))
+                        )
+                        ok = True
+                        if result is not None and (
+                            result.__class__ is CoroutineType or inspect.isawaitable(result)
+                        ):
+                            ok = False
+                            await result
+                            ok = True
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if task is not None and task.cancelling():
+                            raise  # this task is being cancelled: not the callback's error
+                        self._failed(cmd, client_id)
+                    except Exception:
+                        self._failed(cmd, client_id)
+                    finally:
+                        exit_event(token)
+                        self.callback_seconds.observe(perf_counter() - started)
+                if ok and cmd is not Cmd.EV_CLOSE:
+                    self._write_back(link, client_id, conn_id, blob, event.session)
         finally:
             self._forget(client_id, queue)
 
@@ -389,49 +432,6 @@ class Dispatcher:
             self._failed(cmd, client_id)
             return False
         return True
-
-    async def _handle(self, client_id: str, link: GatewayLink, packet: list[Any]) -> None:
-        cmd, conn_id, _, _, _, payload = packet
-        callback = self._callbacks[cmd]
-        if callback is None:
-            return
-        event, blob = self._context(client_id, link, packet)
-        if cmd in self._threaded:
-            started = perf_counter()  # metrics: timed until the callback settled
-            ok = await self._call_in_thread(callback, cmd, client_id, event, payload)
-            self.callback_seconds.observe(perf_counter() - started)
-        else:
-            ok = await self._call_here(callback, cmd, client_id, event, payload)
-        if ok and cmd is not Cmd.EV_CLOSE:
-            self._write_back(link, client_id, conn_id, blob, event.session)
-
-    async def _call_here(
-        self,
-        callback: Callable[..., Any],
-        cmd: int,
-        client_id: str,
-        event: EventContext,
-        payload: Any,
-    ) -> bool:
-        """Run the callback on the loop, in this task; ``False`` when it failed."""
-        token = enter_event(event)
-        started = perf_counter()  # metrics: timed until the callback settled
-        try:
-            try:
-                result = (
-                    callback(client_id)
-                    if cmd in _ONE_ARG
-                    else callback(client_id, _argument(cmd, payload))
-                )
-            except Exception:
-                self._failed(cmd, client_id)
-                return False
-            if result is not None and inspect.isawaitable(result):
-                return await self._settle(cmd, client_id, result)
-            return True
-        finally:
-            exit_event(token)
-            self.callback_seconds.observe(perf_counter() - started)
 
     async def _call_in_thread(
         self,

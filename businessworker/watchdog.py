@@ -43,7 +43,7 @@ MAX_PERIOD = 0.25
 _EVENT_CODES = frozenset(
     {
         Dispatcher._call_inline.__code__,
-        Dispatcher._call_here.__code__,
+        Dispatcher._drain.__code__,
         Dispatcher._settle.__code__,
     }
 )

@@ -108,7 +108,11 @@ def _route_of(client_id: str) -> tuple[str, int]:
 def _may_hold(held: set[str] | None, keys: list[str]) -> bool:
     """Whether a gateway that reported ``held`` (``None``: not reported yet) may have
     members of one of ``keys``."""
-    return held is None or any(key in held for key in keys)
+    if held is None:
+        return True
+    if len(keys) == 1:  # most sends name one key: no generator
+        return keys[0] in held
+    return any(key in held for key in keys)
 
 
 def route(client_id: object) -> tuple[str, int]:
@@ -145,6 +149,8 @@ def check_key(value: object, what: str) -> str:
 
 def check_keys(value: object, what: str) -> list[str]:
     """One key or an iterable of keys (list, tuple, set...) -> distinct ``str`` keys."""
+    if value.__class__ is str and value and len(value) <= MAX_KEY_LENGTH:  # type: ignore[arg-type]
+        return [value]  # type: ignore[list-item]  # the common case, checked at once
     if isinstance(value, str | int | bytes | dict) or not isinstance(value, Iterable):
         return [check_key(value, what)]
     return list(dict.fromkeys(check_key(item, what) for item in value))

@@ -46,6 +46,7 @@ class ThreadEvents:
     overlaps: ClassVar[list[str]] = []
     active = 0
     peak = 0
+    close_blocks = 0.0  # seconds the async on_close blocks the loop (the watchdog's test)
 
     @classmethod
     def reset(cls) -> None:
@@ -53,6 +54,7 @@ class ThreadEvents:
         cls.per_client.clear()
         cls.overlaps.clear()
         cls.active = cls.peak = 0
+        cls.close_blocks = 0.0
 
     def on_worker_start(self, worker: Any) -> None:
         self.log.append(("worker_start", threading.get_ident(), on_a_loop()))
@@ -112,6 +114,8 @@ class ThreadEvents:
         )
 
     async def on_close(self, client_id: str) -> None:
+        await asyncio.sleep(0)  # a coroutine that has suspended once, as most do
+        time.sleep(self.close_blocks)  # blocking code in a coroutine: the loop stops
         self.log.append(("close", client_id, threading.get_ident(), on_a_loop()))
 
 
@@ -330,6 +334,25 @@ async def test_a_slow_callback_is_logged_once_naming_it_and_its_client(
     assert f"ThreadEvents.on_message of client {cid}" in lines[0]
     where = "in a callback thread" if callbacks == "thread" else "blocked the event loop"
     assert where in lines[0] and "slow_callback=0.2 s" in lines[0]
+    assert worker.stats()["slow_callbacks"] == 1
+
+
+async def test_a_coroutine_callback_blocking_the_loop_is_named(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A coroutine callback runs in its client's task on the loop; blocking code in it
+    is named as that callback of that client."""
+    worker = await env.start_worker(callbacks="thread", slow_callback=0.2)
+    ThreadEvents.close_blocks = 0.8
+    cid = env.gw.client_id(4)
+    with caplog.at_level(logging.WARNING, logger="businessworker"):
+        env.gw.emit(Cmd.EV_CLOSE, 4)
+        await wait_until(lambda: any(e[:2] == ("close", cid) for e in ThreadEvents.log))
+        await asyncio.sleep(0.3)
+    lines = [r.getMessage() for r in caplog.records if "slow callback" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert f"ThreadEvents.on_close of client {cid}" in lines[0], lines
+    assert "blocked the event loop" in lines[0]
     assert worker.stats()["slow_callbacks"] == 1
 
 

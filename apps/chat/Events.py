@@ -35,9 +35,13 @@ def now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def dumps(message: dict[str, Any]) -> str:
-    """Encode one message for the browser (compact JSON, UTF-8 kept readable)."""
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    """Encode one message for the browser (compact JSON, UTF-8 kept readable; one
+    encoder for all, as ``json.dumps`` builds a new one for these options per call)."""
+    return _ENCODER.encode(message)
 
 
 def current_session() -> dict[str, Any]:
