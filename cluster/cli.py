@@ -459,7 +459,9 @@ def _status_text(paths: RunPaths, pid: int, as_json: bool) -> str:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--timeout", type=float, default=3.0, show_default=True, help="Per gateway.")
+@click.option(
+    "--timeout", type=float, default=3.0, show_default=True, help="Per answer of a gateway."
+)
 @run_dir_option
 def connections(as_json: bool, timeout: float, apps_dir: str | None, run_dir: str | None) -> None:
     """One line per client connection of every gateway process."""
@@ -467,14 +469,13 @@ def connections(as_json: bool, timeout: float, apps_dir: str | None, run_dir: st
     # runs ``start``, and it must not carry asyncio and msgpack (see docs/memory.md).
     import asyncio
 
-    from pygatewayworker.cluster.query import query_all
-    from pygatewayworker.gateway.protocol import Cmd
+    from pygatewayworker.cluster.query import connection_rows
 
     paths = RunPaths.at(run_dir)
     _running(paths)
     state = _state(paths)
     targets = _gateway_targets(state, apps_dir)
-    answers, errors = asyncio.run(query_all(targets, Cmd.Q_CONNECTIONS, timeout=timeout))
+    answers, errors = asyncio.run(connection_rows(targets, timeout=timeout))
     rows = [
         {**conn, "gateway": name}
         for name, conns in answers.items()

@@ -1,7 +1,8 @@
 """Operator queries to gateways over their internal port (``start.py connections``).
 
 A short-lived link: ``HELLO`` as a ``client`` with the app's secret, wait for
-``WELCOME``, send one query, wait for its ``REPLY``, close. The rules are the link
+``WELCOME``, send a query, wait for its ``REPLY`` (and, for a list read page by
+page, send the next page's query on the same link), close. The rules are the link
 protocol object's (``gateway.linkproto.LinkClient``, as for workers and push
 clients); this module only moves the bytes. Every gateway is asked at once, each
 bounded by a timeout; a gateway that does not answer is reported, not waited for.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +29,7 @@ from pygatewayworker.gateway.linkproto import (
 from pygatewayworker.gateway.protocol import Cmd, Decoder, ProtocolError
 from pygatewayworker.register.config import parse_address
 
-__all__ = ["GatewayTarget", "QueryError", "query_gateway", "query_all"]
+__all__ = ["GatewayTarget", "QueryError", "query_gateway", "query_pages", "connection_rows"]
 
 
 class QueryError(Exception):
@@ -52,12 +54,27 @@ async def _read_packet(reader: asyncio.StreamReader, decoder: Decoder) -> list[l
 
 async def query_gateway(target: GatewayTarget, cmd: Cmd, *args: Any, timeout: float = 3.0) -> Any:
     """Ask one gateway ``[cmd, req, *args]``; return the ``REPLY``'s result."""
+    (result,) = await query_pages(target, cmd, args, None, timeout=timeout)
+    return result
+
+
+async def query_pages(
+    target: GatewayTarget,
+    cmd: Cmd,
+    args: tuple[Any, ...],
+    follow: Callable[[Any], tuple[Any, ...] | None] | None,
+    timeout: float = 3.0,
+) -> list[Any]:
+    """Ask one gateway ``[cmd, req, *args]``, then, over the same link, the
+    arguments ``follow(result)`` gives for each result, until it gives ``None``
+    (``follow`` ``None``: one request). Returns the results in order; ``timeout``
+    bounds each answer."""
     host, port = parse_address(target.address)
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout) as deadline:
             reader, writer = await asyncio.open_connection(host, port)
             try:
-                return await _exchange(reader, writer, target, cmd, args)
+                return await _exchange(reader, writer, target, cmd, args, follow, deadline, timeout)
             finally:
                 writer.close()
                 with contextlib.suppress(Exception):
@@ -76,38 +93,63 @@ async def _exchange(
     target: GatewayTarget,
     cmd: Cmd,
     args: tuple[Any, ...],
-) -> Any:
+    follow: Callable[[Any], tuple[Any, ...] | None] | None,
+    deadline: asyncio.Timeout,
+    timeout: float,
+) -> list[Any]:
     loop = asyncio.get_running_loop()
     decoder = Decoder()
     proto = LinkClient("client", "start.py", target.secret, os.getpid())
     writer.write(proto.hello(loop.time()))
+    results: list[Any] = []
     while True:
         for packet in await _read_packet(reader, decoder):
             event = proto.receive(packet)
             if isinstance(event, Welcomed):
-                # the deadline is the caller's asyncio.timeout, around the whole exchange
+                # the deadline is the caller's asyncio.timeout, around each answer
                 writer.write(proto.request(cmd, args, float("inf"))[1])
             elif isinstance(event, Replied):
-                return event.result
+                results.append(event.result)
+                more = follow(event.result) if follow is not None else None
+                if more is None:
+                    return results
+                deadline.reschedule(loop.time() + timeout)
+                writer.write(proto.request(cmd, more, float("inf"))[1])
             elif isinstance(event, Refused | Failed | Notice):
                 raise QueryError(event.message)
             elif isinstance(event, Answer):
                 writer.write(event.data)
 
 
-async def query_all(
-    targets: list[GatewayTarget], cmd: Cmd, *args: Any, timeout: float = 3.0
-) -> tuple[dict[str, Any], list[str]]:
-    """Ask every target at once: ``({name: result}, [error lines])``."""
+CONNECTION_PAGE = 1000
+"""Rows asked per ``Q_CONNECTIONS`` page (some 2-4 ms of the gateway's loop)."""
+
+
+async def connection_rows(
+    targets: list[GatewayTarget], timeout: float = 3.0
+) -> tuple[dict[str, list[Any]], list[str]]:
+    """Every gateway's connections, page by page (``Q_CONNECTIONS``), all gateways
+    at once: ``({name: rows}, [error lines])``. A client that comes or goes while
+    its gateway is read may be missing; none is listed twice."""
+
+    def follow(page: Any) -> tuple[int, int] | None:
+        if not (isinstance(page, list) and len(page) == 2 and isinstance(page[0], list)):
+            raise QueryError(f"answered Q_CONNECTIONS with {type(page).__name__}, not a page")
+        after = page[1]
+        return None if after is None else (after, CONNECTION_PAGE)
+
     results = await asyncio.gather(
-        *(query_gateway(t, cmd, *args, timeout=timeout) for t in targets),
+        *(
+            query_pages(t, Cmd.Q_CONNECTIONS, (0, CONNECTION_PAGE), follow, timeout=timeout)
+            for t in targets
+        ),
         return_exceptions=True,
     )
-    answers: dict[str, Any] = {}
+    answers: dict[str, list[Any]] = {}
     errors: list[str] = []
     for target, result in zip(targets, results, strict=True):
         if isinstance(result, BaseException):
             errors.append(f"{target.name} ({target.address}): {result}")
         else:
-            answers[target.name] = result
+            answers[target.name] = [row for page in result for row in page[0]]
     return answers, errors

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pygatewayworker.gateway.admission import Admission
@@ -323,12 +323,15 @@ class Clients:
                 self.config.ping_not_response_limit,
             )
 
-    def rows(self, lan_ip: str, internal_port: int) -> list[dict[str, Any]]:
-        """``Q_CONNECTIONS``: one row per client (for ``connections``)."""
+    def rows(
+        self, lan_ip: str, internal_port: int, clients: Iterable[Client] | None = None
+    ) -> list[dict[str, Any]]:
+        """``Q_CONNECTIONS``: one row per client (of ``clients``; ``None``: all)."""
         now = self.clock()
+        prefix = encode_client_id(lan_ip, internal_port, 1)[:-8]
         return [
             {
-                "client_id": encode_client_id(lan_ip, internal_port, client.conn_id),
+                "client_id": prefix + format(client.conn_id, "08x"),
                 "remote": f"{client.remote_ip}:{client.remote_port}",
                 "uid": client.uid,
                 "groups": sorted(client.groups) if client.groups else [],
@@ -336,7 +339,7 @@ class Clients:
                 "bytes_in": client.bytes_in,
                 "bytes_out": client.bytes_out,
             }
-            for client in self.directory.entries()
+            for client in (self.directory.entries() if clients is None else clients)
         ]
 
 

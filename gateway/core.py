@@ -64,7 +64,13 @@ from pygatewayworker.gateway.linkproto import (
     route_packets,
 )
 from pygatewayworker.gateway.pacing import Pacer
-from pygatewayworker.gateway.protocol import Cmd, PacketTooLarge, ProtocolError, encode
+from pygatewayworker.gateway.protocol import (
+    MAX_CONNECTION_ROWS,
+    Cmd,
+    PacketTooLarge,
+    ProtocolError,
+    encode,
+)
 from pygatewayworker.gateway.records import Client, Counters, Link
 from pygatewayworker.gateway.workers import Workers
 from pygatewayworker.register.config import parse_address
@@ -462,8 +468,16 @@ class GatewayCore:
         self.clients.auth.reply(link, packet)
 
     # ---- operator queries ---------------------------------------------------------
-    def query_connections(self) -> Any:
-        return self.clients.rows(self.config.lan_ip, self.internal_port)
+    def query_connections(self, after: int | None = None, limit: int | None = None) -> Any:
+        lan_ip, port = self.config.lan_ip, self.internal_port
+        if after is None and limit is None:
+            return self.clients.rows(lan_ip, port)
+        if after.__class__ is not int or after < 0:  # type: ignore[operator]
+            raise ValueError(f"after must be an int >= 0, not {after!r}")
+        if limit.__class__ is not int or not 0 < limit <= MAX_CONNECTION_ROWS:  # type: ignore[operator]
+            raise ValueError(f"limit must be an int in 1..{MAX_CONNECTION_ROWS}, not {limit!r}")
+        page, after = self.directory.page(after, limit)  # type: ignore[arg-type]
+        return [self.clients.rows(lan_ip, port, page), after]
 
     def query_stats(self) -> Any:
         return self.stats()

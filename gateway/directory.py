@@ -28,6 +28,7 @@ turns those into an ``ERROR`` packet for the link that sent them.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -115,6 +116,18 @@ class Directory(Generic[E]):
     def entries(self) -> Iterable[E]:
         """Every entry (a live view: do not add or remove while iterating)."""
         return self._conns.values()
+
+    def page(self, after: int, limit: int) -> tuple[list[E], int | None]:
+        """At most ``limit`` entries whose conn_id is above ``after``, in conn_id
+        order, and the conn_id to pass as ``after`` for the next page (``None``: no
+        more). Connection ids are handed out in increasing order, so the keys are
+        sorted but where the counter wrapped, and sorting them is a linear pass."""
+        keys = sorted(self._conns)
+        start = bisect_right(keys, after)
+        chosen = keys[start : start + limit]
+        more = start + limit < len(keys)
+        conns = self._conns
+        return [conns[key] for key in chosen], (chosen[-1] if more else None)
 
     def get(self, conn_id: int) -> E | None:
         """The entry of ``conn_id``, or ``None``."""

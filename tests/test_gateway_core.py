@@ -18,6 +18,7 @@ from pygatewayworker.gateway.frames import binary_frame, text_frame
 from pygatewayworker.gateway.http11 import parse_request_head
 from pygatewayworker.gateway.protocol import (
     MAX_CLIENT_MESSAGE,
+    MAX_CONNECTION_ROWS,
     MAX_SESSION,
     ROUTES_CHANGES,
     ROUTES_STATE_END,
@@ -231,6 +232,40 @@ def test_queries_are_answered_with_their_request_id() -> None:
     h.feed(push, [Cmd.Q_GROUPS, 9, ["g"], "everything"])
     (error,) = writer(push).take()
     assert error[:2] == [Cmd.ERROR, 9] and writer(push).rejected
+
+
+def test_connections_are_listed_page_by_page_in_conn_id_order() -> None:
+    """``[Q_CONNECTIONS, req, after, limit]``: pages in conn_id order with the cursor
+    of the next; a client gone between pages is left out and one that came is listed
+    at the end; nobody twice. Bad cursors or limits reject the link."""
+    h = Harness()
+    push = h.link(role="client")
+    clients = [h.client(port=41000 + i) for i in range(25)]
+    h.core.clients.closed(clients[12])  # gone before the listing
+
+    def page(req: int, after: int, limit: int) -> tuple[list[int], int | None]:
+        h.feed(push, [Cmd.Q_CONNECTIONS, req, after, limit])
+        ((cmd, got_req, (rows, cursor)),) = writer(push).take()
+        assert cmd == Cmd.REPLY and got_req == req
+        return [decode_client_id(r["client_id"]).conn_id for r in rows], cursor
+
+    ids = [c.conn_id for c in clients]
+    first, cursor = page(1, 0, 10)
+    assert first == ids[:10] and cursor == ids[9]
+    h.core.clients.closed(clients[15])  # gone while listing
+    late = h.client(port=42000)  # came while listing
+    second, cursor = page(2, cursor, 10)
+    assert second == ids[10:12] + ids[13:15] + ids[16:22] and cursor == ids[21]
+    third, cursor = page(3, cursor, 10)
+    assert third == ids[22:] + [late.conn_id] and cursor is None
+    assert len(set(first + second + third)) == len(first + second + third)
+    h.feed(push, [Cmd.Q_CONNECTIONS, 4, 0, MAX_CONNECTION_ROWS + 1])
+    (error,) = writer(push).take()
+    assert error[:2] == [Cmd.ERROR, 4] and "limit" in error[2] and writer(push).rejected
+    other = h.link(role="client")
+    h.feed(other, [Cmd.Q_CONNECTIONS, 5, -1, 10])
+    (error,) = writer(other).take()
+    assert error[:2] == [Cmd.ERROR, 5] and "after" in error[2] and writer(other).rejected
 
 
 def test_data_too_large_for_a_packet_is_refused_and_the_link_kept() -> None:

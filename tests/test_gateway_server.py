@@ -24,12 +24,14 @@ from pygatewayworker.gateway.protocol import (
 )
 from pygatewayworker.gateway.server import GatewayServer
 from tests.gatewayharness import (
+    SECRET,
     TIMEOUT,
     FakeLink,
     close_code,
     make_config,
     open_client,
     recv,
+    refused_port,
     running,
     wait_until,
     ws,
@@ -223,6 +225,35 @@ async def test_queries_answer_every_shape() -> None:
             await client.close()
         await worker.close()
         await push.close()
+
+
+async def test_the_connections_command_reads_a_gateway_page_by_page(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``start.py connections`` (``cluster.query.connection_rows``) over a real link:
+    pages of 3 over one connection, every client once, in conn_id order; a wrong
+    secret and a gateway that is not there are reported as errors."""
+    from pygatewayworker.cluster import query
+
+    monkeypatch.setattr(query, "CONNECTION_PAGE", 3)
+    async with running() as server:
+        worker = await FakeLink.linked(server)
+        opened = [await open_client(server, worker) for _ in range(8)]
+        targets = [
+            query.GatewayTarget("gw", server.internal_address, SECRET),
+            query.GatewayTarget("wrong", server.internal_address, "not the secret"),
+            query.GatewayTarget("gone", f"127.0.0.1:{refused_port()}", SECRET),
+        ]
+        answers, errors = await query.connection_rows(targets, timeout=5)
+        assert [decode_client_id(r["client_id"]).conn_id for r in answers["gw"]] == [
+            conn_id for _, conn_id in opened
+        ]
+        assert set(answers) == {"gw"} and len(errors) == 2
+        assert "wrong" in errors[0] and "secret" in errors[0] and "gone" in errors[1]
+        assert server.stats()["connections"] == 8  # nothing dropped by the listing
+        for client, _ in opened:
+            await client.close()
+        await worker.close()
 
 
 async def test_close_client_sends_last_message_then_1000_and_destroy_aborts() -> None:

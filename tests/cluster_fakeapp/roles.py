@@ -97,6 +97,8 @@ class FakeGateway:
                 "bytes_in": 10,
                 "bytes_out": 20,
             }
+            if len(packet) == 4:  # a page: [Q_CONNECTIONS, req, after, limit]
+                return encode(Cmd.REPLY, packet[1], [[conn] if packet[2] == 0 else [], None])
             return encode(Cmd.REPLY, packet[1], [conn])
         if cmd == Cmd.Q_STATS:
             return encode(Cmd.REPLY, packet[1], self.stats())
