@@ -6,10 +6,13 @@ How this works
 One daemon thread per worker process wakes every :attr:`SlowCallbackWatchdog.period`
 (a quarter of the threshold, at most :data:`MAX_PERIOD`) and looks at two things:
 
-* **The event loop.** A timer on the loop stamps the time every period. A stamp
-  older than the threshold plus one period means that the loop has run nothing for
-  at least the threshold: an inline callback blocks, or a coroutine callback called
-  blocking code. The watchdog then reads the loop thread's stack
+* **The event loop.** The process's loop-lag probe (``runtime.service.PULSE``)
+  notes when it is due next; a probe overdue by the threshold means that the loop
+  has run nothing for at least that long: an inline callback blocks, or a coroutine
+  callback called blocking code. Without a probe (a worker run outside
+  ``run_service``, as in tests) a timer of the watchdog's own on the loop stamps
+  the time every period instead; it stops once the probe runs, so an idle worker's
+  loop is not woken four times a second for it. The watchdog then reads the loop thread's stack
   (``sys._current_frames``) and names the event it is in (:func:`describe_frame`:
   the dispatcher's frames that run a callback hold its ``cmd`` and ``client_id``)
   or, outside events, the innermost function. The inline path does no bookkeeping for this: a plain
@@ -32,6 +35,7 @@ from types import FrameType
 
 from pygatewayworker.businessworker.dispatch import Dispatcher
 from pygatewayworker.businessworker.threads import CallbackThreads, Running
+from pygatewayworker.runtime.service import PULSE
 
 __all__ = ["SlowCallbackWatchdog", "MAX_PERIOD", "describe_frame"]
 
@@ -108,6 +112,9 @@ class SlowCallbackWatchdog:
 
     def _beat(self) -> None:
         self._stamp = time.monotonic()
+        if PULSE.due:  # the lag probe runs: its pulse says when the loop is blocked
+            self._timer = None
+            return
         self._timer = asyncio.get_running_loop().call_later(self.period, self._beat)
 
     def _watch(self) -> None:
@@ -118,8 +125,15 @@ class SlowCallbackWatchdog:
                 self._look_at_threads(now, self._threads.running)
 
     def _look_at_loop(self, now: float) -> None:
-        stamp = self._stamp
-        blocked = now - stamp - self.period  # at least this long (a stamp per period)
+        due = PULSE.due
+        if due:
+            stamp = due  # names the blocked stretch: the probe that is overdue
+            blocked = now - due  # at least this long: the probe has not run since
+        elif self._timer is None:
+            return  # the probe stopped (the worker stops), and so did our timer
+        else:
+            stamp = self._stamp
+            blocked = now - stamp - self.period  # at least this long (a stamp per period)
         if blocked < self.threshold or stamp == self._reported_stamp:
             return
         self._reported_stamp = stamp

@@ -52,7 +52,7 @@ from pygatewayworker.runtime.logs import configure_child_logging
 from pygatewayworker.runtime.spec import ChildSpec, ExitCode
 from pygatewayworker.runtime.statsfile import StatsWriter
 
-__all__ = ["Service", "run_service", "RATE_KEYS", "new_event_loop"]
+__all__ = ["Service", "run_service", "RATE_KEYS", "new_event_loop", "PULSE", "LoopPulse"]
 
 log = logging.getLogger("cluster")  # lifecycle lines keep the supervisor's logger name
 
@@ -297,6 +297,23 @@ class _ChildRuntime:
         self._last_counts = (now, counts)
 
 
+class LoopPulse:
+    """When this process's loop-lag probe is due next (``time.monotonic()``; 0.0
+    while no probe runs). A probe this late means the loop has run nothing since:
+    a watcher in another thread (the business worker's slow-callback watchdog)
+    tells a blocked loop from an idle one by it, without a timer of its own waking
+    the loop."""
+
+    __slots__ = ("due",)
+
+    def __init__(self) -> None:
+        self.due = 0.0
+
+
+PULSE = LoopPulse()
+"""The pulse of this process's loop (one probe per process: the child's)."""
+
+
 class _LagProbe:
     """How late the loop wakes a timer: the longest stall of the loop (by our own
     housekeeping or anyone's) within each stats interval, reported as
@@ -329,6 +346,7 @@ class _LagProbe:
 
     def _arm(self, now: float, wait: float, stat: tuple[float, float, int]) -> asyncio.TimerHandle:
         due = now + wait
+        PULSE.due = time.monotonic() + wait
         return self._loop.call_at(due, self._probe, due, wait, stat)
 
     def _probe(self, due: float, wait: float, stat0: tuple[float, float, int]) -> None:
@@ -356,6 +374,7 @@ class _LagProbe:
 
     def close(self) -> None:
         """Stop probing (the child stops)."""
+        PULSE.due = 0.0
         self._timer.cancel()
         self._read.close()
 

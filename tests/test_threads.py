@@ -356,6 +356,30 @@ async def test_a_coroutine_callback_blocking_the_loop_is_named(
     assert worker.stats()["slow_callbacks"] == 1
 
 
+async def test_with_a_lag_probe_the_watchdog_reads_its_pulse_and_keeps_no_timer(
+    env: Env, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a worker process the loop-lag probe runs (``runtime.service.PULSE`` says
+    when it is due next): the watchdog stops its own timer, and a probe overdue by
+    the threshold is a blocked loop, reported once. Here the test plays the probe."""
+    from pygatewayworker.runtime.service import PULSE
+
+    monkeypatch.setattr(PULSE, "due", time.monotonic() + 0.1)
+    worker = await env.start_worker(callbacks="inline", slow_callback=0.2)
+    watchdog = worker._watchdog
+    assert watchdog is not None and watchdog._timer is None  # no wake-ups of its own
+    await asyncio.sleep(0.05)  # the probe is not due yet: nothing to report
+    with caplog.at_level(logging.WARNING, logger="businessworker"):
+        _block_the_loop(0.8)
+        await asyncio.sleep(0.3)
+    lines = [r.getMessage() for r in caplog.records if "slow callback" in r.getMessage()]
+    assert len(lines) == 1 and "_block_the_loop (" in lines[0], lines
+    assert worker.stats()["slow_callbacks"] == 1
+    monkeypatch.setattr(PULSE, "due", 0.0)  # the probe stopped, and the watchdog's timer
+    await asyncio.sleep(0.5)  # with it: a stale stamp is no blocked loop
+    assert worker.stats()["slow_callbacks"] == 1
+
+
 async def test_the_watchdog_names_blocking_code_outside_events(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -133,6 +133,31 @@ async def test_one_worker_four_threads_blocking_beside_quick_and_a_burst_in_orde
     assert f"Events.on_message of client {a.client_id} has been running for 1." in lines[0]
 
 
+async def test_an_inline_callback_blocking_a_worker_process_loop_is_reported_once(
+    start_cluster: Callable[..., ops.Cluster], opened: list[RC]
+) -> None:
+    """A real worker process (its loop-lag probe running, so the watchdog reads the
+    probe's pulse and keeps no timer of its own): a plain callback run inline that
+    sleeps 2 s blocks the loop, and that is logged once, naming it and its client."""
+    cluster = start_cluster(
+        gateways=1,
+        workers=1,
+        worker_options="callbacks='inline', slow_callback=0.5",
+        source="rcsync",
+    )
+    spec = cluster.spec
+    a = await RC.open(spec.ws_url)
+    opened.append(a)
+    await asyncio.sleep(1.5)  # the worker idle: its probe slows to 2 a second
+    assert await call(a, "sleep", 2, timeout=30) is None
+    await ops.await_for(lambda: slow_lines(spec), 10, "the slow-callback line")
+    await asyncio.sleep(0.5)  # a second line would have come by now
+    lines = slow_lines(spec)
+    assert len(lines) == 1, lines
+    assert f"Events.on_message of client {a.client_id} has blocked the event loop" in lines[0]
+    assert await call(a, "echo", "after") == ["after"]
+
+
 async def test_session_api_and_errors_from_thread_callbacks(
     start_cluster: Callable[..., ops.Cluster], opened: list[RC]
 ) -> None:
