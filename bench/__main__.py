@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import json
 import logging
 import sys
 import time
@@ -19,6 +20,7 @@ from bench.pusherbench import measure_pusher_fanout
 from bench.report import write_outputs
 from bench.rss import measure_rss
 from bench.soak import measure_soak
+from bench.workerpath import APPS, measure_worker_path
 from bench.yardstick import StealMeter, measure_yardstick
 
 Measure = Callable[[Bench], Awaitable[dict[str, Any]]]
@@ -100,6 +102,19 @@ def main(argv: list[str] | None = None) -> int:
         help="run every cluster with --metrics-listen and scrape /metrics every second",
     )
     _add_php_compare(sub)
+    cmd = sub.add_parser(
+        "worker-path",
+        help="a business worker's CPU per event in its own Python code (one process)",
+        description="Feed chat events to a real worker link, dispatcher and app in one "
+        "process (no sockets after the handshake) and print the loop thread's CPU per "
+        "event; see bench/workerpath.py.",
+    )
+    cmd.add_argument("--events", type=int, default=40000, help="events per run")
+    cmd.add_argument("--rounds", type=int, default=5, help="runs per app, alternating")
+    cmd.add_argument(
+        "--app", choices=[*APPS, "both"], default="both", help="the app's Events to run"
+    )
+    cmd.add_argument("--out", type=Path, help="also write worker-path.json here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -118,6 +133,20 @@ def main(argv: list[str] | None = None) -> int:
             args.php_start, args.php_ws_port, args.rounds, args.quick, args.out, command
         )
         return int(runner(compare(options, _log)))
+    if args.command == "worker-path":
+        if args.events < 1 or args.rounds < 1:
+            parser.error("--events and --rounds must be at least 1")
+        apps = list(APPS) if args.app == "both" else [args.app]
+        found = runner(measure_worker_path(apps, args.events, args.rounds, _log))
+        for app, figures in found.items():
+            print(
+                f"{app}: {figures['us_cpu_per_event_median']} us CPU per event (median of "
+                f"{figures['us_cpu_per_event_runs']})"
+            )
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "worker-path.json").write_text(json.dumps(found, indent=2) + "\n")
+        return 0
     only = {m.strip().upper() for m in args.only.split(",") if m.strip()}
     return int(runner(run(args.quick, only, args.out, command, args.metrics)))
 

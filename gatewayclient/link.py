@@ -67,6 +67,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -95,13 +96,21 @@ logger = logging.getLogger("gatewayclient")
 FLUSH_BYTES = 64 * 1024
 """A coalesced batch this large is written at once instead of at the next loop turn."""
 
-_held: list[GatewayLink] | None = None
-"""While a reader handles input (``GatewayLink._take``): the links that got packets
-to write meanwhile. They are flushed when that turn of input ends, in the same
-iteration of the loop, instead of by a callback in the next one: the reply of a
-callback run inline (and on Python 3.12 of a task started eagerly) leaves without
-an extra iteration, its ``epoll_wait`` and its handle. Sends made elsewhere (tasks,
-timers) are still flushed at the next iteration."""
+
+class _Held(threading.local):
+    """While a reader handles input (``GatewayLink._take``): the links that got
+    packets to write meanwhile (``links``; ``None`` outside). They are flushed when
+    that turn of input ends, in the same iteration of the loop, instead of by a
+    callback in the next one: the reply of a callback run inline (and on Python 3.12
+    of a task started eagerly) leaves without an extra iteration, its
+    ``epoll_wait`` and its handle. Sends made elsewhere (tasks, timers) are flushed
+    at the next iteration as before. Per thread, as each loop runs in one thread
+    (a process may run a worker's loop and a sync push client's)."""
+
+    links: list[GatewayLink] | None = None
+
+
+_HELD = _Held()
 
 TURN_PACKETS = 128
 """Packets handled per loop turn at most. Half the gateway's budget
@@ -303,8 +312,9 @@ class GatewayLink(asyncio.Protocol):
             self.flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
-            if _held is not None:  # a reader is handling input: flushed when it ends
-                _held.append(self)
+            held = _HELD.links
+            if held is not None:  # a reader is handling input: flushed when it ends
+                held.append(self)
             else:
                 self._loop.call_soon(self.flush)  # type: ignore[union-attr]
 
@@ -447,10 +457,9 @@ class GatewayLink(asyncio.Protocol):
             deadline = _clock() + TURN_SECONDS if count > CHECK_EVERY else 0.0
         receive = self._proto.receive
         done = 0
-        global _held
-        outermost = _held is None
+        outermost = _HELD.links is None
         if outermost:
-            _held = []
+            _HELD.links = []
         self._handling = True
         try:
             while True:
@@ -483,8 +492,8 @@ class GatewayLink(asyncio.Protocol):
         finally:
             self._handling = False
             if outermost:
-                held: list[GatewayLink] = _held  # type: ignore[assignment]
-                _held = None
+                held: list[GatewayLink] = _HELD.links  # type: ignore[assignment]
+                _HELD.links = None
                 for link in held:
                     if link._flush_scheduled:
                         link.flush()
@@ -617,8 +626,9 @@ class GatewayLink(asyncio.Protocol):
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled and self._loop is not None:
             self._flush_scheduled = True
-            if _held is not None:
-                _held.append(self)
+            held = _HELD.links
+            if held is not None:
+                held.append(self)
             else:
                 self._loop.call_soon(self.flush)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -207,6 +208,53 @@ UVLOOP_SCENARIOS: list[Callable[[], Coroutine[Any, Any, None]]] = [
     test_an_abort_drops_the_kept_packets,
     test_a_connection_lost_while_packets_are_kept_handles_them_first,
 ]
+
+
+async def test_a_reader_turn_holds_back_only_its_own_threads_flushes() -> None:
+    """What a reader's callbacks send is flushed when the turn of input ends; a link
+    of another loop (another thread: a sync push client's beside a worker's loop)
+    that sends meanwhile flushes on its own, in its own thread, at once."""
+    gw_a, gw_b = await FakeGateway().start(), await FakeGateway().start()
+    a_inside, b_seen, stop = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, Any] = {}
+
+    def on_event(link: GatewayLink, packet: list[Any]) -> None:
+        link.send(encode(Cmd.SEND_TO_CLIENT, packet[1], "reply", None))  # held
+        a_inside.set()
+        seen["b_while_a_handled"] = b_seen.wait(UNIT)
+
+    async def serve(address: str, role: str, b: bool) -> None:
+        link = GatewayLink(address, role=role, on_event=None if b else on_event)
+        await link.connect()
+        seen[f"ready_{role}"] = True
+        while not stop.is_set():
+            if b and a_inside.is_set() and "sent" not in seen:
+                link.send(encode(Cmd.SEND_TO_ALL, "from b", None, None))
+                seen["sent"] = True
+            await asyncio.sleep(0.002)
+        link.close()
+
+    threads = [
+        threading.Thread(target=asyncio.run, args=(serve(gw_a.address, "worker", False),)),
+        threading.Thread(target=asyncio.run, args=(serve(gw_b.address, "client", True),)),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        await wait_until(lambda: "ready_worker" in seen and "ready_client" in seen)
+        gw_a.emit(Cmd.EV_MESSAGE, 5, "hi")
+        await wait_until(lambda: bool(gw_b.packets(Cmd.SEND_TO_ALL)))
+        assert not gw_a.packets(Cmd.SEND_TO_CLIENT)  # a's turn is still going on
+        b_seen.set()
+        await wait_until(lambda: bool(gw_a.packets(Cmd.SEND_TO_CLIENT)))
+        assert seen["b_while_a_handled"] is True
+    finally:
+        b_seen.set()
+        stop.set()
+        for thread in threads:
+            await asyncio.to_thread(thread.join, UNIT)
+        await gw_a.stop()
+        await gw_b.stop()
 
 
 @pytest.mark.parametrize("scenario", UVLOOP_SCENARIOS, ids=lambda s: s.__name__)
