@@ -239,6 +239,7 @@ class Dispatcher:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        self._tasks.difference_update(tasks)  # those cancelled before they ever ran
         self._queues.clear()
         self._owners.clear()
 
@@ -257,14 +258,17 @@ class Dispatcher:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         task = _new_task(loop, coro)
-        if task.done():  # started eagerly and finished already: nothing to track
-            self._task_done(task)
-            return
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        if not task.done():  # not started eagerly and finished already
+            self._tasks.add(task)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _task_ends(self) -> None:
+        """The current task (an event task, in its last ``finally``) is done with its
+        client: untracked, and the idle waiters woken when no client is busy. Called
+        by the task itself rather than as a done callback: no extra callback in the
+        next iteration of the loop, per event."""
+        task = asyncio.current_task(self._loop)
+        if task is not None:
+            self._tasks.discard(task)
         if not self._queues:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
@@ -334,6 +338,7 @@ class Dispatcher:
                     self._write_back(link, client_id, conn_id, blob, event.session)
         finally:
             self._forget(client_id, queue)
+            self._task_ends()
 
     def _context(
         self, client_id: str, link: GatewayLink, packet: list[Any]
@@ -413,6 +418,7 @@ class Dispatcher:
                 self._write_back(link, client_id, conn_id, blob, event.session)
         except BaseException:  # this task is being cancelled: release the client
             self._forget(client_id, queue)
+            self._task_ends()
             raise
         await self._drain(client_id, queue)
 
