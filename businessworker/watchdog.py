@@ -9,7 +9,8 @@ One daemon thread per worker process wakes every :attr:`SlowCallbackWatchdog.per
 * **The event loop.** The process's loop-lag probe (``runtime.service.PULSE``)
   notes when it is due next; a probe overdue by the threshold means that the loop
   has run nothing for at least that long: an inline callback blocks, or a coroutine
-  callback called blocking code. Without a probe (a worker run outside
+  callback called blocking code. The watchdog caps the probe's interval on an idle
+  loop at its period, so a block is noticed at most a period late, as with a timer. Without a probe (a worker run outside
   ``run_service``, as in tests) a timer of the watchdog's own on the loop stamps
   the time every period instead; it stops once the probe runs, so an idle worker's
   loop is not woken four times a second for it. The watchdog then reads the loop thread's stack
@@ -35,7 +36,7 @@ from types import FrameType
 
 from pygatewayworker.businessworker.dispatch import Dispatcher
 from pygatewayworker.businessworker.threads import CallbackThreads, Running
-from pygatewayworker.runtime.service import PULSE
+from pygatewayworker.runtime.service import LAG_PROBE_IDLE_INTERVAL, PULSE
 
 __all__ = ["SlowCallbackWatchdog", "MAX_PERIOD", "describe_frame"]
 
@@ -97,6 +98,8 @@ class SlowCallbackWatchdog:
 
     def start(self) -> None:
         """Start stamping (call it on the loop) and watching."""
+        # The probe is how late a blocked loop is noticed: at most our period.
+        PULSE.idle_interval = min(PULSE.idle_interval, self.period)
         self._loop_thread = threading.get_ident()
         self._beat()
         watcher = threading.Thread(target=self._watch, name=f"{self.name}.watchdog", daemon=True)
@@ -104,6 +107,7 @@ class SlowCallbackWatchdog:
 
     def stop(self) -> None:
         """Stop stamping and watching (the thread ends at its next look)."""
+        PULSE.idle_interval = LAG_PROBE_IDLE_INTERVAL
         self._stopped.set()
         if self._timer is not None:
             self._timer.cancel()

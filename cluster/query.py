@@ -29,11 +29,23 @@ from pygatewayworker.gateway.linkproto import (
 from pygatewayworker.gateway.protocol import Cmd, Decoder, ProtocolError
 from pygatewayworker.register.config import parse_address
 
-__all__ = ["GatewayTarget", "QueryError", "query_gateway", "query_pages", "connection_rows"]
+__all__ = [
+    "GatewayTarget",
+    "QueryError",
+    "QueryRefused",
+    "query_gateway",
+    "query_pages",
+    "connection_rows",
+]
 
 
 class QueryError(Exception):
     """A gateway refused or did not answer."""
+
+
+class QueryRefused(QueryError):
+    """A gateway answered the query with an error (an older gateway does not know
+    the question's form, the secret is wrong...)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -116,7 +128,7 @@ async def _exchange(
                 deadline.reschedule(loop.time() + timeout)
                 writer.write(proto.request(cmd, more, float("inf"))[1])
             elif isinstance(event, Refused | Failed | Notice):
-                raise QueryError(event.message)
+                raise QueryRefused(event.message)
             elif isinstance(event, Answer):
                 writer.write(event.data)
 
@@ -138,18 +150,29 @@ async def connection_rows(
         after = page[1]
         return None if after is None else (after, CONNECTION_PAGE)
 
-    results = await asyncio.gather(
-        *(
-            query_pages(t, Cmd.Q_CONNECTIONS, (0, CONNECTION_PAGE), follow, timeout=timeout)
-            for t in targets
-        ),
-        return_exceptions=True,
-    )
+    async def read(target: GatewayTarget) -> list[Any]:
+        try:
+            pages = await query_pages(
+                target, Cmd.Q_CONNECTIONS, (0, CONNECTION_PAGE), follow, timeout=timeout
+            )
+        except QueryRefused as refused:
+            # A gateway of an older version answers only the one-list form (during a
+            # rolling upgrade of several hosts); anything else it refuses again.
+            try:
+                rows = await query_gateway(target, Cmd.Q_CONNECTIONS, timeout=timeout)
+            except QueryRefused:
+                raise refused from None
+            if not isinstance(rows, list):
+                raise refused from None
+            return rows
+        return [row for page in pages for row in page[0]]
+
+    results = await asyncio.gather(*(read(t) for t in targets), return_exceptions=True)
     answers: dict[str, list[Any]] = {}
     errors: list[str] = []
     for target, result in zip(targets, results, strict=True):
         if isinstance(result, BaseException):
             errors.append(f"{target.name} ({target.address}): {result}")
         else:
-            answers[target.name] = [row for page in result for row in page[0]]
+            answers[target.name] = result
     return answers, errors

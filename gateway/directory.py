@@ -28,6 +28,7 @@ turns those into an ``ERROR`` packet for the link that sent them.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
@@ -87,10 +88,23 @@ def merge_session(base: dict[str, Any], partial: dict[str, Any]) -> dict[str, An
     return base
 
 
+LISTING_SECONDS = 30.0
+"""How long a listing's snapshot of conn_ids serves its pages (:meth:`Directory.page`)."""
+
+
 class Directory(Generic[E]):
     """Connections, uid bindings, groups and sessions of one gateway process."""
 
-    __slots__ = ("_conns", "_uids", "_groups", "dirty_uids", "dirty_groups", "on_dirty")
+    __slots__ = (
+        "_conns",
+        "_uids",
+        "_groups",
+        "dirty_uids",
+        "dirty_groups",
+        "on_dirty",
+        "_listing",
+        "_listed_at",
+    )
 
     def __init__(self, on_dirty: Callable[[], None] | None = None) -> None:
         self._conns: dict[int, E] = {}
@@ -102,6 +116,8 @@ class Directory(Generic[E]):
         """groups that appeared or vanished since the last :meth:`take_route_changes`."""
         self.on_dirty = on_dirty
         """Called when the first change after a :meth:`take_route_changes` is noted."""
+        self._listing: list[int] | None = None  # the conn_ids of a listing (page)
+        self._listed_at = 0.0
 
     # ---- connections -----------------------------------------------------------
     def __len__(self) -> int:
@@ -120,14 +136,26 @@ class Directory(Generic[E]):
     def page(self, after: int, limit: int) -> tuple[list[E], int | None]:
         """At most ``limit`` entries whose conn_id is above ``after``, in conn_id
         order, and the conn_id to pass as ``after`` for the next page (``None``: no
-        more). Connection ids are handed out in increasing order, so the keys are
-        sorted but where the counter wrapped, and sorting them is a linear pass."""
-        keys = sorted(self._conns)
+        more).
+
+        A listing reads the conn_ids sorted once, at its first page (``after`` 0):
+        a linear pass, as they are handed out in increasing order but where the
+        counter wrapped. Its later pages look the cursor up in that snapshot (for
+        :data:`LISTING_SECONDS` at most), so a page costs its own rows, not the
+        whole directory; an entry gone since is left out, one added since is not
+        in this listing."""
+        keys = self._listing
+        if not after or keys is None or time.monotonic() - self._listed_at > LISTING_SECONDS:
+            keys = self._listing = sorted(self._conns)
+            self._listed_at = time.monotonic()
         start = bisect_right(keys, after)
         chosen = keys[start : start + limit]
         more = start + limit < len(keys)
+        if not more:
+            self._listing = None  # the listing is complete: drop the snapshot
         conns = self._conns
-        return [conns[key] for key in chosen], (chosen[-1] if more else None)
+        entries = [entry for entry in map(conns.get, chosen) if entry is not None]
+        return entries, (chosen[-1] if more else None)
 
     def get(self, conn_id: int) -> E | None:
         """The entry of ``conn_id``, or ``None``."""

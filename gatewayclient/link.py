@@ -496,7 +496,10 @@ class GatewayLink(asyncio.Protocol):
                 _HELD.links = None
                 for link in held:
                     if link._flush_scheduled:
-                        link.flush()
+                        try:
+                            link.flush()
+                        except Exception:  # as a call_soon flush's would: logged, alone
+                            logger.exception("flushing the link to %s failed", link.address)
 
     def _defer(self) -> None:
         """Some input is kept: pause reading and ask for the next turn."""

@@ -187,10 +187,12 @@ class _ChildRuntime:
             log.info("ready (%s)", self.spec.role)
             stats_task = asyncio.create_task(self._write_stats_every_second())
             lag_probe = _LagProbe(self)
-            await self._stop.wait()
-            stats_task.cancel()
-            lag_probe.close()
-            await self._stop_service()
+            try:
+                await self._stop.wait()
+                stats_task.cancel()
+                await self._stop_service()  # probed too: a worker's watchdog reads the pulse
+            finally:
+                lag_probe.close()
             return self.exit_code
         finally:
             watchdog.cancel()
@@ -304,10 +306,14 @@ class LoopPulse:
     tells a blocked loop from an idle one by it, without a timer of its own waking
     the loop."""
 
-    __slots__ = ("due",)
+    __slots__ = ("due", "idle_interval")
 
     def __init__(self) -> None:
         self.due = 0.0
+        self.idle_interval = LAG_PROBE_IDLE_INTERVAL
+        """How often the probe wakes an idle loop: a watcher that needs a finer
+        pulse lowers it (the watchdog, to its period: it measures a blocked loop
+        from the probe that is overdue, so the interval is how late it may notice)."""
 
 
 PULSE = LoopPulse()
@@ -352,6 +358,21 @@ class _LagProbe:
     def _probe(self, due: float, wait: float, stat0: tuple[float, float, int]) -> None:
         now = self._loop.time()
         stat = self._read()
+        wait_next = LAG_PROBE_INTERVAL
+        try:
+            wait_next = self._measure(now, due, wait, stat0, stat)
+        finally:  # never left unarmed: a stale pulse would read as a blocked loop
+            self._timer = self._arm(now, wait_next, stat)
+
+    def _measure(
+        self,
+        now: float,
+        due: float,
+        wait: float,
+        stat0: tuple[float, float, int],
+        stat: tuple[float, float, int],
+    ) -> float:
+        """Note this probe's lag; return how long to wait for the next one."""
         ran, waited, woken = stat
         lag = now - due
         child = self._child
@@ -366,11 +387,9 @@ class _LagProbe:
         quiet = woken > 0 and period_is_quiet(period, ran - stat0[0], woken - stat0[2], idle)
         self._quiet = self._quiet + 1 if quiet else 0
         if self._quiet >= LAG_PROBE_IDLE_AFTER:
-            wait = LAG_PROBE_IDLE_INTERVAL
-        else:
-            self._flip = not self._flip
-            wait = LAG_PROBE_INTERVAL * (0.9 if self._flip else 1.1)
-        self._timer = self._arm(now, wait, stat)
+            return PULSE.idle_interval
+        self._flip = not self._flip
+        return LAG_PROBE_INTERVAL * (0.9 if self._flip else 1.1)
 
     def close(self) -> None:
         """Stop probing (the child stops)."""

@@ -1,6 +1,6 @@
 """``python -m bench worker-path``: a short run of both apps through the command line;
-every event is handled and answered (the bench checks it) and the figures land in
-``worker-path.json``."""
+each event is answered with one send and bytes reach the sink (the bench checks
+both, and fails otherwise), and the figures land in ``worker-path.json``."""
 
 from __future__ import annotations
 

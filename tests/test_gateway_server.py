@@ -251,6 +251,13 @@ async def test_the_connections_command_reads_a_gateway_page_by_page(
         assert set(answers) == {"gw"} and len(errors) == 2
         assert "wrong" in errors[0] and "secret" in errors[0] and "gone" in errors[1]
         assert server.stats()["connections"] == 8  # nothing dropped by the listing
+
+        # A gateway of an older version knows only the one-list form: the reader
+        # falls back to it (on a new link, as the gateway closes the first).
+        core = server.core
+        core.queries[Cmd.Q_CONNECTIONS] = lambda: core.clients.rows("127.0.0.1", core.internal_port)
+        answers, errors = await query.connection_rows(targets[:1], timeout=5)
+        assert errors == [] and len(answers["gw"]) == 8
         for client, _ in opened:
             await client.close()
         await worker.close()

@@ -210,6 +210,44 @@ UVLOOP_SCENARIOS: list[Callable[[], Coroutine[Any, Any, None]]] = [
 ]
 
 
+async def test_a_failing_flush_of_a_held_link_spares_the_reader_and_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reader's turn made three links send; one transport's write raises: that is
+    logged, the reader's link stays open and the other two links' packets go out."""
+    async with linked() as (gw, link, reader):
+        gw_other, gw_broken = await FakeGateway().start(), await FakeGateway().start()
+        other = GatewayLink(gw_other.address, role="client")
+        broken = GatewayLink(gw_broken.address, role="client")
+        await other.connect()
+        await broken.connect()
+
+        def fail(data: bytes) -> None:
+            raise OSError("the write failed")
+
+        transport_of(broken).write = fail  # type: ignore[method-assign]
+
+        def hook(payload: int) -> None:
+            broken.send(encode(Cmd.SEND_TO_ALL, "lost", None, None))
+            link.send(encode(Cmd.SEND_TO_CLIENT, 1, "reply", None))
+            other.send(encode(Cmd.SEND_TO_ALL, "other", None, None))
+
+        reader.hook = hook
+        try:
+            with caplog.at_level(logging.ERROR, logger="gatewayclient"):
+                gw.emit(Cmd.EV_MESSAGE, 1, 7)
+                await wait_until(lambda: bool(gw.packets(Cmd.SEND_TO_CLIENT)))
+                await wait_until(lambda: bool(gw_other.packets(Cmd.SEND_TO_ALL)))
+            assert link.is_open and reader.seen == [7]
+            failed = [r for r in caplog.records if "flushing the link" in r.getMessage()]
+            assert len(failed) == 1 and gw_broken.address in failed[0].getMessage()
+        finally:
+            other.close()
+            broken.abort("test over")
+            await gw_other.stop()
+            await gw_broken.stop()
+
+
 async def test_a_reader_turn_holds_back_only_its_own_threads_flushes() -> None:
     """What a reader's callbacks send is flushed when the turn of input ends; a link
     of another loop (another thread: a sync push client's beside a worker's loop)

@@ -42,8 +42,9 @@ SCRIPT = textwrap.dedent(
             asyncio.get_running_loop().call_later(0.05, self.count)
 
         async def stop(self, graceful):
-            with open(os.environ["STOPPED"], "w") as fh:
-                json.dump({"graceful": graceful}, fh)
+            from pygatewayworker.runtime.service import PULSE
+            with open(os.environ["STOPPED"], "w") as fh:  # the probe runs on while stopping
+                json.dump({"graceful": graceful, "probed": PULSE.due > 0}, fh)
 
         def stats(self):
             return {"connections": 3, "messages_in": self.messages_in}
@@ -135,14 +136,14 @@ def test_ready_stats_and_stop(child: ChildProc) -> None:
     assert child.proc.poll() is None
     child.proc.send_signal(signal.SIGTERM)
     assert child.proc.wait(10) == ExitCode.OK
-    assert json.loads(child.stopped.read_text()) == {"graceful": False}
+    assert json.loads(child.stopped.read_text()) == {"graceful": False, "probed": True}
 
 
 def test_sigquit_is_a_graceful_stop(child: ChildProc) -> None:
     assert child.status_line()["kind"] == "ready"
     child.proc.send_signal(signal.SIGQUIT)
     assert child.proc.wait(10) == ExitCode.OK
-    assert json.loads(child.stopped.read_text()) == {"graceful": True}
+    assert json.loads(child.stopped.read_text()) == {"graceful": True, "probed": True}
 
 
 def test_failing_start_reports_and_exits_with_boot_error(tmp_path: Path) -> None:

@@ -368,6 +368,7 @@ async def test_with_a_lag_probe_the_watchdog_reads_its_pulse_and_keeps_no_timer(
     worker = await env.start_worker(callbacks="inline", slow_callback=0.2)
     watchdog = worker._watchdog
     assert watchdog is not None and watchdog._timer is None  # no wake-ups of its own
+    assert PULSE.idle_interval == watchdog.period == 0.05  # a block noticed a period late
     await asyncio.sleep(0.05)  # the probe is not due yet: nothing to report
     with caplog.at_level(logging.WARNING, logger="businessworker"):
         _block_the_loop(0.8)
