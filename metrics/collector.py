@@ -376,6 +376,10 @@ def families(view: ClusterView) -> list[Metric]:
             continue
         out.add("process_resident_memory_bytes", GAUGE, RSS_HELP, labels, snap.get("rss"))
         out.add("process_start_time_seconds", GAUGE, START_HELP, labels, snap.get("started_at"))
+        for key, name, help in LOOP_LAG:
+            lag = _number(snap.get(key))
+            if lag is not None:
+                out.add(name, GAUGE, help, labels, lag / 1000)
         for spec in SPECS:
             if spec.role == labels["role"] and spec.key in snap:
                 _add_spec(out, spec, labels, snap[spec.key])
@@ -386,6 +390,26 @@ UP_HELP = "1 when the process of this slot runs and reported ready, else 0."
 RESTARTS_HELP = "Times the master respawned this slot's process after it died."
 RSS_HELP = "Resident memory of the process."
 START_HELP = "When the process started (Unix time)."
+LOOP_LAG = (
+    (
+        "loop_lag_max_ms",
+        "process_loop_lag_seconds",
+        "The longest the event loop was late to run a timer in the last stats interval "
+        "(about 1 s): a stall by the process's own work, or a wait for a CPU.",
+    ),
+    (
+        "loop_lag_own_max_ms",
+        "process_loop_lag_own_seconds",
+        "The same less the loop thread's wait for a CPU (Linux schedstat): what the "
+        "process's own callbacks held the loop up.",
+    ),
+    (
+        "loop_lag_peak_ms",
+        "process_loop_lag_peak_seconds",
+        "The longest event loop stall since the process started.",
+    ),
+)
+"""Stats key (ms) -> metric (seconds) of the loop-lag probe every child runs."""
 
 
 def _master(out: _Families, view: ClusterView) -> None:

@@ -73,7 +73,15 @@ def cluster_stats() -> dict[str, dict[str, Any]]:
             "messages_in_per_s": 1.5,
             "messages_out_per_s": 2.0,
         },
-        "chat.gateway.1": {"pid": 12, **fresh, "connections": 1, "messages_in_per_s": 0.5},
+        "chat.gateway.1": {
+            "pid": 12,
+            **fresh,
+            "connections": 1,
+            "messages_in_per_s": 0.5,
+            "loop_lag_max_ms": 2.5,
+            "loop_lag_own_max_ms": 1.25,
+            "loop_lag_peak_ms": 40.0,
+        },
         "chat.businessworker.0": {
             "pid": 13,
             **fresh,
@@ -160,6 +168,10 @@ def test_collector_turns_stats_into_labelled_metrics() -> None:
     )
     rss = got["gatewayworker_process_resident_memory_bytes"]
     assert value(rss, "gatewayworker_process_resident_memory_bytes", role="master") == 12345
+    for family, seconds in (("", 0.0025), ("_own", 0.00125), ("_peak", 0.04)):
+        lag = f"gatewayworker_process_loop_lag{family}_seconds"
+        assert value(got[lag], lag, role="gateway", index="1") == seconds
+        assert all(s.labels["index"] == "1" for s in got[lag])  # only where reported
 
 
 def test_collector_tolerates_missing_and_odd_keys() -> None:
