@@ -386,7 +386,7 @@ def test_page_is_off_without_a_token(tmp_path: Any) -> None:
 def test_grafana_dashboard_uses_only_metrics_we_export() -> None:
     from pathlib import Path
 
-    from pygatewayworker.metrics.collector import COUNTER, PREFIX, SPECS
+    from pygatewayworker.metrics.collector import COUNTER, LOOP_LAG, PREFIX, SPECS
 
     doc = json.loads((Path(__file__).parent.parent / "docs" / "grafana-dashboard.json").read_text())
     assert doc["title"] and doc["uid"] and doc["schemaVersion"] >= 30
@@ -394,6 +394,7 @@ def test_grafana_dashboard_uses_only_metrics_we_export() -> None:
     assert len({p["id"] for p in panels}) == len(panels)
     known = {"gatewayworker_up", "gatewayworker_process_resident_memory_bytes"}
     known |= {"gatewayworker_process_restarts_total", "gatewayworker_reloads_total"}
+    known |= {PREFIX + name for _, name, _ in LOOP_LAG}
     for spec in SPECS:
         name = PREFIX + spec.name
         known.add(name + "_total" if spec.kind == COUNTER else name)
