@@ -92,8 +92,11 @@ QUICK = Sizes(
     conn_gateways=2,
     conn_workers=1,
     conn_gens=2,
-    rate_conns=300,
-    rate_chat_conns=300,
+    # enough connects that the cluster's CPU over them is many 10 ms clock ticks
+    # (/proc/<pid>/stat): at about 100 us each, 300 made 3 ticks over 6 processes,
+    # and sometimes none
+    rate_conns=1500,
+    rate_chat_conns=1500,
     ping_interval=1.0,
     hold=2.5,
     fanout_sizes=(100, 300),
