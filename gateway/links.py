@@ -35,6 +35,9 @@ _monotonic = time.monotonic
 _TCP_INFO_SIZE = 104
 _LAST_ACK_RECV = struct.Struct("=I")
 """``tcpi_last_ack_recv`` (ms), at offset 56 of Linux's ``struct tcp_info``."""
+_UNACKED = struct.Struct("=I")
+"""``tcpi_unacked`` (segments in flight), at offset 24; byte 2 is
+``tcpi_retransmits``."""
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:
@@ -135,7 +138,8 @@ class InternalLink(asyncio.Protocol):
     def peer_acked(self, within: float) -> bool:
         """From ``TCP_INFO`` (Linux): the time since the last ACK from the peer's
         kernel, which answers our keep-alive pings even while the process is stopped
-        or its loop blocked, and not when its host vanished."""
+        or its loop blocked, and not when its host vanished; and whether data of
+        ours is being retransmitted unanswered (then the host is gone)."""
         sock = self.transport.get_extra_info("socket")
         option = getattr(socket, "TCP_INFO", None)
         if sock is None or option is None:
@@ -145,6 +149,12 @@ class InternalLink(asyncio.Protocol):
         except (OSError, AttributeError):
             return False
         if len(info) < _TCP_INFO_SIZE:
+            return False
+        if info[2] and _UNACKED.unpack_from(info, 24)[0]:
+            # tcpi_retransmits: data of ours is unanswered past a retransmission
+            # timeout (200 ms at least, and we ping a silent peer every keep-alive
+            # interval): its host is gone, however recent its last ACK (a data
+            # packet sent after the peer's own last one is acknowledged later)
             return False
         (last_ack_recv_ms,) = _LAST_ACK_RECV.unpack_from(info, 56)
         return bool(last_ack_recv_ms <= within * 1000)
