@@ -91,7 +91,12 @@ COMPARE_FULL = CompareSizes()
 COMPARE_QUICK = CompareSizes(
     # a point's CPU is read from /proc/<pid>/stat in 10 ms ticks per process: 1,000
     # round trips or more, so that each process's share is several ticks
-    settle=1.0, clients=20, rates=(500, 1000), duration=2.0, wave=200, waves=2
+    settle=1.0,
+    clients=20,
+    rates=(500, 1000),
+    duration=2.0,
+    wave=200,
+    waves=2,
 )
 
 
