@@ -241,7 +241,7 @@ def ratios(summary_values: dict[str, Any], stick: dict[str, Any]) -> dict[str, f
     def div(a: Any, b: Any) -> float | None:
         if not isinstance(a, int | float) or not isinstance(b, int | float) or not b:
             return None
-        return round(a / b, 3)
+        return float(f"{a / b:.3g}")  # 3 significant digits: a small ratio is not 0.0
 
     echo_ms = stick.get("echo_rtt_us", 0) / 1000.0
     return {
