@@ -296,7 +296,11 @@ class GatewayLink(asyncio.Protocol):
             reason = exc.strerror or str(exc) or exc.__class__.__name__
             raise LinkError(f"cannot link to gateway {self.address}: {reason}") from None
         except BaseException:
-            self.abort("handshake failed")
+            # cancelled (or worse) while waiting: the link is dropped unless its
+            # handshake is already done (a keeper task cancelled by stop_relinking
+            # between WELCOME and its own wake-up: the open link is kept, as asked)
+            if self._state is not _OPEN:
+                self.abort("handshake failed")
             raise
         return self.info
 

@@ -104,6 +104,27 @@ async def test_link_handshake_timeout() -> None:
         server.close()
 
 
+async def test_a_link_open_when_its_connect_is_cancelled_stays_open() -> None:
+    """A worker that stops right after linking cancels its link keepers
+    (``LinkPool.stop_relinking``); a keeper can be cancelled between the gateway's
+    WELCOME and its own wake-up in ``connect()``. The open link is kept, so the
+    worker's WORKER_LEAVE still reaches the gateway (it was aborted as a failed
+    handshake, which showed on Python 3.12)."""
+    gw = await FakeGateway().start()
+    connecting: dict[str, asyncio.Task[Any]] = {}
+    link = GatewayLink(gw.address, role="worker", on_open=lambda _: connecting["task"].cancel())
+    connecting["task"] = asyncio.ensure_future(link.connect())
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await connecting["task"]
+        assert link.is_open
+        link.send(encode(Cmd.WORKER_LEAVE))
+        await wait_until(lambda: bool(gw.packets(Cmd.WORKER_LEAVE)))
+    finally:
+        link.close()
+        await gw.stop()
+
+
 async def test_link_garbage_closes_and_fails_pending(caplog: pytest.LogCaptureFixture) -> None:
     gw = await FakeGateway().start()
     gw.answer_queries = False
