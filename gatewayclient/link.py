@@ -315,12 +315,7 @@ class GatewayLink(asyncio.Protocol):
         if self._out_bytes >= FLUSH_BYTES:
             self.flush()
         elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            held = _HELD.links
-            if held is not None:  # a reader is handling input: flushed when it ends
-                held.append(self)
-            else:
-                self._loop.call_soon(self.flush)  # type: ignore[union-attr]
+            self._schedule_flush()
 
     def flush(self) -> None:
         """Hand every queued packet to the transport now."""
@@ -631,10 +626,12 @@ class GatewayLink(asyncio.Protocol):
         return self._proto.pongs_seen
 
     def _schedule_flush(self) -> None:
+        """Flush at the end of the reader's turn in progress, or in the next
+        iteration of the loop."""
         if not self._flush_scheduled and self._loop is not None:
             self._flush_scheduled = True
             held = _HELD.links
-            if held is not None:
+            if held is not None:  # a reader is handling input: flushed when it ends
                 held.append(self)
             else:
                 self._loop.call_soon(self.flush)
