@@ -362,7 +362,19 @@ class GatewayCore:
         self.links.discard(link)
         self.workers.remove(link)
         self.clients.auth.link_gone(link)
-        if link.role:
+        lost = link.unanswered if link.role == "worker" and self.accepting else 0
+        link.unanswered = 0
+        if lost:  # it went (died, or dropped the link) without a word since them
+            self.counters.events_lost += lost
+            log.warning(
+                "%r is gone: %d client events sent to it since it last spoke may be lost "
+                "(%d clients to re-assign)",
+                link,
+                lost,
+                max(link.clients, 0),
+                extra=_worker_field(link),
+            )
+        elif link.role:
             log.info(
                 "%r is gone (%d clients to re-assign)",
                 link,

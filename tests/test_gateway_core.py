@@ -368,6 +368,36 @@ def test_a_silent_worker_is_held_then_resumed_then_dropped_with_its_losses_count
     assert events(other, client.conn_id) == [(Cmd.EV_MESSAGE, "e")]
 
 
+def test_a_worker_link_that_ends_with_events_unanswered_counts_them_as_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    worker = h.link()
+    client = h.client()
+    events(worker)
+    h.feed(worker, [Cmd.PONG])  # it spoke: nothing unanswered
+    h.core.clients.message(client, "a")
+    h.core.clients.message(client, "b")
+    h.core.link_closed(worker)  # it died, or dropped the link itself, without a word
+    assert h.core.stats()["events_lost"] == 2
+    assert "2 client events sent to it since it last spoke may be lost" in caplog.text
+
+    quiet = h.link(name="quiet")
+    h.feed(quiet, [Cmd.PONG])
+    h.core.link_closed(quiet)  # nothing sent to it since it spoke: nothing lost
+    assert h.core.stats()["events_lost"] == 2
+
+
+def test_links_closed_while_the_gateway_stops_count_nothing_as_lost() -> None:
+    h = Harness()
+    worker = h.link()
+    client = h.client()
+    h.core.clients.message(client, "a")
+    h.core.accepting = False  # stopping: we close the links ourselves
+    h.core.link_closed(worker)
+    assert h.core.stats()["events_lost"] == 0
+
+
 def test_clients_declared_closed_by_a_worker_are_closed_without_a_second_close() -> None:
     h = Harness()
     worker = h.link()
