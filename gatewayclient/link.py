@@ -51,6 +51,17 @@ was written for ``keepalive_interval`` (or nothing heard for that long), and dro
 link when nothing was heard for ``link_timeout``. A request's timeout is a timer at
 its deadline that asks ``LinkClient.expire``.
 
+Silence counts only while this loop could listen. A timer that fires late (by
+``late`` seconds) means the loop was stalled that long (a blocking callback, a stopped
+process), and what the gateway sent meanwhile may still sit unread in the socket:
+on uvloop (libuv) a timer that fell due during a callback that blocked inside
+``data_received`` (a plain callback run inline, or on Python 3.12+ an eagerly
+started task) runs after that poll and before the next one, so ``last_recv`` is not
+yet refreshed. The tick therefore moves ``last_recv`` on by its lateness before it
+asks the protocol object: our stall is not the gateway's silence (dropping the link
+then would also drop the client events waiting in the socket). A gateway that is
+really silent is still dropped after ``link_timeout`` of time on which the loop ran.
+
 ``ROUTES`` packets keep :attr:`~GatewayLink.uids` and :attr:`~GatewayLink.groups`:
 the uids and groups that have members on this gateway (``None`` until the first
 ``ROUTES``: unknown, so callers send everything there). :meth:`~GatewayLink.note_uid`
@@ -222,6 +233,9 @@ class GatewayLink(asyncio.Protocol):
         self._welcome: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._tick_at = 0.0
+        """When the keep-alive timer is due (loop time): how late it fires is how long
+        the loop was stalled."""
         self._kept: list[list[Any]] = []
         """Decoded packets left for a later turn (more may wait in the decoder)."""
         self._turn_due = False
@@ -689,13 +703,20 @@ class GatewayLink(asyncio.Protocol):
                 )
 
     def _schedule_tick(self) -> None:
-        self._timer = self._loop.call_later(self._proto.period, self._tick)  # type: ignore[union-attr]
+        loop = self._loop
+        assert loop is not None
+        period = self._proto.period
+        self._tick_at = loop.time() + period
+        self._timer = loop.call_later(period, self._tick)
 
     def _tick(self) -> None:
         if self._state is _CLOSED or self._transport is None:
             return
         proto = self._proto
         now = self._loop.time()  # type: ignore[union-attr]
+        late = now - self._tick_at
+        if late > 0.0:  # the loop was stalled: not the gateway's silence (module doc)
+            proto.last_recv = min(now, proto.last_recv + late)
         upkeep = proto.keepalive(now)
         if upkeep is Upkeep.SILENT:
             silence = proto.silence(now)
