@@ -183,6 +183,7 @@ class CpuMeter:
         self.result = {
             "wall_s": round(wall, 3),
             "generator_cpu_pct": round(100 * sum(used) / wall, 1),
+            "generator_cpu_s": round(sum(used), 4),
             "generator_cpu_pct_max_process": round(100 * max(used, default=0) / wall, 1),
             "runner_cpu_pct": round(100 * (times.user + times.system - self.runner0) / wall, 1),
             # None when cluster processes were replaced (their CPU left the sum)

@@ -32,7 +32,12 @@ business workers, heartbeat 55 s without a response limit, the shipped
    time of every cluster process over the point divided by the replies;
 4. connects: ``waves`` waves of ``wave`` connections (at most 100 handshakes in
    flight per generator), each counted at its ``101``, then all closed; the server
-   CPU per connect covers the opening and the closing.
+   CPU per connect covers the opening and the closing (and the generators' CPU per
+   connect is reported beside it);
+5. connects on split cores: the waves of step 4 again with every thread of the
+   cluster on one CPU and the generators (and this runner) on another, so that the
+   load generator no longer takes its CPU from the server it measures: the rate is
+   then the capacity of one core running the cluster (skipped with fewer than 2 CPUs).
 
 ``wave`` stays below 1,024 per gateway process: workerman's ``Select`` loop (without
 ``ext-event``) cannot watch more descriptors. Over the whole run: CPU steal, load
@@ -50,11 +55,13 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from bench.chatload import SAY_PREFIX, SAY_SUFFIX
 from bench.cluster import ROOT, BenchCluster, ClusterConfig
@@ -180,9 +187,9 @@ async def round_trips(bench: Bench, sizes: CompareSizes) -> dict[str, Any]:
     return {"clients": sizes.clients, "login": login, "points": points}
 
 
-async def connect_waves(bench: Bench, sizes: CompareSizes) -> dict[str, Any]:
+async def connect_waves(bench: Bench, sizes: CompareSizes, label: str = "") -> dict[str, Any]:
     """Step 4 of the module docstring: connects/s over the waves' opening time, and
-    the server CPU per connection, opening and closing."""
+    the server's and the generators' CPU per connection, opening and closing."""
     waves = []
     for _ in range(sizes.waves):
         with bench.cpu() as meter:
@@ -190,10 +197,12 @@ async def connect_waves(bench: Bench, sizes: CompareSizes) -> dict[str, Any]:
             await bench.close_all()
             await asyncio.sleep(0.3)  # the servers finish the closes
         wave["open_close_cluster_cpu_s"] = meter.result["cluster_cpu_s"]
+        wave["open_close_generator_cpu_s"] = meter.result["generator_cpu_s"]
         waves.append(wave)
     connected = sum(w["ready"] for w in waves)
     opening = sum(w["elapsed_s"] for w in waves)
     cpu = [w["open_close_cluster_cpu_s"] for w in waves]
+    gens = sum(w["open_close_generator_cpu_s"] for w in waves)
     found = {
         "connected": connected,
         "failed": sum(w["failed"] for w in waves),
@@ -203,10 +212,55 @@ async def connect_waves(bench: Bench, sizes: CompareSizes) -> dict[str, Any]:
         "cluster_cpu_us_per_connect": None
         if None in cpu
         else per_unit_us({"cluster_cpu_s": sum(cpu)}, connected),
+        "generator_cpu_us_per_connect": per_unit_us({"cluster_cpu_s": gens}, connected),
         "waves": waves,
     }
-    bench.log(f"  connects: {connected} at {found['per_s']}/s, {found['per_wave_per_s']} per wave")
+    bench.log(
+        f"  connects{label}: {connected} at {found['per_s']}/s, {found['per_wave_per_s']} per "
+        f"wave; CPU per connect: server {found['cluster_cpu_us_per_connect']} µs, "
+        f"generators {found['generator_cpu_us_per_connect']} µs"
+    )
     return found
+
+
+def _pin(procs: list[psutil.Process], cpus: set[int]) -> None:
+    """Every thread of ``procs`` on ``cpus`` (an affinity is per thread: setting a
+    process's leaves its other threads where they were)."""
+    for proc in procs:
+        try:
+            tids = [thread.id for thread in proc.threads()]
+        except psutil.Error:  # gone
+            continue
+        for tid in tids:
+            with contextlib.suppress(OSError):  # the thread ended meanwhile
+                os.sched_setaffinity(tid, cpus)
+
+
+@contextlib.contextmanager
+def split_cores(bench: Bench, cluster: BenchCluster, cpus: list[int]) -> Iterator[None]:
+    """For the body: every process of ``cluster`` on ``cpus[0]``, the generators and
+    this runner on ``cpus[1]``; then all of them on every CPU of ``cpus`` again."""
+    assert bench.pool is not None
+    server = cluster.processes()
+    load = [psutil.Process(), *(psutil.Process(proc.pid) for proc in bench.pool.procs)]
+    try:
+        _pin(server, {cpus[0]})
+        _pin(load, {cpus[1]})
+        yield
+    finally:
+        _pin(server + load, set(cpus))
+
+
+async def split_connect_waves(
+    bench: Bench, cluster: BenchCluster, sizes: CompareSizes
+) -> dict[str, Any] | None:
+    """Step 5 of the module docstring: the waves of step 4 again with the cluster on
+    one core and the load on another; ``None`` with fewer than 2 CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    with split_cores(bench, cluster, cpus):
+        return await connect_waves(bench, sizes, " (cluster on one core, load on another)")
 
 
 async def measure_side(bench: Bench, cluster: BenchCluster, sizes: CompareSizes) -> dict[str, Any]:
@@ -218,6 +272,7 @@ async def measure_side(bench: Bench, cluster: BenchCluster, sizes: CompareSizes)
         bench.log(f"  idle: RSS {idle['rss_mib']} MiB, PSS {idle['pss_mib']} MiB")
         found["round_trip"] = await round_trips(bench, sizes)
         found["connects"] = await connect_waves(bench, sizes)
+        found["connects_split"] = await split_connect_waves(bench, cluster, sizes)
     return found
 
 

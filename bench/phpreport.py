@@ -41,6 +41,11 @@ def figures(side: dict[str, Any]) -> dict[str, float | None]:
     connects = side["connects"]
     found["connects/s"] = connects["per_s"]
     found["server CPU per connect (open + close), µs"] = connects["cluster_cpu_us_per_connect"]
+    found["load generator CPU per connect, µs"] = connects.get("generator_cpu_us_per_connect")
+    split = side.get("connects_split")
+    if split:
+        found["connects/s, cluster on one core, load on another"] = split["per_s"]
+        found["server CPU per connect on one core, µs"] = split["cluster_cpu_us_per_connect"]
     return found
 
 

@@ -7,15 +7,17 @@ report's arithmetic is tested with hand-made rounds, and the command's own run
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from bench.phpcluster import event_loop_of
-from bench.phpcompare import CompareOptions, php_side
+from bench.phpcompare import CompareOptions, _pin, php_side
 from bench.phpreport import markdown, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +37,12 @@ def _side(rss: float, p50: float, cpu: float, connects: float) -> dict[str, Any]
     return {
         "idle": {"rss_mib": rss, "pss_mib": rss / 2, "count": 6, "processes": [process]},
         "round_trip": {"points": {"1000": point}},
-        "connects": {"per_s": connects, "cluster_cpu_us_per_connect": 100.0},
+        "connects": {
+            "per_s": connects,
+            "cluster_cpu_us_per_connect": 100.0,
+            "generator_cpu_us_per_connect": 50.0,
+        },
+        "connects_split": {"per_s": connects / 2, "cluster_cpu_us_per_connect": 120.0},
     }
 
 
@@ -87,6 +94,11 @@ def test_summary_gives_ranges_and_ratios_ours_over_php() -> None:
     )
     assert "| idle RSS sum, MiB | 50 - 60 | 150 | 2.73 (2.50 - 3.00) |" in text
     assert "| connects/s | 2,000 | 4,000 - 5,000 | 2.25 (2.00 - 2.50) |" in text
+    assert (
+        "| connects/s, cluster on one core, load on another | 1,000 | 2,000 - 2,500 | "
+        "2.25 (2.00 - 2.50) |" in text
+    )
+    assert "| load generator CPU per connect, µs | 50 | 50 | 1.00 |" in text
     assert "event loop: Select" in text and "Test CPU" in text and "0.5 %" in text
 
 
@@ -157,7 +169,34 @@ def test_quick_php_compare_without_php_measures_our_side(tmp_path: Path) -> None
     for point in ours["round_trip"]["points"].values():
         assert point["sent"] > 0 and point["received"] == point["sent"]
         assert point["cluster_cpu_us_per_msg"] > 0
-    connects = ours["connects"]
-    assert connects["connected"] == 400 and connects["failed"] == 0 and connects["per_s"] > 0
+    for phase in ("connects", "connects_split"):
+        connects = ours[phase]
+        assert connects["connected"] == 400 and connects["failed"] == 0 and connects["per_s"] > 0
+        assert connects["generator_cpu_us_per_connect"] is not None
     text = (tmp_path / "php-compare.md").read_text()
     assert "No PHP cluster was given" in text and "| connects/s | - |" in text
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to pin apart")
+def test_pinning_moves_every_thread_of_a_process_and_back() -> None:
+    """``split_cores`` pins each thread (an affinity is per thread), then restores."""
+    code = (
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        proc = psutil.Process(child.pid)
+        tids = [t.id for t in proc.threads()]
+        cpus = sorted(os.sched_getaffinity(0))
+        assert len(tids) == 2
+        _pin([proc], {cpus[1]})
+        assert [os.sched_getaffinity(tid) for tid in tids] == [{cpus[1]}, {cpus[1]}]
+        _pin([proc], set(cpus))
+        assert [os.sched_getaffinity(tid) for tid in tids] == [set(cpus), set(cpus)]
+    finally:
+        child.kill()
+        child.wait()
