@@ -154,6 +154,11 @@ class _RegisterClient:
                 async with asyncio.timeout(next_ping - now):  # not wait_for: see _session
                     data = await reader.read(65536)
             except TimeoutError:
+                # Woken late: our loop was stalled (a blocking callback, a stopped
+                # process), and what the register sent meanwhile may still be unread
+                # in the socket. Our stall is not its silence.
+                woken = loop.time()
+                last_heard = min(woken, last_heard + max(0.0, woken - next_ping))
                 continue
             if not data:
                 raise EOFError("closed the connection")

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -554,6 +555,17 @@ async def test_on_change_errors_are_logged_not_fatal(make_register, closing, cap
     assert watcher.registers_connected == 1
 
 
+async def _watching(server: asyncio.Server, closing: list[Any]) -> GatewayDirectoryWatcher:
+    """A started watcher of ``server`` pinging every 0.1 s (closed by the fixture)."""
+    port = server.sockets[0].getsockname()[1]
+    watcher = GatewayDirectoryWatcher(
+        (f"127.0.0.1:{port}",), SECRET, keepalive=0.1, retry_interval=RETRY
+    )
+    closing.append(watcher)
+    await watcher.start()
+    return watcher
+
+
 async def test_clients_ping_and_detect_a_silent_register(closing):
     """A register that accepts but never answers is dropped after 3 keep-alives."""
     pings = 0
@@ -566,16 +578,38 @@ async def test_clients_ping_and_detect_a_silent_register(closing):
 
     server = await asyncio.start_server(mute, "127.0.0.1", 0)
     try:
-        port = server.sockets[0].getsockname()[1]
-        watcher = GatewayDirectoryWatcher(
-            (f"127.0.0.1:{port}",), SECRET, keepalive=0.1, retry_interval=RETRY
-        )
-        closing.append(watcher)
-        await watcher.start()
+        watcher = await _watching(server, closing)
         # under load an earlier attempt may fail otherwise first (a slow connect): the
         # silent-register verdict must come, whatever came before it
         await until(lambda: "silent" in (watcher.last_error or ""))
         assert pings >= 2
+        await watcher.close()
+    finally:
+        server.close()
+
+
+async def test_a_client_does_not_take_its_own_stall_for_a_silent_register(closing):
+    """A loop blocked past 3 keep-alives (a blocking callback in a worker) then woken:
+    the register answered every ping it got, so the connection is kept."""
+    connections = 0
+
+    async def ponger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while line := await reader.readline():
+            if line == lines.PING:
+                writer.write(lines.PONG)
+        writer.close()
+
+    server = await asyncio.start_server(ponger, "127.0.0.1", 0)
+    try:
+        watcher = await _watching(server, closing)
+        await until(lambda: connections == 1)
+        await asyncio.sleep(0.25)  # a few pings answered
+        time.sleep(0.6)  # the loop stalls for 6 keep-alive intervals
+        await asyncio.sleep(0.5)
+        assert "silent" not in (watcher.last_error or ""), watcher.last_error
+        assert connections == 1
         await watcher.close()
     finally:
         server.close()
