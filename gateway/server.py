@@ -354,16 +354,19 @@ class GatewayServer:
         cfg = self.config
         tick = max(0.02, min(1.0, cfg.keepalive_interval / 2, cfg.link_timeout / 4))
         while True:
+            due = _monotonic() + tick
             await asyncio.sleep(tick)
+            now = _monotonic()
             try:
-                self.sweep_housekeeping(_monotonic())
+                self.sweep_housekeeping(now, max(0.0, now - due))
             except Exception:
                 log.exception("housekeeping sweep failed")
 
-    def sweep_housekeeping(self, now: float) -> None:
-        """Deadlines of handshakes and closes, held events, link upkeep."""
+    def sweep_housekeeping(self, now: float, late: float = 0.0) -> None:
+        """Deadlines of handshakes and closes, held events, link upkeep (``late``:
+        how long the loop was stalled past this sweep's due time)."""
         self.client_port.sweep(now)
-        self.core.tick(now)
+        self.core.tick(now, late)
         port = self.client_port
         self.fd_watch.check(
             now,

@@ -335,6 +335,21 @@ def test_a_silent_worker_whose_host_is_silent_too_is_dropped_at_once() -> None:
     assert writer(worker).aborted and not worker.stalled
 
 
+def test_the_gateways_own_stall_is_not_its_links_silence() -> None:
+    """A tick that runs ``late`` (this loop stalled: a stopped process, a paused VM)
+    credits each link's silence with it: what the workers sent meanwhile is still
+    unread in the sockets. A link silent on its own is still found out."""
+    h = Harness(keepalive_interval=1.0, link_timeout=3.0)
+    worker = h.link()
+    worker.proto.last_send = worker.proto.last_recv = h.clock()
+    h.clock.now += 100.0  # the gateway was stopped for 100 s
+    h.core.tick(h.clock(), late=99.5)
+    assert not writer(worker).aborted and not worker.stalled
+    h.clock.now += 3.5  # then it heard nothing for more than link_timeout
+    h.core.tick(h.clock())
+    assert worker.stalled or writer(worker).aborted
+
+
 def test_a_silent_worker_is_held_then_resumed_then_dropped_with_its_losses_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
