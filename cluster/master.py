@@ -492,9 +492,16 @@ class Master:
                 return
             if pid == 0:
                 return
-            entry = self._by_pid.pop(pid, None)
-            if entry is not None:
-                self._on_exit(entry[0], entry[1], os.waitstatus_to_exitcode(status))
+            self._child_exited(pid, os.waitstatus_to_exitcode(status))
+
+    def _child_exited(self, pid: int, code: int) -> None:
+        """A child is reaped. What it wrote on the status pipe before it exited (why
+        it could not start) is read first: the select that woke us may have come
+        before that line, and its exit must not be reported without its reason."""
+        self._read_status()
+        entry = self._by_pid.pop(pid, None)
+        if entry is not None:
+            self._on_exit(entry[0], entry[1], code)
 
     def _on_exit(self, slot: Slot, child: Child, code: int) -> None:
         child.exit_reason = describe_exit(code) + (f": {child.error}" if child.error else "")

@@ -22,7 +22,12 @@ from typing import Any
 
 import pytest
 
+from pygatewayworker.cluster.apps import discover
+from pygatewayworker.cluster.daemon import ConsoleReporter
+from pygatewayworker.cluster.master import Master, MasterOptions
 from pygatewayworker.cluster.pidfile import pid_alive
+from pygatewayworker.cluster.slots import Child, Slot
+from pygatewayworker.runtime.spec import ExitCode
 from tests.cluster import PYTHON, ROOT, wait_ports_free
 from tests.ports import port_is_free, reserve_ports
 
@@ -226,6 +231,30 @@ def test_boot_failure_reports_the_reason_and_leaves_nothing(fake_app: FakeApp) -
     assert fake_app.processes() == []
     assert not (fake_app.run_dir / "gatewayworker.pid").exists()
     assert port_is_free(fake_app.register_port)
+
+
+def test_an_exit_seen_before_the_childs_status_line_still_reports_its_reason(
+    tmp_path: Path,
+) -> None:
+    """A child writes why it could not start on the status pipe, then exits; when the
+    master's wake-up came before that line, the reaped exit reads it first."""
+    plan = discover(str(ROOT / "apps"), "chat")
+    master = Master(plan, MasterOptions(run_dir=str(tmp_path)), ConsoleReporter())
+    master._status_r, master._status_w = os.pipe()
+    os.set_blocking(master._status_r, False)
+    try:
+        slot = Slot(plan.by_role("businessworker")[0], 0)
+        child = slot.current = Child(4242, 1, time.time(), time.monotonic())
+        master._by_pid[child.pid] = (slot, child)
+        master.phase = "booting"
+        line = {"kind": "error", "message": "cannot import Events: boom", "pid": child.pid}
+        os.write(master._status_w, (json.dumps(line) + "\n").encode())
+        master._child_exited(child.pid, ExitCode.BOOT_ERROR)
+        assert master._boot_failure == f"{slot.name} could not start: cannot import Events: boom"
+        assert child.exit_reason.endswith(": cannot import Events: boom")
+    finally:
+        os.close(master._status_r)
+        os.close(master._status_w)
 
 
 def test_address_in_use_names_the_holder(tmp_path: Path) -> None:
