@@ -23,14 +23,16 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from click.core import ParameterSource
 
 from pygatewayworker.cluster.apps import AppError, discover, list_start_files
-from pygatewayworker.cluster.daemon import ConsoleReporter, start_daemon
-from pygatewayworker.cluster.master import Master, MasterOptions, Reporter
+from pygatewayworker.cluster.boot import BootOrder, exec_master
+from pygatewayworker.cluster.daemon import start_daemon
+from pygatewayworker.cluster.master import MasterOptions, Reporter
 from pygatewayworker.cluster.observe import Metrics
 from pygatewayworker.cluster.overrides import (
     OverrideError,
@@ -248,11 +250,26 @@ def _start(
         log_format=(log_format or "text").lower(),
         metrics=metrics,
     )
+    # The master runs in an interpreter of its own, without this command's modules
+    # (cluster.boot): it discovers the apps checked here again and runs them.
+    order = BootOrder(
+        apps_dir=apps_dir or default_apps_dir(),
+        app=app_name,
+        overrides=overrides,
+        options=options,
+        sys_path=list(sys.path),
+        pythonpath=os.environ.get("PYTHONPATH"),
+    )
+    argv = sys.argv[:]
     if not daemon:
-        return Master(plan, options, ConsoleReporter()).run()
+        try:
+            exec_master(order, argv)
+        except OSError as exc:
+            _fail(f"cannot start the master: {exc}")
 
     def run(reporter: Reporter) -> int:
-        return Master(plan, options, reporter).run()
+        (report_fd,) = reporter.fds()
+        exec_master(replace(order, report_fd=report_fd), argv)
 
     result = start_daemon(run, DAEMON_REPORT_TIMEOUT)
     if not result.ok:

@@ -22,8 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
-
 from pygatewayworker.cluster.master import Reporter
 from pygatewayworker.cluster.status import render_summary
 
@@ -67,10 +65,10 @@ class ConsoleReporter:
     """The foreground master's reporter: print to the terminal."""
 
     def ready(self, state: dict[str, Any]) -> None:
-        click.echo(render_summary(state, foreground=True))
+        print(render_summary(state, foreground=True), flush=True)
 
     def failed(self, message: str) -> None:
-        click.echo(f"start failed: {message}", err=True)
+        print(f"start failed: {message}", file=sys.stderr, flush=True)
 
     def fds(self) -> tuple[int, ...]:
         return ()

@@ -57,8 +57,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import click
-
 from pygatewayworker.cluster.apps import ROLES, AppsPlan, Declaration
 from pygatewayworker.register.config import ConfigError, normalize_addresses, parse_address
 
@@ -343,7 +341,10 @@ def _apply_one(decl: Declaration, overrides: Overrides) -> Declaration:
 
 def override_options(function: Callable[..., Any]) -> Callable[..., Any]:
     """Add one ``start`` option per setting; the command receives them parsed as
-    ``cli_overrides: Overrides`` (a bad value is a usage error naming the option)."""
+    ``cli_overrides: Overrides`` (a bad value is a usage error naming the option).
+    Only the command line loads click: the master (``cluster.boot``) imports this
+    module without it."""
+    import click
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

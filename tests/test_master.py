@@ -379,6 +379,13 @@ def test_foreground_start_stops_on_ctrl_c(fake_app: FakeApp) -> None:
             if "Press Ctrl-C" in line:
                 break
         assert any("fake.gateway.1" in line for line in lines)
+        # the command became the master (exec, cluster.boot): same process, same
+        # terminal, its arguments still on the command line, and no click loaded
+        master = fake_app.state()["master"]
+        assert master["pid"] == proc.pid and "click" not in master["packages"]
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"pygatewayworker.cluster" in cmdline
+        assert str(fake_app.apps_dir).encode() in cmdline
         children = list(fake_app.pids().values())
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole group
         assert proc.wait(30) == 0
