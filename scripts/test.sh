@@ -2,14 +2,16 @@
 # Set up everything the test suite needs on a fresh machine, then run it.
 #   bash scripts/test.sh              # the whole default suite
 #   bash scripts/test.sh -k chat      # extra arguments go to pytest
+#   PYTHON=/path/to/python3.12 VENV=.venv-3.12 bash scripts/test.sh   # another Python
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+VENV="${VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
 
 # System packages used by the browser, multi-host, PHP and Pusher tests: Debian's
 # Chromium (driven by playwright with executable_path), iproute2 (network namespaces),
@@ -37,4 +39,4 @@ if command -v npm >/dev/null 2>&1 && [ ! -d tests/js/node_modules/pusher-js ]; t
     npm ci --prefix tests/js --no-audit --no-fund --silent
 fi
 
-exec .venv/bin/python -m pytest "$@"
+exec "$VENV/bin/python" -m pytest "$@"
