@@ -34,7 +34,6 @@ This module is pure: no sockets, no asyncio, no gateway internals.
 
 from __future__ import annotations
 
-import json
 import re
 import struct
 from collections.abc import Callable, Iterable
@@ -45,6 +44,8 @@ from pygatewayworker.gateway.client_id import MAX_CONN_ID
 from pygatewayworker.gateway.gatewayprotocol import PhpCmd, PhpPacket
 from pygatewayworker.gateway.phpserialize import PhpSerializeError, dumps, loads
 from pygatewayworker.gateway.protocol import Cmd, pack_session, unpack_session
+from pygatewayworker.runtime import jsondepth
+from pygatewayworker.runtime.jsondepth import TooDeep
 
 __all__ = [
     "Action",
@@ -176,8 +177,10 @@ def _text(packet: PhpPacket, raw: bytes, what: str) -> str:
 
 def _json(packet: PhpPacket) -> Any:
     try:
-        return json.loads(packet.ext_data)
-    except (ValueError, RecursionError):
+        return jsondepth.loads(packet.ext_data)
+    except TooDeep as exc:
+        raise CommandError(packet.name, f"ext_data is {exc}") from None
+    except ValueError:
         raise CommandError(packet.name, "ext_data is not JSON") from None
 
 
@@ -370,7 +373,7 @@ def _ping(p: PhpPacket) -> Action:
 
 def _gateway_client_connect(p: PhpPacket) -> Action:
     try:
-        info = json.loads(p.body) if p.body_is_scalar else None
+        info = jsondepth.loads(p.body) if p.body_is_scalar else None
     except ValueError:
         info = None
     secret = info.get("secret_key") if isinstance(info, dict) else None

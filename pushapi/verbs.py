@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Callable
 from typing import Any
 
 from pygatewayworker.gatewayclient.spec import CALLS, HELPERS, Arg, Call, JsonField
+from pygatewayworker.runtime import jsondepth
+from pygatewayworker.runtime.jsondepth import TooDeep
 
 __all__ = ["BadRequest", "VERBS", "parse_call"]
 
@@ -60,11 +61,11 @@ def _parse_object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        document = json.loads(body)
+        document = jsondepth.loads(body)
+    except TooDeep as exc:
+        raise BadRequest(f"the body is {exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequest("the body is not valid JSON: nested too deeply") from None
     if not isinstance(document, dict):
         raise BadRequest(f"the body must be a JSON object, got {type(document).__name__}")
     return document

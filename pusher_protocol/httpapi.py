@@ -37,6 +37,8 @@ from pygatewayworker.gatewayclient.errors import GatewayError, QueryTimeout
 from pygatewayworker.pusher import protocol as p
 from pygatewayworker.pusher.config import PusherApp
 from pygatewayworker.pusher.httpauth import ApiError, check_signed
+from pygatewayworker.runtime import jsondepth
+from pygatewayworker.runtime.jsondepth import TooDeep
 
 __all__ = ["HTTPAPI", "ApiError", "Request", "route_of"]
 
@@ -60,7 +62,9 @@ class Request:
     def json(self) -> dict[str, Any]:
         """The body as a JSON object (400 otherwise)."""
         try:
-            doc = json.loads(self.body)
+            doc = jsondepth.loads(self.body)
+        except TooDeep as exc:
+            raise ApiError(400, f"Request body is {exc}") from None
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "Request body is not valid JSON") from None
         if not isinstance(doc, dict):

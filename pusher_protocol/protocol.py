@@ -31,6 +31,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pygatewayworker.runtime import jsondepth
+from pygatewayworker.runtime.jsondepth import TooDeep
+
 __all__ = [
     "PROTOCOL_VERSION",
     "PING_DATA",
@@ -109,7 +112,9 @@ class ClientMessage:
 def parse_client_message(raw: str | bytes) -> ClientMessage:
     """Parse one frame; raise :class:`ProtocolError` when it is not a Pusher event."""
     try:
-        doc = json.loads(raw)
+        doc = jsondepth.loads(raw)
+    except TooDeep as exc:
+        raise ProtocolError(f"Invalid JSON: the message is {exc}") from None
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("Invalid JSON: the message could not be parsed") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("event"), str) or not doc["event"]:
@@ -122,7 +127,7 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
     if event.startswith("pusher:"):
         if isinstance(data, str):  # some clients send pusher:* data JSON-encoded
             try:
-                data = json.loads(data) if data else {}
+                data = jsondepth.loads(data) if data else {}
             except ValueError:
                 raise ProtocolError(f"Invalid data for {event}: not JSON") from None
         if data is None:
@@ -297,7 +302,9 @@ def parse_channel_data(raw: object, max_user_info: int) -> tuple[str, Any]:
     if not isinstance(raw, str) or not raw:
         raise ProtocolError("channel_data is required to subscribe to a presence channel")
     try:
-        doc = json.loads(raw)
+        doc = jsondepth.loads(raw)
+    except TooDeep as exc:
+        raise ProtocolError(f"channel_data is {exc}") from None
     except ValueError:
         raise ProtocolError("channel_data is not valid JSON") from None
     if not isinstance(doc, dict):

@@ -27,6 +27,9 @@ import ipaddress
 import json
 from typing import Any
 
+from pygatewayworker.runtime import jsondepth
+from pygatewayworker.runtime.jsondepth import TooDeep
+
 __all__ = [
     "MAX_LINE",
     "LineError",
@@ -65,7 +68,7 @@ def _reject_constant(name: str) -> Any:
 
 
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-_loads = json.JSONDecoder(parse_constant=_reject_constant).decode
+_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
 
 
 # ---- encoding ---------------------------------------------------------------------
@@ -178,11 +181,11 @@ def decode_line(line: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise LineError("line is not valid UTF-8") from None
     try:
-        doc = _loads(text)
+        doc = jsondepth.loads(text, decode=_decode)
+    except TooDeep as exc:
+        raise LineError(f"line is not valid JSON ({exc})") from None
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
         raise LineError(f"line is not valid JSON ({_reason(exc)})") from None
-    except RecursionError:
-        raise LineError("line is not valid JSON (nested too deeply)") from None
     if not isinstance(doc, dict):
         raise LineError(f"document is a JSON {type(doc).__name__}, not an object")
     return doc

@@ -218,7 +218,8 @@ def test_parse_call_converts_each_kind() -> None:
         ("set_session", b'{"client_id": "c", "session": [1]}', "'session' must be a JSON object"),
         ("send_to_all", b'{"message": "a", "client_ids": "c"}', "must be a list of client_ids"),
         ("is_uids_online", b'{"uids": "1"}', "'uids' must be a list"),
-        ("set_session", b'{"session":' + b'{"a":' * 5000 + b"1" + b"}" * 5001, "too deeply"),
+        ("set_session", b'{"session":' + b'{"a":' * 5000 + b"1" + b"}" * 5001, "levels deep"),
+        ("set_session", b'{"session":' + b"[" * 100 + b"]" * 100 + b"}", "levels deep"),
     ],
 )
 def test_parse_call_names_the_problem(verb: str, body: bytes, words: str) -> None:
