@@ -95,8 +95,9 @@ async def test_link_refused_is_a_clear_error() -> None:
 
 
 async def test_link_handshake_timeout() -> None:
-    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # never answers
-    port = server.sockets[0].getsockname()[1]
+    held: list[asyncio.StreamWriter] = []  # Python 3.13 closes a writer nobody holds
+    server = await asyncio.start_server(lambda r, w: held.append(w), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]  # it accepts and never answers
     try:
         with pytest.raises(LinkError, match="did not complete the link handshake"):
             await GatewayLink(f"127.0.0.1:{port}", connect_timeout=0.2).connect()
