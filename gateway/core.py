@@ -546,16 +546,13 @@ class GatewayCore:
         (``LinkServer.upkeep``: a ping, a hello deadline, a silent peer).
 
         ``late``: how much later than due this tick runs, i.e. how long this loop was
-        stalled (a stopped process, a paused VM). What the links sent meanwhile may
-        still be unread in their sockets (uvloop runs a timer that fell due during a
-        stall before the next poll), so our stall is not their silence: each link's
-        silence is credited with it."""
+        stalled (a stopped process, a paused VM): not the links' silence
+        (``KeepAlive.stalled``)."""
         self.workers.expire(now)
         self.commands.decisions.sweep(now)
         if late > 0.0:
             for link in self.links:
-                proto = link.proto
-                proto.last_recv = min(now, proto.last_recv + late)
+                link.proto.stalled(late, now)
         for link in list(self.links):
             upkeep = link.proto.upkeep(now)
             if upkeep is Upkeep.NOTHING:

@@ -145,6 +145,14 @@ class KeepAlive:
         """Seconds since anything was heard."""
         return now - self.last_recv
 
+    def stalled(self, late: float, now: float) -> None:
+        """Our own loop was stalled ``late`` seconds (its keep-alive timer fired that
+        late: a blocking callback, a stopped process). What the peer sent meanwhile
+        may still be unread in the socket (uvloop runs a timer that fell due during
+        a stall before the next poll), so that time is not the peer's silence."""
+        if late > 0.0:
+            self.last_recv = min(now, self.last_recv + late)
+
     def keepalive(self, now: float) -> Upkeep:
         """``SILENT``, ``PING`` (noted as written now) or ``NOTHING``."""
         if now - self.last_recv > self.link_timeout:

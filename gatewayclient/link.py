@@ -714,9 +714,7 @@ class GatewayLink(asyncio.Protocol):
             return
         proto = self._proto
         now = self._loop.time()  # type: ignore[union-attr]
-        late = now - self._tick_at
-        if late > 0.0:  # the loop was stalled: not the gateway's silence (module doc)
-            proto.last_recv = min(now, proto.last_recv + late)
+        proto.stalled(now - self._tick_at, now)  # not the gateway's silence (module doc)
         upkeep = proto.keepalive(now)
         if upkeep is Upkeep.SILENT:
             silence = proto.silence(now)
