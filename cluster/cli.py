@@ -70,6 +70,9 @@ STOP_TIMEOUT = 15.0
 GRACEFUL_STOP_TIMEOUT = 35.0
 DAEMON_REPORT_TIMEOUT = 150.0
 STATS_SETTLE = 0.5
+"""The longest ``status`` waits for the stats it asked the children for (a child
+that is starting or stuck does not answer in time: its last file is shown)."""
+STATS_POLL = 0.01
 POLL = 0.05
 
 
@@ -95,13 +98,34 @@ def _state(paths: RunPaths) -> dict[str, Any]:
     return state if isinstance(state, dict) else {"master": {}, "processes": []}
 
 
-def _wait_until(check: Callable[[], bool], timeout: float) -> bool:
+def _wait_until(check: Callable[[], bool], timeout: float, poll: float = POLL) -> bool:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
             return False
-        time.sleep(POLL)
+        time.sleep(poll)
     return True
+
+
+def _ask_stats(paths: RunPaths, pid: int) -> None:
+    """Have every child write its stats now (``SIGUSR2`` to the master, which
+    forwards it) and wait until each running child did, at most
+    :data:`STATS_SETTLE`: usually a few ms, as each child writes on its next loop
+    turn."""
+    asked = time.time()
+    os.kill(pid, signal.SIGUSR2)
+
+    def answered() -> bool:
+        stats = read_stats(paths.stats_dir)
+        for proc in _state(paths).get("processes", []):
+            if proc.get("status") != "running":
+                continue
+            snap = stats.get(proc["name"], {})
+            if snap.get("pid") != proc.get("pid") or snap.get("updated_at", 0) < asked:
+                return False
+        return True
+
+    _wait_until(answered, STATS_SETTLE, STATS_POLL)
 
 
 _run_dir_option = click.option(
@@ -438,8 +462,7 @@ def status(as_json: bool, live: bool, apps_dir: str | None, run_dir: str | None)
     """One line per process: memory, connections, messages, rates, uptime, restarts."""
     paths = RunPaths.at(run_dir)
     pid = _running(paths)
-    os.kill(pid, signal.SIGUSR2)
-    time.sleep(STATS_SETTLE)
+    _ask_stats(paths, pid)
     if not live:
         click.echo(_status_text(paths, pid, as_json))
         return

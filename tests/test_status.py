@@ -197,3 +197,65 @@ def test_log_format_names_pid_and_role() -> None:
     record.name = "gateway"
     line = formatter_for("chat.gateway.1").format(record)
     assert line.endswith(f" {record.process} chat.gateway.1 INFO gateway: hello 50%")
+
+
+_ANSWERING_MASTER = r"""
+import json, os, signal, sys, time
+stats_dir, names = sys.argv[1], sys.argv[2:]
+def write(*_):
+    for name in names:  # what a child's writer does: a temp file, then a rename
+        tmp = os.path.join(stats_dir, "." + name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"pid": 4242, "name": name, "updated_at": time.time()}, f)
+        os.replace(tmp, os.path.join(stats_dir, name + ".json"))
+signal.signal(signal.SIGUSR2, write)
+print("ready", flush=True)
+time.sleep(30)
+"""
+
+
+def _fake_run_dir(tmp_path: Any, names: list[str]) -> Any:
+    from pygatewayworker.cluster.state import RunPaths, write_json_atomic
+
+    paths = RunPaths.at(str(tmp_path))
+    os.makedirs(paths.stats_dir)
+    procs = [{"name": name, "pid": 4242, "status": "running"} for name in names]
+    procs.append({"name": "a.Gone.0", "pid": 4243, "status": "stopped"})
+    write_json_atomic(paths.state_file, {"master": {}, "processes": procs})
+    for name in names:  # stale files, as left by the last tick
+        write_json_atomic(
+            os.path.join(paths.stats_dir, f"{name}.json"), {"pid": 4242, "updated_at": 1.0}
+        )
+    return paths
+
+
+@pytest.mark.parametrize("answering", [["a.Gateway.0", "a.Worker.0"], ["a.Gateway.0"]])
+def test_status_waits_for_the_stats_it_asked_for(tmp_path: Any, answering: list[str]) -> None:
+    """``status`` asks the master (``SIGUSR2``) and reads the stats once every running
+    child wrote them after the question; a child that does not answer is shown with
+    its last file after ``STATS_SETTLE``, and a stopped one is not waited for."""
+    import subprocess
+    import sys
+    import time
+
+    from pygatewayworker.cluster import cli
+    from pygatewayworker.cluster.state import read_stats
+
+    names = ["a.Gateway.0", "a.Worker.0"]
+    paths = _fake_run_dir(tmp_path, names)
+    master = subprocess.Popen(
+        [sys.executable, "-c", _ANSWERING_MASTER, paths.stats_dir, *answering],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert master.stdout is not None and master.stdout.readline() == "ready\n"
+        asked = time.time()
+        cli._ask_stats(paths, master.pid)
+        stats = read_stats(paths.stats_dir)
+    finally:
+        master.kill()
+        master.wait()
+    for name in names:
+        fresh = stats[name]["updated_at"] >= asked
+        assert fresh == (name in answering), (name, stats[name])
