@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from bench.gatewaypath import measure_gateway_path
 from bench.metrics import FULL, QUICK, Bench
 from bench.phpcompare import CompareOptions, compare
 from bench.pusherbench import measure_pusher_fanout
@@ -115,6 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         "--app", choices=[*APPS, "both"], default="both", help="the app's Events to run"
     )
     cmd.add_argument("--out", type=Path, help="also write worker-path.json here")
+    cmd = sub.add_parser(
+        "gateway-path",
+        help="a gateway's CPU per client connection in its own Python code (one process)",
+        description="Run connections (a browser's upgrade request, the 101, EV_CONNECT, "
+        "the chat's init back, the close) through a real gateway's objects in one "
+        "process (no sockets) and print the loop thread's CPU per connection; see "
+        "bench/gatewaypath.py.",
+    )
+    cmd.add_argument("--connects", type=int, default=40000, help="connections per run")
+    cmd.add_argument("--rounds", type=int, default=5, help="runs")
+    cmd.add_argument("--out", type=Path, help="also write gateway-path.json here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -143,12 +155,27 @@ def main(argv: list[str] | None = None) -> int:
                 f"{app}: {figures['us_cpu_per_event_median']} us CPU per event (median of "
                 f"{figures['us_cpu_per_event_runs']})"
             )
-        if args.out is not None:
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "worker-path.json").write_text(json.dumps(found, indent=2) + "\n")
+        _write_found(args.out, "worker-path.json", found)
+        return 0
+    if args.command == "gateway-path":
+        if args.connects < 1 or args.rounds < 1:
+            parser.error("--connects and --rounds must be at least 1")
+        found = runner(measure_gateway_path(args.connects, args.rounds, _log))
+        print(
+            f"gateway: {found['us_cpu_per_connect_median']} us CPU per connect (median of "
+            f"{found['us_cpu_per_connect_runs']})"
+        )
+        _write_found(args.out, "gateway-path.json", found)
         return 0
     only = {m.strip().upper() for m in args.only.split(",") if m.strip()}
     return int(runner(run(args.quick, only, args.out, command, args.metrics)))
+
+
+def _write_found(out: Path | None, name: str, found: dict[str, Any]) -> None:
+    """Also write a one-process bench's figures to ``out/name`` (when given)."""
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(json.dumps(found, indent=2) + "\n")
 
 
 def _add_php_compare(sub: Any) -> None:

@@ -42,7 +42,7 @@ from pygatewayworker.gateway.protocol import Cmd, encode, pack_session
 from pygatewayworker.gateway.server import GatewayServer
 from pygatewayworker.gatewayclient.link import GatewayLink
 
-__all__ = ["measure_worker_path", "APPS"]
+__all__ = ["measure_worker_path", "lone_gateway", "APPS"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-worker-path"
@@ -107,20 +107,27 @@ def _unused_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _one_run(events: type, count: int) -> tuple[float, int, int]:
-    """(µs of loop-thread CPU per event, packets the app sent, bytes the worker
-    wrote) for ``count`` events (after the warm-up's)."""
+async def lone_gateway(secret: str) -> GatewayServer:
+    """A started gateway of one process on free loopback ports, without a register
+    (nobody listens where it announces itself: it retries quietly) or heartbeat."""
     config = Gateway(
         listen="127.0.0.1:0",
         start_port=0,
         count=1,
         lan_ip="127.0.0.1",
-        register=f"127.0.0.1:{_unused_port()}",  # nobody there: the announcer retries
-        secret=SECRET,
+        register=f"127.0.0.1:{_unused_port()}",
+        secret=secret,
         ping_interval=0,
     )
     server = GatewayServer(config)
     await server.start()
+    return server
+
+
+async def _one_run(events: type, count: int) -> tuple[float, int, int]:
+    """(µs of loop-thread CPU per event, packets the app sent, bytes the worker
+    wrote) for ``count`` events (after the warm-up's)."""
+    server = await lone_gateway(SECRET)
     links: dict[str, GatewayLink] = {}
     worker_api = WorkerAPI(links)
     bind_process_api(worker_api)
