@@ -121,7 +121,10 @@ def _ask_stats(paths: RunPaths, pid: int) -> None:
             if proc.get("status") != "running":
                 continue
             snap = stats.get(proc["name"], {})
-            if snap.get("pid") != proc.get("pid") or snap.get("updated_at", 0) < asked:
+            written = snap.get("updated_at")
+            if snap.get("pid") != proc.get("pid") or not isinstance(written, int | float):
+                return False
+            if written < asked:
                 return False
         return True
 
