@@ -269,6 +269,11 @@ class PhpLink(asyncio.Protocol):
             if exc.unsupported or packet.cmd in QUERIES:
                 self.reply_error(packet, str(exc))
             return
+        except _FAILURES as exc:  # e.g. a session too large to store (PacketTooLarge)
+            self.php.log(logging.WARNING, "%r: %s failed: %s", self, packet.name, exc)
+            if packet.cmd in QUERIES:
+                self.reply_error(packet, f"{packet.name} failed: {exc}")
+            return
         if isinstance(action, Execute):
             for internal in action.packets:
                 if action.raw:

@@ -281,6 +281,29 @@ async def test_unsupported_and_failing_commands(caplog: pytest.LogCaptureFixture
         await worker.close()
 
 
+async def test_a_session_too_large_to_store_is_refused_with_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``SET_SESSION`` of a session over the size every event could carry: one
+    warning, nothing stored; the link stays and answers its next query."""
+    async with running() as server:
+        worker = await FakeLink.linked(server)
+        client, conn_id = await open_client(server, worker)
+        link = await PhpLinkClient.open(server)
+        big = "x" * 4_200_000
+        link.send(
+            packet(php.SET_SESSION, conn_id, f'a:1:{{s:1:"k";s:{len(big)}:"{big}";}}'.encode())
+        )
+        assert await link.ask(packet(php.IS_ONLINE, conn_id)) == 1  # the same link
+        failed = lines(caplog, "CMD_SET_SESSION failed: session of")
+        assert len(failed) == 1 and "not stored" in failed[0]
+        assert not [r for r in caplog.records if r.exc_info]  # no traceback
+        assert await link.ask(packet(php.GET_SESSION_BY_CLIENT_ID, conn_id)) in (None, "", [])
+        link.close()
+        await client.close()
+        await worker.close()
+
+
 async def test_stop_closes_php_links() -> None:
     async with running() as server:
         link = await PhpLinkClient.open(server)
