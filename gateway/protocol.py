@@ -47,6 +47,7 @@ __all__ = [
     "Cmd",
     "ProtocolError",
     "PacketTooLarge",
+    "InvalidText",
     "Decoder",
     "encode",
     "pack_session",
@@ -77,6 +78,19 @@ class PacketTooLarge(ValueError):
     """Our caller's data would make a packet (or session) over the internal link
     limit. Raised where the data is made, before anything is sent: the link stays up,
     and only that call fails."""
+
+
+class InvalidText(ValueError):
+    """A ``str`` our caller gave is not valid Unicode text: it holds a lone surrogate
+    (``"\\ud800"``, which ``json.loads`` lets through), so it has no UTF-8 form.
+    Raised where the packet is made: nothing is sent, only that call fails."""
+
+
+def _invalid_text(cmd: Cmd | int | str, exc: UnicodeEncodeError) -> InvalidText:
+    return InvalidText(
+        f"{cmd if isinstance(cmd, str) else getattr(_COMMANDS.get(cmd), 'name', cmd)}: a text holds {exc.object[exc.start : exc.end]!r}, "
+        "a lone surrogate with no UTF-8 form; text must be valid Unicode"
+    )
 
 
 def check_packet_size(size: int, cmd: Cmd | int, limit: int = DEFAULT_MAX_PACKET) -> None:
@@ -314,10 +328,14 @@ def encode(cmd: Cmd, *fields: Any) -> bytes:
     """Return the wire bytes of one packet ``[cmd, *fields]``.
 
     Raises ``TypeError`` when a field is not msgpack-serialisable (our bug, not the
-    peer's) and :class:`PacketTooLarge` when the packet would exceed the link limit
-    (the peer would have to close the whole link for it).
+    peer's), :class:`InvalidText` for a ``str`` with a lone surrogate and
+    :class:`PacketTooLarge` when the packet would exceed the link limit (the peer
+    would have to close the whole link for it).
     """
-    body = _packb([int(cmd), *fields])
+    try:
+        body = _packb([int(cmd), *fields])
+    except UnicodeEncodeError as exc:
+        raise _invalid_text(cmd, exc) from None
     if len(body) > DEFAULT_MAX_PACKET:
         check_packet_size(len(body), cmd)
     return _pack_len(len(body)) + body
@@ -325,7 +343,10 @@ def encode(cmd: Cmd, *fields: Any) -> bytes:
 
 def encode_body(cmd: Cmd, fields: tuple[Any, ...]) -> bytes:
     """Like :func:`encode` with the fields given as one tuple (saves a splat)."""
-    body = _packb((int(cmd), *fields))
+    try:
+        body = _packb((int(cmd), *fields))
+    except UnicodeEncodeError as exc:
+        raise _invalid_text(cmd, exc) from None
     if len(body) > DEFAULT_MAX_PACKET:
         check_packet_size(len(body), cmd)
     return _pack_len(len(body)) + body
@@ -407,8 +428,12 @@ def _unpack_packet(body: bytes) -> list[Any]:
 
 def pack_session(session: dict[str, Any]) -> bytes:
     """Pack a session dict for the wire and for storage in the gateway. Raises
-    :class:`PacketTooLarge` when it packs to more than :data:`MAX_SESSION` bytes."""
-    packed: bytes = _packb(session)
+    :class:`PacketTooLarge` when it packs to more than :data:`MAX_SESSION` bytes,
+    :class:`InvalidText` for a ``str`` with a lone surrogate."""
+    try:
+        packed: bytes = _packb(session)
+    except UnicodeEncodeError as exc:
+        raise _invalid_text("session", exc) from None
     if len(packed) > MAX_SESSION:
         raise PacketTooLarge(
             f"session of {len(packed)} bytes exceeds the limit of {MAX_SESSION} bytes "

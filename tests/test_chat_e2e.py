@@ -12,6 +12,7 @@ import psutil
 import pytest
 from websockets.asyncio.client import connect
 
+from pygatewayworker.gatewayclient import AsyncGatewayClient
 from tests.cluster import (
     ForegroundCluster,
     make_app,
@@ -147,3 +148,32 @@ async def test_invalid_chat_requests_get_errors(chat) -> None:
         assert (await recv_json(ws))["message"] == "that member is not online"
         await ws.send('{"type":"say","to_client_id":"all","content":"still here"}')
         assert (await recv_json(ws))["content"] == "still here"
+        # nested past the parser's stack, and lone surrogate escapes: errors, one
+        # warning each, no traceback
+        await ws.send("[" * 5000 + "]" * 5000)
+        assert (await recv_json(ws))["message"] == "invalid JSON"
+        for bad in (
+            r'{"type":"login","room_id":"\ud800"}',
+            r'{"type":"login","room_id":"1","client_name":"\udfff"}',
+            r'{"type":"say","to_client_id":"all","content":"a\ud83d"}',
+        ):
+            await ws.send(bad)
+            assert "lone surrogate" in (await recv_json(ws))["message"], bad
+        await ws.send(r'{"type":"say","to_client_id":"all","content":"\ud83d\ude00"}')
+        assert (await recv_json(ws))["content"] == "\U0001f600"  # a pair is one character
+        # a member whose session a backend wrote with values that are not text (PHP's
+        # non-UTF-8 strings arrive as bytes): the room's newcomers still log in
+        me = (await login(ws, "Dan", "9"))["client_id"]
+        async with AsyncGatewayClient(
+            register=f"127.0.0.1:{spec.register_port}", timeout=5.0
+        ) as push:
+            await push.update_session(me, {"client_name": b"\xffDan"})
+        async with connect(spec.ws_url) as newcomer:
+            await recv_json(newcomer)
+            members = (await login(newcomer, "Eve", "9"))["client_list"]
+            assert members[me] == "\ufffdDan"
+        await recv_until(ws, lambda m: m.get("type") == "logout")
+    log = (spec.run_dir / "gatewayworker.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert log.count("sent a lone surrogate escape") == 3
+    assert log.count("sent invalid JSON") == 2  # "not json" above, and the deep one

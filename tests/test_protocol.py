@@ -16,9 +16,11 @@ from pygatewayworker.gateway.protocol import (
     MAX_SESSION,
     Cmd,
     Decoder,
+    InvalidText,
     PacketTooLarge,
     ProtocolError,
     encode,
+    encode_body,
     pack_session,
     unpack_session,
 )
@@ -118,6 +120,24 @@ def test_http_request_on_internal_port_is_rejected() -> None:
 def test_encode_rejects_unserialisable_fields() -> None:
     with pytest.raises(TypeError):
         encode(Cmd.SEND_TO_CLIENT, 1, object())
+
+
+def test_a_lone_surrogate_is_invalid_text_named_with_its_command() -> None:
+    """``json.loads('"\\ud800"')`` gives a str with no UTF-8 form: the call that
+    would send it fails with a clear ``ValueError``, whatever field holds it."""
+    for make in (
+        lambda: encode(Cmd.SEND_TO_CLIENT, 1, "a\ud800b"),
+        lambda: encode(Cmd.SEND_TO_GROUP, ["room\udfff"], "hi", None),
+        lambda: encode_body(Cmd.EV_MESSAGE, (1, None, "127.0.0.1", 5555, "\ud83d")),
+        lambda: pack_session({"client_name": "\ud800"}),
+    ):
+        with pytest.raises(InvalidText, match=r"a lone surrogate with no UTF-8 form") as err:
+            make()
+        assert isinstance(err.value, ValueError)
+    with pytest.raises(InvalidText, match=r"^SEND_TO_CLIENT: a text holds '\\ud800'"):
+        encode(Cmd.SEND_TO_CLIENT, 1, "a\ud800b")
+    # a surrogate pair that json.loads joined is one valid character
+    assert Decoder().feed(encode(Cmd.SEND_TO_CLIENT, 1, "\U0001f600"))[0][2] == "\U0001f600"
 
 
 def test_session_helpers() -> None:

@@ -51,6 +51,33 @@ def current_session() -> dict[str, Any]:
     return {} if session is None else session
 
 
+def _valid_text(request: Any) -> bool:
+    """Whether every string of a decoded request has a UTF-8 form: ``json.loads``
+    turns an escaped lone surrogate (``"\\ud800"``) into a ``str`` that cannot be
+    sent anywhere."""
+    try:
+        dumps(request).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def as_text(value: Any) -> str:
+    """A session value as text for the browser: sessions may be written by PHP
+    (``bytes`` for a string that is not UTF-8) or a push client, not only by us."""
+    if value.__class__ is str:
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def room_of(session: dict[str, Any]) -> str | None:
+    """The room a session names, as a group name (``None``: not in a room)."""
+    room = session.get("room_id")
+    return None if room is None else as_text(room) or None
+
+
 def reply_error(message: str) -> None:
     """Tell the current client what was wrong with its request."""
     api.send_to_current_client(dumps({"type": "error", "message": message}))
@@ -72,9 +99,13 @@ class Events:
             return
         try:
             request = json.loads(message)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the stack
             log.warning("client %s sent invalid JSON: %.80r", client_id, message)
             reply_error("invalid JSON")
+            return
+        if "\\u" in message and not _valid_text(request):
+            log.warning("client %s sent a lone surrogate escape: %.80r", client_id, message)
+            reply_error("text must be valid Unicode (a lone surrogate escape was sent)")
             return
         if not isinstance(request, dict):
             reply_error("a request must be a JSON object")
@@ -90,7 +121,7 @@ class Events:
     def on_close(client_id: str) -> None:
         """Tell the room that this member left (the gateway already removed it)."""
         session = context.session or {}
-        room_id = session.get("room_id")
+        room_id = room_of(session)
         if room_id is None:
             return
         api.send_to_group(
@@ -99,7 +130,7 @@ class Events:
                 {
                     "type": "logout",
                     "from_client_id": client_id,
-                    "from_client_name": session.get("client_name", ""),
+                    "from_client_name": as_text(session.get("client_name")),
                     "time": now(),
                 }
             ),
@@ -119,7 +150,7 @@ async def on_login(client_id: str, request: dict[str, Any]) -> None:
     room_id = str(room_id)[:MAX_NAME]
     client_name = html.escape(str(request.get("client_name") or "guest").strip()[:MAX_NAME])
     session = current_session()
-    old_room = session.get("room_id")
+    old_room = room_of(session)
     if old_room is not None and old_room != room_id:
         api.leave_group(client_id, old_room)
     session["room_id"] = room_id
@@ -132,7 +163,10 @@ async def on_login(client_id: str, request: dict[str, Any]) -> None:
         # others reported rather than refusing the login.
         log.warning("member list of room %s is incomplete: %s", room_id, exc)
         members = exc.partial or {}
-    client_list = {cid: (member or {}).get("client_name", "") for cid, member in members.items()}
+    client_list = {
+        cid: as_text(member.get("client_name") if isinstance(member, dict) else None)
+        for cid, member in members.items()
+    }
     client_list[client_id] = client_name
     announcement = {
         "type": "login",
@@ -152,7 +186,7 @@ async def on_say(client_id: str, request: dict[str, Any]) -> None:
     """A public message to the room, or a private one to a member (with a copy for
     the sender)."""
     session = current_session()
-    room_id = session.get("room_id")
+    room_id = room_of(session)
     if room_id is None:
         reply_error("log in to a room before saying anything")
         return
@@ -161,7 +195,7 @@ async def on_say(client_id: str, request: dict[str, Any]) -> None:
     message = {
         "type": "say",
         "from_client_id": client_id,
-        "from_client_name": session.get("client_name", ""),
+        "from_client_name": as_text(session.get("client_name")),
         "to_client_id": to_client_id,
         "content": content,
         "time": now(),
