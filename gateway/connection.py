@@ -157,7 +157,7 @@ class ClientPort:
         too: a sweep stops at the first one still in the future."""
         self.admission.report(now)
         for table, expire in (
-            (self.handshaking, _abort),
+            (self.handshaking, _handshake_expired),
             (self.authenticating, _auth_expired),
             (self.closing, _finish_close),
         ):
@@ -276,8 +276,8 @@ _transport = attrgetter("writer.transport")
 _buffer_size = methodcaller("get_write_buffer_size")
 
 
-def _abort(conn: ClientConnection) -> None:
-    conn.abort()
+def _handshake_expired(conn: ClientConnection) -> None:
+    conn.handshake_expired()
 
 
 def _auth_expired(conn: ClientConnection) -> None:
@@ -378,6 +378,20 @@ class ClientConnection(asyncio.Protocol):
                 self._refused(*value)
             else:
                 self._control(kind, value)
+
+    def handshake_expired(self) -> None:
+        """No whole request head within ``handshake_timeout``: a client that sent
+        part of one gets ``408`` (logged, counted); one that sent nothing (a port
+        probe, a dead peer) is dropped silently."""
+        if not self.client.bytes_in or self.ws.state is not _CONNECTING:
+            self.abort()
+            return
+        timeout = self.port.handshake_timeout
+        reason = f"request head not complete within {timeout:g} s"
+        self.ws.respond(http_response(408, reason.encode() + b"\n"))
+        self.port.clients.refused(self.client, 408, reason)
+        self.transport.write(self.ws.data_to_send())
+        self._end()
 
     def _refused(self, status: int, reason: str) -> None:
         self.port.handshaking.pop(self, None)

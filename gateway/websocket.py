@@ -195,7 +195,11 @@ class ServerConnection:
         buf += data
         end = buf.find(b"\r\n\r\n", start)
         if end < 0:  # refuse an endless head without waiting for its end
-            return [self._refuse(431, "request head too large")] if len(buf) > limit else []
+            if len(buf) > limit:
+                return [self._refuse(431, "request head too large")]
+            if buf.find(b"\n\n", max(0, start - 1)) >= 0:  # never inside CRLF lines
+                return [self._refuse(400, "request head lines must end with CRLF")]
+            return []
         if end + 4 > limit:
             return [self._refuse(431, "request head too large")]
         head = bytes(buf[:end])

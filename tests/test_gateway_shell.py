@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -219,6 +220,27 @@ def test_a_silent_new_connection_is_dropped_after_handshake_timeout() -> None:
     conn, transport = g.connect()
     g.port.sweep(g.port.handshaking[conn] + 0.1)
     assert transport.aborted and conn not in g.port.handshaking
+
+
+def test_half_a_request_head_gets_408_after_handshake_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    g = Gateway1()
+    conn, transport = g.connect()
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and then nothing
+    assert transport.take() == b""
+    now = time.monotonic()
+    g.port.handshaking[conn] = now - 0.1  # its deadline passed (not a jump in time:
+    with caplog.at_level(logging.INFO):  # the close that follows gets its own)
+        g.port.sweep(now)
+    answer = transport.take()
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert answer.endswith(b"request head not complete within 10 s\n")
+    assert transport.closed and not transport.aborted and conn not in g.port.handshaking
+    assert g.core.stats()["handshake_failures"] == {"408": 1}
+    assert [r.getMessage() for r in caplog.records if "408" in r.getMessage()] == [
+        "rejected request from 192.0.2.1: 408 request head not complete within 10 s"
+    ]
 
 
 def test_a_slow_client_is_closed_with_1008_over_the_byte_limit_at_once() -> None:

@@ -177,6 +177,21 @@ def test_malformed_heads_give_400(raw: bytes) -> None:
     assert ws.state is State.CLOSED
 
 
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"GET / HTTP/1.1\nHost: x\nUpgrade: websocket\n\n"],
+        [b"GET / HTTP/1.1\r\nHost: x\n", b"\n"],  # the blank line split across reads
+    ],
+)
+def test_a_head_with_bare_lf_lines_gives_400_at_its_end(chunks: list[bytes]) -> None:
+    ws = ServerConnection(10)
+    for chunk in chunks[:-1]:
+        assert ws.receive_data(chunk) == []
+    assert failure(ws.receive_data(chunks[-1])) == (400, "request head lines must end with CRLF")
+    assert ws.data_to_send().startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
 def test_oversized_head_gives_431_without_waiting_for_the_end() -> None:
     ws = ServerConnection(10, max_head=1024)
     assert ws.receive_data(b"GET / HTTP/1.1\r\n") == []
