@@ -139,7 +139,10 @@ def check_key(value: object, what: str) -> str:
         if value and len(value) <= MAX_KEY_LENGTH:  # type: ignore[arg-type]
             return value  # type: ignore[return-value]
     elif isinstance(value, int) and not isinstance(value, bool):
-        return str(int(value))
+        key = str(int(value))
+        if len(key) <= MAX_KEY_LENGTH:
+            return key
+        value = key  # an int of more digits than a key may have: refused as its str
     elif isinstance(value, str) and value and len(value) <= MAX_KEY_LENGTH:
         return str(value)
     if isinstance(value, str) and value:

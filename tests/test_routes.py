@@ -98,6 +98,10 @@ def test_uid_and_group_names_have_a_length_limit() -> None:
     assert check_key("x" * MAX_KEY_LENGTH, "group") == "x" * MAX_KEY_LENGTH
     with pytest.raises(ValueError, match=f"at most {MAX_KEY_LENGTH}"):
         check_key("x" * (MAX_KEY_LENGTH + 1), "group")
+    # an int uid counts by its digits, as the str the gateway stores
+    assert check_key(10 ** (MAX_KEY_LENGTH - 1), "uid") == "1" + "0" * (MAX_KEY_LENGTH - 1)
+    with pytest.raises(ValueError, match=f"uid is 4000 characters long; at most {MAX_KEY_LENGTH}"):
+        check_key(10**3999, "uid")
     directory: Directory[Entry] = Directory()
     directory.add(Entry(1))
     with pytest.raises(ValueError, match="uid is 1025 characters long"):
