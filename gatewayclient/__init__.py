@@ -8,11 +8,12 @@
   business worker and the push clients).
 - Errors: :class:`GatewayError` and its subclasses; invalid client_ids raise
   :class:`InvalidClientId` (a ``ValueError``); a message, session or batch over the
-  internal link limit raises :class:`PacketTooLarge` (a ``ValueError``).
+  internal link limit raises :class:`PacketTooLarge` and a ``str`` with a lone
+  surrogate :class:`InvalidText` (both ``ValueError``).
 """
 
 from pygatewayworker.gateway.client_id import InvalidClientId
-from pygatewayworker.gateway.protocol import PacketTooLarge
+from pygatewayworker.gateway.protocol import InvalidText, PacketTooLarge
 from pygatewayworker.gatewayclient.api import GatewayAPI
 from pygatewayworker.gatewayclient.client import AsyncGatewayClient
 from pygatewayworker.gatewayclient.errors import (
@@ -35,6 +36,7 @@ __all__ = [
     "GatewayLink",
     "GatewayUnavailable",
     "InvalidClientId",
+    "InvalidText",
     "LinkClosed",
     "LinkError",
     "NoRegister",
