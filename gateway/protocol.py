@@ -86,11 +86,12 @@ class InvalidText(ValueError):
     Raised where the packet is made: nothing is sent, only that call fails."""
 
 
-def _invalid_text(cmd: Cmd | int | str, exc: UnicodeEncodeError) -> InvalidText:
-    return InvalidText(
-        f"{cmd if isinstance(cmd, str) else getattr(_COMMANDS.get(cmd), 'name', cmd)}: a text holds {exc.object[exc.start : exc.end]!r}, "
-        "a lone surrogate with no UTF-8 form; text must be valid Unicode"
-    )
+def _invalid_text(what: Cmd | str, exc: UnicodeEncodeError) -> InvalidText:
+    """The :class:`InvalidText` for what msgpack could not encode in ``what`` (a
+    packet's command, or ``"session"``)."""
+    name = what.name if isinstance(what, Cmd) else what
+    bad = exc.object[exc.start : exc.end]
+    return InvalidText(f"{name}: a text holds {bad!r}, a lone surrogate with no UTF-8 form")
 
 
 def check_packet_size(size: int, cmd: Cmd | int, limit: int = DEFAULT_MAX_PACKET) -> None:
